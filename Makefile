@@ -1,0 +1,50 @@
+# mmpr-forge.  `make build-mmpr` and `make test` set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/sample.yaml
+# OUT=dir overrides the dataset folder; RAY_ADDRESS=ray://host:10001 runs on a cluster
+OUT ?=
+RAY_ADDRESS ?=
+ARGS ?=
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+export VLLM_CONFIGURE_LOGGING := 0
+
+.PHONY: setup build-mmpr test bench tiny-model sample-data lock clean help
+
+help:
+	@echo "make build-mmpr [CONFIG=configs/mmpr.yaml] [OUT=dir] [RAY_ADDRESS=...]   build a preference dataset"
+	@echo "make test        run the test suite"
+	@echo "make bench       run the benchmarks"
+	@echo "make tiny-model  build the tiny local VLM; make sample-data  regenerate sample data"
+
+setup:
+	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
+
+sample-data: setup
+	$(BIN)/python -m pipeline sample-data --out data/sample
+
+tiny-model: setup
+	$(BIN)/python -m pipeline tiny-model --out models/tiny-idefics3 --data data/sample
+
+build-mmpr: setup
+	$(BIN)/python -m pipeline run --config $(CONFIG) \
+	  $(if $(OUT),--output $(OUT)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+# re-resolve the CPU closure after editing requirements/cpu.in
+lock:
+	rm -rf /tmp/mmpr-lock && $(PYTHON) -m venv /tmp/mmpr-lock && /tmp/mmpr-lock/bin/pip install -q -r requirements/cpu.in \
+	  && /tmp/mmpr-lock/bin/pip uninstall -y -q torchvision torchaudio torchcodec \
+	  && { head -3 requirements/cpu.lock.txt; /tmp/mmpr-lock/bin/pip freeze; } > requirements/cpu.lock.tmp \
+	  && mv requirements/cpu.lock.tmp requirements/cpu.lock.txt
+
+clean:
+	rm -rf build out .pytest_cache

@@ -1,0 +1,127 @@
+"""Command line: ``python -m pipeline {run,stage,export,report,tiny-model,sample-data}``.
+
+Config mistakes exit with status 2 and one message per wrong key, before any
+work starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    if getattr(args, "work_dir", None):
+        out["run.work_dir"] = args.work_dir
+    if getattr(args, "output", None) and args.command == "run":
+        out["run.output_dir"] = args.output
+    if getattr(args, "executor", None):
+        out["executor.kind"] = args.executor
+    if getattr(args, "ray_address", None):
+        out["executor.address"] = args.ray_address
+    if getattr(args, "stages", None):
+        out["run.stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
+    return out
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/sample.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set generate.n=16 (repeatable)")
+    p.add_argument("--executor", choices=["ray", "local"], help="override executor.kind")
+    p.add_argument("--ray-address", help="override executor.address (a Ray cluster)")
+    p.add_argument("--work-dir", help="override run.work_dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the whole pipeline (resumes finished partitions)")
+    _config_args(p)
+    p.add_argument("--output", help="override run.output_dir (the final dataset folder)")
+    p.add_argument("--stages", help="comma-separated subset of stages to run")
+    p.add_argument("--restart", action="store_true", help="discard the work folder and start clean")
+
+    p = sub.add_parser("stage", help="run one stage on any Parquet input")
+    p.add_argument("name", help="stage name (ingest, generate, correctness, dropout_ntp, image_crop, filter, judge, write)")
+    _config_args(p)
+    p.add_argument("--input", help="a Parquet file or a folder of them (ignored by ingest)")
+    p.add_argument("--output", required=True, help="output folder")
+
+    p = sub.add_parser("export", help="lay a built dataset out for a trainer")
+    p.add_argument("--format", required=True, choices=["trl", "llamafactory", "swift", "internvl"])
+    p.add_argument("--input", required=True, help="dataset folder written by the pipeline")
+    p.add_argument("--output", required=True, help="export folder")
+
+    p = sub.add_parser("report", help="print the run report of a work folder")
+    _config_args(p)
+
+    p = sub.add_parser("tiny-model", help="build the project's tiny local VLM")
+    p.add_argument("--out", default="models/tiny-idefics3")
+    p.add_argument("--data", default="data/sample")
+
+    p = sub.add_parser("sample-data", help="generate the shipped sample data")
+    p.add_argument("--out", default="data/sample")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.config import ConfigError, load_config
+    from pipeline.logs import setup_logging
+
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "tiny-model":
+            from pipeline.sample_data import build_sample_data
+            from pipeline.tiny_model import build_tiny_model
+            if not (Path(args.data) / "gt.jsonl").exists():
+                build_sample_data(Path(args.data))
+            print(build_tiny_model(Path(args.out), Path(args.data)))
+            return 0
+        if args.command == "sample-data":
+            from pipeline.sample_data import build_sample_data
+            print(json.dumps(build_sample_data(Path(args.out))))
+            return 0
+        if args.command == "export":
+            from pipeline.exports import export
+            export(args.format, args.input, args.output)
+            return 0
+        config = load_config(args.config, _overrides(args))
+        if args.command == "run":
+            from pipeline.orchestrator import run_pipeline
+            report = run_pipeline(config, restart=args.restart)
+            print(f"report: {os.path.join(config.run.work_dir, 'report.json')}; "
+                  f"pairs by method: {report['pairs_by_method']}")
+        elif args.command == "stage":
+            from pipeline.orchestrator import check_sources, ensure_model, run_stage
+            from pipeline.config import STAGE_ORDER
+            from stages import stage_class
+            if args.name not in STAGE_ORDER:
+                raise ConfigError(f"stage: unknown stage {args.name!r}; known: {list(STAGE_ORDER)}")
+            cls = stage_class(args.name)
+            if args.name == "ingest":
+                check_sources(config)
+            elif not args.input:
+                raise ConfigError(f"--input is required for stage {args.name}")
+            if cls.uses_engine:
+                ensure_model(config)
+            run_stage(config, args.name, args.input, args.output)
+        elif args.command == "report":
+            from pipeline.report import build_report
+            print(json.dumps(build_report(config), indent=2))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,343 @@
+"""Typed, validated pipeline configuration (YAML -> pydantic models).
+
+Every section forbids unknown keys, so a typo fails at load time with the full
+key path ("generate.temprature: Extra inputs are not permitted") instead of
+being silently ignored.  ``config_hash`` and ``stage_hash`` make the resolved
+configuration part of provenance and of each stage's completion markers: a
+change that affects a stage's output invalidates that stage's finished work.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.seeds import stable_hash
+from pipeline.templates import TEMPLATES
+from schemas import ANSWER_TYPES
+
+STAGE_ORDER = ("ingest", "generate", "correctness", "dropout_ntp", "image_crop",
+               "filter", "judge", "write")
+TINY_MODEL = "tiny-idefics3"
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key and what to fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _ratio_range(v: tuple[float, float], name: str, upper: float | None = 1.0) -> tuple[float, float]:
+    lo, hi = v
+    if not (0 < lo <= hi) or (upper is not None and hi > upper):
+        bound = f"0 < low <= high <= {upper}" if upper is not None else "0 < low <= high"
+        raise ValueError(f"{name} must satisfy {bound}, got {list(v)}")
+    return v
+
+
+class RunConfig(_Section):
+    name: str = "mmpr"
+    #: intermediate stage outputs (local path or a pyarrow/fsspec URI such as s3://...)
+    work_dir: str = "build/mmpr"
+    #: the final dataset folder
+    output_dir: str = "out/mmpr"
+    seed: int = 0
+    #: rows per partition: the unit of work, of resume and of retry
+    partition_rows: int = Field(256, ge=1)
+    stages: list[str] = Field(default_factory=lambda: list(STAGE_ORDER))
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in STAGE_ORDER]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGE_ORDER)}")
+        return [s for s in STAGE_ORDER if s in v]  # always run in pipeline order
+
+
+class ExecutorConfig(_Section):
+    #: "ray": Ray Data (local Ray when address is null, a cluster otherwise); "local": in-process
+    kind: Literal["ray", "local"] = "ray"
+    address: Optional[str] = None
+    #: CPUs Ray may use on a local machine (null = all)
+    num_cpus: Optional[int] = Field(None, ge=1)
+    #: retries of a failed partition before its rows are quarantined
+    max_retries: int = Field(2, ge=0)
+    #: concurrency of CPU-only stages
+    cpu_concurrency: int = Field(2, ge=1)
+
+
+class ModelConfig(_Section):
+    #: a local folder or a hub id; "tiny-idefics3" = the project's own CPU model
+    path: str = TINY_MODEL
+    #: where the tiny model is built when path is "tiny-idefics3"
+    tiny_model_dir: str = "models/tiny-idefics3"
+    #: sample data the tiny model is trained on (generated when missing)
+    tiny_model_data: str = "data/sample"
+    revision: Optional[str] = None
+    dtype: str = "auto"
+    max_model_len: int = Field(4096, ge=64)
+    max_images_per_prompt: int = Field(1, ge=1)
+    trust_remote_code: bool = False
+    #: extra keyword arguments for vllm.LLM (e.g. gpu_memory_utilization)
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.path == TINY_MODEL
+
+    @property
+    def resolved_path(self) -> str:
+        return self.tiny_model_dir if self.is_tiny else self.path
+
+
+class EngineConfig(_Section):
+    """How many vLLM engines run and what each one gets."""
+    replicas: int = Field(1, ge=1)
+    gpus_per_replica: float = Field(0, ge=0)
+    cpus_per_replica: float = Field(1, gt=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _tp_needs_gpus(self) -> "EngineConfig":
+        world = self.tensor_parallel_size * self.pipeline_parallel_size
+        if world > 1 and self.gpus_per_replica < world:
+            raise ValueError(
+                f"tensor_parallel_size*pipeline_parallel_size={world} needs gpus_per_replica >= {world}"
+            )
+        return self
+
+
+class SourceConfig(_Section):
+    name: str
+    format: Literal["jsonl", "parquet", "hf", "mmpr", "image_folder"]
+    path: str
+    #: images referenced by relative paths are resolved against this root (default: the file's folder)
+    image_root: Optional[str] = None
+    split: str = "train"
+    answer_type: str = "auto"
+    #: ChartQA-style 5% relaxed numeric accuracy
+    relaxed_numeric: bool = False
+    #: accept True/False as yes/no
+    true_false: bool = False
+    #: rename columns: canonical name -> column in the source
+    fields: dict[str, str] = Field(default_factory=dict)
+    #: question used for image_folder sources and rows without one
+    default_question: Optional[str] = None
+    limit: Optional[int] = Field(None, ge=1)
+
+    @field_validator("answer_type")
+    @classmethod
+    def _answer_type(cls, v: str) -> str:
+        if v not in ANSWER_TYPES:
+            raise ValueError(f"unknown answer_type {v!r}; use one of {list(ANSWER_TYPES)}")
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: dict[str, str]) -> dict[str, str]:
+        known = {"id", "question", "answer", "image", "images", "choices", "answer_type", "facts"}
+        bad = sorted(set(v) - known)
+        if bad:
+            raise ValueError(f"unknown canonical field(s) {bad}; known: {sorted(known)}")
+        return v
+
+
+class IngestConfig(_Section):
+    #: questions longer than this are quarantined (a runaway field, not a prompt)
+    max_question_chars: int = Field(20_000, ge=1)
+    #: rows without any image are quarantined (this is a multimodal pipeline)
+    require_image: bool = True
+
+
+class GenerateConfig(_Section):
+    template: str = "mmpr_final_answer"
+    n: int = Field(8, ge=1, le=256)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(50, ge=-1)
+    max_tokens: int = Field(1024, ge=1)
+    #: prompts per engine call; large keeps the engine busy, small bounds retry cost
+    batch_size: int = Field(64, ge=1)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if v not in TEMPLATES:
+            raise ValueError(f"unknown template {v!r}; known: {sorted(TEMPLATES)}")
+        return v
+
+
+class CorrectnessConfig(_Section):
+    threshold: float = Field(0.9, ge=0, le=1)
+    max_pairs_per_prompt: int = Field(15, ge=1)
+    numeric_rel_tol: float = Field(1e-3, ge=0)
+    anls_cutoff: float = Field(0.5, ge=0, le=1)
+    #: extraction style; null = the one the generate template asks for
+    extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = None
+    #: use unparseable responses as rejected, tagged method "format"
+    format_negatives: bool = True
+    max_format_pairs_per_prompt: int = Field(3, ge=0)
+    #: prefer rejected responses whose length is within this ratio of chosen (null = off)
+    length_balance_ratio: Optional[float] = Field(None, gt=1)
+
+
+class DropoutNTPConfig(_Section):
+    ratio: float = 0.5
+    unit: Literal["words", "tokens"] = "words"
+    #: keep the image in the continuation request (ablation); MMPR drops it
+    keep_image: bool = False
+    #: which sample becomes chosen: the first one, or the first that passes basic checks
+    selection: Literal["first", "filtered"] = "filtered"
+    #: also run on correct responses of ground-truth prompts
+    on_correct: bool = False
+    max_tokens: int = Field(1024, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(50, ge=-1)
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"ratio must be in (0, 1), got {v}")
+        return v
+
+
+class ImageCropConfig(_Section):
+    #: fraction of prompts (chosen by a seeded hash of sample_id) that get a crop pair
+    fraction: float = Field(0.5, ge=0, le=1)
+    area: tuple[float, float] = (0.01, 0.2)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    #: "same": chosen = rejected = one response; "pair": reuse a pair's texts
+    text: Literal["same", "pair"] = "same"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+    @field_validator("area")
+    @classmethod
+    def _area(cls, v):
+        return _ratio_range(v, "area")
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect(cls, v):
+        return _ratio_range(v, "aspect", upper=None)
+
+
+class FilterConfig(_Section):
+    enabled: bool = True
+    #: rule name -> params dict, or false to disable (see methods.quality)
+    rules: dict[str, Any] = Field(default_factory=dict)
+    #: rejected/chosen character-length ratio outside this range drops the pair (null = off)
+    length_ratio: Optional[tuple[float, float]] = None
+    #: keep a pair whose rejected text failed a rule that still leaves it a valid negative
+    keep_pairs_with_bad_rejected: bool = True
+    #: per-method overrides of ``rules`` (e.g. dropout_ntp: {never_ends: false})
+    per_method: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class JudgeConfig(_Section):
+    enabled: bool = False
+    model: Optional[str] = None
+    rubric: str = "default"
+    facts_field: Optional[str] = "facts"
+    min_chosen_score: Optional[float] = None
+    margin: Optional[float] = None
+    max_tokens: int = Field(64, ge=1)
+
+
+class WriteConfig(_Section):
+    shard_rows: int = Field(5000, ge=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    exports: list[Literal["trl", "llamafactory", "swift", "internvl"]] = Field(default_factory=list)
+
+
+class PipelineConfig(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    correctness: CorrectnessConfig = Field(default_factory=CorrectnessConfig)
+    dropout_ntp: DropoutNTPConfig = Field(default_factory=DropoutNTPConfig)
+    image_crop: ImageCropConfig = Field(default_factory=ImageCropConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    write: WriteConfig = Field(default_factory=WriteConfig)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> "PipelineConfig":
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique, duplicated: {dup}")
+        return self
+
+    def source(self, name: str) -> SourceConfig | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+    # -- hashing -----------------------------------------------------------
+    def resolved(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        return stable_hash(json.dumps(self.resolved(), sort_keys=True))[:16]
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of everything that can change ``stage``'s output.
+
+        A stage's output depends on its own section, on the seed, and on the
+        sections of every stage upstream of it (they change its input).
+        """
+        resolved = self.resolved()
+        upstream = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
+        keys = ["model", "sources"] + [s for s in upstream if s in resolved]
+        part = {k: resolved[k] for k in keys}
+        part["seed"] = resolved["run"]["seed"]
+        part["stages"] = [s for s in resolved["run"]["stages"] if s in upstream]
+        part["partition_rows"] = resolved["run"]["partition_rows"]
+        return stable_hash(json.dumps(part, sort_keys=True))[:16]
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{origin}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load and validate a YAML config; raise ConfigError with key paths.
+
+    ``overrides`` maps dotted keys to values ("run.output_dir": "out/x").
+    Relative source paths are resolved against the current directory.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path))) from None

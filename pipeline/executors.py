@@ -1,0 +1,176 @@
+"""Executors: how a stage's partitions get scheduled.  Stages never know which.
+
+* ``LocalExecutor`` runs partitions in this process (one engine, created once).
+* ``RayExecutor`` runs them with Ray Data: ``map_batches`` over an actor pool
+  where every actor holds one ``vllm.LLM`` (engine stages), or over CPU tasks
+  (everything else).  The unit handed to a worker is a partition *descriptor*;
+  the worker reads its input, writes its output and marker itself, so results
+  never travel through the driver and a partition's output is durable as soon
+  as it finishes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Sequence
+
+from pipeline.runner import Task, run_task
+from pipeline.stage import StageStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config import PipelineConfig
+
+log = logging.getLogger("pipeline")
+
+
+def _progress(iterable, total: int, desc: str):
+    try:
+        from tqdm import tqdm
+        return tqdm(iterable, total=total, desc=desc, unit="part", file=sys.stderr,
+                    disable=os.environ.get("MMPR_NO_PROGRESS") == "1")
+    except ImportError:  # pragma: no cover
+        return iterable
+
+
+class LocalExecutor:
+    """Partitions one after the other in this process."""
+
+    def __init__(self, config: "PipelineConfig") -> None:
+        self.config = config
+
+    def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
+        from pipeline.engine import get_engine
+        from stages import make_stage
+
+        stage = make_stage(stage_name, self.config)
+        engine = get_engine(self.config) if stage.uses_engine and tasks else None
+        total = StageStats()
+        for task in _progress(tasks, len(tasks), stage_name):
+            total.merge(run_task(stage, task, engine, self.config.executor.max_retries))
+        return total
+
+    def close(self) -> None:
+        pass
+
+
+class _EngineWorker:
+    """A Ray Data actor holding one vLLM engine; runs whole partitions."""
+
+    def __init__(self, stage_name: str, config: dict) -> None:
+        from pipeline.config import PipelineConfig
+        from pipeline.engine import Engine
+        from pipeline.logs import setup_logging
+        from stages import make_stage
+
+        setup_logging()
+        self.config = PipelineConfig.model_validate(config)
+        self.stage = make_stage(stage_name, self.config)
+        self.engine = Engine(self.config)
+
+    def __call__(self, batch: dict) -> dict:
+        return _run_batch(self.stage, batch, self.engine, self.config.executor.max_retries)
+
+
+def _cpu_worker(batch: dict, stage_name: str, config: dict) -> dict:
+    from pipeline.config import PipelineConfig
+    from pipeline.logs import setup_logging
+    from stages import make_stage
+
+    setup_logging()
+    cfg = PipelineConfig.model_validate(config)
+    return _run_batch(make_stage(stage_name, cfg), batch, None, cfg.executor.max_retries)
+
+
+def _run_batch(stage, batch: dict, engine, max_retries: int) -> dict:
+    import json
+
+    stats = []
+    for raw in batch["task"]:
+        task = Task.from_dict(json.loads(raw))
+        stats.append(json.dumps(run_task(stage, task, engine, max_retries).to_dict()))
+    return {"stats": stats}
+
+
+class RayExecutor:
+    """Ray Data over partition descriptors; local Ray or a cluster address."""
+
+    def __init__(self, config: "PipelineConfig") -> None:
+        import ray
+
+        self.config = config
+        ex = config.executor
+        if not ray.is_initialized():
+            ray.init(address=ex.address, num_cpus=ex.num_cpus if ex.address is None else None,
+                     include_dashboard=False, log_to_driver=True,
+                     logging_level=logging.WARNING, configure_logging=True,
+                     runtime_env={"env_vars": _worker_env()})
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = os.environ.get("MMPR_NO_PROGRESS") != "1"
+        ctx.print_on_execution_start = False
+
+    def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
+        import json
+
+        import ray
+        from stages import stage_class
+
+        total = StageStats()
+        if not tasks:
+            return total
+        cfg = self.config
+        items = [{"task": json.dumps(t.to_dict())} for t in tasks]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        resolved = cfg.resolved()
+        if stage_class(stage_name).uses_engine:
+            eng = cfg.engine
+            world = eng.tensor_parallel_size * eng.pipeline_parallel_size
+            remote: dict = {"max_restarts": cfg.executor.max_retries,
+                            "max_task_retries": cfg.executor.max_retries}
+            if world > 1:
+                # vLLM's own Ray workers take the GPUs from a placement group
+                remote["ray_remote_args_fn"] = _placement_group_fn(world, eng.cpus_per_replica)
+                num_gpus = 0
+            else:
+                num_gpus = eng.gpus_per_replica
+            ds = ds.map_batches(
+                _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
+                batch_size=1, concurrency=min(eng.replicas, len(tasks)),
+                num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
+        else:
+            ds = ds.map_batches(
+                _cpu_worker, fn_kwargs={"stage_name": stage_name, "config": resolved},
+                batch_size=1, concurrency=cfg.executor.cpu_concurrency, num_cpus=1,
+                max_retries=cfg.executor.max_retries)
+        for row in ds.take_all():
+            from pipeline.stage import StageStats as _S
+            total.merge(_S.from_dict(json.loads(row["stats"])))
+        return total
+
+    def close(self) -> None:
+        pass
+
+
+def _placement_group_fn(world: int, cpus: float):
+    def fn() -> dict:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        pg = ray.util.placement_group([{"GPU": 1, "CPU": cpus}] * world, strategy="STRICT_PACK")
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            pg, placement_group_capture_child_tasks=True)}
+    return fn
+
+
+def _worker_env() -> dict:
+    keep = ("VLLM_CPU_KVCACHE_SPACE", "MMPR_NO_PROGRESS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+            "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
+
+
+def make_executor(config: "PipelineConfig"):
+    if config.executor.kind == "ray":
+        return RayExecutor(config)
+    return LocalExecutor(config)

@@ -1,0 +1,120 @@
+"""Load, validate and normalise images into the Hugging Face ``{bytes, path}`` layout.
+
+Ingest calls ``load_image`` for every image reference.  It either returns a
+valid image record or raises ``ImageError`` with a short reason code, which the
+stage turns into a quarantine row.  Images a model can consume after a cheap
+fix (CMYK, palette, 16-bit, alpha, EXIF rotation) are converted, not refused;
+well-formed RGB/L images keep their original bytes (so a JPEG stays a JPEG).
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: PIL's decompression-bomb guard, enforced as an error (not a warning)
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_KEEP_MODES = {"RGB", "L"}
+_KEEP_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+
+
+class ImageError(ValueError):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def resolve_path(ref: str, root: str | None) -> str:
+    """Resolve a relative image path under ``root``, refusing paths that escape it."""
+    if root is None:
+        return os.path.abspath(ref)
+    root_abs = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(root_abs, ref))
+    if os.path.commonpath([root_abs, full]) != root_abs:
+        raise ImageError("image_path_escapes_root", f"{ref!r} resolves outside {root!r}")
+    return full
+
+
+def _read_ref(ref: Any, root: str | None) -> tuple[bytes, str]:
+    if isinstance(ref, Image.Image):
+        buf = io.BytesIO()
+        ref.save(buf, format="PNG")
+        return buf.getvalue(), getattr(ref, "filename", "") or ""
+    if isinstance(ref, dict):
+        if ref.get("bytes"):
+            return bytes(ref["bytes"]), ref.get("path") or ""
+        if ref.get("path"):
+            ref = ref["path"]
+        else:
+            raise ImageError("missing_image", "image record has neither bytes nor path")
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref), ""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ImageError("missing_image", f"image reference of type {type(ref).__name__}")
+    path = resolve_path(ref, root)
+    if not os.path.exists(path):
+        raise ImageError("missing_image_file", ref)
+    with open(path, "rb") as f:
+        data = f.read()
+    return data, ref
+
+
+def _normalise(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping to white
+        img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if img.mode not in _KEEP_MODES:
+        return img.convert("RGB")
+    return img
+
+
+def decode_checked(data: bytes) -> Image.Image:
+    """Decode fully (catches truncation) with the bomb limit as a hard error."""
+    if not data:
+        raise ImageError("empty_image", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageError("image_too_large", f"{w}x{h} exceeds {MAX_IMAGE_PIXELS} pixels")
+            img.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError("image_too_large", str(e)) from None
+    except UnidentifiedImageError as e:
+        raise ImageError("not_an_image", str(e)) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError("corrupt_image", str(e)) from None
+    return img
+
+
+def load_image(ref: Any, root: str | None = None) -> dict:
+    """An image reference -> ``{"bytes": ..., "path": ...}`` or ``ImageError``."""
+    data, path = _read_ref(ref, root)
+    img = decode_checked(data)
+    fixed = _normalise(img)
+    rotated = img.getexif().get(0x0112, 1) not in (1, None)
+    if fixed is img and not rotated and img.format in _KEEP_FORMATS:
+        return {"bytes": data, "path": path}
+    buf = io.BytesIO()
+    fixed.save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": path}
+
+
+def to_pil(record: dict) -> Image.Image:
+    """Decode a stored image record for a model (RGB)."""
+    img = Image.open(io.BytesIO(record["bytes"]))
+    return img.convert("RGB") if img.mode != "RGB" else img

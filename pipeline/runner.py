@@ -1,0 +1,164 @@
+"""Run a stage over partitions: completion markers, atomic outputs, retries.
+
+Layout of a stage's folder (local path or remote URI)::
+
+    <stage>/data/<part>.parquet        rows the stage produced
+    <stage>/quarantine/<part>.parquet  rows it refused, with reasons
+    <stage>/side/<name>/<part>.parquet side outputs (e.g. all-wrong prompts)
+    <stage>/markers/<part>.json        written LAST: stats + the stage's config hash
+
+A partition is done when its marker exists and carries the current stage
+hash.  A rerun skips done partitions and redoes the rest, overwriting their
+deterministic file names, so a killed run neither loses nor duplicates rows.
+A marker with another hash means the config changed: the stage's old output
+is discarded instead of being mixed with new output.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from pipeline import storage
+from pipeline.stage import Stage, StageContext, StageStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config import PipelineConfig
+    from pipeline.engine import Engine
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One partition of one stage: read ``inputs``, write ``name`` under ``out_dir``."""
+    stage: str
+    name: str
+    inputs: tuple[str, ...]
+    out_dir: str
+    stage_hash: str
+
+    def data_uri(self) -> str:
+        return storage.join(self.out_dir, "data", f"{self.name}.parquet")
+
+    def quarantine_uri(self) -> str:
+        return storage.join(self.out_dir, "quarantine", f"{self.name}.parquet")
+
+    def side_uri(self, side: str) -> str:
+        return storage.join(self.out_dir, "side", side, f"{self.name}.parquet")
+
+    def marker_uri(self) -> str:
+        return marker_uri(self.out_dir, self.name)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Task":
+        return cls(d["stage"], d["name"], tuple(d["inputs"]), d["out_dir"], d["stage_hash"])
+
+
+def marker_uri(out_dir: str, name: str) -> str:
+    return storage.join(out_dir, "markers", f"{name}.json")
+
+
+def read_marker(uri: str) -> dict | None:
+    try:
+        return storage.read_json(uri)
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+
+
+def completed(task: Task) -> bool:
+    m = read_marker(task.marker_uri())
+    return bool(m) and m.get("stage_hash") == task.stage_hash
+
+
+def invalidate_if_changed(out_dir: str, stage_hash: str) -> bool:
+    """Drop a stage's output written under another config hash.  True if dropped."""
+    for uri in storage.list_files(storage.join(out_dir, "markers"), ".json"):
+        m = read_marker(uri)
+        if m is not None and m.get("stage_hash") != stage_hash:
+            log.warning("config of %s changed since its output was written: redoing it", out_dir)
+            storage.remove_tree(out_dir)
+            return True
+    return False
+
+
+def _read_rows(uris: tuple[str, ...]) -> tuple[list[dict], pa.Schema | None]:
+    rows: list[dict] = []
+    schema = None
+    for uri in uris:
+        table = storage.read_table(uri)
+        schema = schema or table.schema
+        rows.extend(table.to_pylist())
+    return rows, schema
+
+
+def run_task(stage: Stage, task: Task, engine: "Engine | None" = None,
+             max_retries: int = 0) -> StageStats:
+    """Read a partition's input files and run it (see ``run_rows_task``)."""
+    rows, _ = _read_rows(task.inputs)
+    return run_rows_task(stage, task, rows, engine, max_retries)
+
+
+def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None" = None,
+                  max_retries: int = 0) -> StageStats:
+    """Run one partition to completion (outputs, then marker).  Never raises for bad rows.
+
+    A Python exception inside the stage is retried ``max_retries`` times; after
+    that the partition's rows are quarantined with the error and the partition
+    is marked done, so one poisoned batch cannot stop a multi-day build.
+    """
+    attempt = 0
+    while True:
+        ctx = StageContext(stage.name, task.name, stage.config, engine)
+        ctx.stats.rows_in = len(rows)
+        try:
+            out = list(stage.run(iter(rows), ctx))
+            table = pa.Table.from_pylist(out, schema=stage.output_schema)
+            break
+        except Exception as e:  # noqa: BLE001 -- anything a stage raises is contained here
+            if attempt >= max_retries:
+                log.error("stage %s partition %s failed %d time(s), quarantining its rows: %s",
+                          stage.name, task.name, attempt + 1, e)
+                ctx = StageContext(stage.name, task.name, stage.config, engine)
+                ctx.stats.rows_in = len(rows)
+                detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+                for row in rows:
+                    ctx.quarantine(row, "stage_error", detail)
+                table = stage.output_schema.empty_table()
+                break
+            attempt += 1
+            log.warning("stage %s partition %s failed (attempt %d), retrying: %s",
+                        stage.name, task.name, attempt, e)
+    ctx.stats.retries = attempt
+    ctx.stats.rows_out = table.num_rows
+    storage.write_table(task.data_uri(), table)
+    qt = ctx.quarantine_table()
+    if qt.num_rows:
+        storage.write_table(task.quarantine_uri(), qt)
+    for side, (schema, side_rows) in ctx.side_outputs().items():
+        storage.write_table(task.side_uri(side), pa.Table.from_pylist(side_rows, schema=schema))
+    stats = ctx.finish()
+    storage.write_json(task.marker_uri(), {
+        "stage": stage.name, "partition": task.name, "stage_hash": task.stage_hash,
+        "inputs": list(task.inputs), "finished_at": time.time(), "stats": stats.to_dict(),
+    })
+    return stats
+
+
+def stage_totals(out_dir: str) -> StageStats:
+    """Sum the stats of every completed partition (this run's and earlier ones)."""
+    total = StageStats()
+    for uri in storage.list_files(storage.join(out_dir, "markers"), ".json"):
+        m = read_marker(uri)
+        if m:
+            total.merge(StageStats.from_dict(m["stats"]))
+    return total

@@ -1,0 +1,176 @@
+"""The Arrow types and schemas of every record the pipeline writes.
+
+Declared once here; stages import them and never build their own.  Nested
+provenance is a typed struct (not a JSON string) so Parquet readers, ``datasets``
+and SQL engines can filter on it directly.
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+import pyarrow as pa
+
+#: answer types the correctness matcher understands (``auto`` = infer per row)
+ANSWER_TYPES = (
+    "auto", "multiple_choice", "integer", "number", "yes_no", "word",
+    "text", "anls", "math", "open",
+)
+#: how a pair was made
+METHODS = ("correctness", "format", "dropout_ntp", "image_crop")
+
+# -- images: exactly the Hugging Face layout (field order and types matter) --
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+IMAGES_TYPE = pa.list_(IMAGE_TYPE)
+
+# -- TRL conversational form: [{role, content: [{type, text}]}] -------------
+CONTENT_PART_TYPE = pa.struct([("type", pa.string()), ("text", pa.string())])
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.list_(CONTENT_PART_TYPE))])
+CONVERSATION_TYPE = pa.list_(MESSAGE_TYPE)
+
+SAMPLING_TYPE = pa.struct([
+    ("n", pa.int32()),
+    ("temperature", pa.float64()),
+    ("top_p", pa.float64()),
+    ("top_k", pa.int32()),
+    ("max_tokens", pa.int32()),
+    ("seed", pa.int64()),
+])
+
+#: one sampled response of the policy model
+RESPONSE_TYPE = pa.struct([
+    ("index", pa.int32()),
+    ("text", pa.string()),
+    ("finish_reason", pa.string()),
+    ("num_tokens", pa.int32()),
+    ("seed", pa.int64()),
+])
+
+_PROMPT_FIELDS = [
+    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("row_key", pa.string(), nullable=False),
+    pa.field("question", pa.string(), nullable=False),
+    pa.field("images", IMAGES_TYPE),
+    # acceptable ground truths; empty list = no ground truth (open prompt)
+    pa.field("answer", pa.list_(pa.string())),
+    pa.field("answer_type", pa.string()),
+    # option texts of a multiple-choice question, in letter order (A, B, ...)
+    pa.field("choices", pa.list_(pa.string())),
+    # extra facts about the sample (caption, rationale...) for judges
+    pa.field("facts", pa.string()),
+]
+
+PROMPT_SCHEMA = pa.schema(_PROMPT_FIELDS)
+
+RESPONSE_SCHEMA = pa.schema(_PROMPT_FIELDS + [
+    pa.field("template_id", pa.string()),
+    pa.field("prompt_text", pa.string()),
+    pa.field("prompt_tokens", pa.int32()),
+    pa.field("model", pa.string()),
+    pa.field("model_revision", pa.string()),
+    pa.field("sampling", SAMPLING_TYPE),
+    pa.field("responses", pa.list_(RESPONSE_TYPE)),
+])
+
+FILTER_VERDICT_TYPE = pa.struct([
+    ("rule", pa.string()),
+    ("target", pa.string()),  # chosen | rejected | pair
+    ("passed", pa.bool_()),
+    ("reason", pa.string()),
+])
+
+PROVENANCE_TYPE = pa.struct([
+    ("sample_id", pa.string()),
+    ("source_row_id", pa.string()),
+    ("model", pa.string()),
+    ("model_revision", pa.string()),
+    ("template_id", pa.string()),
+    ("sampling", SAMPLING_TYPE),
+    ("chosen_index", pa.int32()),
+    ("rejected_index", pa.int32()),
+    ("chosen_seed", pa.int64()),
+    ("rejected_seed", pa.int64()),
+    ("chosen_tokens", pa.int32()),
+    ("rejected_tokens", pa.int32()),
+    ("chosen_finish_reason", pa.string()),
+    ("rejected_finish_reason", pa.string()),
+    # correctness
+    ("answer_type", pa.string()),
+    ("ground_truth", pa.list_(pa.string())),
+    ("chosen_answer", pa.string()),
+    ("rejected_answer", pa.string()),
+    ("chosen_score", pa.float64()),
+    ("rejected_score", pa.float64()),
+    ("match_rule", pa.string()),
+    # dropout_ntp
+    ("truncation_ratio", pa.float64()),
+    ("truncation_unit", pa.string()),
+    ("cut_words", pa.int32()),
+    ("cut_chars", pa.int32()),
+    ("continuation_tokens", pa.int32()),
+    ("image_kept", pa.bool_()),
+    # image_crop: one [left, top, right, bottom] box per image
+    ("crop_boxes", pa.list_(pa.list_(pa.int32()))),
+    ("crop_seed", pa.int64()),
+    # quality
+    ("filters", pa.list_(FILTER_VERDICT_TYPE)),
+    ("judge_chosen_score", pa.float64()),
+    ("judge_rejected_score", pa.float64()),
+    # build
+    ("pipeline_version", pa.string()),
+    ("config_hash", pa.string()),
+])
+
+PAIR_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("prompt", CONVERSATION_TYPE),
+    pa.field("chosen", CONVERSATION_TYPE),
+    pa.field("rejected", CONVERSATION_TYPE),
+    pa.field("images", IMAGES_TYPE),
+    pa.field("rejected_images", IMAGES_TYPE),
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("question", pa.string()),
+    pa.field("provenance", PROVENANCE_TYPE),
+])
+
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("stage", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("row_key", pa.string()),
+    pa.field("sample_id", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("detail", pa.string()),
+    pa.field("record", pa.string()),
+])
+
+_IMAGE_COLUMNS = ("images", "rejected_images")
+
+
+def hf_features_metadata(schema: pa.Schema) -> dict:
+    """The ``huggingface`` schema metadata that makes ``datasets`` decode images.
+
+    Only image columns are declared (in the ``Sequence`` form, which every
+    ``datasets`` version understands); ``datasets`` infers the rest from Arrow.
+    """
+    features = {
+        name: {"feature": {"_type": "Image"}, "_type": "Sequence"}
+        for name in _IMAGE_COLUMNS if name in schema.names
+    }
+    return {"info": {"features": features}}
+
+
+def with_hf_metadata(schema: pa.Schema) -> pa.Schema:
+    meta = dict(schema.metadata or {})
+    meta[b"huggingface"] = json.dumps(hf_features_metadata(schema)).encode()
+    return schema.with_metadata(meta)
+
+
+def empty_table(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()
+
+
+def from_rows(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
+    """Build a table from Python dicts, failing loudly on a schema mismatch."""
+    return pa.Table.from_pylist(list(rows), schema=schema)

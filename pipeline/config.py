@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.seeds import stable_hash
 from pipeline.templates import TEMPLATES
 from schemas import ANSWER_TYPES
+from schemas import METHODS as METHODS_FOR_FILTER
 
 STAGE_ORDER = ("ingest", "generate", "correctness", "dropout_ntp", "image_crop",
                "filter", "judge", "write")
@@ -231,15 +232,30 @@ class ImageCropConfig(_Section):
 
 
 class FilterConfig(_Section):
-    enabled: bool = True
-    #: rule name -> params dict, or false to disable (see methods.quality)
+    #: single-text rule name -> params dict, true or false (see methods.quality.DEFAULT_RULES)
     rules: dict[str, Any] = Field(default_factory=dict)
-    #: rejected/chosen character-length ratio outside this range drops the pair (null = off)
-    length_ratio: Optional[tuple[float, float]] = None
+    #: pair rules (identical, length_ratio) -> params dict, true or false
+    pair_rules: dict[str, Any] = Field(default_factory=dict)
+    #: require a parseable final answer in chosen responses of correctness/format pairs
+    require_final_answer: bool = True
     #: keep a pair whose rejected text failed a rule that still leaves it a valid negative
+    #: (repetition, never_ends...); empty or garbled rejected texts always drop the pair
     keep_pairs_with_bad_rejected: bool = True
-    #: per-method overrides of ``rules`` (e.g. dropout_ntp: {never_ends: false})
+    #: overrides of ``rules`` per method / per source (e.g. dropout_ntp: {never_ends: false})
     per_method: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> "FilterConfig":
+        from methods.quality import resolve_rules
+
+        bad = sorted(set(self.per_method) - set(METHODS_FOR_FILTER))
+        if bad:
+            raise ValueError(f"per_method: unknown method(s) {bad}; known: {list(METHODS_FOR_FILTER)}")
+        for rules in [self.rules, *self.per_method.values(), *self.per_source.values()]:
+            resolve_rules(rules)
+        resolve_rules(self.pair_rules, pair=True)
+        return self
 
 
 class JudgeConfig(_Section):
@@ -288,8 +304,17 @@ class PipelineConfig(_Section):
     def resolved(self) -> dict:
         return self.model_dump(mode="json")
 
+    def data_config(self) -> dict:
+        """The resolved config minus what cannot change the data (paths, scheduling)."""
+        d = self.resolved()
+        d.pop("executor")
+        d.pop("engine")
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("work_dir", "output_dir", "name")}
+        return d
+
     def config_hash(self) -> str:
-        return stable_hash(json.dumps(self.resolved(), sort_keys=True))[:16]
+        """Hash of the data-determining config: two builds with equal hashes make equal data."""
+        return stable_hash(json.dumps(self.data_config(), sort_keys=True))[:16]
 
     def stage_hash(self, stage: str) -> str:
         """Hash of everything that can change ``stage``'s output.

@@ -53,10 +53,12 @@ def _read_ref(ref: Any, root: str | None) -> tuple[bytes, str]:
             raise ImageError("missing_image", "image record has neither bytes nor path")
     if isinstance(ref, (bytes, bytearray)):
         return bytes(ref), ""
-    if not isinstance(ref, str) or not ref.strip():
-        raise ImageError("missing_image", f"image reference of type {type(ref).__name__}")
+    if not isinstance(ref, str):
+        raise ImageError("bad_image_reference", f"image reference of type {type(ref).__name__}")
+    if not ref.strip():
+        raise ImageError("missing_image", "empty image path")
     path = resolve_path(ref, root)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise ImageError("missing_image_file", ref)
     with open(path, "rb") as f:
         data = f.read()

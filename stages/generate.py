@@ -1,5 +1,9 @@
 """generate: sample N chain-of-thought responses per prompt with vLLM.
 
+Responses are stored stripped of surrounding whitespace (the chat template
+renders an assistant turn as "Assistant: <text>", so the model's leading space
+belongs to the template, not to the answer).
+
 The question is wrapped in the configured CoT template (short-answer suffixes
 stripped) and rendered through the model's chat template with its image(s).
 All N samples of a prompt come from one request (``SamplingParams(n=N)``)
@@ -58,7 +62,7 @@ class GenerateStage(Stage):
                 ctx.quarantine(row, res.error, res.detail)
                 continue
             responses = [
-                {"index": i, "text": c.text, "finish_reason": c.finish_reason,
+                {"index": i, "text": c.text.strip(), "finish_reason": c.finish_reason,
                  "num_tokens": c.num_tokens, "seed": sampling["seed"]}
                 for i, c in enumerate(res.completions)
             ]

@@ -25,12 +25,12 @@ class RowError(ValueError):
         self.reason, self.detail = reason, detail
 
 
-def _as_str_list(value: Any, what: str, reason: str) -> list[str]:
+def _as_str_list(value: Any, what: str, reason: str, allow_scalar: bool = True) -> list[str]:
     if value is None:
         return []
     if isinstance(value, bool):
         raise RowError(reason, f"{what} is a boolean")
-    if isinstance(value, (int, float, str)):
+    if isinstance(value, (int, float, str)) and allow_scalar:
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise RowError(reason, f"{what} is a {type(value).__name__}")
@@ -85,7 +85,7 @@ class IngestStage(Stage):
 
         images = self._images(data, fields, raw.get("root"))
         answers = _as_str_list(data.get(fields["answer"]), "answer", "bad_answer_type")
-        choices = _as_str_list(data.get(fields["choices"]), "choices", "bad_choices")
+        choices = _as_str_list(data.get(fields["choices"]), "choices", "bad_choices", allow_scalar=False)
         answer_type = data.get(fields["answer_type"]) or src.answer_type
         if not isinstance(answer_type, str) or answer_type not in ANSWER_TYPES:
             raise RowError("unknown_answer_type", f"{answer_type!r} not in {list(ANSWER_TYPES)}")

@@ -1,0 +1,1 @@
+"""Pure-Python building blocks of the pair-construction methods (no I/O)."""

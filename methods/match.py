@@ -1,0 +1,750 @@
+"""Score an extracted answer against ground truths (pure Python, no I/O).
+
+MMPR labels a sampled response *correct* when the best score over several
+matching rules, and over all acceptable ground truths, is above 0.9.  This
+module is that scorer.  Which rules run depends on the answer type, so that a
+rule meant for one kind of answer cannot produce false positives on another
+(VQA punctuation stripping, for example, would make ``(1,2)`` equal ``12`` --
+harmless for VQA words, wrong for maths).
+
+Rules and their names (``MatchResult.rule``):
+
+``exact``            case-insensitive equality after stripping markdown, quotes,
+                     ``$..$`` and a trailing period (every type except ``open``).
+``vqa_norm``         the standard VQA-eval normalisation (punctuation, articles,
+                     number words, contractions): ``word``, ``text``, and
+                     ground truths of numeric types that are not numbers.
+``choice``           option letter / option text resolution (``multiple_choice``).
+``numeric``          numbers equal within ``rel_tol`` after unit stripping.
+``relaxed_numeric``  ChartQA relaxed accuracy (5%), only with ``relaxed=True``.
+``yes_no``           leading yes/no (``"Yes, it is"``) -- ``yes_no``.
+``anls``             1 - normalised Levenshtein distance (``anls``).
+``math``             symbolic equivalence with ``math_verify`` (``math``, and
+                     LaTeX-looking answers of numeric types).
+
+Scores are 1.0 for every rule except ``anls``, which is continuous.  A result is
+``correct`` when ``score > threshold`` (strictly, as the reference does); exact
+and rule matches score 1.0, so they are correct for any threshold below 1.0.
+
+Behaviour decisions (see also the docstrings of the rule functions):
+
+* Percent: ``30%`` equals ``30`` and ``30 percent``; it also equals ``0.3`` when
+  exactly one side carries the percent sign and the other has no unit (both
+  conventions occur in chart datasets).  ``30`` vs ``0.3`` without any percent
+  sign is wrong.
+* Units: a single trailing unit token (``cm``, ``kg``, ``°``, ``degrees``,
+  ``apples``...) and a currency prefix are ignored when only one side has a
+  unit; when both sides have units that differ (``5 cm`` vs ``5 m``) the
+  numbers do not match.
+* Integers: two integer literals must be equal in strict mode (a 1e-3
+  tolerance would let 2018 match 2019); tolerance applies once either side
+  has a decimal point, fraction or exponent.  Year-like ground truths
+  (integer 1000..2100) need an exact value even with ``relaxed=True``.
+* Multiple choice: a response that names two different options (``A or B``,
+  ``A and C``, ``B, C``) is wrong.  When a response gives a letter and a text
+  (``B. red``) the letter wins.
+* VQA normalisation maps ``none`` to ``0`` like the official VQA evaluation.
+* Yes/no: the leading word decides (``yes``, ``yeah``, ``yep``, ``yup``,
+  ``no``, ``nope``); ``true``/``false`` only with ``true_false=True``;
+  ``yes or no`` is wrong.  Declare ``answer_type="yes_no"`` for True/False
+  ground truths -- inference only recognises yes/no.
+* Maths: ``math_verify`` runs with its own 5 s SIGALRM timeouts in the main
+  thread on POSIX, and with timeouts disabled elsewhere (the signal cannot be
+  armed outside the main thread).  In the main thread it therefore replaces
+  any SIGALRM handler/alarm of the caller for the duration of the call.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, NamedTuple, Sequence
+
+from rapidfuzz.distance import Levenshtein
+
+from methods.extract import clean_answer
+
+__all__ = [
+    "MatchResult", "match_answer", "infer_answer_type", "parse_number",
+    "vqa_normalize", "anls_score", "ANSWER_TYPES", "RULES",
+]
+
+ANSWER_TYPES = (
+    "auto", "multiple_choice", "integer", "number", "yes_no", "word",
+    "text", "anls", "math", "open",
+)
+RULES = (
+    "exact", "vqa_norm", "choice", "numeric", "relaxed_numeric", "yes_no",
+    "anls", "math", "none",
+)
+#: ChartQA relaxed accuracy tolerance
+RELAXED_TOL = 0.05
+_CACHE = 1 << 16
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Best score over rules and ground truths, whether it counts as correct, and the rule that gave it."""
+
+    score: float
+    correct: bool
+    rule: str
+
+
+_NO_MATCH = MatchResult(0.0, False, "none")
+
+
+# --------------------------------------------------------------------------
+# light cleaning shared by all rules
+# --------------------------------------------------------------------------
+_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|operatorname)\s*\{([^{}]*)\}")
+_LATEX_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
+_LATEX_SPACES = re.compile(r"\\[,;:! ]|\\q?quad")
+_WS = re.compile(r"\s+")
+
+
+@lru_cache(maxsize=_CACHE)
+def _clean(s: str) -> str:
+    """Answer without presentation: markdown, quotes, math delimiters, ``\\text{}``, final period."""
+    s = clean_answer(s)
+    if "\\" in s:
+        s = _LATEX_TEXT.sub(r"\1", s)
+        s = _LATEX_DEGREE.sub("°", s)
+        s = _LATEX_SPACES.sub(" ", s)
+        s = s.replace("\\%", "%").replace("\\$", "$").replace("\\left", "").replace("\\right", "")
+        s = clean_answer(s)
+    return s
+
+
+@lru_cache(maxsize=_CACHE)
+def _canon(s: str) -> str:
+    """Cleaned, case-folded, whitespace-collapsed: the key of the ``exact`` rule."""
+    return _WS.sub(" ", _clean(s)).casefold()
+
+
+# --------------------------------------------------------------------------
+# VQA normalisation (the official VQA evaluation, with its quirks)
+# --------------------------------------------------------------------------
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've",
+    "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
+    "id've": "i'd've", "i'dve": "i'd've", "im": "i'm", "ive": "i've", "isnt": "isn't",
+    "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
+    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
+    "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
+    "she'dve": "she'd've", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+    "somebodyd": "somebody'd", "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've",
+    "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's",
+    "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've",
+    "there'dve": "there'd've", "therere": "there're", "theres": "there's",
+    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
+    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've",
+    "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
+    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
+    "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
+    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've",
+    "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've",
+    "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
+}
+#: VQA's manual map (zero..ten, and "none" -> "0"), extended to twenty and the tens
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+    "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
+    "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18",
+    "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
+    "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
+}
+_ARTICLES = frozenset(("a", "an", "the"))
+_VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
+              ">", "<", "@", "`", ",", "?", "!")
+_VQA_PUNCT_RE = re.compile("[" + re.escape("".join(_VQA_PUNCT)) + "]")
+_VQA_COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
+_VQA_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
+
+
+def _vqa_punctuation(s: str) -> str:
+    """VQA's processPunctuation: a mark is deleted if it touches a space (or the text has
+    a digit-comma-digit), else replaced by a space; periods not followed by a digit go."""
+    if _VQA_PUNCT_RE.search(s) is not None:
+        comma_digits = _VQA_COMMA_DIGITS.search(s) is not None
+        out = s
+        for p in _VQA_PUNCT:
+            if p in s:
+                glue = "" if (comma_digits or p + " " in s or " " + p in s) else " "
+                out = out.replace(p, glue)
+        s = out
+    return _VQA_PERIOD.sub("", s)
+
+
+@lru_cache(maxsize=_CACHE)
+def vqa_normalize(s: str) -> str:
+    """The VQA-eval normal form: punctuation handled, lowercased, number words to digits,
+    articles dropped, contractions restored ("dont" -> "don't")."""
+    s = _vqa_punctuation(_clean(s).replace("\n", " ").replace("\t", " "))
+    words = []
+    for w in s.lower().split():
+        w = _NUMBER_WORDS.get(w, w)
+        if w in _ARTICLES:
+            continue
+        words.append(_CONTRACTIONS.get(w, w))
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------
+# numbers
+# --------------------------------------------------------------------------
+class _Num(NamedTuple):
+    value: float
+    unit: str | None       # canonical unit, "%" for percent, "$" for dollars
+    int_literal: bool      # written as a plain integer (no point, fraction, exponent)
+
+
+_ONES_RE = "one|two|three|four|five|six|seven|eight|nine"
+_NUMBER_WORD_RE = (
+    "(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)(?:[- ](?:" + _ONES_RE + "))?"
+    "|zero|" + _ONES_RE + "|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen"
+    "|seventeen|eighteen|nineteen"
+)
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
+_NUMBER_RE = re.compile(
+    r"^(?P<sign>[-+\u2212\u2013])?\s*(?P<cur>[$\u20ac\u00a3\u00a5\u20b9])?\s*(?:"
+    rf"(?P<fn>{_NUM})\s*/\s*(?P<fd>{_NUM})"
+    rf"|\\[dt]?frac\s*\{{\s*(?P<ln>{_NUM})\s*\}}\s*\{{\s*(?P<ld>{_NUM})\s*\}}"
+    r"|\\[dt]?frac(?P<sn>\d)(?P<sd>\d)"
+    rf"|(?P<num>{_NUM})(?:e(?P<exp>[-+\u2212]?\d+)"
+    r"|\s*(?:x|\u00d7|\*|\\times|\\cdot|\u00b7)\s*10\s*\^\s*\{?\s*(?P<exp2>[-+\u2212]?\d+)\s*\}?)?"
+    r"|(?P<word>" + _NUMBER_WORD_RE + r")(?![a-z])"
+    r")\s*(?P<scale>thousand|million|billion|trillion)?"
+    r"\s*(?P<unit>[^\W\d_%\u00b0\u00ba$\u20ac\u00a3][^\s]{0,14}|[%\u00b0\u00ba$\u20ac\u00a3][^\s]{0,14})?$",
+)
+_APPROX = re.compile(r"^(?:approximately|approx\.?|about|around|roughly|nearly|almost|~|\u2248|\u2243)\s*")
+_SCALES = {"thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12}
+_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
+         "eighty": 80, "ninety": 90}
+_UNIT_CANON = {
+    "%": "%", "percent": "%", "pct": "%", "percentage": "%",
+    "\u00b0": "deg", "\u00ba": "deg", "deg": "deg", "degree": "deg", "degrees": "deg",
+    "$": "$", "dollar": "$", "dollars": "$", "usd": "$",
+    "\u20ac": "eur", "eur": "eur", "euro": "eur", "euros": "eur",
+    "\u00a3": "gbp", "gbp": "gbp", "\u00a5": "yen", "yen": "yen", "\u20b9": "inr", "inr": "inr",
+    "m": "m", "meter": "m", "meters": "m", "metre": "m", "metres": "m",
+    "cm": "cm", "centimeter": "cm", "centimeters": "cm", "centimetre": "cm", "centimetres": "cm",
+    "mm": "mm", "millimeter": "mm", "millimeters": "mm",
+    "km": "km", "kilometer": "km", "kilometers": "km", "kilometre": "km", "kilometres": "km",
+    "kg": "kg", "kilogram": "kg", "kilograms": "kg", "g": "g", "gram": "g", "grams": "g",
+    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
+    "min": "min", "mins": "min", "minute": "min", "minutes": "min",
+    "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+    "yr": "year", "yrs": "year", "year": "year", "years": "year",
+    "in": "in", "inch": "in", "inches": "in", "ft": "ft", "foot": "ft", "feet": "ft",
+}
+
+
+def _canon_unit(unit: str | None, currency: str | None) -> str | None:
+    """Canonical unit name; unknown words lose a plural "s" so "apples" == "apple"."""
+    if unit:
+        unit = unit.rstrip(".,;:)")
+        if unit in _UNIT_CANON:
+            return _UNIT_CANON[unit]
+        if unit.startswith(("\u00b0", "\u00ba")):  # "°c" -> "deg c" family: keep the scale letter
+            return "deg" + unit[1:]
+        if len(unit) > 3 and unit.endswith("s"):
+            return unit[:-1]
+        return unit or None
+    if currency:
+        return _UNIT_CANON.get(currency, currency)
+    return None
+
+
+def _word_number(word: str) -> int | None:
+    """"two" -> 2, "twenty-five" / "twenty five" -> 25 (VQA's digits map, extended)."""
+    if word in _NUMBER_WORDS and word != "none":
+        return int(_NUMBER_WORDS[word])
+    parts = re.split(r"[- ]", word)
+    if len(parts) == 2 and parts[0] in _TENS and parts[1] in _NUMBER_WORDS:
+        ones = int(_NUMBER_WORDS[parts[1]])
+        if 1 <= ones <= 9:
+            return _TENS[parts[0]] + ones
+    return None
+
+
+def _float(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+@lru_cache(maxsize=_CACHE)
+def parse_number(s: str) -> _Num | None:
+    """A number with its unit from an answer string, or None.
+
+    Accepts thousands separators (``1,000``), decimals, signs (incl. U+2212),
+    fractions (``3/10``, ``\\frac{3}{10}``), scientific notation (``1e3``,
+    ``1.2 x 10^3``, ``1.2 \\times 10^{3}``), scale words (``1.2 million``),
+    number words (``two``, ``twenty-five``), a currency prefix and one
+    trailing unit token (``%``, ``cm``, ``°``, ``degrees``...).  Anything more
+    (``2 or 3``, ``1:2``, ``x = 5``) is not a number.
+    """
+    s = _canon(s)
+    if not s or len(s) > 64:
+        return None
+    s = _APPROX.sub("", s).replace("per cent", "percent")
+    m = _NUMBER_RE.match(s)
+    if m is None:
+        return None
+    g = m.group
+    int_literal = False
+    try:
+        if g("num") is not None:
+            num = g("num")
+            value = _float(num)
+            exp = g("exp") or g("exp2")
+            if exp is not None:
+                value *= 10.0 ** int(exp.replace("\u2212", "-"))
+            else:
+                int_literal = "." not in num
+        elif g("fn") is not None:
+            value = _float(g("fn")) / _float(g("fd"))
+        elif g("ln") is not None:
+            value = _float(g("ln")) / _float(g("ld"))
+        elif g("sn") is not None:
+            value = int(g("sn")) / int(g("sd"))
+        else:
+            word_value = _word_number(g("word"))
+            if word_value is None:
+                return None
+            value, int_literal = float(word_value), True
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+    if g("scale"):
+        value *= _SCALES[g("scale")]
+        int_literal = False
+    if g("sign") and g("sign") != "+":
+        value = -value
+    if not math.isfinite(value):
+        return None
+    return _Num(value, _canon_unit(g("unit"), g("cur")), int_literal)
+
+
+def _close(a: float, b: float, tol: float) -> bool:
+    """|a - b| within ``tol`` relative to the ground truth ``b`` (absolute 1e-12 floor for b == 0)."""
+    return abs(a - b) <= tol * abs(b) + 1e-12
+
+
+def _is_year_like(g: _Num) -> bool:
+    return g.int_literal and g.unit is None and 1000 <= g.value <= 2100
+
+
+def _numbers_match(p: _Num, g: _Num, tol: float, relaxed: bool) -> bool:
+    """Numeric equality with the unit, percent, integer and year rules of the module docstring."""
+    if p.unit is not None and g.unit is not None and p.unit != g.unit:
+        return False
+    candidates = [p.value]
+    if g.unit == "%" and p.unit is None:
+        candidates.append(p.value * 100.0)      # GT "30%", answer "0.3"
+    elif p.unit == "%" and g.unit is None:
+        candidates.append(p.value / 100.0)      # GT "0.3", answer "30%"
+    if _is_year_like(g) or (not relaxed and p.int_literal and g.int_literal):
+        return any(c == g.value for c in candidates)
+    return any(_close(c, g.value, tol) for c in candidates)
+
+
+# --------------------------------------------------------------------------
+# yes / no
+# --------------------------------------------------------------------------
+_YES_NO_HEAD = re.compile(r"^(yes|no|yeah|yep|yup|nope|true|false)\b")
+_YES_NO_BOTH = re.compile(r"^(?:yes|no)\s*(?:/|,|or|and)\s*(?:yes|no)\b")
+_POLARITY = {"yes": "yes", "yeah": "yes", "yep": "yes", "yup": "yes", "no": "no", "nope": "no",
+             "true": "yes", "false": "no"}
+
+
+@lru_cache(maxsize=_CACHE)
+def _yes_no(s: str, true_false: bool) -> str | None:
+    """"yes" / "no" from the leading word ("Yes, it is" -> yes); None for "yes or no".
+
+    "true"/"false" count only with ``true_false`` (ScienceQA-style T/F data)."""
+    c = _canon(s)
+    m = _YES_NO_HEAD.match(c)
+    if m is None:
+        return None
+    word = m.group(1)
+    if word in ("true", "false") and not true_false:
+        return None
+    if _YES_NO_BOTH.match(c) is not None:
+        return None
+    return _POLARITY[word]
+
+
+# --------------------------------------------------------------------------
+# multiple choice
+# --------------------------------------------------------------------------
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_AMBIGUOUS = -2   # the answer names several different options
+_UNRESOLVED = -1
+_MC_PREFIX = re.compile(
+    r"^(?:(?:the|my)\s+)?(?:(?:final|correct|right|best)\s+)?(?:answer|option|choice)\b"
+    r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?\s*[:\-]?\s*",
+    re.IGNORECASE | re.ASCII,
+)
+_MC_BARE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
+_MC_PAREN = re.compile(r"^[(\[]([A-Za-z])[)\]]")
+_MC_DELIM = re.compile(r"^([A-Za-z])(?:[.:)]|\s+[-\u2013])(?:\s|$)")
+_MC_SPACE = re.compile(r"^([A-Z])\s+(\S.*)$", re.DOTALL)
+_MC_HEAD = re.compile(r"^([A-Z])(?![A-Za-z0-9])")
+_MC_TWO = re.compile(
+    r"^[(\[]?([A-Za-z])[)\]]?[.:]?\s*(?:,|/|&|;|\bor\b|\band\b)\s*"
+    r"(?:(?:option|choice)\s+)?[(\[]?([A-Za-z])[)\]]?(?![A-Za-z])",
+    re.IGNORECASE | re.ASCII,  # ASCII: no Kelvin sign / long s matching [A-Za-z]
+)
+_MC_BOTH = re.compile(r"^(?:both|either)\s+", re.IGNORECASE | re.ASCII)
+
+
+def _option_key(s: str) -> str:
+    """Key for comparing an answer with an option's text: case, punctuation and articles ignored."""
+    return vqa_normalize(s)
+
+
+def _letter_index(letter: str, n_choices: int) -> int:
+    idx = _LETTERS.index(letter.upper())
+    return idx if (n_choices == 0 or idx < n_choices) else _UNRESOLVED
+
+
+def _letter_of(s: str, choices: tuple[str, ...], explicit: bool) -> int:
+    """Option index named by letter at the start of ``s``; _UNRESOLVED if none.
+
+    "B", "(B)", "[b]", "B.", "B:", "B) blue", "B. blue" all name B.  "B blue"
+    (letter, space, text) names B only after an explicit "answer is"/"option"
+    prefix or when the text is option B's text -- otherwise "A dog" would be
+    read as option A.
+    """
+    n = len(choices)
+    for pattern in (_MC_BARE, _MC_PAREN, _MC_DELIM):
+        m = pattern.match(s)
+        if m is not None:
+            return _letter_index(m.group(1), n)
+    if explicit:
+        m = _MC_HEAD.match(s)
+        if m is not None:
+            return _letter_index(m.group(1), n)
+    m = _MC_SPACE.match(s)
+    if m is not None and choices:
+        idx = _letter_index(m.group(1), n)
+        if idx >= 0 and _option_key(m.group(2)) == _option_key(choices[idx]):
+            return idx
+    return _UNRESOLVED
+
+
+def _names_two_options(s: str, n_choices: int) -> bool:
+    """True for answers that start with two *different* valid letters: "A or B",
+    "A and C", "B, C", "(A)/(B)" (after "both"/"either" is dropped)."""
+    m = _MC_TWO.match(_MC_BOTH.sub("", s))
+    if m is None:
+        return False
+    a, b = m.group(1).upper(), m.group(2).upper()
+    return a != b and (n_choices == 0 or max(_LETTERS.index(a), _LETTERS.index(b)) < n_choices)
+
+
+def _text_option(s: str, choices: tuple[str, ...]) -> int:
+    """Index of the option whose text the answer is (VQA-normalised, or numerically equal)."""
+    key = _option_key(s)
+    if not key:
+        return _UNRESOLVED
+    hits = [i for i, c in enumerate(choices) if _option_key(c) == key]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        return hits[0] if all(_canon(choices[i]) == _canon(choices[hits[0]]) for i in hits) else _AMBIGUOUS
+    p = parse_number(s)
+    if p is not None:
+        hits = [i for i, c in enumerate(choices)
+                if (g := parse_number(c)) is not None and _numbers_match(p, g, 1e-9, False)]
+        if len(hits) == 1:
+            return hits[0]
+    return _UNRESOLVED
+
+
+@lru_cache(maxsize=_CACHE)
+def _resolve_option(s: str, choices: tuple[str, ...]) -> int:
+    """The option index an answer (or a ground truth) designates.
+
+    Returns an index, _UNRESOLVED (no option recognisable) or _AMBIGUOUS (the
+    answer names two different options, which counts as wrong).  Order: a bare
+    letter; the text of an option (so an option literally reading "Both A and
+    B" still resolves); two letters named -> ambiguous; a leading letter.
+    """
+    s = _clean(s)
+    explicit = False
+    while True:
+        m = _MC_PREFIX.match(s)
+        if m is None or m.end() == 0:
+            break
+        s, explicit = clean_answer(s[m.end():]), True
+    m = _MC_BARE.match(s)
+    if m is not None:
+        return _letter_index(m.group(1), len(choices))
+    if choices:
+        idx = _text_option(s, choices)
+        if idx != _UNRESOLVED:
+            return idx
+    if _names_two_options(s, len(choices)):
+        return _AMBIGUOUS
+    return _letter_of(s, choices, explicit)
+
+
+# --------------------------------------------------------------------------
+# ANLS
+# --------------------------------------------------------------------------
+def anls_score(pred: str, gt: str, cutoff: float = 0.5) -> float:
+    """ANLS of one pair: ``1 - Levenshtein(p, g) / max(len p, len g)`` on lowercased,
+    whitespace-collapsed strings (markdown, quotes and a final period stripped
+    like every rule here); 0 when below ``cutoff`` (DocVQA's 0.5; a value
+    exactly at the cutoff is kept).
+
+    Never ``dist / len`` -- that inverts the score (the reference code's bug)."""
+    a, b = _canon(pred), _canon(gt)
+    if not a and not b:
+        return 1.0
+    score = 1.0 - Levenshtein.normalized_distance(a, b)
+    return score if score >= cutoff else 0.0
+
+
+# --------------------------------------------------------------------------
+# maths
+# --------------------------------------------------------------------------
+_LATEX_HINT = re.compile(r"\\[a-zA-Z]|\^|_\{|\{")
+
+
+def _math_timeout() -> int | None:
+    """math_verify's timeouts use SIGALRM, which only works in the main thread on POSIX;
+    elsewhere (Ray/worker threads, Windows) they must be disabled or the call raises."""
+    if os.name == "posix" and threading.current_thread() is threading.main_thread():
+        return 5
+    return None
+
+
+@lru_cache(maxsize=8192)
+def _math_parse(s: str) -> tuple:
+    """math_verify.parse of the answer as inline maths, () when unparsable.
+
+    The answer is wrapped in ``$...$`` first: unwrapped, math_verify's
+    expression fallback reads ``2\\sqrt{3}`` as ``2``.  Cached: the same ground
+    truth is verified against up to 32 samples."""
+    try:
+        from math_verify import parse
+    except ImportError:  # pragma: no cover - dependency declared, but keep matching usable
+        return ()
+    timeout = _math_timeout()
+    for text in ((s,) if "$" in s else (f"${s}$", s)):
+        try:
+            parsed = parse(text, parsing_timeout=timeout)
+        except Exception:  # noqa: BLE001 - parser bugs and timeouts are "unparsable"
+            parsed = []
+        if parsed:
+            return tuple(parsed)
+    return ()
+
+
+def _math_equal(pred: str, gt: str) -> bool:
+    """Symbolic equivalence (``\\frac{1}{2}`` == ``0.5``, ``\\sqrt{2}/2`` == ``\\frac{\\sqrt{2}}{2}``)."""
+    gold, target = _math_parse(clean_answer(gt)), _math_parse(clean_answer(pred))
+    if not gold or not target:
+        return False
+    try:
+        from math_verify import verify
+        return bool(verify(list(gold), list(target), timeout_seconds=_math_timeout()))
+    except Exception:  # noqa: BLE001 - sympy can raise anything on odd input
+        return False
+
+
+# --------------------------------------------------------------------------
+# rules: (pred, gt, options) -> score
+# --------------------------------------------------------------------------
+class _Opts(NamedTuple):
+    choices: tuple[str, ...]
+    rel_tol: float
+    relaxed: bool
+    true_false: bool
+    anls_cutoff: float
+
+
+def _rule_exact(pred: str, gt: str, o: _Opts) -> float:
+    return 1.0 if _canon(pred) == _canon(gt) else 0.0
+
+
+def _rule_vqa(pred: str, gt: str, o: _Opts) -> float:
+    return 1.0 if vqa_normalize(pred) == vqa_normalize(gt) else 0.0
+
+
+def _rule_vqa_non_numeric_gt(pred: str, gt: str, o: _Opts) -> float:
+    """String fallback for numeric types when this ground truth is not a number ("2 or 3")."""
+    return 0.0 if parse_number(gt) is not None else _rule_vqa(pred, gt, o)
+
+
+def _rule_numeric(pred: str, gt: str, o: _Opts) -> float:
+    p, g = parse_number(pred), parse_number(gt)
+    return 1.0 if p is not None and g is not None and _numbers_match(p, g, o.rel_tol, False) else 0.0
+
+
+def _rule_relaxed(pred: str, gt: str, o: _Opts) -> float:
+    p, g = parse_number(pred), parse_number(gt)
+    return 1.0 if p is not None and g is not None and _numbers_match(p, g, RELAXED_TOL, True) else 0.0
+
+
+def _rule_choice(pred: str, gt: str, o: _Opts) -> float:
+    g = _resolve_option(gt, o.choices)
+    if g < 0:
+        return 0.0
+    return 1.0 if _resolve_option(pred, o.choices) == g else 0.0
+
+
+def _rule_yes_no(pred: str, gt: str, o: _Opts) -> float:
+    g = _yes_no(gt, o.true_false)
+    return 1.0 if g is not None and _yes_no(pred, o.true_false) == g else 0.0
+
+
+def _rule_anls(pred: str, gt: str, o: _Opts) -> float:
+    return anls_score(pred, gt, o.anls_cutoff)
+
+
+def _rule_math(pred: str, gt: str, o: _Opts) -> float:
+    return 1.0 if _math_equal(pred, gt) else 0.0
+
+
+def _rule_math_if_latex(pred: str, gt: str, o: _Opts) -> float:
+    """Numeric types: call the slow symbolic checker only for LaTeX the number parser can't read."""
+    if parse_number(pred) is not None and parse_number(gt) is not None:
+        return 0.0
+    if _LATEX_HINT.search(_clean(pred)) is None and _LATEX_HINT.search(_clean(gt)) is None:
+        return 0.0
+    return _rule_math(pred, gt, o)
+
+
+_Rule = Callable[[str, str, _Opts], float]
+_NUMERIC_RULES = (("exact", _rule_exact), ("numeric", _rule_numeric),
+                  ("vqa_norm", _rule_vqa_non_numeric_gt), ("math", _rule_math_if_latex))
+#: rules per answer type, cheapest first (matching stops at the first 1.0)
+_RULES_BY_TYPE: dict[str, tuple[tuple[str, _Rule], ...]] = {
+    "multiple_choice": (("exact", _rule_exact), ("choice", _rule_choice)),
+    "integer": _NUMERIC_RULES,
+    "number": _NUMERIC_RULES,
+    "yes_no": (("exact", _rule_exact), ("yes_no", _rule_yes_no)),
+    "word": (("exact", _rule_exact), ("vqa_norm", _rule_vqa)),
+    "text": (("exact", _rule_exact), ("vqa_norm", _rule_vqa)),
+    "anls": (("exact", _rule_exact), ("anls", _rule_anls)),
+    "math": (("exact", _rule_exact), ("numeric", _rule_numeric), ("math", _rule_math)),
+    "open": (),
+}
+_RELAXED_NUMERIC_RULES = _NUMERIC_RULES[:2] + (("relaxed_numeric", _rule_relaxed),) + _NUMERIC_RULES[2:]
+
+
+# --------------------------------------------------------------------------
+# answer type inference
+# --------------------------------------------------------------------------
+_MC_LETTER_GT = re.compile(r"^[(\[]?[A-Z][)\]]?[.:)]?$")
+
+
+@lru_cache(maxsize=_CACHE)
+def _infer(gts: tuple[str, ...], has_choices: bool) -> str:
+    if has_choices:
+        return "multiple_choice"
+    gts = tuple(g for g in gts if g and _clean(g))
+    if not gts:
+        return "open"
+    cleaned = [_clean(g) for g in gts]
+    if all(_MC_LETTER_GT.match(c) for c in cleaned):
+        return "multiple_choice"
+    if all(_canon(g) in ("yes", "no") for g in gts):
+        return "yes_no"
+    nums = [parse_number(g) for g in gts]
+    if all(n is not None for n in nums):
+        return "integer" if all(n.int_literal and n.unit is None for n in nums) else "number"
+    if any(_LATEX_HINT.search(c) for c in cleaned):
+        return "math"
+    if all(len(c.split()) == 1 for c in cleaned):
+        return "word"
+    return "text"
+
+
+def infer_answer_type(ground_truths: Sequence[str], choices: Sequence[str] | None = None) -> str:
+    """The answer type for ``answer_type="auto"``.
+
+    Options given, or every ground truth an upper-case letter (MathVista-style
+    options inside the question) -> ``multiple_choice``; all yes/no ->
+    ``yes_no``; all plain integers (number words count: VQA's "two") ->
+    ``integer``; all numbers, possibly with a unit or percent -> ``number``;
+    LaTeX markup -> ``math``; single words -> ``word``; else ``text``.  No
+    usable ground truth -> ``open``.  ``anls`` is never inferred: it is a
+    property of the dataset (documents), so sources declare it.
+    """
+    return _infer(tuple(ground_truths), choices is not None and len(choices) > 0)
+
+
+# --------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------
+def match_answer(
+    pred: str | None,
+    ground_truths: Sequence[str],
+    answer_type: str = "auto",
+    choices: Sequence[str] | None = None,
+    *,
+    threshold: float = 0.9,
+    rel_tol: float = 1e-3,
+    relaxed: bool = False,
+    true_false: bool = False,
+    anls_cutoff: float = 0.5,
+) -> MatchResult:
+    """Best score of ``pred`` over the rules of ``answer_type`` and over all ground truths.
+
+    ``pred`` None (no parseable answer) or an ``open`` question never matches.
+    ``correct`` is ``score > threshold``; rule matches score 1.0.  Rules run
+    cheapest first across all ground truths and stop at the first 1.0, so the
+    slow symbolic maths check only runs when nothing cheaper matched.
+    """
+    if isinstance(ground_truths, str):
+        ground_truths = (ground_truths,)
+    if pred is None or ground_truths is None or len(ground_truths) == 0:
+        return _NO_MATCH
+    has_choices = choices is not None and len(choices) > 0  # not "if choices": numpy arrays
+    if answer_type == "auto":
+        answer_type = _infer(tuple(ground_truths), has_choices)
+    if answer_type in ("integer", "number") and relaxed:
+        rules = _RELAXED_NUMERIC_RULES
+    else:
+        try:
+            rules = _RULES_BY_TYPE[answer_type]
+        except KeyError:
+            raise ValueError(f"unknown answer type {answer_type!r}; known: {ANSWER_TYPES}") from None
+    if not rules:
+        return _NO_MATCH
+    opts = _Opts(tuple(choices) if has_choices else (), rel_tol, relaxed, true_false, anls_cutoff)
+    best, best_rule = 0.0, "none"
+    for name, rule in rules:
+        for gt in ground_truths:
+            if gt is None:
+                continue
+            score = rule(pred, gt, opts)
+            if score > best:
+                best, best_rule = score, name
+                if best >= 1.0:
+                    return MatchResult(1.0, 1.0 > threshold, name)
+    return MatchResult(best, best > threshold, best_rule)

@@ -1,0 +1,56 @@
+"""MMPR pair selection for one prompt (pure, seeded, no I/O).
+
+Given the scored samples of one prompt, pick chosen/rejected pairs the way the
+MMPR pipeline does: every (correct, incorrect) combination is a candidate; drop
+a pair whose chosen answer is a substring of the rejected answer (the rejected
+one may well be right: "2" vs "2 apples"); exact-dedup on the texts; keep at
+most ``k`` with a seeded random choice.  With ``length_ratio`` set, candidates
+whose lengths are within that ratio come first (RLAIF-V-style length balance).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Scored:
+    index: int
+    text: str
+    answer: str | None
+    score: float
+    correct: bool
+    rule: str = ""
+
+
+def _norm(s: str | None) -> str:
+    return " ".join((s or "").lower().split())
+
+
+def _within(a: str, b: str, ratio: float) -> bool:
+    la, lb = max(len(a), 1), max(len(b), 1)
+    return max(la, lb) / min(la, lb) <= ratio
+
+
+def select_pairs(chosen: Sequence[Scored], rejected: Sequence[Scored], k: int, seed: int,
+                 length_ratio: float | None = None) -> list[tuple[Scored, Scored]]:
+    """Up to ``k`` (chosen, rejected) pairs, deterministic for a given seed."""
+    seen: set[tuple[str, str]] = set()
+    candidates: list[tuple[Scored, Scored]] = []
+    for c in chosen:
+        ca = _norm(c.answer)
+        for r in rejected:
+            if ca and ca in _norm(r.answer):
+                continue
+            key = (c.text, r.text)
+            if key in seen or c.text == r.text:
+                continue
+            seen.add(key)
+            candidates.append((c, r))
+    rng = random.Random(seed)
+    rng.shuffle(candidates)
+    if length_ratio is not None:
+        # stable sort keeps the shuffled order inside each group
+        candidates.sort(key=lambda p: not _within(p[0].text, p[1].text, length_ratio))
+    return candidates[:k]

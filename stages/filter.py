@@ -1,0 +1,86 @@
+"""filter: no repetitive or broken sample reaches the dataset (DESIGN.md section 4).
+
+Every pair's chosen and rejected texts go through the rules of
+``methods.quality`` (Gopher-style repetition, generation loops, never-ending
+generations, empty/garbled text, bounds, language mismatch), and the pair
+through pair rules (identical texts, rejected/chosen length ratio).  Each
+verdict is recorded in ``provenance.filters`` and counted per rule.
+
+A failed rule on *chosen* removes the pair.  A failed rule on *rejected* keeps
+the pair when ``keep_pairs_with_bad_rejected`` is on and the rejected text is
+still a real negative (a repetitive answer is a fine negative; an empty one
+is not).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable, Iterator
+
+from methods.extract import extract_answer
+from methods.quality import check_pair, check_text
+from pipeline.stage import Stage, StageContext
+from pipeline.templates import EXTRACTION_STYLE
+from schemas import PAIR_SCHEMA
+from schemas.records import turn_text
+
+#: a rejected text failing these is not a negative at all: the pair goes
+ALWAYS_DROP = {"empty", "bad_characters"}
+#: rejected/chosen character-length ratio buckets for the report
+RATIO_BUCKETS = ((0.5, "<0.5"), (0.8, "0.5-0.8"), (1.25, "0.8-1.25"), (2.0, "1.25-2"), (float("inf"), ">=2"))
+
+
+def ratio_bucket(chosen: str, rejected: str) -> str:
+    r = len(rejected.strip()) / max(len(chosen.strip()), 1)
+    return next(label for bound, label in RATIO_BUCKETS if r < bound)
+
+
+def _verdicts(target: str, verdicts) -> list[dict]:
+    return [{"rule": v.rule, "target": target, "passed": v.passed, "reason": v.reason} for v in verdicts]
+
+
+class FilterStage(Stage):
+    name = "filter"
+    input_schema = PAIR_SCHEMA
+    output_schema = PAIR_SCHEMA
+
+    def _rules(self, method: str, source: str) -> dict:
+        fc = self.config.filter
+        return {**fc.rules, **fc.per_method.get(method, {}), **fc.per_source.get(source, {})}
+
+    def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+        fc = self.config.filter
+        for row in rows:
+            method, prov = row["method"], dict(row["provenance"])
+            chosen, rejected = turn_text(row["chosen"]), turn_text(row["rejected"])
+            rules = self._rules(method, row["source"])
+            bucket = ratio_bucket(chosen, rejected)
+            ctx.stats.inc(f"length_ratio.before.{bucket}")
+            chosen_rules = dict(rules)
+            extractor = None
+            if fc.require_final_answer and method in ("correctness", "format"):
+                style = EXTRACTION_STYLE.get(prov.get("template_id") or "", "final_answer")
+                chosen_rules["missing_final_answer"] = True
+                extractor = partial(extract_answer, style=style)
+            vc = check_text(chosen, chosen_rules, prov.get("chosen_finish_reason"), prov.get("chosen_tokens"),
+                            question=row["question"], extractor=extractor)
+            if method == "image_crop" and chosen == rejected:
+                vr, vp = [], []  # same text by design: the image is the contrast
+            else:
+                vr = check_text(rejected, rules, prov.get("rejected_finish_reason"), prov.get("rejected_tokens"),
+                                question=row["question"])
+                vp = check_pair(chosen, rejected, fc.pair_rules)
+            prov["filters"] = _verdicts("chosen", vc) + _verdicts("rejected", vr) + _verdicts("pair", vp)
+            failed_c = [v.rule for v in vc if not v.passed]
+            failed_r = [v.rule for v in vr if not v.passed]
+            failed_p = [v.rule for v in vp if not v.passed]
+            for target, failed in (("chosen", failed_c), ("rejected", failed_r), ("pair", failed_p)):
+                for rule in failed:
+                    ctx.stats.inc(f"filter.{target}.{rule}")
+            drop = bool(failed_c or failed_p) or (
+                bool(failed_r) and (not fc.keep_pairs_with_bad_rejected or ALWAYS_DROP & set(failed_r)))
+            if drop:
+                ctx.stats.inc(f"removed.{method}")
+                continue
+            ctx.stats.inc(f"kept.{method}")
+            ctx.stats.inc(f"length_ratio.after.{bucket}")
+            yield {**row, "provenance": prov}

@@ -1,0 +1,77 @@
+"""Shared fixtures: one tiny model, one vLLM engine and one sample build per session.
+
+The engine and the Ray build are the expensive parts (tens of seconds each on
+2 cores), so every test that needs them shares the session-scoped ones.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("MMPR_NO_PROGRESS", "1")
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_config(**sections):
+    """A validated config for tests: the sample config with overrides per section."""
+    import yaml
+
+    from pipeline.config import PipelineConfig
+
+    data = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    for src in data.get("sources", []):
+        if not os.path.isabs(src["path"]):
+            src["path"] = str(ROOT / src["path"])
+    data["model"]["tiny_model_dir"] = str(ROOT / "models" / "tiny-idefics3")
+    data["model"]["tiny_model_data"] = str(ROOT / "data" / "sample")
+    return PipelineConfig.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    from pipeline.sample_data import build_sample_data
+
+    d = ROOT / "data" / "sample"
+    if not (d / "gt.jsonl").exists():
+        build_sample_data(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model(sample_data) -> Path:
+    from pipeline.tiny_model import build_tiny_model
+
+    return Path(build_tiny_model(ROOT / "models" / "tiny-idefics3", sample_data))
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model):
+    """The one in-process vLLM engine of the session (local executor tests)."""
+    from pipeline.engine import get_engine
+
+    return get_engine(make_config(executor={"kind": "local"}))
+
+
+@pytest.fixture(scope="session")
+def sample_build(tiny_model, tmp_path_factory) -> Path:
+    """`python -m pipeline run` on the sample config through Ray; returns the dataset folder."""
+    base = tmp_path_factory.mktemp("sample_build")
+    out = base / "out"
+    cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml",
+           "--work-dir", str(base / "work"), "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    (base / "run.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    assert proc.returncode == 0, f"sample build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return out

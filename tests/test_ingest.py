@@ -1,0 +1,181 @@
+"""ingest on a corpus of bad rows: each is quarantined with its own reason, the rest goes on.
+
+Images that need only a fix (CMYK, palette, 16-bit, alpha, EXIF rotation)
+are converted, never refused.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import make_config
+from pipeline import storage
+from pipeline.orchestrator import run_ingest
+
+
+def _png(size=(32, 24), mode="RGB", color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return path.name
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path):
+    """A jsonl source with one row per kind of bad input, plus good rows."""
+    img = tmp_path / "imgs"
+    img.mkdir()
+    ok = _write(img / "ok.png", _png())
+    rows: list[bytes] = []
+    expect: dict[str, str] = {}          # row id -> quarantine reason
+    converted: dict[str, str] = {}       # row id -> original PIL mode
+
+    def add(rid, reason=None, **fields):
+        rows.append(json.dumps({"id": rid, **fields}).encode())
+        if reason:
+            expect[rid] = reason
+
+    add("good-1", image=f"imgs/{ok}", question="What colour?", answer="red")
+    add("good-open", image=f"imgs/{ok}", question="Describe the image.")
+    add("missing-file", "missing_image_file", image="imgs/nope.png", question="q", answer="a")
+    add("zero-byte", "empty_image", image=f"imgs/{_write(img / 'zero.png', b'')}", question="q", answer="a")
+    add("truncated", "corrupt_image", image=f"imgs/{_write(img / 'trunc.png', _png((64, 64))[:120])}",
+        question="q", answer="a")
+    add("not-image", "not_an_image", image=f"imgs/{_write(img / 'text.png', b'hello, not an image')}",
+        question="q", answer="a")
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 9000)).save(bomb, format="PNG")  # 108 Mpx > PIL's limit, tiny file
+    add("bomb", "image_too_large", image=f"imgs/{_write(img / 'bomb.png', bomb.getvalue())}",
+        question="q", answer="a")
+    add("escape", "image_path_escapes_root", image="../../etc/passwd", question="q", answer="a")
+    add("no-image", "missing_image", question="q", answer="a")
+    add("no-question", "missing_question", image=f"imgs/{ok}", answer="a")
+    add("int-image", "bad_image_reference", image=12345, question="q", answer="a")
+    add("dir-image", "missing_image_file", image="imgs", question="q", answer="a")
+    add("empty-q", "empty_question", image=f"imgs/{ok}", question="   ", answer="a")
+    add("int-q", "question_not_string", image=f"imgs/{ok}", question=42, answer="a")
+    add("dict-answer", "bad_answer_type", image=f"imgs/{ok}", question="q", answer={"x": 1})
+    add("bool-answer", "bad_answer_type", image=f"imgs/{ok}", question="q", answer=True)
+    add("huge-q", "question_too_long", image=f"imgs/{ok}", question="x" * 1_000_000, answer="a")
+    add("two-images", "too_many_images", images=[f"imgs/{ok}", f"imgs/{ok}"], question="q", answer="a")
+    add("weird-type", "unknown_answer_type", image=f"imgs/{ok}", question="q", answer="a",
+        answer_type="haiku")
+    add("bad-choices", "bad_choices", image=f"imgs/{ok}", question="q", answer="A", choices="ABCD")
+    add("good-1", "duplicate_sample_id", image=f"imgs/{ok}", question="dup", answer="red")
+    rows.append(b'{"id": "bad-utf8", "question": "caf\xe9", "image": "x.png"}')
+    expect["#bad-utf8"] = "invalid_utf8"
+    rows.append(b'{"id": "broken json", "question": ')
+    expect["#broken-json"] = "invalid_json"
+    rows.append(b'["a", "list", "not", "an", "object"]')
+    expect["#list"] = "malformed_row"
+
+    # convertible images: kept, converted to a model-ready mode
+    for mode, color in [("CMYK", (0, 255, 0, 0)), ("P", 3), ("I;16", 40000), ("RGBA", (10, 20, 30, 128)),
+                        ("LA", (100, 50))]:
+        name = f"mode-{mode.replace(';', '')}.png" if mode != "CMYK" else "mode-CMYK.jpg"
+        buf = io.BytesIO()
+        Image.new(mode, (20, 10), color).save(buf, format="JPEG" if mode == "CMYK" else "PNG")
+        add(f"conv-{mode}", image=f"imgs/{_write(img / name, buf.getvalue())}", question="q", answer="a")
+        converted[f"conv-{mode}"] = mode
+    exif_img = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = exif_img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    exif_img.save(buf, format="JPEG", exif=exif.tobytes())
+    add("exif", image=f"imgs/{_write(img / 'exif.jpg', buf.getvalue())}", question="q", answer="a")
+
+    src = tmp_path / "src.jsonl"
+    src.write_bytes(b"\n".join(rows) + b"\n")
+    return src, tmp_path, expect, converted
+
+
+def _ingest(src: Path, root: Path, out: Path, **model):
+    cfg = make_config(
+        sources=[{"name": "bad", "format": "jsonl", "path": str(src), "image_root": str(root)}],
+        model={"max_images_per_prompt": 1, **model}, run={"partition_rows": 7},
+    )
+    stats, n, skipped = run_ingest(cfg, str(out))
+    rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
+    quarantine = [r for f in storage.list_files(str(out / "quarantine"), ".parquet")
+                  for r in pq.read_table(f).to_pylist()]
+    return stats, rows, quarantine
+
+
+def test_every_bad_row_is_quarantined_with_its_reason(corpus, tmp_path):
+    src, root, expect, converted = corpus
+    stats, rows, quarantine = _ingest(src, root, tmp_path / "out")
+    by_key = {}
+    for q in quarantine:
+        by_key.setdefault(q["row_key"], []).append(q["reason"])
+    got = {}
+    for rid, reason in expect.items():
+        if rid.startswith("#"):
+            continue
+        got[rid] = reason
+    # keyed rows: each expected reason is present for its id
+    for rid, reason in got.items():
+        assert reason in by_key.get(rid, []), f"{rid}: expected {reason}, quarantine has {by_key.get(rid)}"
+    # rows that could not even be parsed are keyed by line position
+    reasons = [q["reason"] for q in quarantine]
+    for reason in ("invalid_utf8", "invalid_json", "malformed_row"):
+        assert reason in reasons
+    assert len(set(expect.values())) >= 20, "the corpus must cover at least 20 kinds of bad rows"
+    assert sum(stats.quarantined.values()) == len(quarantine) == len(expect)
+    kept = {r["row_key"] for r in rows}
+    assert kept == {"good-1", "good-open", "exif", *converted}, kept
+
+
+def test_convertible_images_are_converted_not_rejected(corpus, tmp_path):
+    src, root, _, converted = corpus
+    _, rows, _ = _ingest(src, root, tmp_path / "out")
+    by_key = {r["row_key"]: r for r in rows}
+    for rid in converted:
+        im = Image.open(io.BytesIO(by_key[rid]["images"][0]["bytes"]))
+        assert im.mode in ("RGB", "L"), (rid, im.mode)
+    # EXIF orientation 6 means the stored 40x20 pixels display as 20x40
+    assert Image.open(io.BytesIO(by_key["exif"]["images"][0]["bytes"])).size == (20, 40)
+    # a plain RGB PNG keeps its original bytes
+    assert by_key["good-1"]["images"][0]["bytes"] == (root / "imgs" / "ok.png").read_bytes()
+
+
+def test_ground_truth_and_ids_are_normalised(corpus, tmp_path):
+    src, root, _, _ = corpus
+    _, rows, _ = _ingest(src, root, tmp_path / "out")
+    by_key = {r["row_key"]: r for r in rows}
+    assert by_key["good-1"]["answer"] == ["red"]
+    assert by_key["good-open"]["answer"] == [] and by_key["good-open"]["answer_type"] == "open"
+    # the sample id is a stable hash of (source, row key): same in every run
+    _, rows2, _ = _ingest(src, root, tmp_path / "out2")
+    assert [r["sample_id"] for r in rows] == [r["sample_id"] for r in rows2]
+    assert len({r["sample_id"] for r in rows}) == len(rows)
+
+
+def test_a_bad_image_in_a_multi_image_row_quarantines_the_row(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "b.png").write_bytes(b"garbage")
+    src = tmp_path / "multi.jsonl"
+    src.write_text(json.dumps({"id": "m", "images": ["a.png", "b.png"], "question": "q", "answer": "1"}) + "\n"
+                   + json.dumps({"id": "ok", "images": ["a.png", "a.png"], "question": "q", "answer": "1"}) + "\n")
+    _, rows, quarantine = _ingest(src, tmp_path, tmp_path / "out", max_images_per_prompt=2)
+    assert [r["row_key"] for r in rows] == ["ok"] and len(rows[0]["images"]) == 2
+    assert quarantine[0]["reason"] == "not_an_image" and "image 2 of 2" in quarantine[0]["detail"]
+
+
+def test_partitions_follow_partition_rows(sample_data, tmp_path):
+    cfg = make_config(run={"partition_rows": 100})
+    stats, n, skipped = run_ingest(cfg, str(tmp_path / "ingest"))
+    files = storage.list_files(str(tmp_path / "ingest" / "data"), ".parquet")
+    assert n == len(files) == -(-stats.rows_in // 100)
+    assert [pq.read_metadata(f).num_rows for f in files][:-1] == [100] * (n - 1)
+    # a rerun finds every partition done and skips it
+    stats2, n2, skipped2 = run_ingest(cfg, str(tmp_path / "ingest"))
+    assert (n2, skipped2, stats2.rows_in) == (n, n, 0)

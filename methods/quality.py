@@ -239,7 +239,7 @@ def longest_repeat(text: str) -> tuple[int, int]:
             hi = mid - 1
         else:
             lo, start = mid, found
-    return max(lo - 1, 0), start
+    return lo, start
 
 
 def _z_function(s: str) -> list[int]:

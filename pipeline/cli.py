@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {os.path.join(config.run.work_dir, 'report.json')}; "
                   f"pairs by method: {report['pairs_by_method']}")
         elif args.command == "stage":
-            from pipeline.orchestrator import check_sources, ensure_model, run_stage
+            from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
             from pipeline.config import STAGE_ORDER
             from stages import stage_class
             if args.name not in STAGE_ORDER:
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_sources(config)
             elif not args.input:
                 raise ConfigError(f"--input is required for stage {args.name}")
+            check_ray_address(config)
             if cls.uses_engine:
                 ensure_model(config)
             run_stage(config, args.name, args.input, args.output)

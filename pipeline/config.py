@@ -341,6 +341,25 @@ def _format_error(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in nested dicts/lists (list items by index)."""
+    node: Any = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"--set {dotted}: no list item {p}")
+            node = node[int(p)]
+        else:
+            node = node.setdefault(p, {})
+    if isinstance(node, list):
+        if not leaf.isdigit() or int(leaf) >= len(node):
+            raise ConfigError(f"--set {dotted}: no list item {leaf}")
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Load and validate a YAML config; raise ConfigError with key paths.
 
@@ -357,11 +376,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        _set_dotted(data, dotted, value)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:

@@ -112,6 +112,25 @@ def check_sources(config: PipelineConfig) -> None:
             raise ConfigError(f"sources.{i}.path: {src.path} does not exist (source {src.name!r})")
 
 
+def check_ray_address(config: PipelineConfig) -> None:
+    """Fail in seconds, not minutes, when a configured Ray address cannot be reached."""
+    import socket
+
+    from pipeline.config import ConfigError
+
+    address = config.executor.address or os.environ.get("RAY_ADDRESS")
+    if config.executor.kind != "ray" or not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"executor.address: {address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"executor.address: cannot reach Ray at {address} ({e})") from None
+
+
 def ensure_model(config: PipelineConfig) -> None:
     """Build the tiny model when the config names it; check a local model path exists."""
     from pipeline.config import ConfigError
@@ -158,6 +177,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     from pipeline.report import write_report
 
     check_sources(config)
+    check_ray_address(config)
     ensure_model(config)
     if restart:
         storage.remove_tree(config.run.work_dir)

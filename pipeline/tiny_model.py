@@ -26,6 +26,7 @@ build returns at once.  vLLM, transformers and TRL load the folder directly.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -348,15 +349,36 @@ def build_tiny_model(out_dir: Path, data_dir: Path, seed: int = 0, steps: int = 
     if not force and _stamp_matches(out_dir, fingerprint):
         log(f"{out_dir}: up to date ({fingerprint[:12]})")
         return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time per folder (parallel test sessions share models/)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and _stamp_matches(out_dir, fingerprint):
+            log(f"{out_dir}: built by another process ({fingerprint[:12]})")
+            return out_dir
+        _build(out_dir, data_dir, params, fingerprint, log)
+    return out_dir
 
+
+def _build(out_dir: Path, data_dir: Path, params: dict, fingerprint: str, log) -> None:
     import torch
+
+    # seeds and deterministic mode only for the build: the caller's state is restored
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            torch.manual_seed(params["seed"])
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            _build_seeded(out_dir, data_dir, params, fingerprint, log)
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+
+
+def _build_seeded(out_dir: Path, data_dir: Path, params: dict, fingerprint: str, log) -> None:
     from transformers import GenerationConfig, Idefics3ForConditionalGeneration
 
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
     examples = training_examples(data_dir)
     tokenizer = build_tokenizer(examples, params["vocab_size"])
     processor = build_processor(tokenizer, params)
@@ -367,7 +389,6 @@ def build_tiny_model(out_dir: Path, data_dir: Path, seed: int = 0, steps: int = 
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     losses = _train(model, encoded, params, tokenizer.pad_token_id, log=log)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         model.generation_config = GenerationConfig(
@@ -390,7 +411,6 @@ def build_tiny_model(out_dir: Path, data_dir: Path, seed: int = 0, steps: int = 
         if tmp.exists():
             shutil.rmtree(tmp)
     log(f"built {out_dir} in {time.perf_counter() - t0:.1f}s")
-    return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:

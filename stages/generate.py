@@ -7,7 +7,9 @@ belongs to the template, not to the answer).
 The question is wrapped in the configured CoT template (short-answer suffixes
 stripped) and rendered through the model's chat template with its image(s).
 All N samples of a prompt come from one request (``SamplingParams(n=N)``)
-seeded from the prompt's ``sample_id``, so the same config gives the same
+seeded from the prompt's ``sample_id`` (vLLM gives sample i the seed
+``seed + i``, recorded per response; seeds are hashed, so two prompts never
+share a random stream), so the same config gives the same
 responses regardless of batching, partitioning or which engine ran it.
 """
 from __future__ import annotations
@@ -63,7 +65,7 @@ class GenerateStage(Stage):
                 continue
             responses = [
                 {"index": i, "text": c.text.strip(), "finish_reason": c.finish_reason,
-                 "num_tokens": c.num_tokens, "seed": sampling["seed"]}
+                 "num_tokens": c.num_tokens, "seed": sampling["seed"] + i}
                 for i, c in enumerate(res.completions)
             ]
             ctx.stats.inc("responses", len(responses))

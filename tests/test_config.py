@@ -1,0 +1,72 @@
+"""Config mistakes fail before any work, with a message naming the key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT
+from pipeline.config import ConfigError, load_config
+
+
+def _load(tmp_path, text: str):
+    p = tmp_path / "c.yaml"
+    p.write_text(textwrap.dedent(text))
+    return load_config(p)
+
+
+@pytest.mark.parametrize("yaml_text, key, words", [
+    ("generate: {temprature: 1.0}", "generate.temprature", "Extra inputs"),
+    ("dropout_ntp: {ratio: 1.5}", "dropout_ntp.ratio", "(0, 1)"),
+    ("dropout_ntp: {ratio: 0}", "dropout_ntp.ratio", "(0, 1)"),
+    ("run: {stages: [ingest, generat]}", "run.stages", "unknown stage"),
+    ("generate: {template: cot9}", "generate.template", "unknown template"),
+    ("image_crop: {area: [0.3, 0.1]}", "image_crop.area", "low <= high"),
+    ("sources: [{name: a, format: csv, path: x}]", "sources.0.format", "jsonl"),
+    ("sources: [{name: a, format: jsonl, path: x, answer_type: essay}]", "sources.0.answer_type", "essay"),
+    ("sources: [{name: a, format: jsonl, path: x}, {name: a, format: jsonl, path: y}]", "", "unique"),
+    ("engine: {tensor_parallel_size: 4, gpus_per_replica: 1}", "engine", "gpus_per_replica"),
+    ("filter: {rules: {repetiton: {}}}", "filter", "repetiton"),
+    ("generate: {n: 0}", "generate.n", "greater than or equal to 1"),
+])
+def test_invalid_configs_name_the_key(tmp_path, yaml_text, key, words):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, yaml_text)
+    msg = str(e.value)
+    assert key in msg and words in msg, msg
+
+
+def test_the_shipped_configs_are_valid():
+    for name in ("sample.yaml", "mmpr.yaml"):
+        cfg = load_config(ROOT / "configs" / name)
+        assert cfg.sources and cfg.run.stages[0] == "ingest"
+
+
+def test_cluster_config_samples_like_mmpr():
+    cfg = load_config(ROOT / "configs" / "mmpr.yaml")
+    g = cfg.generate
+    assert g.n == 32 and 0.7 <= g.temperature <= 1.0 and g.top_k == 50 and g.max_tokens >= 2048
+    assert cfg.engine.gpus_per_replica >= 1 and cfg.engine.replicas >= 1
+    assert any(s.answer_type != "open" for s in cfg.sources) and len(cfg.sources) >= 3
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--set", "dropout_ntp.ratio=2"], "dropout_ntp.ratio"),
+    (["run", "--set", "model.path=/no/such/model"], "model.path"),
+    (["stage", "generat", "--output", "x"], "unknown stage"),
+    (["run", "--set", "sources.0.path=/no/such.jsonl"], "sources.0.path"),
+    (["run", "--config", "configs/nope.yaml"], "does not exist"),
+    (["run", "--ray-address", "127.0.0.1:1"], "executor.address"),
+])
+def test_cli_fails_fast_with_one_line(tmp_path, args, words):
+    cmd = [sys.executable, "-m", "pipeline", *args]
+    if "--config" not in args:
+        cmd += ["--config", "configs/sample.yaml"]
+    cmd += ["--work-dir", str(tmp_path / "w")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("config error")]
+    assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "w").exists(), "no work may start before the config is valid"

@@ -259,13 +259,29 @@ class FilterConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    enabled: bool = False
+    """Optional LLM/VLM judge (LLaVA-RLHF-style factually augmented scoring)."""
+    #: judge model (local folder or hub id); null = the policy model of this run
     model: Optional[str] = None
-    rubric: str = "default"
-    facts_field: Optional[str] = "facts"
+    #: rubric template with {question}, {facts} and {response} placeholders; null = the built-in one
+    rubric: Optional[str] = None
+    #: what the judge is told as facts: the ground truth and/or the source's facts field
+    facts: list[Literal["ground_truth", "facts"]] = Field(default_factory=lambda: ["ground_truth", "facts"])
+    #: show the image to the judge (VLM judges)
+    with_image: bool = True
+    score_range: tuple[float, float] = (1, 10)
+    #: drop pairs whose chosen scores below this (null = off)
     min_chosen_score: Optional[float] = None
+    #: drop pairs where chosen does not outscore rejected by this much (null = off)
     margin: Optional[float] = None
     max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and "{response}" not in v:
+            raise ValueError("rubric must contain a {response} placeholder")
+        return v
 
 
 class WriteConfig(_Section):

@@ -44,7 +44,7 @@ class LocalExecutor:
         from stages import make_stage
 
         stage = make_stage(stage_name, self.config)
-        engine = get_engine(self.config) if stage.uses_engine and tasks else None
+        engine = get_engine(stage.engine_config()) if stage.uses_engine and tasks else None
         total = StageStats()
         for task in _progress(tasks, len(tasks), stage_name):
             total.merge(run_task(stage, task, engine, self.config.executor.max_retries))
@@ -66,7 +66,7 @@ class _EngineWorker:
         setup_logging()
         self.config = PipelineConfig.model_validate(config)
         self.stage = make_stage(stage_name, self.config)
-        self.engine = Engine(self.config)
+        self.engine = Engine(self.stage.engine_config())
 
     def __call__(self, batch: dict) -> dict:
         return _run_batch(self.stage, batch, self.engine, self.config.executor.max_retries)

@@ -126,5 +126,9 @@ class Stage:
     def stage_hash(self) -> str:
         return self.config.stage_hash(self.name)
 
+    def engine_config(self) -> "PipelineConfig":
+        """The config whose model this stage's engine runs (a judge may use another model)."""
+        return self.config
+
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
         raise NotImplementedError

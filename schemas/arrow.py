@@ -98,6 +98,8 @@ PROVENANCE_TYPE = pa.struct([
     # correctness
     ("answer_type", pa.string()),
     ("ground_truth", pa.list_(pa.string())),
+    # facts about the sample from its source (caption...), for judges
+    ("facts", pa.string()),
     ("chosen_answer", pa.string()),
     ("rejected_answer", pa.string()),
     ("chosen_score", pa.float64()),

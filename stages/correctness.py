@@ -91,7 +91,7 @@ class CorrectnessStage(Stage):
                     method=method, source=row["source"], question=row["question"],
                     user_text=user_text, images=row["images"], chosen=c.text, rejected=r.text,
                     prov=provenance(
-                        sample_id=row["sample_id"], source_row_id=row["row_key"], model=row["model"],
+                        sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
                         model_revision=row["model_revision"], template_id=row["template_id"],
                         sampling=row["sampling"], chosen_index=c.index, rejected_index=r.index,
                         chosen_seed=rc["seed"], rejected_seed=rr["seed"],

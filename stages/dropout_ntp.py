@@ -115,7 +115,7 @@ class DropoutNTPStage(Stage):
                 method="dropout_ntp", source=row["source"], question=row["question"],
                 user_text=user_text, images=row["images"], chosen=chosen["text"], rejected=rejected,
                 prov=provenance(
-                    sample_id=row["sample_id"], source_row_id=row["row_key"], model=row["model"],
+                    sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
                     model_revision=row["model_revision"], template_id=row["template_id"],
                     sampling=row["sampling"], chosen_index=chosen["index"], chosen_seed=chosen["seed"],
                     rejected_seed=s, chosen_tokens=chosen["num_tokens"],

@@ -79,7 +79,7 @@ class ImageCropStage(Stage):
                 images=row["images"], rejected_images=corrupted, chosen=chosen["text"],
                 rejected=rejected["text"],
                 prov=provenance(
-                    sample_id=row["sample_id"], source_row_id=row["row_key"], model=row["model"],
+                    sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
                     model_revision=row["model_revision"], template_id=row["template_id"],
                     sampling=row["sampling"], chosen_index=chosen["index"], rejected_index=rejected["index"],
                     chosen_seed=chosen["seed"], rejected_seed=rejected["seed"],

@@ -8,6 +8,8 @@ CONFIG ?= configs/sample.yaml
 OUT ?=
 RAY_ADDRESS ?=
 ARGS ?=
+# cpu | gpu | auto (gpu when nvidia-smi sees a GPU)
+PROFILE ?= auto
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_CONFIGURE_LOGGING := 0
@@ -21,7 +23,7 @@ help:
 	@echo "make tiny-model  build the tiny local VLM; make sample-data  regenerate sample data"
 
 setup:
-	@PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
+	@PYTHON=$(PYTHON) VENV=$(VENV) PROFILE=$(PROFILE) bash scripts/setup.sh
 
 sample-data: setup
 	$(BIN)/python -m pipeline sample-data --out data/sample

@@ -85,9 +85,12 @@ def _cpu_worker(batch: dict, stage_name: str, config: dict) -> dict:
 def _run_batch(stage, batch: dict, engine, max_retries: int) -> dict:
     import json
 
+    from pipeline.runner import record_attempt
+
     stats = []
     for raw in batch["task"]:
         task = Task.from_dict(json.loads(raw))
+        record_attempt(task)
         stats.append(json.dumps(run_task(stage, task, engine, max_retries).to_dict()))
     return {"stats": stats}
 
@@ -110,14 +113,40 @@ class RayExecutor:
         ctx.print_on_execution_start = False
 
     def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
+        """Run the tasks; when workers die past Ray's retries, quarantine the partitions
+        that exhausted their attempts and go on with the rest."""
+        from pipeline.runner import attempts, completed, quarantine_partition
+        from stages import make_stage
+
+        total = StageStats()
+        limit = self.config.executor.max_retries + 1
+        pending = list(tasks)
+        for _ in range(limit + 1):
+            if not pending:
+                break
+            try:
+                total.merge(self._run_once(stage_name, pending))
+            except Exception as e:  # noqa: BLE001 -- a worker died more often than Ray retries
+                log.error("stage %s: workers failed (%s); checking partitions", stage_name,
+                          str(e).splitlines()[0][:300])
+                stage = make_stage(stage_name, self.config)
+                for t in pending:
+                    if not completed(t) and attempts(t) >= limit:
+                        log.error("partition %s failed %d times: quarantining its rows", t.name, attempts(t))
+                        total.merge(quarantine_partition(stage, t, "worker_died",
+                                                         f"{attempts(t)} attempts: {str(e)[:1500]}"))
+            pending = [t for t in pending if not completed(t)]
+        if pending:
+            raise RuntimeError(f"stage {stage_name}: {len(pending)} partition(s) could not be completed")
+        return total
+
+    def _run_once(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
         import json
 
         import ray
         from stages import stage_class
 
         total = StageStats()
-        if not tasks:
-            return total
         cfg = self.config
         items = [{"task": json.dumps(t.to_dict())} for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -125,8 +154,8 @@ class RayExecutor:
         if stage_class(stage_name).uses_engine:
             eng = cfg.engine
             world = eng.tensor_parallel_size * eng.pipeline_parallel_size
-            remote: dict = {"max_restarts": cfg.executor.max_retries,
-                            "max_task_retries": cfg.executor.max_retries}
+            # a dead actor (OOM, node loss) is restarted and its partition retried
+            remote: dict = {"max_restarts": -1, "max_task_retries": cfg.executor.max_retries}
             if world > 1:
                 # vLLM's own Ray workers take the GPUs from a placement group
                 remote["ray_remote_args_fn"] = _placement_group_fn(world, eng.cpus_per_replica)
@@ -142,6 +171,7 @@ class RayExecutor:
                 _cpu_worker, fn_kwargs={"stage_name": stage_name, "config": resolved},
                 batch_size=1, concurrency=cfg.executor.cpu_concurrency, num_cpus=1,
                 max_retries=cfg.executor.max_retries)
+        ray.data.DataContext.get_current().max_errored_blocks = 0
         for row in ds.take_all():
             from pipeline.stage import StageStats as _S
             total.merge(_S.from_dict(json.loads(row["stats"])))
@@ -164,7 +194,7 @@ def _placement_group_fn(world: int, cpus: float):
 
 def _worker_env() -> dict:
     keep = ("VLLM_CPU_KVCACHE_SPACE", "MMPR_NO_PROGRESS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-            "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS")
+            "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS", "MMPR_FAULT", "MMPR_FAULT_ONCE")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return env

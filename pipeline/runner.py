@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from pipeline import storage
+from pipeline import faults, storage
 from pipeline.stage import Stage, StageContext, StageStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,6 +116,7 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
     that the partition's rows are quarantined with the error and the partition
     is marked done, so one poisoned batch cannot stop a multi-day build.
     """
+    faults.on_partition_start(stage.name, task.name)
     attempt = 0
     while True:
         ctx = StageContext(stage.name, task.name, stage.config, engine)
@@ -146,12 +147,44 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
         storage.write_table(task.quarantine_uri(), qt)
     for side, (schema, side_rows) in ctx.side_outputs().items():
         storage.write_table(task.side_uri(side), pa.Table.from_pylist(side_rows, schema=schema))
+    faults.on_data_written(stage.name)
     stats = ctx.finish()
     storage.write_json(task.marker_uri(), {
         "stage": stage.name, "partition": task.name, "stage_hash": task.stage_hash,
         "inputs": list(task.inputs), "finished_at": time.time(), "stats": stats.to_dict(),
     })
     return stats
+
+
+def attempts_uri(task: Task) -> str:
+    return storage.join(task.out_dir, "attempts", f"{task.name}.json")
+
+
+def record_attempt(task: Task) -> int:
+    """Count a worker starting this partition (kept across worker deaths)."""
+    uri = attempts_uri(task)
+    n = (read_marker(uri) or {}).get("attempts", 0) + 1
+    storage.write_json(uri, {"attempts": n})
+    return n
+
+
+def attempts(task: Task) -> int:
+    return (read_marker(attempts_uri(task)) or {}).get("attempts", 0)
+
+
+def quarantine_partition(stage: Stage, task: Task, reason: str, detail: str) -> StageStats:
+    """Give up on a partition whose workers kept dying: its rows go to quarantine."""
+    rows, _ = _read_rows(task.inputs)
+
+    class _Refuse(type(stage)):  # the same stage, refusing every row
+        def run(self, rows, ctx):
+            for row in rows:
+                ctx.quarantine(row, reason, detail)
+            return iter(())
+
+    refuse = _Refuse.__new__(_Refuse)
+    refuse.__dict__.update(stage.__dict__)
+    return run_rows_task(refuse, task, rows)
 
 
 def stage_totals(out_dir: str) -> StageStats:

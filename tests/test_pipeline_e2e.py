@@ -1,0 +1,113 @@
+"""The sample build end to end: `python -m pipeline run` through Ray and vLLM.
+
+One build per session (``conftest.sample_build``); these tests read what it
+wrote: the work folder (each stage's Parquet) and the final dataset folder.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import ROOT
+from pipeline.seeds import derive_seed
+from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
+from schemas.records import turn_text
+
+CFG = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [r for p in sorted(folder.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def work(sample_build) -> Path:
+    return sample_build.parent / "work"
+
+
+def test_every_stage_ran_and_printed_a_summary(sample_build):
+    log = (sample_build.parent / "run.log").read_text()
+    for stage in CFG["run"]["stages"]:
+        line = next((ln for ln in log.splitlines() if ln.startswith(f"[{stage}]")), None)
+        assert line and "rows in" in line and "quarantined" in line, stage
+    report = json.loads((sample_build / "report.json").read_text())
+    assert set(CFG["run"]["stages"]) <= set(report["stages"])
+    assert report["tokens_generated"] > 0
+    for method in ("correctness", "dropout_ntp", "image_crop"):
+        assert report["pairs_by_method"].get(method, 0) > 0, method
+
+
+def test_generate_output_has_n_samples_per_prompt(work):
+    table = pq.read_table(sorted((work / "generate" / "data").glob("*.parquet"))[0])
+    assert table.schema.equals(RESPONSE_SCHEMA, check_metadata=False)
+    n = CFG["generate"]["n"]
+    for row in table.to_pylist():
+        assert len(row["responses"]) == n
+        seed = derive_seed(CFG["run"]["seed"], row["sample_id"], "generate")
+        assert [r["seed"] for r in row["responses"]] == [seed + i for i in range(n)]
+    ingested = sum(pq.read_metadata(p).num_rows for p in (work / "ingest" / "data").glob("*.parquet"))
+    generated = sum(pq.read_metadata(p).num_rows for p in (work / "generate" / "data").glob("*.parquet"))
+    assert generated == ingested == 294
+
+
+def test_the_dataset_loads_with_datasets_and_decodes_images(sample_build):
+    ds = datasets.load_dataset("parquet", data_files=str(sample_build / "data" / "*.parquet"))["train"]
+    assert ds.num_rows > 100
+    assert isinstance(ds[0]["images"][0], Image.Image)
+    assert set(ds.unique("method")) <= {"correctness", "format", "dropout_ntp"}
+    assert {"correctness", "dropout_ntp"} <= set(ds.unique("method"))
+    assert len(set(ds["id"])) == ds.num_rows
+    row = ds[0]
+    assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert sum(p["type"] == "image" for p in row["prompt"][0]["content"]) == len(row["images"])
+    # same table schema as declared (plus the Hugging Face metadata)
+    shard = sorted((sample_build / "data").glob("*.parquet"))[0]
+    assert pq.read_schema(shard).remove_metadata().equals(PAIR_SCHEMA)
+
+
+def test_provenance_is_complete_and_typed(sample_build):
+    manifest = json.loads((sample_build / "manifest.json").read_text())
+    rows = _rows(sample_build / "data")
+    for row in rows:
+        p = row["provenance"]
+        assert p["sample_id"] and p["source_row_id"] and p["model"] and p["template_id"]
+        assert p["sampling"]["n"] == CFG["generate"]["n"] and p["pipeline_version"]
+        assert p["config_hash"] == manifest["config_hash"]
+        assert p["chosen_tokens"] > 0 and p["rejected_tokens"] > 0
+        if row["method"] == "correctness":
+            assert p["chosen_score"] > 0.9 >= p["rejected_score"] and p["ground_truth"]
+            assert p["chosen_answer"] and p["rejected_answer"]
+        if row["method"] == "dropout_ntp":
+            chosen, rejected = turn_text(row["chosen"]), turn_text(row["rejected"])
+            assert rejected.startswith(chosen[: p["cut_chars"]]) and p["image_kept"] is False
+        assert all(v["passed"] or v["target"] == "rejected" for v in p["filters"])
+
+
+def test_image_crop_pairs_are_their_own_config(sample_build):
+    crops = datasets.load_dataset(str(sample_build), "image_crop")["train"]
+    assert crops.num_rows > 0 and set(crops.unique("method")) == {"image_crop"}
+    lo, hi = CFG["image_crop"].get("area", (0.01, 0.2))
+    for row in crops:
+        assert turn_text(row["chosen"]) == turn_text(row["rejected"])
+        orig, bad = row["images"][0], row["rejected_images"][0]
+        assert isinstance(bad, Image.Image) and bad.size == orig.size
+        left, top, right, bottom = row["provenance"]["crop_boxes"][0]
+        frac = (right - left) * (bottom - top) / (orig.size[0] * orig.size[1])
+        assert lo - 1e-9 <= frac <= hi + 1e-9
+
+
+def test_quarantine_and_all_wrong_side_output_are_written(work):
+    report = json.loads((work / "report.json").read_text())
+    c = report["stages"]["correctness"]["counters"]
+    assert c["prompts"] == 230
+    all_wrong = _rows(work / "correctness" / "side" / "all_wrong")
+    assert len(all_wrong) == c.get("prompts.all_wrong", 0)
+    for row in all_wrong:
+        assert row["answer"] and len(row["responses"]) == CFG["generate"]["n"]

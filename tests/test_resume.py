@@ -1,0 +1,168 @@
+"""Kill the running pipeline anywhere, rerun it, get the same dataset.
+
+The pipeline is run as ``python -m pipeline run`` in its own process group and
+SIGKILLed: once from outside while the engine is generating, and at two
+injected points (``pipeline.faults``) -- after a correctness partition wrote
+its data but before its marker, and after the first final shard.  Each rerun
+resumes; the final dataset must equal the one an uninterrupted run makes.
+
+Worker deaths under Ray: an engine actor killed mid-partition is restarted and
+its partition retried; a CPU worker that dies on every attempt gets its
+partition quarantined after the bounded retries, and the run completes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT
+
+SMALL = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "generate.n=4",
+         "--set", "generate.max_tokens=48", "--set", "dropout_ntp.max_tokens=48",
+         "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "write.exports=[]"]
+
+
+def _cmd(base: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml", "--executor", "local",
+            "--work-dir", str(base / "work"), "--output", str(base / "out"), *SMALL, *extra]
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMPR_FAULT")}
+    env.update(MMPR_NO_PROGRESS="1", **extra)
+    return env
+
+
+def _run(base: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(base), cwd=ROOT, env=_env(**env), capture_output=True, text=True,
+                          timeout=900, start_new_session=True)
+
+
+def _dataset(out: Path) -> dict:
+    """Everything that defines the dataset: shard names and bytes, and the rows by id."""
+    shards = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in sorted((out / "data").rglob("*.parquet"))}
+    ids = [i for p in sorted((out / "data").rglob("*.parquet")) for i in pq.read_table(p, columns=["id"])["id"].to_pylist()]
+    return {"shards": shards, "ids": ids}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_model, tmp_path_factory) -> Path:
+    """An uninterrupted run of the small config; returns its base folder."""
+    base = tmp_path_factory.mktemp("clean")
+    proc = _run(base)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return base
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(clean_run) -> dict:
+    return _dataset(clean_run / "out")
+
+
+def _markers(work: Path, stage: str) -> int:
+    d = work / stage / "markers"
+    return len(list(d.glob("*.json"))) if d.exists() else 0
+
+
+def test_killed_runs_resume_to_the_uninterrupted_dataset(uninterrupted, tmp_path):
+    kills = 0
+    # 1. SIGKILL from outside while generating (after the first partition finished)
+    proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while _markers(tmp_path / "work", "generate") < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed during generation"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kills += 1
+    n_parts = len(list((tmp_path / "work" / "ingest" / "markers").glob("*.json")))
+    assert 1 <= _markers(tmp_path / "work", "generate") < n_parts
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    # 2. rerun; die after a correctness partition wrote its data, before its marker
+    proc = _run(tmp_path, MMPR_FAULT="correctness:2:group")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    kills += 1
+    assert _markers(tmp_path / "work", "generate") == n_parts
+    assert _markers(tmp_path / "work", "correctness") == 1
+    assert len(list((tmp_path / "work" / "correctness" / "data").glob("*.parquet"))) == 2  # one orphan
+
+    # 3. rerun; die after the first final shard was written
+    proc = _run(tmp_path, MMPR_FAULT="write:1:group")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    kills += 1
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    # 4. rerun to completion: the same dataset as the uninterrupted run
+    proc = _run(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = _dataset(tmp_path / "out")
+    assert kills == 3
+    assert len(got["ids"]) == len(set(got["ids"])), "duplicated rows after resume"
+    assert sorted(got["ids"]) == sorted(uninterrupted["ids"]), "rows missing or extra after resume"
+    assert got == uninterrupted
+    report = json.loads((tmp_path / "work" / "report.json").read_text())
+    assert report["stages"]["generate"]["rows_in"] == sum(
+        pq.read_metadata(p).num_rows for p in (tmp_path / "work" / "ingest" / "data").glob("*.parquet"))
+    # the resumed run loads like any other
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"))["train"]
+    assert ds.num_rows > 0
+
+
+def test_a_rerun_of_a_finished_run_redoes_nothing(clean_run, uninterrupted):
+    import re
+
+    proc = _run(clean_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter"):
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(f"[{stage}]"))
+        total, done = map(int, re.search(r"partitions (\d+) \((\d+) already done\)", line).groups())
+        assert total == done > 0, line
+    assert _dataset(clean_run / "out") == uninterrupted
+
+
+def _stage_cmd(stage: str, inp: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "stage", stage, "--config", "configs/sample.yaml",
+            "--input", str(inp), "--output", str(out), *SMALL, *extra]
+
+
+def test_a_dead_engine_actor_is_restarted_and_its_partition_retried(clean_run, tmp_path):
+    ingest = clean_run / "work" / "ingest"
+    flag = tmp_path / "killed-once"
+    proc = subprocess.run(_stage_cmd("generate", ingest, tmp_path / "gen", "--set", "executor.max_retries=1"),
+                          cwd=ROOT, env=_env(MMPR_FAULT="generate:part-00001", MMPR_FAULT_ONCE=str(flag)),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert flag.exists(), "the actor was never killed"
+    attempts = json.loads((tmp_path / "gen" / "attempts" / "part-00001.json").read_text())["attempts"]
+    assert attempts == 2
+    rows = [r for p in sorted((tmp_path / "gen" / "data").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    n_in = sum(pq.read_metadata(p).num_rows for p in (ingest / "data").glob("*.parquet"))
+    assert len(rows) == n_in and len({r["sample_id"] for r in rows}) == n_in
+
+
+def test_a_worker_that_always_dies_gets_its_partition_quarantined(clean_run, tmp_path):
+    gen = clean_run / "work" / "generate"
+    proc = subprocess.run(_stage_cmd("correctness", gen, tmp_path / "c", "--set", "executor.max_retries=1"),
+                          cwd=ROOT, env=_env(MMPR_FAULT="correctness:part-00000"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    q = pq.read_table(tmp_path / "c" / "quarantine" / "part-00000.parquet").to_pylist()
+    assert q and {r["reason"] for r in q} == {"worker_died"}
+    assert len(q) == pq.read_metadata(gen / "data" / "part-00000.parquet").num_rows
+    attempts = json.loads((tmp_path / "c" / "attempts" / "part-00000.json").read_text())["attempts"]
+    assert attempts == 2
+    # the other partitions went through
+    assert len(list((tmp_path / "c" / "markers").glob("*.json"))) == len(list((gen / "data").glob("*.parquet")))

@@ -158,7 +158,8 @@ def summarize(stage: str, total: StageStats, ran: StageStats, n_tasks: int, n_sk
               wall_s: float) -> str:
     c = ran.counters
     q = ", ".join(f"{k}: {v}" for k, v in sorted(total.quarantined.items())) or "none"
-    parts = [f"[{stage}] partitions {n_tasks} ({n_skipped} already done)",
+    unit = "shards" if stage == "write" else "partitions"
+    parts = [f"[{stage}] {unit} {n_tasks} ({n_skipped} already done)",
              f"rows in {total.rows_in} out {total.rows_out}",
              f"quarantined {sum(total.quarantined.values())} ({q})"]
     tokens = c.get("tokens_generated", 0)
@@ -193,7 +194,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
             from stages.write import write_dataset
 
             ran = write_dataset(config, [stage_dir(config, s) for s in input_stages(config, "write")])
-            n_tasks = n_skipped = 0
+            n_tasks, n_skipped = int(ran.counters.get("shards", 0)), 0
         else:
             tasks = plan(config, stage, [stage_dir(config, s) for s in input_stages(config, stage)], out_dir)
             pending = [t for t in tasks if not completed(t)]

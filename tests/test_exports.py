@@ -1,0 +1,185 @@
+"""Trainer exports: structural checks on every row of every format."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pair_data import write_inputs
+from pipeline.config import PipelineConfig
+from pipeline.exports import FORMATS, export
+from stages.write import write_dataset
+
+TAG = "<image>"
+
+
+def jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    base = tmp_path_factory.mktemp("exports")
+    dirs, _ = write_inputs(base / "in")
+    out = base / "out"
+    cfg = PipelineConfig.model_validate({
+        "run": {"name": "export-test", "seed": 3, "output_dir": str(out)},
+        "write": {"shard_rows": 10, "test_fraction": 0.25, "exports": list(FORMATS)},
+    })
+    write_dataset(cfg, dirs)
+    rows = {}
+    for f in glob.glob(str(out / "data" / "*.parquet")) + glob.glob(str(out / "data/image_crop/*.parquet")):
+        split = os.path.basename(f).split("-")[0]
+        for r in pq.read_table(f, columns=["id", "method", "source", "images", "rejected_images"]).to_pylist():
+            rows[r["id"]] = {**r, "split": split}
+    return out, rows
+
+
+def test_every_format_is_written_by_the_write_stage(dataset):
+    out, _ = dataset
+    for fmt in FORMATS:
+        summary = json.loads((out / "exports" / fmt / "export.json").read_text())
+        assert summary["format"] == fmt
+        for rel in summary["files"]:
+            assert (out / "exports" / fmt / rel).is_file(), (fmt, rel)
+
+
+def test_llamafactory(dataset):
+    out, rows = dataset
+    root = out / "exports" / "llamafactory"
+    info = json.loads((root / "dataset_info.json").read_text())
+    assert info
+    seen = set()
+    for name, entry in info.items():
+        assert entry["formatting"] == "sharegpt" and entry["ranking"] is True
+        assert entry["columns"] == {"messages": "conversations", "chosen": "chosen",
+                                    "rejected": "rejected", "images": "images"}
+        crop = entry["file_name"].startswith("image_crop")
+        for r in jsonl(root / entry["file_name"]):
+            canon = rows[r["id"]]
+            seen.add(r["id"])
+            assert (canon["method"] == "image_crop") == crop
+            assert [t["from"] for t in r["conversations"]] == ["human"]
+            tags = sum(t["value"].count(TAG) for t in r["conversations"])
+            assert tags == len(r["images"]) == len(canon["images"]) >= 1
+            assert TAG not in r["chosen"]["value"] and TAG not in r["rejected"]["value"]
+            assert r["chosen"]["from"] == r["rejected"]["from"] == "gpt"
+            for p in r["images"] + r.get("rejected_images", []):
+                assert not os.path.isabs(p) and (root / p).is_file()
+            if crop:
+                assert len(r["rejected_images"]) == len(r["images"])
+                assert r["rejected_images"] != r["images"]
+    assert seen == set(rows)
+
+
+def test_swift(dataset):
+    out, rows = dataset
+    root = out / "exports" / "swift"
+    files = sorted(glob.glob(str(root / "*.jsonl")))
+    assert {os.path.basename(f) for f in files} >= {"train.jsonl", "image_crop_train.jsonl"}
+    seen = set()
+    for f in files:
+        for r in jsonl(f):
+            canon = rows[r["id"]]
+            seen.add(r["id"])
+            assert ("rejected_images" in r) == (canon["method"] == "image_crop")
+            roles = [m["role"] for m in r["messages"]]
+            assert roles == ["user", "assistant"]
+            assert sum(m["content"].count(TAG) for m in r["messages"]) == len(r["images"]) == len(canon["images"])
+            assert TAG not in r["rejected_response"]
+            for p in r["images"] + r.get("rejected_images", []):
+                assert os.path.isabs(p) and os.path.isfile(p)
+            if "rejected_images" in r:
+                assert len(r["rejected_images"]) == len(r["images"])
+    assert seen == set(rows)
+    # the literal tag inside the one response was rewritten, and counted
+    assert json.loads((root / "export.json").read_text())["rewritten_image_tags"] == 1
+
+
+def test_internvl(dataset):
+    out, rows = dataset
+    root = out / "exports" / "internvl"
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta
+    seen = set()
+    for meta_file in ("meta.json", "meta_test.json", "meta_image_crop.json"):
+        subsets = json.loads((root / meta_file).read_text())
+        for name, m in subsets.items():
+            assert set(m) == {"root", "annotation", "data_augment", "repeat_time", "length"}
+            assert m["data_augment"] is False and m["repeat_time"] == 1
+            assert os.path.isabs(m["annotation"]) and m["annotation"].endswith(".jsonl")
+            lines = jsonl(m["annotation"])
+            assert m["length"] == len(lines) > 0
+            for r in lines:
+                canon = rows[r["id"]]
+                seen.add(r["id"])
+                assert name.startswith(f"{canon['source']}_{canon['method']}")
+                assert (canon["method"] == "image_crop") == (meta_file == "meta_image_crop.json")
+                if meta_file == "meta.json":
+                    assert canon["split"] == "train"
+                paths = r["image"] if isinstance(r["image"], list) else [r["image"]]
+                assert len(paths) == len(canon["images"])
+                assert isinstance(r["image"], str) == (len(paths) == 1)
+                assert r["question"].count(TAG) == len(paths)
+                if len(paths) == 1:
+                    assert r["question"].startswith(TAG + "\n")
+                for p in paths:
+                    Image.open(os.path.join(m["root"], p)).verify()
+                assert set(r) >= {"image", "question", "chosen", "rejected"}
+    assert seen == set(rows)
+
+
+def test_trl(dataset):
+    from datasets import load_dataset
+
+    out, rows = dataset
+    root = out / "exports" / "trl"
+    text = load_dataset(str(root), cache_dir=str(out.parent / "hf-cache"))
+    assert set(text) == {"train", "test"}
+    assert text["train"].column_names == ["prompt", "chosen", "rejected", "images"]
+    assert isinstance(text["train"][0]["images"][0], Image.Image)
+    crops = load_dataset(str(root), "image_crop", cache_dir=str(out.parent / "hf-cache"))
+    assert crops["train"].column_names == ["prompt", "chosen", "rejected", "images", "rejected_images"]
+    assert isinstance(crops["train"][0]["rejected_images"][0], Image.Image)
+    n = sum(len(d) for d in text.values()) + sum(len(d) for d in crops.values())
+    assert n == len(rows)
+
+
+def test_rerun_removes_stale_files_and_keeps_images(dataset, tmp_path):
+    out, _ = dataset
+    dest = tmp_path / "lf"
+    first = export("llamafactory", str(out), str(dest))
+    assert (dest / "test.jsonl").exists()
+    # the same dataset without a test split: test.jsonl of the first export must go
+    base = tmp_path / "again"
+    dirs, _ = write_inputs(base / "in")
+    cfg = PipelineConfig.model_validate({"run": {"seed": 3}, "write": {"shard_rows": 10}})
+    write_dataset(cfg, dirs, output_dir=str(base / "out"))
+    second = export("llamafactory", str(base / "out"), str(dest))
+    assert not (dest / "test.jsonl").exists()
+    assert "test.jsonl" in first["files"] and "test.jsonl" not in second["files"]
+    on_disk = {str(p.relative_to(dest)) for p in Path(dest).rglob("*") if p.is_file()}
+    assert on_disk == set(second["files"]) | {"export.json"}
+
+
+def test_unknown_format_and_missing_dataset(tmp_path):
+    with pytest.raises(ValueError, match="unknown export format"):
+        export("axolotl", str(tmp_path), str(tmp_path / "x"))
+    with pytest.raises(FileNotFoundError):
+        export("swift", str(tmp_path), str(tmp_path / "x"))
+
+
+def test_cli_export(dataset, tmp_path):
+    from pipeline.cli import main
+
+    out, rows = dataset
+    assert main(["export", "--format", "internvl", "--input", str(out), "--output", str(tmp_path / "ivl")]) == 0
+    meta = json.loads((tmp_path / "ivl" / "meta.json").read_text())
+    assert sum(m["length"] for m in meta.values()) == sum(
+        r["method"] != "image_crop" and r["split"] == "train" for r in rows.values())

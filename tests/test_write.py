@@ -1,0 +1,308 @@
+"""The write stage: the dataset folder contract (shards, configs, manifest, card, determinism)."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from pair_data import SOURCES, write_inputs
+from pipeline import __version__
+from pipeline.config import PipelineConfig
+from schemas import PAIR_SCHEMA
+from stages import make_stage
+from stages.write import write_dataset
+
+TEXT_METHODS = {"correctness", "format", "dropout_ntp"}
+
+
+def config(out: Path, seed: int = 7, shard_rows: int = 7, test_fraction: float = 0.0, exports=()) -> PipelineConfig:
+    return PipelineConfig.model_validate({
+        "run": {"name": "write-test", "seed": seed, "output_dir": str(out), "work_dir": str(out) + "-work"},
+        "sources": [{"name": s, "format": "jsonl", "path": f"{s}.jsonl"} for s in SOURCES],
+        "write": {"shard_rows": shard_rows, "test_fraction": test_fraction, "exports": list(exports)},
+    })
+
+
+def load(files, **kw):
+    from datasets import load_dataset
+    cache = Path(sorted(files)[0]).parents[2] / "hf-cache"
+    return load_dataset("parquet", data_files=sorted(files), split="train", cache_dir=str(cache), **kw)
+
+
+def load_folder(folder: Path, *args):
+    """``load_dataset(folder)`` with a cache next to the folder (nothing left in ~/.cache)."""
+    from datasets import load_dataset
+    return load_dataset(str(folder), *args, cache_dir=str(folder.parent / "hf-cache"))
+
+
+def shard_files(out: Path, folder: str = "data") -> list[str]:
+    return sorted(glob.glob(str(out / folder / "*.parquet")))
+
+
+def rows_of(files) -> list[dict]:
+    cols = ["id", "method", "source", "provenance"]
+    return [r for f in files for r in pq.read_table(f, columns=cols).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pairs")
+    return write_inputs(base)
+
+
+@pytest.fixture(scope="module")
+def built(inputs, tmp_path_factory):
+    dirs, rows = inputs
+    out = tmp_path_factory.mktemp("write") / "out"
+    stats = write_dataset(config(out), dirs)
+    return out, stats, rows
+
+
+def test_parquet_glob_gives_only_text_pairs_with_pil_images(built):
+    out, _, rows = built
+    ds = load(shard_files(out))
+    assert set(ds["method"]) == TEXT_METHODS
+    assert len(ds) == sum(r["method"] in TEXT_METHODS for r in rows)
+    assert isinstance(ds[0]["images"][0], Image.Image)
+    assert ds.features["images"].feature.__class__.__name__ == "Image"
+    assert ds.features["rejected_images"].feature.__class__.__name__ == "Image"
+    # the conversational columns come back as written (TRL form)
+    row = ds[0]
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"][0]["type"] == "image"
+    assert row["chosen"][0]["role"] == "assistant"
+
+
+def test_folder_configs_default_and_image_crop(built):
+    out, _, rows = built
+    text = load_folder(out)
+    assert list(text) == ["train"]
+    assert set(text["train"]["method"]) == TEXT_METHODS
+    crops = load_folder(out, "image_crop")
+    assert set(crops["train"]["method"]) == {"image_crop"}
+    assert len(crops["train"]) == sum(r["method"] == "image_crop" for r in rows)
+    r = crops["train"][0]
+    assert isinstance(r["images"][0], Image.Image) and isinstance(r["rejected_images"][0], Image.Image)
+    assert len(r["images"]) == len(r["rejected_images"])
+    assert r["chosen"] == r["rejected"]
+
+
+def test_every_shard_has_pair_schema_and_hf_metadata(built):
+    out, _, _ = built
+    for f in shard_files(out) + shard_files(out, "data/image_crop"):
+        schema = pq.read_schema(f)
+        assert schema.remove_metadata().equals(PAIR_SCHEMA.remove_metadata()), f
+        meta = json.loads(schema.metadata[b"huggingface"])
+        assert meta["info"]["features"]["images"] == {"feature": {"_type": "Image"}, "_type": "Sequence"}
+        assert meta["info"]["features"]["rejected_images"]["feature"] == {"_type": "Image"}
+
+
+def test_manifest_counts_and_checksums_match_files(built):
+    out, stats, rows = built
+    m = json.loads((out / "manifest.json").read_text())
+    on_disk = sorted(os.path.relpath(f, out) for f in shard_files(out) + shard_files(out, "data/image_crop"))
+    assert sorted(s["path"] for s in m["shards"]) == on_disk
+    for s in m["shards"]:
+        data = (out / s["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s["sha256"]
+        assert s["bytes"] == len(data)
+        assert pq.ParquetFile(out / s["path"]).metadata.num_rows == s["rows"]
+    assert m["rows"] == len(rows) == sum(s["rows"] for s in m["shards"])
+    assert m["totals"]["method"] == dict(sorted(Counter(r["method"] for r in rows).items()))
+    assert m["totals"]["source"] == dict(sorted(Counter(r["source"] for r in rows).items()))
+    assert sum(sum(v.values()) for v in m["totals"]["source_method"].values()) == len(rows)
+    assert m["pipeline_version"] == __version__
+    cfg = config(out)
+    assert m["config_hash"] == cfg.config_hash()
+    assert m["config"] == cfg.resolved()
+    assert m["splits"] == {"default": {"train": sum(r["method"] in TEXT_METHODS for r in rows)},
+                           "image_crop": {"train": sum(r["method"] == "image_crop" for r in rows)}}
+
+
+def test_duplicates_dropped_and_stats(built):
+    out, stats, rows = built
+    files = shard_files(out) + shard_files(out, "data/image_crop")
+    ids = [r["id"] for r in rows_of(files)]
+    assert len(ids) == len(set(ids)) == len(rows)
+    assert stats.rows_in == len(rows) + 1
+    assert stats.rows_out == len(rows)
+    assert stats.counters["duplicates_dropped"] == 1
+    for method, n in Counter(r["method"] for r in rows).items():
+        assert stats.counters[f"written.{method}"] == n
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["duplicates_dropped"] == 1 and m["rows_in"] == len(rows) + 1
+
+
+def test_shard_sizes_and_names(built):
+    out, _, rows = built
+    n_text = sum(r["method"] in TEXT_METHODS for r in rows)
+    files = shard_files(out)
+    count = math.ceil(n_text / 7)
+    assert [os.path.basename(f) for f in files] == [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+    sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    assert max(sizes) <= 7 and max(sizes) - min(sizes) <= 1 and sum(sizes) == n_text
+
+
+def test_seeded_shuffle_mixes_sources_and_depends_on_seed(inputs, built, tmp_path):
+    out, _, _ = built
+    order = [r["id"] for r in rows_of(shard_files(out))]
+    sources = [r["source"] for r in rows_of(shard_files(out))]
+    runs = 1 + sum(a != b for a, b in zip(sources, sources[1:]))
+    assert runs > 10, f"sources are not interleaved: {runs} runs"  # input order is one run per source
+    methods = [r["method"] for r in rows_of(shard_files(out))]
+    assert 1 + sum(a != b for a, b in zip(methods, methods[1:])) > 10
+    other = tmp_path / "seed8"
+    write_dataset(config(other, seed=8), inputs[0])
+    order8 = [r["id"] for r in rows_of(shard_files(other))]
+    assert sorted(order8) == sorted(order) and order8 != order
+
+
+def test_rerun_is_byte_identical_and_removes_stale_shards(inputs, built, tmp_path):
+    out, _, _ = built
+    again = tmp_path / "again"
+    write_dataset(config(again, shard_rows=3), inputs[0])  # an older write with other shard counts
+    stale = set(shard_files(again))
+    write_dataset(config(again), inputs[0], output_dir=str(again))
+    ref = {os.path.relpath(f, out): Path(f).read_bytes() for f in shard_files(out) + shard_files(out, "data/image_crop")}
+    new = {os.path.relpath(f, again): Path(f).read_bytes()
+           for f in shard_files(again) + shard_files(again, "data/image_crop")}
+    assert new == ref
+    assert stale and not stale & set(shard_files(again))  # the older shard names are gone
+    m_ref = json.loads((out / "manifest.json").read_text())
+    m_new = json.loads((again / "manifest.json").read_text())
+    assert [s["sha256"] for s in m_new["shards"]] == [s["sha256"] for s in m_ref["shards"]]
+    assert not glob.glob(str(again / ".write-tmp-*"))
+
+
+def test_test_split_is_by_prompt(inputs, tmp_path):
+    out = tmp_path / "split"
+    write_dataset(config(out, test_fraction=0.3), inputs[0])
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m["splits"]["default"]) == {"train", "test"}
+    train = rows_of(glob.glob(str(out / "data" / "train-*.parquet")) + glob.glob(str(out / "data/image_crop/train-*")))
+    test = rows_of(glob.glob(str(out / "data" / "test-*.parquet")) + glob.glob(str(out / "data/image_crop/test-*")))
+    assert train and test
+    train_prompts = {r["provenance"]["sample_id"] for r in train}
+    test_prompts = {r["provenance"]["sample_id"] for r in test}
+    assert not train_prompts & test_prompts
+    assert 0.1 < len(test_prompts) / (len(train_prompts) + len(test_prompts)) < 0.5
+    ds = load_folder(out)
+    assert set(ds) == {"train", "test"} and len(ds["test"]) == m["splits"]["default"]["test"]
+
+
+def test_dataset_card(built):
+    out, _, rows = built
+    card = (out / "README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    configs = {c["config_name"]: c for c in header["configs"]}
+    assert configs["default"]["default"] is True
+    assert configs["default"]["data_files"] == [{"split": "train", "path": "data/train-*.parquet"}]
+    assert configs["image_crop"]["data_files"] == [{"split": "train", "path": "data/image_crop/train-*.parquet"}]
+    for method in ("correctness", "format", "dropout_ntp", "image_crop"):
+        assert re.search(rf"^\| {method} \| \d+ \|", card, re.M), method
+    assert "rejected/chosen" in card and "chosen tokens" in card
+    assert "python -m pipeline run --config" in card
+    resolved = yaml.safe_load(card.rsplit("```yaml\n", 1)[1].split("```")[0])
+    assert resolved == config(out).resolved()
+    m = json.loads((out / "manifest.json").read_text())
+    lengths = m["lengths"]
+    assert set(lengths) == {"correctness", "format", "dropout_ntp", "image_crop"}
+    assert lengths["image_crop"]["rejected_over_chosen"]["median"] == 1.0
+    assert lengths["format"]["rejected_chars"]["mean"] < lengths["format"]["chosen_chars"]["mean"]
+    assert lengths["correctness"]["chosen_tokens"]["n"] == sum(r["method"] == "correctness" for r in rows)
+
+
+def test_write_stage_registry(tmp_path):
+    stage = make_stage("write", config(tmp_path))
+    assert stage.name == "write" and stage.output_schema == PAIR_SCHEMA
+    with pytest.raises(NotImplementedError, match="whole-dataset"):
+        list(stage.run(iter([]), None))
+
+
+def test_single_file_input_without_image_crop_rows(inputs, tmp_path):
+    """``stage write --input FILE``: one file, no image-crop rows -> no image_crop shards nor config."""
+    f = os.path.join(inputs[0][0], "data", "part-00000.parquet")
+    out = tmp_path / "one"
+    stats = write_dataset(config(out), [f])
+    assert stats.rows_out == pq.ParquetFile(f).metadata.num_rows
+    assert not shard_files(out, "data/image_crop")
+    header = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+    assert [c["config_name"] for c in header["configs"]] == ["default"]
+    assert len(load_folder(out)["train"]) == stats.rows_out
+    with pytest.raises(ValueError):
+        load_folder(out, "image_crop")
+
+
+def test_cli_stage_write(inputs, tmp_path):
+    """``python -m pipeline stage write --input <stage folder> --output DIR`` writes the dataset folder."""
+    from pipeline.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"run": {"seed": 7, "output_dir": str(tmp_path / "unused")},
+                                   "write": {"shard_rows": 7, "exports": ["swift"]}}))
+    out = tmp_path / "cli"
+    assert main(["stage", "write", "--config", str(cfg), "--input", inputs[0][0], "--output", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["rows"] == m["totals"]["method"]["correctness"] + m["totals"]["method"]["format"]
+    assert (out / "exports" / "swift" / "train.jsonl").exists()
+
+
+def test_parquet_bytes_skips_recompressing_compressed_images_only():
+    """JPEG/PNG bytes are stored as they are; a BMP (raw pixels) still gets zstd."""
+    import io as _io
+
+    import pyarrow as pa
+
+    from pair_data import make_pair
+    from schemas.arrow import from_rows
+    from stages.write import OUTPUT_SCHEMA, parquet_bytes
+
+    def codecs(rows):
+        table = from_rows(rows, PAIR_SCHEMA)
+        table = pa.Table.from_arrays(table.columns, schema=OUTPUT_SCHEMA)
+        data = parquet_bytes(table)
+        assert pq.read_table(pa.BufferReader(data)).equals(table)
+        assert parquet_bytes(table) == data  # deterministic
+        rg = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
+        return {rg.column(i).path_in_schema: rg.column(i).compression for i in range(rg.num_columns)}
+
+    rows = [make_pair("src_a", i, "correctness") for i in range(4)]
+    c = codecs(rows)
+    assert c["images.list.element.bytes"] == "UNCOMPRESSED" and c["id"] == "ZSTD"
+    buf = _io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "BMP")
+    rows[2]["images"] = [{"bytes": buf.getvalue(), "path": None}]
+    assert codecs(rows)["images.list.element.bytes"] == "ZSTD"
+
+
+def test_spilling_in_small_pieces_gives_the_same_shards(inputs, built, tmp_path, monkeypatch):
+    """A tiny scatter budget (many spill files, every shard in many pieces) changes no byte."""
+    import stages.write as w
+
+    out, _, _ = built
+    monkeypatch.setattr(w, "SCATTER_BUFFER_BYTES", 20_000)
+    monkeypatch.setattr(w, "READ_BATCH_ROWS", 5)
+    small = tmp_path / "small"
+    write_dataset(config(small), inputs[0])
+    for f in shard_files(out) + shard_files(out, "data/image_crop"):
+        assert (small / os.path.relpath(f, out)).read_bytes() == Path(f).read_bytes()
+
+
+
+def test_rebuilt_folder_loads_fresh_not_from_the_datasets_cache(inputs, tmp_path):
+    """``datasets`` caches a local folder by its card header: a rebuild must still load the new rows."""
+    out = tmp_path / "ds"
+    orders = []
+    for seed in (1, 2, 1):
+        write_dataset(config(out, seed=seed, shard_rows=100), inputs[0])
+        orders.append(load_folder(out)["train"]["id"])
+    assert orders[0] != orders[1] and orders[0] == orders[2]

@@ -104,19 +104,19 @@ def _read_rows(uris: tuple[str, ...]) -> tuple[list[dict], pa.Schema | None]:
 def run_task(stage: Stage, task: Task, engine: "Engine | None" = None,
              max_retries: int = 0) -> StageStats:
     """Read a partition's input files and run it (see ``run_rows_task``)."""
+    faults.on_partition_start(stage.name, task.name)
     rows, _ = _read_rows(task.inputs)
     return run_rows_task(stage, task, rows, engine, max_retries)
 
 
 def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None" = None,
-                  max_retries: int = 0) -> StageStats:
+                  max_retries: int = 0, inject_faults: bool = True) -> StageStats:
     """Run one partition to completion (outputs, then marker).  Never raises for bad rows.
 
     A Python exception inside the stage is retried ``max_retries`` times; after
     that the partition's rows are quarantined with the error and the partition
     is marked done, so one poisoned batch cannot stop a multi-day build.
     """
-    faults.on_partition_start(stage.name, task.name)
     attempt = 0
     while True:
         ctx = StageContext(stage.name, task.name, stage.config, engine)
@@ -147,7 +147,8 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
         storage.write_table(task.quarantine_uri(), qt)
     for side, (schema, side_rows) in ctx.side_outputs().items():
         storage.write_table(task.side_uri(side), pa.Table.from_pylist(side_rows, schema=schema))
-    faults.on_data_written(stage.name)
+    if inject_faults:
+        faults.on_data_written(stage.name)
     stats = ctx.finish()
     storage.write_json(task.marker_uri(), {
         "stage": stage.name, "partition": task.name, "stage_hash": task.stage_hash,
@@ -184,7 +185,7 @@ def quarantine_partition(stage: Stage, task: Task, reason: str, detail: str) -> 
 
     refuse = _Refuse.__new__(_Refuse)
     refuse.__dict__.update(stage.__dict__)
-    return run_rows_task(refuse, task, rows)
+    return run_rows_task(refuse, task, rows, inject_faults=False)
 
 
 def stage_totals(out_dir: str) -> StageStats:

@@ -164,8 +164,6 @@ class GenerateConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(50, ge=-1)
     max_tokens: int = Field(1024, ge=1)
-    #: prompts per engine call; large keeps the engine busy, small bounds retry cost
-    batch_size: int = Field(64, ge=1)
 
     @field_validator("template")
     @classmethod

@@ -45,7 +45,7 @@ bench: setup
 lock:
 	rm -rf /tmp/mmpr-lock && $(PYTHON) -m venv /tmp/mmpr-lock && /tmp/mmpr-lock/bin/pip install -q -r requirements/cpu.in \
 	  && /tmp/mmpr-lock/bin/pip uninstall -y -q torchvision torchaudio torchcodec \
-	  && { head -3 requirements/cpu.lock.txt; /tmp/mmpr-lock/bin/pip freeze; } > requirements/cpu.lock.tmp \
+	  && { head -3 requirements/cpu.lock.txt; /tmp/mmpr-lock/bin/pip freeze; /tmp/mmpr-lock/bin/pip freeze --all | grep "^setuptools=="; } > requirements/cpu.lock.tmp \
 	  && mv requirements/cpu.lock.tmp requirements/cpu.lock.txt
 
 clean:

@@ -53,21 +53,7 @@ TARGET_RSS_MB = 2048            # MiB
 DEFAULT_RESPONSES = 1_000_000
 QUICK_RESPONSES = 100_000
 
-FILLER = (
-    "Let me look at the image carefully.",
-    "The image shows a kitchen with a wooden table and two chairs near the window.",
-    "First, I need to identify the relevant region of the chart.",
-    "The bar for 2015 is slightly taller than the one for 2014.",
-    "Counting the objects from left to right gives the total.",
-    "The question asks about the color of the largest object in the scene.",
-    "According to the legend, the blue line represents exports.",
-    "The document header contains the invoice number and the date.",
-    "We can rule out the options that contradict the diagram.",
-    "Looking at the food web, the arrows point from prey to predator.",
-    "Step 2: compare the values of the two categories.",
-    "There is some text in the upper right corner, partially occluded.",
-    "Therefore, considering all the evidence above, I can conclude.",
-)
+from bench_matching import FILLER  # noqa: E402  (the same realistic CoT sentences)
 WORDS = ("red", "blue", "green", "dog", "cat", "kitchen", "tennis", "pizza", "wood",
          "left", "right", "bus", "umbrella", "surfing", "white", "black", "frisbee")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight",

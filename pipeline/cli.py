@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, _overrides(args))
         if args.command == "run":
             from pipeline.orchestrator import run_pipeline
+            from pipeline.report import format_summary
             report = run_pipeline(config, restart=args.restart)
-            print(f"report: {os.path.join(config.run.work_dir, 'report.json')}; "
-                  f"pairs by method: {report['pairs_by_method']}")
+            print(format_summary(report))
+            print(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
         elif args.command == "stage":
             from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
             from pipeline.config import STAGE_ORDER
@@ -120,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                 ensure_model(config)
             run_stage(config, args.name, args.input, args.output)
         elif args.command == "report":
-            from pipeline.report import build_report
-            print(json.dumps(build_report(config), indent=2))
+            from pipeline.report import build_report, format_summary
+            report = build_report(config)
+            print(json.dumps(report, indent=2))
+            print(format_summary(report))
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

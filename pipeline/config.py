@@ -104,6 +104,9 @@ class EngineConfig(_Section):
     cpus_per_replica: float = Field(1, gt=0)
     tensor_parallel_size: int = Field(1, ge=1)
     pipeline_parallel_size: int = Field(1, ge=1)
+    #: partitions an engine actor streams per call: the engine stays fed across
+    #: their boundaries; more = less idle tail, coarser retry unit
+    partitions_per_call: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _tp_needs_gpus(self) -> "EngineConfig":

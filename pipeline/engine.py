@@ -2,16 +2,18 @@
 
 Stages build ``GenRequest`` objects; the engine renders them through the
 model's own chat template (so the exact prompt text is known and recorded),
-submits the whole batch in one ``LLM.generate`` call to keep the engine busy,
-and isolates failures: a request vLLM refuses (e.g. longer than the context)
-is reported on its own ``GenResult`` instead of failing its batch.
+keeps the engine busy by feeding it batch after batch (``generate_stream``:
+the next partition's requests go in while the last one's tail finishes), and
+isolates failures: a request vLLM refuses (e.g. longer than the context) is
+reported on its own ``GenResult`` instead of failing its batch.
 """
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -97,6 +99,8 @@ class Engine:
         self.model_name = config.model.path
         self.revision = config.model.revision or ""
         self.max_model_len = config.model.max_model_len
+        #: sequences the scheduler runs at once: below this, feed the next batch
+        self.max_num_seqs = self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict], continue_final: bool = False) -> str:
@@ -111,54 +115,91 @@ class Engine:
 
     # -- generation --------------------------------------------------------------
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        results = [GenResult() for _ in requests]
-        batch: list[int] = []
-        prompts: list[dict] = []
-        for i, req in enumerate(requests):
-            try:
-                text = self.render(req.messages, req.continue_final)
-            except Exception as e:  # noqa: BLE001 -- a template that rejects a row
-                results[i].error, results[i].detail = "chat_template_error", str(e)
-                continue
-            results[i].prompt_text = text
-            n_text = self.count_tokens(text)
-            if n_text >= self.max_model_len:
-                results[i].error = "prompt_too_long"
-                results[i].detail = f"{n_text} text tokens >= max_model_len {self.max_model_len}"
-                continue
-            prompt: dict[str, Any] = {"prompt": text}
-            if req.images:
-                prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
-            batch.append(i)
-            prompts.append(prompt)
-        self._generate_isolated(batch, prompts, [requests[i].params for i in batch], results)
-        return results
+        """Results for one batch of requests, in order."""
+        return next(iter(self.generate_stream([requests])))
 
-    def _generate_isolated(self, idx: list[int], prompts: list[dict], params: list, results: list[GenResult]) -> None:
-        """Generate a batch; if vLLM rejects it, bisect to find the bad request(s).
+    def generate_stream(self, batches: Iterable[Sequence[GenRequest]]) -> Iterator[list[GenResult]]:
+        """Results batch by batch, in order, with the engine fed across batch boundaries.
 
-        vLLM validates requests when they are added, before any decoding, so a
-        rejected half costs no generation work.
+        The next batch is submitted as soon as the engine has fewer unfinished
+        sequences than it can schedule at once, so the long tail of one
+        partition overlaps the start of the next instead of idling the engine.
+        Each request is added on its own: one that vLLM refuses (too long for
+        the context, a bad image) fails alone with a reason.
         """
-        if not idx:
-            return
+        engine = self.llm.llm_engine
+        low_water = self.max_num_seqs
+        feed = iter(batches)
+        pending: deque[_Batch] = deque()
+        owner: dict[str, tuple[_Batch, int, tuple[str, ...]]] = {}
+
+        def submit() -> bool:
+            reqs = next(feed, None)
+            if reqs is None:
+                return False
+            batch = _Batch([GenResult() for _ in reqs])
+            for i, req in enumerate(reqs):
+                req_id = self._add(req, batch.results[i])
+                if req_id is not None:
+                    # outputs carry the id we were given, or its external part
+                    # (vLLM appends "-<random>" internally)
+                    keys = tuple({req_id, req_id.rsplit("-", 1)[0]})
+                    for key in keys:
+                        owner[key] = (batch, i, keys)
+                    batch.outstanding += 1
+            pending.append(batch)
+            return True
+
+        exhausted = not submit()
+        while pending:
+            while not exhausted and engine.get_num_unfinished_requests() < low_water:
+                exhausted = not submit()
+            if not engine.has_unfinished_requests() and pending[0].outstanding:
+                raise RuntimeError("vLLM has no unfinished requests but results are missing")
+            if engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished and out.request_id in owner:
+                        batch, i, keys = owner[out.request_id]
+                        for key in keys:
+                            del owner[key]
+                        r = batch.results[i]
+                        r.prompt_tokens = len(out.prompt_token_ids or [])
+                        r.completions = [Completion(c.text, str(c.finish_reason), len(c.token_ids))
+                                         for c in out.outputs]
+                        batch.outstanding -= 1
+            while pending and pending[0].outstanding == 0:
+                yield pending.popleft().results
+
+    def _add(self, req: GenRequest, result: GenResult) -> str | None:
+        """Render, check and enqueue one request; on refusal fill ``result.error`` and return None."""
         try:
-            outs = self.llm.generate(prompts, params, use_tqdm=False)
-        except Exception as e:  # noqa: BLE001
-            if len(idx) == 1:
-                msg = str(e)
-                reason = "prompt_too_long" if ("longer than" in msg or "max_model_len" in msg
-                                               or "too long" in msg) else "engine_error"
-                results[idx[0]].error, results[idx[0]].detail = reason, msg[:2000]
-                return
-            mid = len(idx) // 2
-            self._generate_isolated(idx[:mid], prompts[:mid], params[:mid], results)
-            self._generate_isolated(idx[mid:], prompts[mid:], params[mid:], results)
-            return
-        for i, out in zip(idx, outs):
-            r = results[i]
-            r.prompt_tokens = len(out.prompt_token_ids or [])
-            r.completions = [Completion(c.text, str(c.finish_reason), len(c.token_ids)) for c in out.outputs]
+            text = self.render(req.messages, req.continue_final)
+        except Exception as e:  # noqa: BLE001 -- a template that rejects a row
+            result.error, result.detail = "chat_template_error", str(e)[:2000]
+            return None
+        result.prompt_text = text
+        n_text = self.count_tokens(text)
+        if n_text >= self.max_model_len:
+            result.error = "prompt_too_long"
+            result.detail = f"{n_text} text tokens >= max_model_len {self.max_model_len}"
+            return None
+        prompt: dict[str, Any] = {"prompt": text}
+        if req.images:
+            prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
+        try:
+            return self.llm.enqueue([prompt], [req.params], use_tqdm=False)[0]
+        except Exception as e:  # noqa: BLE001 -- vLLM validates at add time, before any decoding
+            msg = str(e)
+            too_long = "longer than" in msg or "max_model_len" in msg or "too long" in msg
+            result.error = "prompt_too_long" if too_long else "engine_error"
+            result.detail = msg[:2000]
+            return None
+
+
+@dataclass
+class _Batch:
+    results: list[GenResult]
+    outstanding: int = 0
 
 
 _ENGINES: dict[str, Engine] = {}

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from pipeline.runner import Task, run_task
+from pipeline.runner import Task, run_engine_tasks, run_task
 from pipeline.stage import StageStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,10 +44,14 @@ class LocalExecutor:
         from stages import make_stage
 
         stage = make_stage(stage_name, self.config)
-        engine = get_engine(stage.engine_config()) if stage.uses_engine and tasks else None
+        retries = self.config.executor.max_retries
+        if stage.uses_engine and tasks:
+            # one engine, fed partition after partition without draining in between
+            return run_engine_tasks(stage, list(_progress(tasks, len(tasks), stage_name)),
+                                    get_engine(stage.engine_config()), retries)
         total = StageStats()
         for task in _progress(tasks, len(tasks), stage_name):
-            total.merge(run_task(stage, task, engine, self.config.executor.max_retries))
+            total.merge(run_task(stage, task, None, retries))
         return total
 
     def close(self) -> None:
@@ -69,7 +73,14 @@ class _EngineWorker:
         self.engine = Engine(self.stage.engine_config())
 
     def __call__(self, batch: dict) -> dict:
-        return _run_batch(self.stage, batch, self.engine, self.config.executor.max_retries)
+        import json
+
+        from pipeline.runner import record_attempt
+
+        tasks = [Task.from_dict(json.loads(raw)) for raw in batch["task"]]
+        stats = run_engine_tasks(self.stage, tasks, self.engine, self.config.executor.max_retries,
+                                 on_start=record_attempt)
+        return {"stats": [json.dumps(stats.to_dict())]}
 
 
 def _cpu_worker(batch: dict, stage_name: str, config: dict) -> dict:
@@ -164,7 +175,7 @@ class RayExecutor:
                 num_gpus = eng.gpus_per_replica
             ds = ds.map_batches(
                 _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
-                batch_size=1, concurrency=min(eng.replicas, len(tasks)),
+                batch_size=eng.partitions_per_call, concurrency=min(eng.replicas, len(tasks)),
                 num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
         else:
             ds = ds.map_batches(

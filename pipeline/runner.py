@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from pipeline import faults, storage
-from pipeline.stage import Stage, StageContext, StageStats
+from pipeline.stage import EngineStage, Stage, StageContext, StageStats
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PipelineConfig
@@ -139,6 +140,12 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
             attempt += 1
             log.warning("stage %s partition %s failed (attempt %d), retrying: %s",
                         stage.name, task.name, attempt, e)
+    return _commit(stage, task, ctx, table, attempt, inject_faults)
+
+
+def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attempt: int = 0,
+            inject_faults: bool = True) -> StageStats:
+    """Write a finished partition: data, quarantine and side outputs, then the marker."""
     ctx.stats.retries = attempt
     ctx.stats.rows_out = table.num_rows
     storage.write_table(task.data_uri(), table)
@@ -155,6 +162,65 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
         "inputs": list(task.inputs), "finished_at": time.time(), "stats": stats.to_dict(),
     })
     return stats
+
+
+def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
+                     on_start=None) -> StageStats:
+    """Partitions of an engine stage streamed through one continuously fed engine.
+
+    Partition i+1's requests enter the engine while partition i's last
+    sequences finish (``Engine.generate_stream``); each partition is still
+    written and marked on its own as soon as its results are complete.  A
+    partition whose ``prepare``/``finish`` raises falls back to
+    ``run_rows_task`` (retries, then quarantine); if the engine itself fails,
+    the partitions not yet written go the same way.
+    """
+    total = StageStats()
+    if not isinstance(stage, EngineStage):
+        for task in tasks:
+            if on_start:
+                on_start(task)
+            total.merge(run_task(stage, task, engine, max_retries))
+        return total
+    staged: deque = deque()
+
+    def batches():
+        for task in tasks:
+            if on_start:
+                on_start(task)
+            faults.on_partition_start(stage.name, task.name)
+            rows, _ = _read_rows(task.inputs)
+            ctx = StageContext(stage.name, task.name, stage.config, engine)
+            ctx.stats.rows_in = len(rows)
+            try:
+                state, requests = stage.prepare(iter(rows), ctx)
+            except Exception:  # noqa: BLE001 -- redone (and contained) by run_rows_task
+                staged.append((task, rows, None, None))
+                yield []
+                continue
+            staged.append((task, rows, ctx, state))
+            yield requests
+
+    try:
+        for results in engine.generate_stream(batches()):
+            task, rows, ctx, state = staged.popleft()
+            table = None
+            if ctx is not None:
+                try:
+                    table = pa.Table.from_pylist(list(stage.finish(state, results, ctx)),
+                                                 schema=stage.output_schema)
+                except Exception:  # noqa: BLE001
+                    table = None
+            if table is None:
+                total.merge(run_rows_task(stage, task, rows, engine, max_retries))
+            else:
+                total.merge(_commit(stage, task, ctx, table))
+    except Exception as e:  # noqa: BLE001 -- the engine failed mid-stream
+        log.error("stage %s: engine stream failed (%s); finishing partitions one by one", stage.name, e)
+        for task in tasks:
+            if not completed(task):
+                total.merge(run_task(stage, task, engine, max_retries))
+    return total
 
 
 def attempts_uri(task: Task) -> str:

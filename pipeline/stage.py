@@ -132,3 +132,27 @@ class Stage:
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
         raise NotImplementedError
+
+
+class EngineStage(Stage):
+    """A stage whose work is one batch of engine requests per partition.
+
+    Split into ``prepare`` (rows -> requests) and ``finish`` (results -> rows)
+    so an executor can stream several partitions through one engine without
+    gaps (``pipeline.runner.run_engine_tasks``); ``run`` does both for one.
+    """
+
+    uses_engine = True
+
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[Any, list]:  # pragma: no cover
+        """Turn a partition's rows into (state for ``finish``, list of GenRequest)."""
+        raise NotImplementedError
+
+    def finish(self, state: Any, results: list, ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
+        """Turn the engine's results (one per request, in order) into output rows."""
+        raise NotImplementedError
+
+    def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+        state, requests = self.prepare(rows, ctx)
+        results = ctx.engine.generate(requests) if requests else []
+        yield from self.finish(state, results, ctx)

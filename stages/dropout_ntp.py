@@ -16,7 +16,7 @@ from pipeline import __version__
 from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import EngineStage, StageContext
 from pipeline.templates import render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import assistant_turn, pair_row, provenance, user_turn
@@ -37,11 +37,10 @@ def continuation_messages(user_text: str, n_images: int, prefix: str, keep_image
     return [user, assistant_turn(prefix)]
 
 
-class DropoutNTPStage(Stage):
+class DropoutNTPStage(EngineStage):
     name = "dropout_ntp"
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
-    uses_engine = True
 
     def _candidates(self, row: dict) -> list[dict]:
         """Responses that may become chosen, in preference order."""
@@ -67,7 +66,7 @@ class DropoutNTPStage(Stage):
             return truncate_tokens(text, cfg.ratio, hf_token_spans(tokenizer))
         return truncate_words(text, cfg.ratio)
 
-    def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
         from vllm import SamplingParams
 
         cfg, seed = self.config.dropout_ntp, self.config.run.seed
@@ -90,9 +89,10 @@ class DropoutNTPStage(Stage):
                 messages = continuation_messages(user_text, len(row["images"]), cut.prefix, cfg.keep_image)
                 requests.append(GenRequest(messages, images, params, continue_final=True))
                 jobs.append((row, chosen, cut, user_text, s))
-        if not requests:
-            return
-        results = ctx.engine.generate(requests)
+        return jobs, requests
+
+    def finish(self, jobs: list, results: list, ctx: StageContext) -> Iterator[dict]:
+        cfg = self.config.dropout_ntp
         chash = self.config.config_hash()
         for (row, chosen, cut, user_text, s), res in zip(jobs, results):
             if res.error:

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import EngineStage, StageContext
 from pipeline.templates import render_question
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
@@ -29,18 +29,17 @@ def user_message(text: str, n_images: int) -> dict:
     return {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
 
 
-class GenerateStage(Stage):
+class GenerateStage(EngineStage):
     name = "generate"
     input_schema = PROMPT_SCHEMA
     output_schema = RESPONSE_SCHEMA
-    uses_engine = True
 
     def sampling(self, sample_id: str) -> dict:
         g = self.config.generate
         return {"n": g.n, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
                 "max_tokens": g.max_tokens, "seed": derive_seed(self.config.run.seed, sample_id, "generate")}
 
-    def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
         from vllm import SamplingParams
 
         template = self.config.generate.template
@@ -56,9 +55,9 @@ class GenerateStage(Stage):
             sampling = self.sampling(row["sample_id"])
             requests.append(GenRequest([user_message(text, len(images))], images, SamplingParams(**sampling)))
             todo.append((row, sampling, template if has_gt else "plain"))
-        if not requests:
-            return
-        results = ctx.engine.generate(requests)
+        return todo, requests
+
+    def finish(self, todo: list, results: list, ctx: StageContext) -> Iterator[dict]:
         for (row, sampling, template_id), res in zip(todo, results):
             if res.error:
                 ctx.quarantine(row, res.error, res.detail)

@@ -29,7 +29,9 @@ from conftest import ROOT
 
 SMALL = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "generate.n=4",
          "--set", "generate.max_tokens=48", "--set", "dropout_ntp.max_tokens=48",
-         "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "write.exports=[]"]
+         "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "write.exports=[]",
+         # a small scheduler budget makes partitions finish one after another, so a kill lands mid-stage
+         "--set", "model.engine_kwargs={max_num_seqs: 16}"]
 
 
 def _cmd(base: Path, *extra: str) -> list[str]:

@@ -26,8 +26,8 @@ class RowError(ValueError):
 
 
 def _as_str_list(value: Any, what: str, reason: str, allow_scalar: bool = True) -> list[str]:
-    if value is None:
-        return []
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []  # typed sources (Parquet, HF) store "no ground truth" as an empty string
     if isinstance(value, bool):
         raise RowError(reason, f"{what} is a boolean")
     if isinstance(value, (int, float, str)) and allow_scalar:

@@ -1,0 +1,92 @@
+"""Every source format reads into the same prompt rows (jsonl, MMPR, Parquet, HF datasets, image folders)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import make_config
+from pipeline import storage
+from pipeline.orchestrator import run_ingest
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+ROWS = [
+    {"id": "a", "question": "What colour is it?", "answer": "red", "color": (255, 0, 0)},
+    {"id": "b", "question": "Which shape?", "answer": "B", "choices": ["circle", "square"], "color": (0, 0, 255)},
+    {"id": "c", "question": "Describe the image.", "answer": None, "color": (0, 255, 0)},
+]
+
+
+def _files(root: Path) -> list[str]:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    names = []
+    for r in ROWS:
+        name = f"img/{r['id']}.png"
+        (root / name).write_bytes(_png(r["color"]))
+        names.append(name)
+    return names
+
+
+def _source(fmt: str, root: Path) -> dict:
+    names = _files(root)
+    if fmt in ("jsonl", "mmpr"):
+        p = root / "src.jsonl"
+        p.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "color"} | {"image": n}) + "\n"
+                             for r, n in zip(ROWS, names)))
+        return {"format": fmt, "path": str(p), "image_root": str(root)}
+    if fmt == "parquet":
+        table = pa.Table.from_pylist([
+            {"uid": r["id"], "prompt": r["question"], "label": r["answer"], "choices": r.get("choices"),
+             "picture": {"bytes": _png(r["color"]), "path": n}} for r, n in zip(ROWS, names)])
+        pq.write_table(table, root / "src.parquet")
+        return {"format": "parquet", "path": str(root / "src.parquet"),
+                "fields": {"id": "uid", "question": "prompt", "answer": "label", "image": "picture"}}
+    if fmt == "hf":
+        ds = datasets.Dataset.from_list([
+            {"id": r["id"], "question": r["question"], "answer": r["answer"] or "", "choices": r.get("choices") or [],
+             "image": Image.open(io.BytesIO(_png(r["color"])))} for r in ROWS],
+            features=datasets.Features({"id": datasets.Value("string"), "question": datasets.Value("string"),
+                                        "answer": datasets.Value("string"),
+                                        "choices": datasets.Sequence(datasets.Value("string")),
+                                        "image": datasets.Image()}))
+        ds.save_to_disk(str(root / "hf"))
+        return {"format": "hf", "path": str(root / "hf")}
+    if fmt == "image_folder":
+        for r, n in zip(ROWS, names):
+            (root / n).with_suffix(".txt").write_text(f"A {r['id']} caption.")
+        return {"format": "image_folder", "path": str(root / "img"), "default_question": "Describe the image."}
+    raise AssertionError(fmt)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "mmpr", "parquet", "hf", "image_folder"])
+def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
+    src = {"name": f"src_{fmt}", **_source(fmt, tmp_path / "src")}
+    cfg = make_config(sources=[src])
+    stats, n, _ = run_ingest(cfg, str(tmp_path / "out"))
+    rows = [r for f in storage.list_files(str(tmp_path / "out" / "data"), ".parquet")
+            for r in pq.read_table(f).to_pylist()]
+    assert sum(stats.quarantined.values()) == 0 and len(rows) == 3
+    for row, want in zip(rows, ROWS):
+        img = Image.open(io.BytesIO(row["images"][0]["bytes"]))
+        assert img.getpixel((0, 0)) == want["color"]
+        assert row["source"] == f"src_{fmt}" and len(row["sample_id"]) == 32
+        if fmt == "image_folder":
+            assert row["question"] == "Describe the image." and row["answer"] == []
+            assert row["facts"] == f"A {want['id']} caption."
+            continue
+        assert row["row_key"] == want["id"] and row["question"] == want["question"]
+        assert row["answer"] == ([want["answer"]] if want["answer"] else [])
+        assert row["choices"] == (want.get("choices") or [])
+        assert row["answer_type"] == ("open" if not want["answer"] else "auto")

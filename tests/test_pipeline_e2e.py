@@ -42,6 +42,15 @@ def test_every_stage_ran_and_printed_a_summary(sample_build):
     assert report["tokens_generated"] > 0
     for method in ("correctness", "dropout_ntp", "image_crop"):
         assert report["pairs_by_method"].get(method, 0) > 0, method
+    summary = report["summary"]
+    acc = summary["correctness"]["policy_accuracy"]
+    assert {k.split(".")[-1] for k in acc} == {"multiple_choice", "integer", "yes_no", "word", "number"}
+    assert all(0 < v < 1 for v in acc.values()), "the tiny model is right on some and wrong on others"
+    assert summary["dropout_ntp"]["generated_tokens_per_pair"] > 0
+    f = summary["filter"]
+    assert sum(f["length_ratio_before"].values()) == report["stages"]["filter"]["rows_in"]
+    assert sum(f["length_ratio_after"].values()) == report["stages"]["filter"]["rows_out"]
+    assert "policy accuracy" in log and "generated tokens per pair" in log
 
 
 def test_generate_output_has_n_samples_per_prompt(work):

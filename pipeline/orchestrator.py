@@ -102,9 +102,21 @@ def run_ingest(config: PipelineConfig, out_dir: str) -> tuple[StageStats, int, i
     return total, n, skipped
 
 
+def ensure_sample_data(config: PipelineConfig) -> None:
+    """Generate the shipped sample data when a source reads it and it is not there yet."""
+    sample = os.path.abspath(config.model.tiny_model_data)
+    wanted = [s for s in config.sources if os.path.abspath(s.path).startswith(sample + os.sep)]
+    if wanted and not all(os.path.exists(s.path) for s in wanted):
+        from pipeline.sample_data import build_sample_data
+
+        log.info("generating the sample data in %s", sample)
+        build_sample_data(Path(sample))
+
+
 def check_sources(config: PipelineConfig) -> None:
     from pipeline.config import ConfigError
 
+    ensure_sample_data(config)
     if not config.sources:
         raise ConfigError("sources: no sources configured; add at least one")
     for i, src in enumerate(config.sources):

@@ -90,3 +90,15 @@ def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
         assert row["answer"] == ([want["answer"]] if want["answer"] else [])
         assert row["choices"] == (want.get("choices") or [])
         assert row["answer_type"] == ("open" if not want["answer"] else "auto")
+
+
+def test_missing_sample_data_is_generated_on_a_fresh_checkout(tmp_path):
+    """`make build-mmpr` on a fresh clone: data/sample is not in git, the run makes it."""
+    from pipeline.orchestrator import check_sources
+
+    sample = tmp_path / "data" / "sample"
+    cfg = make_config(sources=[{"name": "gt", "format": "jsonl", "path": str(sample / "gt.jsonl")}])
+    cfg.model.tiny_model_data = str(sample)
+    check_sources(cfg)
+    assert (sample / "gt.jsonl").exists() and (sample / "open.jsonl").exists()
+    assert len((sample / "gt.jsonl").read_text().splitlines()) >= 200

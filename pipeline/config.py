@@ -71,6 +71,9 @@ class ExecutorConfig(_Section):
     max_retries: int = Field(2, ge=0)
     #: concurrency of CPU-only stages
     cpu_concurrency: int = Field(2, ge=1)
+    #: Ray runtime_env for the workers, e.g. {working_dir: ".", pip: [...]} on a cluster
+    #: whose nodes do not have mmpr-forge installed
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelConfig(_Section):

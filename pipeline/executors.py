@@ -114,11 +114,14 @@ class RayExecutor:
 
         self.config = config
         ex = config.executor
+        address = ex.address or os.environ.get("RAY_ADDRESS")
+        runtime_env = dict(ex.runtime_env)
+        runtime_env["env_vars"] = {**_worker_env(), **runtime_env.get("env_vars", {})}
         if not ray.is_initialized():
-            ray.init(address=ex.address, num_cpus=ex.num_cpus if ex.address is None else None,
+            ray.init(address=address, num_cpus=ex.num_cpus if address is None else None,
                      include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, configure_logging=True,
-                     runtime_env={"env_vars": _worker_env()})
+                     runtime_env=runtime_env)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = os.environ.get("MMPR_NO_PROGRESS") != "1"
         ctx.print_on_execution_start = False
@@ -175,7 +178,8 @@ class RayExecutor:
                 num_gpus = eng.gpus_per_replica
             ds = ds.map_batches(
                 _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
-                batch_size=eng.partitions_per_call, concurrency=min(eng.replicas, len(tasks)),
+                batch_size=eng.partitions_per_call,
+                concurrency=min(eng.replicas, -(-len(tasks) // eng.partitions_per_call)),
                 num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
         else:
             ds = ds.map_batches(
@@ -184,8 +188,7 @@ class RayExecutor:
                 max_retries=cfg.executor.max_retries)
         ray.data.DataContext.get_current().max_errored_blocks = 0
         for row in ds.take_all():
-            from pipeline.stage import StageStats as _S
-            total.merge(_S.from_dict(json.loads(row["stats"])))
+            total.merge(StageStats.from_dict(json.loads(row["stats"])))
         return total
 
     def close(self) -> None:

@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "tiny-model":
-            from pipeline.sample_data import build_sample_data
             from pipeline.tiny_model import build_tiny_model
-            if not (Path(args.data) / "gt.jsonl").exists():
-                build_sample_data(Path(args.data))
             print(build_tiny_model(Path(args.out), Path(args.data)))
             return 0
         if args.command == "sample-data":

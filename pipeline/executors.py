@@ -25,12 +25,10 @@ log = logging.getLogger("pipeline")
 
 
 def _progress(iterable, total: int, desc: str):
-    try:
-        from tqdm import tqdm
-        return tqdm(iterable, total=total, desc=desc, unit="part", file=sys.stderr,
-                    disable=os.environ.get("MMPR_NO_PROGRESS") == "1")
-    except ImportError:  # pragma: no cover
-        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="part", file=sys.stderr,
+                disable=os.environ.get("MMPR_NO_PROGRESS") == "1")
 
 
 class LocalExecutor:
@@ -47,8 +45,12 @@ class LocalExecutor:
         retries = self.config.executor.max_retries
         if stage.uses_engine and tasks:
             # one engine, fed partition after partition without draining in between
-            return run_engine_tasks(stage, list(_progress(tasks, len(tasks), stage_name)),
-                                    get_engine(stage.engine_config()), retries)
+            bar = _progress(None, len(tasks), stage_name)
+            try:
+                return run_engine_tasks(stage, list(tasks), get_engine(stage.engine_config()), retries,
+                                        on_done=lambda _task: bar.update(1))
+            finally:
+                bar.close()
         total = StageStats()
         for task in _progress(tasks, len(tasks), stage_name):
             total.merge(run_task(stage, task, None, retries))

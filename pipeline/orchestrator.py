@@ -149,13 +149,10 @@ def ensure_model(config: PipelineConfig) -> None:
 
     m = config.model
     if m.is_tiny:
-        from pipeline.sample_data import build_sample_data
         from pipeline.tiny_model import build_tiny_model
 
-        data_dir = Path(m.tiny_model_data)
-        if not (data_dir / "gt.jsonl").exists():
-            build_sample_data(data_dir)
-        build_tiny_model(Path(m.tiny_model_dir), data_dir)
+        # builds the sample data it trains on first when that is missing
+        build_tiny_model(Path(m.tiny_model_dir), Path(m.tiny_model_data))
     elif (m.path.startswith((".", "/")) or os.sep in m.path and not _looks_like_hub_id(m.path)) \
             and not os.path.exists(m.path):
         raise ConfigError(f"model.path: {m.path} does not exist")

@@ -92,21 +92,18 @@ def invalidate_if_changed(out_dir: str, stage_hash: str) -> bool:
     return False
 
 
-def _read_rows(uris: tuple[str, ...]) -> tuple[list[dict], pa.Schema | None]:
+def _read_rows(uris: tuple[str, ...]) -> list[dict]:
     rows: list[dict] = []
-    schema = None
     for uri in uris:
-        table = storage.read_table(uri)
-        schema = schema or table.schema
-        rows.extend(table.to_pylist())
-    return rows, schema
+        rows.extend(storage.read_table(uri).to_pylist())
+    return rows
 
 
 def run_task(stage: Stage, task: Task, engine: "Engine | None" = None,
              max_retries: int = 0) -> StageStats:
     """Read a partition's input files and run it (see ``run_rows_task``)."""
     faults.on_partition_start(stage.name, task.name)
-    rows, _ = _read_rows(task.inputs)
+    rows = _read_rows(task.inputs)
     return run_rows_task(stage, task, rows, engine, max_retries)
 
 
@@ -130,17 +127,23 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
             if attempt >= max_retries:
                 log.error("stage %s partition %s failed %d time(s), quarantining its rows: %s",
                           stage.name, task.name, attempt + 1, e)
-                ctx = StageContext(stage.name, task.name, stage.config, engine)
-                ctx.stats.rows_in = len(rows)
                 detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-                for row in rows:
-                    ctx.quarantine(row, "stage_error", detail)
-                table = stage.output_schema.empty_table()
+                ctx, table = _refuse_all(stage, task, rows, engine, "stage_error", detail)
                 break
             attempt += 1
             log.warning("stage %s partition %s failed (attempt %d), retrying: %s",
                         stage.name, task.name, attempt, e)
     return _commit(stage, task, ctx, table, attempt, inject_faults)
+
+
+def _refuse_all(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None", reason: str,
+                detail: str) -> tuple[StageContext, pa.Table]:
+    """A context with every row quarantined for ``reason`` and an empty output table."""
+    ctx = StageContext(stage.name, task.name, stage.config, engine)
+    ctx.stats.rows_in = len(rows)
+    for row in rows:
+        ctx.quarantine(row, reason, detail)
+    return ctx, stage.output_schema.empty_table()
 
 
 def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attempt: int = 0,
@@ -165,7 +168,7 @@ def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attemp
 
 
 def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
-                     on_start=None) -> StageStats:
+                     on_start=None, on_done=None) -> StageStats:
     """Partitions of an engine stage streamed through one continuously fed engine.
 
     Partition i+1's requests enter the engine while partition i's last
@@ -181,6 +184,8 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
             if on_start:
                 on_start(task)
             total.merge(run_task(stage, task, engine, max_retries))
+            if on_done:
+                on_done(task)
         return total
     staged: deque = deque()
 
@@ -189,7 +194,7 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
             if on_start:
                 on_start(task)
             faults.on_partition_start(stage.name, task.name)
-            rows, _ = _read_rows(task.inputs)
+            rows = _read_rows(task.inputs)
             ctx = StageContext(stage.name, task.name, stage.config, engine)
             ctx.stats.rows_in = len(rows)
             try:
@@ -215,11 +220,15 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
                 total.merge(run_rows_task(stage, task, rows, engine, max_retries))
             else:
                 total.merge(_commit(stage, task, ctx, table))
+            if on_done:
+                on_done(task)
     except Exception as e:  # noqa: BLE001 -- the engine failed mid-stream
         log.error("stage %s: engine stream failed (%s); finishing partitions one by one", stage.name, e)
         for task in tasks:
             if not completed(task):
                 total.merge(run_task(stage, task, engine, max_retries))
+                if on_done:
+                    on_done(task)
     return total
 
 
@@ -229,9 +238,8 @@ def attempts_uri(task: Task) -> str:
 
 def record_attempt(task: Task) -> int:
     """Count a worker starting this partition (kept across worker deaths)."""
-    uri = attempts_uri(task)
-    n = (read_marker(uri) or {}).get("attempts", 0) + 1
-    storage.write_json(uri, {"attempts": n})
+    n = attempts(task) + 1
+    storage.write_json(attempts_uri(task), {"attempts": n})
     return n
 
 
@@ -241,17 +249,8 @@ def attempts(task: Task) -> int:
 
 def quarantine_partition(stage: Stage, task: Task, reason: str, detail: str) -> StageStats:
     """Give up on a partition whose workers kept dying: its rows go to quarantine."""
-    rows, _ = _read_rows(task.inputs)
-
-    class _Refuse(type(stage)):  # the same stage, refusing every row
-        def run(self, rows, ctx):
-            for row in rows:
-                ctx.quarantine(row, reason, detail)
-            return iter(())
-
-    refuse = _Refuse.__new__(_Refuse)
-    refuse.__dict__.update(stage.__dict__)
-    return run_rows_task(refuse, task, rows, inject_faults=False)
+    ctx, table = _refuse_all(stage, task, _read_rows(task.inputs), None, reason, detail)
+    return _commit(stage, task, ctx, table, inject_faults=False)
 
 
 def stage_totals(out_dir: str) -> StageStats:

@@ -123,9 +123,6 @@ class Stage:
     def __init__(self, config: "PipelineConfig") -> None:
         self.config = config
 
-    def stage_hash(self) -> str:
-        return self.config.stage_hash(self.name)
-
     def engine_config(self) -> "PipelineConfig":
         """The config whose model this stage's engine runs (a judge may use another model)."""
         return self.config

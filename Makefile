@@ -36,6 +36,7 @@ build-mmpr: setup
 	  $(if $(OUT),--output $(OUT)) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) $(ARGS)
 
 test: setup
+	@VENV=$(VENV) bash scripts/setup-test.sh
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

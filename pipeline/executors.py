@@ -116,11 +116,13 @@ class RayExecutor:
 
         self.config = config
         ex = config.executor
-        address = ex.address or os.environ.get("RAY_ADDRESS")
+        # no address: a fresh Ray of our own ("local"), never some other Ray that
+        # happens to run on this machine
+        address = ex.address or os.environ.get("RAY_ADDRESS") or "local"
         runtime_env = dict(ex.runtime_env)
         runtime_env["env_vars"] = {**_worker_env(), **runtime_env.get("env_vars", {})}
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=ex.num_cpus if address is None else None,
+            ray.init(address=address, num_cpus=ex.num_cpus if address == "local" else None,
                      include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, configure_logging=True,
                      runtime_env=runtime_env)
@@ -164,24 +166,28 @@ class RayExecutor:
 
         total = StageStats()
         cfg = self.config
+        groups: list = []  # placement groups of this stage's engine replicas
         items = [{"task": json.dumps(t.to_dict())} for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         resolved = cfg.resolved()
         if stage_class(stage_name).uses_engine:
             eng = cfg.engine
             world = eng.tensor_parallel_size * eng.pipeline_parallel_size
+            replicas = min(eng.replicas, -(-len(tasks) // eng.partitions_per_call))
             # a dead actor (OOM, node loss) is restarted and its partition retried
             remote: dict = {"max_restarts": -1, "max_task_retries": cfg.executor.max_retries}
             if world > 1:
                 # vLLM's own Ray workers take the GPUs from a placement group
-                remote["ray_remote_args_fn"] = _placement_group_fn(world, eng.cpus_per_replica)
+                remote["ray_remote_args_fn"] = _placement_group_fn(
+                    world, eng.cpus_per_replica, "STRICT_PACK" if eng.pipeline_parallel_size == 1 else "PACK",
+                    groups, replicas)
                 num_gpus = 0
             else:
                 num_gpus = eng.gpus_per_replica
             ds = ds.map_batches(
                 _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
                 batch_size=eng.partitions_per_call,
-                concurrency=min(eng.replicas, -(-len(tasks) // eng.partitions_per_call)),
+                concurrency=replicas,
                 num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
         else:
             ds = ds.map_batches(
@@ -189,20 +195,43 @@ class RayExecutor:
                 batch_size=1, concurrency=cfg.executor.cpu_concurrency, num_cpus=1,
                 max_retries=cfg.executor.max_retries)
         ray.data.DataContext.get_current().max_errored_blocks = 0
-        for row in ds.take_all():
-            total.merge(StageStats.from_dict(json.loads(row["stats"])))
+        try:
+            for row in ds.take_all():
+                total.merge(StageStats.from_dict(json.loads(row["stats"])))
+        finally:
+            # the groups outlive their actors (they belong to this driver): free the GPUs
+            # for the next engine stage
+            for pg in groups:
+                ray.util.remove_placement_group(pg)
         return total
 
     def close(self) -> None:
         pass
 
 
-def _placement_group_fn(world: int, cpus: float):
+def _placement_group_fn(world: int, cpus: float, strategy: str, groups: list, replicas: int):
+    """Ray remote args for the engine replicas with TP*PP = ``world`` > 1 (as ray.data.llm does).
+
+    Each replica's placement group has one GPU bundle per vLLM worker; the first also
+    carries the actor's CPUs.  The actor reserves no GPU itself (num_gpus=0) and lands
+    in bundle 0; vLLM finds the group (ray.util.get_current_placement_group(), hence
+    capture_child_tasks) and its Ray executor starts one worker with 1 GPU and 0 CPUs
+    on each GPU bundle.  Ray Data calls this in the driver for each actor it starts,
+    but also to inspect the remote args (its memory issue detector, every 30 s): so at
+    most ``replicas`` groups are made, later calls get an existing one, and the groups
+    (collected in ``groups``) are removed when the stage ends.
+    """
+    calls = [0]
+
     def fn() -> dict:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        pg = ray.util.placement_group([{"GPU": 1, "CPU": cpus}] * world, strategy="STRICT_PACK")
+        if len(groups) < replicas:
+            groups.append(ray.util.placement_group(
+                [{"GPU": 1, "CPU": cpus}] + [{"GPU": 1}] * (world - 1), strategy=strategy))
+        pg = groups[calls[0] % replicas]
+        calls[0] += 1
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
             pg, placement_group_capture_child_tasks=True)}
     return fn
@@ -211,6 +240,8 @@ def _placement_group_fn(world: int, cpus: float):
 def _worker_env() -> dict:
     keep = ("VLLM_CPU_KVCACHE_SPACE", "MMPR_NO_PROGRESS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
             "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS", "MMPR_FAULT", "MMPR_FAULT_ONCE")
+    # where the object store is (MinIO, a region); credentials are the nodes' own
+    keep += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return env

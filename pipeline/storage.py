@@ -1,16 +1,27 @@
 """Paths that may be local folders or remote object stores.
 
-Everything the runner writes goes through here, via ``pyarrow.fs`` (local,
-S3, GCS, HDFS; any fsspec filesystem through ``PyFileSystem``), so the same
-code writes to a laptop folder or to ``s3://bucket/run``.  Writes are atomic
-where the filesystem allows it: a temp name then a rename on local disks; on
-object stores a single PUT is already all-or-nothing.
+Everything the pipeline reads and writes goes through here, via ``pyarrow.fs``
+(local, S3, GCS, HDFS), so the same code reads sources from and writes to a
+laptop folder, a shared NFS mount or ``s3://bucket/run``.  S3 settings come
+from the usual AWS environment (``AWS_ENDPOINT_URL`` for MinIO or any
+S3-compatible server, ``AWS_REGION``, credentials) or from URI query
+parameters (``s3://bucket/x?endpoint_override=host:9000&scheme=http``).
+
+Writes are atomic where the filesystem allows it: a temp name then a rename on
+local disks; on object stores, where there is no rename, a single PUT is
+already all-or-nothing, and completeness is published by writing a marker
+*after* the data (stage markers, the dataset's ``manifest.json``): readers
+trust only what a marker names.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import os
+import shutil
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -19,10 +30,28 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+def is_uri(path: str) -> bool:
+    """True for ``scheme://...`` paths (object stores, HDFS, file://)."""
+    return "://" in path
+
+
+@functools.lru_cache(maxsize=64)
+def _filesystem(prefix: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(prefix)
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    """The filesystem and the path on it.  One filesystem object per bucket (or
+    host) and query string is made and reused: building an S3 client costs a
+    round trip, and a run touches thousands of paths."""
+    if not is_uri(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme in ("s3", "gs", "gcs") and parts.netloc and not parts.query:
+        fs = _filesystem(f"{parts.scheme}://{parts.netloc}")[0]
+        key = parts.path.strip("/")
+        return fs, f"{parts.netloc}/{key}" if key else parts.netloc
+    return pafs.FileSystem.from_uri(uri)
 
 
 def join(base: str, *parts: str) -> str:
@@ -59,6 +88,97 @@ def _atomic_write(uri: str, data: bytes) -> None:
 
 def write_bytes(uri: str, data: bytes) -> None:
     _atomic_write(uri, data)
+
+
+def open_input(uri: str):
+    """A readable binary stream (a context manager), local or remote."""
+    fs, path = resolve(uri)
+    return fs.open_input_stream(path)
+
+
+def open_input_file(uri: str):
+    """A seekable binary file (for Parquet footers), local or remote."""
+    fs, path = resolve(uri)
+    return fs.open_input_file(path)
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def is_file(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def parent(uri: str) -> str:
+    """The folder holding ``uri`` (an absolute path for local files)."""
+    if not is_uri(uri):
+        return os.path.dirname(os.path.abspath(uri))
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def walk_files(uri: str) -> list[str]:
+    """Every file under ``uri``, recursively, as paths relative to it, sorted."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    base = path.rstrip("/") + "/"
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(i.path[len(base):] for i in infos if i.type == pafs.FileType.File)
+
+
+def localize_dir(uri: str, cache_root: str | None = None) -> str:
+    """A local copy of a remote folder (a model on ``s3://``), made once per node.
+
+    vLLM loads weights from a local folder or a hub id, so a worker node that
+    is given ``s3://bucket/models/x`` copies it to ``cache_root`` first.  The
+    copy lands under a temp name and is renamed into place when complete, so
+    concurrent workers on one node never load a half-copied model; a complete
+    copy is reused.  Local paths are returned unchanged.
+    """
+    if not is_uri(uri):
+        return uri
+    cache_root = cache_root or os.environ.get(
+        "MMPR_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "mmpr-forge"))
+    fs, root = resolve(uri)
+    infos = ([i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
+             if fs.get_file_info(root).type == pafs.FileType.Directory else [])
+    if not infos:
+        raise FileNotFoundError(f"{uri} is not a folder or is empty")
+    base = root.rstrip("/") + "/"
+    files = sorted(i.path[len(base):] for i in infos)
+    # the copy is keyed on the folder's listing: a changed model is a new copy
+    listing = sorted((i.path[len(base):], i.size, i.mtime_ns) for i in infos)
+    key = hashlib.sha256(json.dumps([uri.rstrip("/"), listing]).encode()).hexdigest()[:16]
+    name = uri.rstrip("/").rsplit("/", 1)[-1] or "model"
+    final = os.path.join(cache_root, "models", f"{name}-{key}")
+    if os.path.isdir(final):
+        return final
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    for rel in files:
+        dst = os.path.join(tmp, *rel.split("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        fs, path = resolve(join(uri, rel))
+        with fs.open_input_stream(path) as src, open(dst, "wb") as out:
+            while chunk := src.read(1 << 24):
+                out.write(chunk)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another worker finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def upload_dir(local: str, uri: str) -> None:
+    """Copy a local folder to ``uri`` (file by file, each write atomic)."""
+    for dirpath, _, names in os.walk(local):
+        for n in sorted(names):
+            full = os.path.join(dirpath, n)
+            rel = os.path.relpath(full, local).replace(os.sep, "/")
+            with open(full, "rb") as f:
+                write_bytes(join(uri, rel), f.read())
 
 
 def read_bytes(uri: str) -> bytes:
@@ -101,6 +221,13 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
     return [join(uri, n) for n in names if n.endswith(suffix) and ".tmp-" not in n]
+
+
+def remove(uri: str) -> None:
+    """Delete one file; a missing file is not an error."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        fs.delete_file(path)
 
 
 def remove_tree(uri: str) -> None:

@@ -87,7 +87,8 @@ class DropoutNTPStage(EngineStage):
                 params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                         max_tokens=cfg.max_tokens, seed=s)
                 messages = continuation_messages(user_text, len(row["images"]), cut.prefix, cfg.keep_image)
-                requests.append(GenRequest(messages, images, params, continue_final=True))
+                requests.append(GenRequest(messages, images, params, continue_final=True,
+                                           mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))
                 jobs.append((row, chosen, cut, user_text, s))
         return jobs, requests
 

@@ -53,7 +53,8 @@ class GenerateStage(EngineStage):
             has_gt = bool(row["answer"])
             text = render_question(row["question"], row["choices"], template, has_gt)
             sampling = self.sampling(row["sample_id"])
-            requests.append(GenRequest([user_message(text, len(images))], images, SamplingParams(**sampling)))
+            requests.append(GenRequest([user_message(text, len(images))], images, SamplingParams(**sampling),
+                                       mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))
             todo.append((row, sampling, template if has_gt else "plain"))
         return todo, requests
 

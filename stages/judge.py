@@ -56,7 +56,9 @@ class JudgeStage(Stage):
                                 max_tokens=j.max_tokens, seed=seed)
         msg = user_turn(prompt, len(images))
         msg["content"] = [{"type": "image"} if p["type"] == "image" else p for p in msg["content"]]
-        return GenRequest([msg], images, params)
+        # a source's processor settings are tuned for the policy model: a separate judge model gets none
+        mm_kwargs = None if j.model else self.config.source_mm_kwargs(row["source"])
+        return GenRequest([msg], images, params, mm_processor_kwargs=mm_kwargs)
 
     def score(self, rows: list[dict], ctx: StageContext) -> dict[tuple[int, str], float | None]:
         """Scores per (row index, target); one retry for unparseable outputs."""

@@ -39,7 +39,9 @@ def test_invalid_configs_name_the_key(tmp_path, yaml_text, key, words):
 
 
 def test_the_shipped_configs_are_valid():
-    for name in ("sample.yaml", "mmpr.yaml"):
+    names = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert {"sample.yaml", "mmpr.yaml", "internvl2_5_8b.yaml", "qwen2_5_vl_7b.yaml"} <= set(names)
+    for name in names:
         cfg = load_config(ROOT / "configs" / name)
         assert cfg.sources and cfg.run.stages[0] == "ingest"
 

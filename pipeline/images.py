@@ -15,6 +15,8 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline import storage
+
 #: PIL's decompression-bomb guard, enforced as an error (not a warning)
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 _KEEP_MODES = {"RGB", "L"}
@@ -29,7 +31,17 @@ class ImageError(ValueError):
 
 
 def resolve_path(ref: str, root: str | None) -> str:
-    """Resolve a relative image path under ``root``, refusing paths that escape it."""
+    """Resolve a relative image path under ``root``, refusing paths that escape it.
+
+    ``ref`` or ``root`` may be a URI (``s3://bucket/images``): the result is then
+    a URI on the same store."""
+    if storage.is_uri(ref):
+        return ref
+    if root is not None and storage.is_uri(root):
+        parts = [p for p in ref.replace("\\", "/").split("/") if p not in ("", ".")]
+        if ".." in parts or ref.startswith("/"):
+            raise ImageError("image_path_escapes_root", f"{ref!r} resolves outside {root!r}")
+        return storage.join(root, *parts)
     if root is None:
         return os.path.abspath(ref)
     root_abs = os.path.realpath(root)
@@ -58,11 +70,9 @@ def _read_ref(ref: Any, root: str | None) -> tuple[bytes, str]:
     if not ref.strip():
         raise ImageError("missing_image", "empty image path")
     path = resolve_path(ref, root)
-    if not os.path.isfile(path):
+    if not storage.is_file(path):
         raise ImageError("missing_image_file", ref)
-    with open(path, "rb") as f:
-        data = f.read()
-    return data, ref
+    return storage.read_bytes(path), ref
 
 
 def _normalise(img: Image.Image) -> Image.Image:

@@ -8,6 +8,7 @@ stage, not just what it redid).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -120,8 +121,37 @@ def check_sources(config: PipelineConfig) -> None:
     if not config.sources:
         raise ConfigError("sources: no sources configured; add at least one")
     for i, src in enumerate(config.sources):
-        if "://" not in src.path and src.format != "hf" and not os.path.exists(src.path):
+        if src.format == "hf" and not os.path.exists(src.path):
+            continue  # a hub dataset id
+        try:
+            found = storage.exists(src.path)
+        except OSError as e:  # unreachable store, bad credentials, unknown scheme
+            raise ConfigError(f"sources.{i}.path: cannot read {src.path} ({e})") from None
+        if not found:
             raise ConfigError(f"sources.{i}.path: {src.path} does not exist (source {src.name!r})")
+
+
+def check_storage(config: PipelineConfig) -> None:
+    """Fail before any work when the work or output folder cannot be written
+    (a missing bucket, no credentials, a read-only mount).  On a store a probe
+    object is written and removed; a local folder is checked without creating
+    anything (its nearest existing parent must be a writable folder)."""
+    from pipeline.config import ConfigError
+
+    for key, uri in (("run.work_dir", config.run.work_dir), ("run.output_dir", config.run.output_dir)):
+        if not storage.is_uri(uri):
+            parent = os.path.abspath(uri)
+            while not os.path.exists(parent):
+                parent = os.path.dirname(parent)
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{key}: cannot write to {uri} ({parent} is not a writable folder)")
+            continue
+        probe = storage.join(uri, f".mmpr-probe-{os.getpid()}")
+        try:
+            storage.write_bytes(probe, b"")
+            storage.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot write to {uri} ({str(e).splitlines()[0][:300]})") from None
 
 
 def check_ray_address(config: PipelineConfig) -> None:
@@ -153,9 +183,36 @@ def ensure_model(config: PipelineConfig) -> None:
 
         # builds the sample data it trains on first when that is missing
         build_tiny_model(Path(m.tiny_model_dir), Path(m.tiny_model_data))
+        publish_tiny_model(config)
     elif (m.path.startswith((".", "/")) or os.sep in m.path and not _looks_like_hub_id(m.path)) \
             and not os.path.exists(m.path):
         raise ConfigError(f"model.path: {m.path} does not exist")
+
+
+def publish_tiny_model(config: PipelineConfig) -> None:
+    """Put the tiny model where every worker can read it.
+
+    The tiny model is built on the driver's disk.  When the work folder is on
+    a store (``s3://...``), cluster nodes may not see that disk, so the model
+    goes to ``<work_dir>/models/`` and engine workers load it from there
+    (``pipeline.engine.model_location``).  A marker written last makes the
+    upload all-or-nothing for readers.
+    """
+    from pipeline.engine import model_location
+
+    uri = model_location(config)
+    if not storage.is_uri(uri):
+        return
+    local = config.model.tiny_model_dir
+    stamp = hashlib.sha256(b"".join(
+        p.read_bytes() for p in sorted(Path(local).rglob("*")) if p.is_file())).hexdigest().encode()
+    done = storage.join(uri, ".published")
+    if storage.exists(done) and storage.read_bytes(done) == stamp:
+        return
+    log.info("publishing the tiny model to %s", uri)
+    storage.remove_tree(uri)
+    storage.upload_dir(local, uri)
+    storage.write_bytes(done, stamp)
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -187,6 +244,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     from pipeline.report import write_report
 
     check_sources(config)
+    check_storage(config)
     check_ray_address(config)
     ensure_model(config)
     if restart:

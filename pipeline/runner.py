@@ -16,6 +16,9 @@ is discarded instead of being mixed with new output.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import sys
 import time
 import traceback
 from collections import deque
@@ -28,7 +31,6 @@ from pipeline import faults, storage
 from pipeline.stage import EngineStage, Stage, StageContext, StageStats
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PipelineConfig
     from pipeline.engine import Engine
 
 log = logging.getLogger("pipeline")
@@ -146,6 +148,18 @@ def _refuse_all(stage: Stage, task: Task, rows: list[dict], engine: "Engine | No
     return ctx, stage.output_schema.empty_table()
 
 
+def worker_identity() -> dict:
+    """Where a partition ran: host, process and (under Ray) the node id."""
+    ident = {"host": socket.gethostname(), "pid": os.getpid()}
+    ray = sys.modules.get("ray")  # imported only when running under Ray
+    try:
+        if ray is not None and ray.is_initialized():
+            ident["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 -- provenance only; never fail a partition over it
+        pass
+    return ident
+
+
 def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attempt: int = 0,
             inject_faults: bool = True) -> StageStats:
     """Write a finished partition: data, quarantine and side outputs, then the marker."""
@@ -163,6 +177,7 @@ def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attemp
     storage.write_json(task.marker_uri(), {
         "stage": stage.name, "partition": task.name, "stage_hash": task.stage_hash,
         "inputs": list(task.inputs), "finished_at": time.time(), "stats": stats.to_dict(),
+        "worker": worker_identity(),
     })
     return stats
 

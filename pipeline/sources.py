@@ -4,13 +4,19 @@ A raw row is ``{"source", "row_key", "root", "data"}`` where ``data`` is the
 source's own dict, or ``{"error": (reason, detail)}`` when the row could not
 even be read (bad UTF-8, bad JSON).  Validation is the ingest stage's job;
 readers only read, lazily, so a source never has to fit in memory.
+
+Paths may be local or URIs on any filesystem ``pipeline.storage`` reads
+(``s3://bucket/prompts.jsonl``); relative image paths then resolve against the
+same store.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Iterator
 
+from pipeline import storage
 from pipeline.config import SourceConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -23,7 +29,7 @@ def _row(src: SourceConfig, key: str, root: str | None, data=None, error=None) -
 def _root(src: SourceConfig) -> str:
     if src.image_root:
         return src.image_root
-    return src.path if os.path.isdir(src.path) else os.path.dirname(os.path.abspath(src.path))
+    return src.path if storage.is_dir(src.path) else storage.parent(src.path)
 
 
 def _key(src: SourceConfig, data: dict, index: int) -> str:
@@ -34,7 +40,7 @@ def _key(src: SourceConfig, data: dict, index: int) -> str:
 
 def read_jsonl(src: SourceConfig) -> Iterator[dict]:
     root = _root(src)
-    with open(src.path, "rb") as f:
+    with storage.open_input(src.path) as stream, io.BufferedReader(stream) as f:
         for index, raw in enumerate(f):
             if not raw.strip():
                 continue
@@ -58,14 +64,14 @@ def read_parquet(src: SourceConfig) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     root = _root(src)
-    files = ([os.path.join(src.path, f) for f in sorted(os.listdir(src.path)) if f.endswith(".parquet")]
-             if os.path.isdir(src.path) else [src.path])
+    files = storage.list_files(src.path, ".parquet") if storage.is_dir(src.path) else [src.path]
     index = 0
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            for data in batch.to_pylist():
-                yield _row(src, _key(src, data, index), root, data)
-                index += 1
+        with storage.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=256):
+                for data in batch.to_pylist():
+                    yield _row(src, _key(src, data, index), root, data)
+                    index += 1
 
 
 def read_hf(src: SourceConfig) -> Iterator[dict]:
@@ -89,14 +95,12 @@ def read_hf(src: SourceConfig) -> Iterator[dict]:
 
 def read_image_folder(src: SourceConfig) -> Iterator[dict]:
     root = src.path
-    paths = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.relpath(os.path.join(dirpath, name), root))
-    for index, rel in enumerate(sorted(paths)):
-        caption = os.path.join(root, os.path.splitext(rel)[0] + ".txt")
-        facts = open(caption, encoding="utf-8").read().strip() if os.path.exists(caption) else None
+    files = storage.walk_files(root)
+    present = set(files)
+    for rel in (f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)):
+        caption = os.path.splitext(rel)[0] + ".txt"
+        facts = (storage.read_bytes(storage.join(root, caption)).decode("utf-8").strip()
+                 if caption in present else None)
         data = {"id": rel, "image": rel, "question": src.default_question, "facts": facts}
         yield _row(src, rel, root, data)
 

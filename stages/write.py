@@ -656,6 +656,9 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     files = input_files(input_dirs)
     stats = StageStats()
 
+    # the manifest is the dataset's completion marker (object stores have no
+    # rename): while shards are rewritten, no manifest describes the folder
+    storage.remove(storage.join(out, "manifest.json"))
     plan = plan_shards(files, config.run.seed, wc.shard_rows, wc.test_fraction)
     stats.inc("seconds.plan", round(time.perf_counter() - t0, 3))
     tmp = _local_tmp_dir(out)
@@ -709,7 +712,9 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         manifest["splits"][cfg].update(splits)
     storage.write_bytes(storage.join(out, "README.md"),
                         render_card(config, manifest, sorted(row_stats.models)).encode())
-    if wc.exports:
+    if wc.exports and not rows_out:
+        log.warning("write: no pairs, so no trainer exports (%s)", ", ".join(wc.exports))
+    elif wc.exports:
         from pipeline.exports import export
         for fmt in wc.exports:
             export(fmt, out, storage.join(out, "exports", fmt), name=config.run.name)

@@ -32,7 +32,7 @@ def make_config(**sections):
         else:
             data[key] = value
     for src in data.get("sources", []):
-        if not os.path.isabs(src["path"]):
+        if not os.path.isabs(src["path"]) and "://" not in src["path"]:
             src["path"] = str(ROOT / src["path"])
     data["model"]["tiny_model_dir"] = str(ROOT / "models" / "tiny-idefics3")
     data["model"]["tiny_model_data"] = str(ROOT / "data" / "sample")
@@ -75,3 +75,35 @@ def sample_build(tiny_model, tmp_path_factory) -> Path:
     (base / "run.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     assert proc.returncode == 0, f"sample build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's server) on 127.0.0.1, and the AWS environment
+    pointing at it -- set in this process, so subprocesses and Ray nodes
+    started from it inherit it.  Yields a boto3 client; tests make their own buckets."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from pipeline import storage
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage._filesystem.cache_clear()  # clients are cached per bucket: none may predate the server
+    yield boto3.client("s3")
+    storage._filesystem.cache_clear()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()

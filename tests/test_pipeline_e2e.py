@@ -5,7 +5,6 @@ wrote: the work folder (each stage's Parquet) and the final dataset folder.
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 

@@ -27,11 +27,15 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 #: known scripts, in running order (cheap ones first); any other bench_*.py runs after them
-ORDER = ("bench_matching.py", "bench_crop.py", "bench_write.py", "bench_pairs.py", "bench_generate.py")
+ORDER = ("bench_matching.py", "bench_crop.py", "bench_write.py", "bench_report.py", "bench_pairs.py",
+         "bench_generate.py", "bench_realsize.py")
 #: arguments for --quick, per script; scripts not listed get --quick if they accept it
 QUICK_ARGS = {
     "bench_matching.py": ["--n", "10000", "--math-n", "160"],
     "bench_crop.py": ["--seconds", "1"],
+    "bench_report.py": ["--rows", "100000"],
+    # the preset follows the machine: cpu (0.15B) here, full (8.5B) where CUDA is available
+    "bench_realsize.py": ["--quick"],
 }
 _TARGET = re.compile(r"\(target\b", re.IGNORECASE)
 _MISSED = re.compile(r"\b(MISSED|BELOW|FAIL|FAILED)\b")

@@ -129,6 +129,10 @@ class ModelConfig(_Section):
     #: with THESE values, so set the most expensive setting here and lower it per source.
     mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict)
     trust_remote_code: bool = False
+    #: for chat templates that take plain-string content (InternVL: "<image>"): each
+    #: image part is rendered as this placeholder and the parts joined by newlines;
+    #: null = pass content parts ({"type": "image"}) to the template (Idefics3, Qwen2.5-VL)
+    image_placeholder: Optional[str] = None
     #: other keyword arguments for vllm.LLM (e.g. enforce_eager, max_num_batched_tokens);
     #: keys with a typed field belong in that field
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -145,6 +145,9 @@ class Engine:
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict], continue_final: bool = False) -> str:
+        placeholder = self.config.model.image_placeholder
+        if placeholder is not None:
+            messages = [_as_string_content(m, placeholder) for m in messages]
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False,
             add_generation_prompt=not continue_final,
@@ -237,6 +240,16 @@ class Engine:
             result.error = "prompt_too_long" if too_long else "engine_error"
             result.detail = msg[:2000]
             return None
+
+
+def _as_string_content(message: dict, placeholder: str) -> dict:
+    """A message with content parts as one string, images as ``placeholder``
+    (how vLLM's own examples prompt InternVL: "<image>\nQuestion")."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    text = "\n".join(placeholder if p.get("type") == "image" else p.get("text") or "" for p in content)
+    return {**message, "content": text}
 
 
 @dataclass

@@ -350,3 +350,29 @@ def test_a_resolved_config_validates_again_on_the_workers():
         again = PipelineConfig.model_validate(cfg.resolved())
         assert engine_kwargs(again, cpu=False) == engine_kwargs(cfg, cpu=False)
         assert again.stage_hash("generate") == cfg.stage_hash("generate")
+
+
+# -- string-content chat templates (InternVL) --------------------------------------
+INTERNLM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.mark.parametrize("placeholder, expected", [
+    ("<image>", "<|im_start|>user\n<image>\nHow many circles?<|im_end|>\n<|im_start|>assistant\n"),
+    ("<img></img>", "<|im_start|>user\n<img></img>\nHow many circles?<|im_end|>\n<|im_start|>assistant\n"),
+])
+def test_image_placeholder_renders_parts_as_one_string(tiny_model, placeholder, expected):
+    """InternVL's template concatenates ``message['content']`` as a string: content
+    parts must arrive as "<image>\\nQuestion", as vLLM's own InternVL examples prompt it."""
+    from transformers import AutoTokenizer
+
+    from pipeline.engine import Engine
+
+    eng = Engine.__new__(Engine)  # render() needs only the config and a tokenizer, not vLLM
+    eng.tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    eng.tokenizer.chat_template = INTERNLM_TEMPLATE
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many circles?"}]}]
+    eng.config = make_config(model={"image_placeholder": placeholder})
+    assert eng.render(messages) == expected
+    eng.config = make_config()  # no placeholder: such a template prints the parts' repr
+    assert "{'type': 'image'}" in eng.render(messages)

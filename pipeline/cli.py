@@ -64,8 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="dataset folder written by the pipeline")
     p.add_argument("--output", required=True, help="export folder")
 
-    p = sub.add_parser("report", help="print the run report of a work folder")
+    p = sub.add_parser("report", help="print the run report of a work folder, or (--input) write "
+                                      "a dataset folder's HTML report")
     _config_args(p)
+    p.add_argument("--input", help="a dataset folder written by the pipeline: write INPUT/report.html")
+    p.add_argument("--html", metavar="PATH", help="with --input: write the HTML report here instead")
+    p.add_argument("--seed", type=int, default=0, help="with --input: seed of the sampled pairs (default: %(default)s)")
+    p.add_argument("--per-method", type=int, default=20,
+                   help="with --input: sampled pairs shown per method (default: %(default)s)")
 
     p = sub.add_parser("tiny-model", help="build the project's tiny local VLM")
     p.add_argument("--out", default="models/tiny-idefics3")
@@ -74,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample-data", help="generate the shipped sample data")
     p.add_argument("--out", default="data/sample")
     return parser
+
+
+def _html_report(config) -> None:
+    """After a run that wrote the dataset: its HTML report (a failure here does not fail the build)."""
+    from pipeline import storage
+    from pipeline.html_report import write_html_report
+
+    out = config.run.output_dir
+    if "write" not in config.run.stages or not storage.exists(storage.join(out, "manifest.json")):
+        return
+    try:
+        print(f"html report: {write_html_report(out)}")
+    except Exception as e:  # noqa: BLE001 -- the dataset is complete; the report is a view of it
+        print(f"html report not written: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.exports import export
             export(args.format, args.input, args.output)
             return 0
+        if args.command == "report" and args.input:
+            from pipeline.html_report import write_html_report
+            print(f"report: {write_html_report(args.input, args.html, seed=args.seed, per_method=args.per_method)}")
+            return 0
         config = load_config(args.config, _overrides(args))
         if args.command == "run":
             from pipeline.orchestrator import run_pipeline
@@ -102,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             report = run_pipeline(config, restart=args.restart)
             print(format_summary(report))
             print(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
+            _html_report(config)
         elif args.command == "stage":
             from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
             from pipeline.config import STAGE_ORDER

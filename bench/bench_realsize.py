@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generate import (  # noqa: E402 -- also sets the environment (offline hub, no progress bars)
-    ROOT, TARGET, bare_requests, make_config, prepare_inputs, read_responses, shutdown_engines)
+    ROOT, TARGET, GenerateTimer, bare_requests, make_config, prepare_inputs, read_responses, shutdown_engines)
 from realsize_model import PRESETS, count_parameters, image_seq_len, write_model  # noqa: E402
 
 #: per preset: prompts, max_tokens, partition_rows, rounds; (--quick prompts, --quick rounds)
@@ -96,27 +96,6 @@ def reset_caches(llm) -> None:
     reset_encoder = getattr(llm.llm_engine, "reset_encoder_cache", None)
     if reset_encoder is not None:
         reset_encoder()
-
-
-class StepTimer:
-    """Times ``llm_engine.step`` (both paths drive the engine through it) on the instance."""
-
-    def __init__(self, engine) -> None:
-        self.original = engine.step
-        self.seconds = 0.0
-        self.calls = 0
-
-        def timed(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return self.original(*a, **kw)
-            finally:
-                self.seconds += time.perf_counter() - t0
-                self.calls += 1
-        engine.step = timed
-
-    def reset(self) -> None:
-        self.seconds, self.calls = 0.0, 0
 
 
 def memory_note() -> str:
@@ -232,7 +211,7 @@ def main() -> int:
     max_num_seqs = engine.max_num_seqs
     prompts, params = bare_requests(config, engine.tokenizer, rows)
     n_prompt_tokens = None
-    step_timer = StepTimer(llm.llm_engine)
+    step_timer = GenerateTimer(llm)  # times llm_engine.step, which both paths drive
     executor = LocalExecutor(config)
 
     def run_bare(k: int | None = None):

@@ -78,4 +78,6 @@ def test_both_nodes_did_work_and_the_model_came_from_the_store(multinode_build, 
     assert nodes <= cluster_nodes and len(nodes) == 2, nodes
     # the tiny model was published to the work folder for the workers to fetch
     assert storage.exists(storage.join(root, "work", "models", "tiny-idefics3", "config.json"))
-    assert "html report" in proc.stdout or "report" in proc.stdout
+    # the run's HTML report went to the store beside the dataset
+    html = storage.read_bytes(storage.join(root, "dataset", "report.html")).decode()
+    assert "html report: s3://" in proc.stdout and html.count('class="card') >= 20

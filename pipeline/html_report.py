@@ -45,7 +45,6 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import __version__, storage
 from pipeline import svg_plots as plots
@@ -105,11 +104,6 @@ def _read_json(uri: str) -> dict | None:
         return None
 
 
-def _open_parquet(uri: str) -> pq.ParquetFile:
-    fs, path = storage.resolve(uri)
-    return pq.ParquetFile(fs.open_input_file(path))
-
-
 def dataset_files(root: str, manifest: dict | None) -> list[tuple[str, str]]:
     """(uri, config) of every shard: the manifest's list, else the Parquet files in the config folders."""
     if manifest and manifest.get("shards"):
@@ -123,13 +117,13 @@ def dataset_files(root: str, manifest: dict | None) -> list[tuple[str, str]]:
 def row_groups(files: list[tuple[str, str]]) -> list[RowGroup]:
     out = []
     for uri, config in files:
-        md = _open_parquet(uri).metadata
+        md = storage.parquet_file(uri).metadata
         out += [RowGroup(uri, config, i, md.row_group(i).num_rows) for i in range(md.num_row_groups)]
     return out
 
 
 def _read_group(group: RowGroup, columns: list[str] | None = None) -> pa.Table:
-    return _open_parquet(group.uri).read_row_group(group.index, columns=columns)
+    return storage.parquet_file(group.uri).read_row_group(group.index, columns=columns)
 
 
 # -- sampling -------------------------------------------------------------------------
@@ -259,7 +253,7 @@ def pairs_per_prompt(files: list[tuple[str, str]]) -> dict[str, list[tuple[int, 
     """Per method: (pairs of one prompt, prompts with that many) over every written row."""
     parts = []
     for uri, _ in files:
-        t = _open_parquet(uri).read(columns=["method", "provenance.sample_id"])
+        t = storage.parquet_file(uri).read(columns=["method", "provenance.sample_id"])
         parts.append(pa.table({"method": t.column("method"),
                                "sid": pc.struct_field(t.column("provenance"), "sample_id")}))
     if not parts:

@@ -207,10 +207,15 @@ def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, filesystem=fs, columns=columns)
 
 
-def parquet_num_rows(uri: str) -> int:
+def parquet_file(uri: str) -> pq.ParquetFile:
+    """A Parquet file opened for reading (footer first, row groups on demand)."""
     fs, path = resolve(uri)
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
+    return pq.ParquetFile(fs.open_input_file(path))
+
+
+def parquet_num_rows(uri: str) -> int:
+    with parquet_file(uri) as pf:
+        return pf.metadata.num_rows
 
 
 def list_files(uri: str, suffix: str = "") -> list[str]:

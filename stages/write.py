@@ -111,11 +111,6 @@ def input_files(input_dirs: list[str]) -> list[str]:
     return files
 
 
-def _open(uri: str) -> pq.ParquetFile:
-    fs, path = storage.resolve(uri)
-    return pq.ParquetFile(fs.open_input_file(path))
-
-
 def _conform(batch: pa.RecordBatch | pa.Table, uri: str) -> pa.Table:
     """A batch as a PAIR_SCHEMA table (column order and metadata normalised)."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
@@ -182,7 +177,7 @@ class Plan:
 def plan_shards(files: list[str], seed: int, shard_rows: int, test_fraction: float) -> Plan:
     keys, groups, file_rows = [], [], []
     for uri in files:
-        pf = _open(uri)
+        pf = storage.parquet_file(uri)
         n_file = 0
         for batch in pf.iter_batches(batch_size=65536, columns=["id", "method", "provenance.sample_id"]):
             ids = batch.column("id").to_pylist()
@@ -277,7 +272,7 @@ def scatter(files: list[str], plan: Plan, buckets: _Buckets) -> None:
     """Stream the full rows once, appending each (with its position) to its shard's bucket."""
     offset = 0
     for uri, n_file in zip(files, plan.file_rows):
-        pf = _open(uri)
+        pf = storage.parquet_file(uri)
         seen = 0
         for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS):
             table = _conform(batch, uri)

@@ -4,8 +4,8 @@ Everything the pipeline reads and writes goes through here, via ``pyarrow.fs``
 (local, S3, GCS, HDFS), so the same code reads sources from and writes to a
 laptop folder, a shared NFS mount or ``s3://bucket/run``.  S3 settings come
 from the usual AWS environment (``AWS_ENDPOINT_URL`` for MinIO or any
-S3-compatible server, ``AWS_REGION``, credentials) or from URI query
-parameters (``s3://bucket/x?endpoint_override=host:9000&scheme=http``).
+S3-compatible server, ``AWS_REGION``, credentials), on the driver and on
+every worker node.
 
 Writes are atomic where the filesystem allows it: a temp name then a rename on
 local disks; on object stores, where there is no rename, a single PUT is
@@ -36,19 +36,19 @@ def is_uri(path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _filesystem(prefix: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(prefix)
+def _filesystem(bucket_uri: str) -> pafs.FileSystem:
+    return pafs.FileSystem.from_uri(bucket_uri)[0]
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and the path on it.  One filesystem object per bucket (or
-    host) and query string is made and reused: building an S3 client costs a
-    round trip, and a run touches thousands of paths."""
+    """The filesystem and the path on it.  One filesystem object per S3/GCS
+    bucket is made and reused: building a client costs a round trip, and a run
+    touches thousands of paths."""
     if not is_uri(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     parts = urllib.parse.urlsplit(uri)
     if parts.scheme in ("s3", "gs", "gcs") and parts.netloc and not parts.query:
-        fs = _filesystem(f"{parts.scheme}://{parts.netloc}")[0]
+        fs = _filesystem(f"{parts.scheme}://{parts.netloc}")
         key = parts.path.strip("/")
         return fs, f"{parts.netloc}/{key}" if key else parts.netloc
     return pafs.FileSystem.from_uri(uri)
@@ -119,14 +119,19 @@ def parent(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[0]
 
 
-def walk_files(uri: str) -> list[str]:
-    """Every file under ``uri``, recursively, as paths relative to it, sorted."""
+def _walk(uri: str) -> tuple[pafs.FileSystem, list[tuple[str, pafs.FileInfo]]]:
+    """The filesystem and (path relative to ``uri``, info) of every file under it, sorted."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return []
+        return fs, []
     base = path.rstrip("/") + "/"
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return sorted(i.path[len(base):] for i in infos if i.type == pafs.FileType.File)
+    return fs, sorted((i.path[len(base):], i) for i in infos if i.type == pafs.FileType.File)
+
+
+def walk_files(uri: str) -> list[str]:
+    """Every file under ``uri``, recursively, as paths relative to it, sorted."""
+    return [rel for rel, _ in _walk(uri)[1]]
 
 
 def localize_dir(uri: str, cache_root: str | None = None) -> str:
@@ -142,26 +147,21 @@ def localize_dir(uri: str, cache_root: str | None = None) -> str:
         return uri
     cache_root = cache_root or os.environ.get(
         "MMPR_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "mmpr-forge"))
-    fs, root = resolve(uri)
-    infos = ([i for i in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
-             if fs.get_file_info(root).type == pafs.FileType.Directory else [])
-    if not infos:
+    fs, files = _walk(uri)
+    if not files:
         raise FileNotFoundError(f"{uri} is not a folder or is empty")
-    base = root.rstrip("/") + "/"
-    files = sorted(i.path[len(base):] for i in infos)
     # the copy is keyed on the folder's listing: a changed model is a new copy
-    listing = sorted((i.path[len(base):], i.size, i.mtime_ns) for i in infos)
+    listing = [(rel, i.size, i.mtime_ns) for rel, i in files]
     key = hashlib.sha256(json.dumps([uri.rstrip("/"), listing]).encode()).hexdigest()[:16]
     name = uri.rstrip("/").rsplit("/", 1)[-1] or "model"
     final = os.path.join(cache_root, "models", f"{name}-{key}")
     if os.path.isdir(final):
         return final
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-    for rel in files:
+    for rel, info in files:
         dst = os.path.join(tmp, *rel.split("/"))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        fs, path = resolve(join(uri, rel))
-        with fs.open_input_stream(path) as src, open(dst, "wb") as out:
+        with fs.open_input_stream(info.path) as src, open(dst, "wb") as out:
             while chunk := src.read(1 << 24):
                 out.write(chunk)
     try:

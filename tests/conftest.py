@@ -39,6 +39,17 @@ def make_config(**sections):
     return PipelineConfig.model_validate(data)
 
 
+def shard_hashes(dataset: str) -> dict[str, str]:
+    """Shard path under data/ -> SHA-256 of its bytes, for a dataset folder local or on a store."""
+    import hashlib
+
+    from pipeline import storage
+
+    data = storage.join(str(dataset), "data")
+    return {rel: hashlib.sha256(storage.read_bytes(storage.join(data, rel))).hexdigest()
+            for rel in storage.walk_files(data) if rel.endswith(".parquet")}
+
+
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
     from pipeline.sample_data import build_sample_data

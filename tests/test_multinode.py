@@ -13,13 +13,12 @@ show that both nodes did work.
 """
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, shard_hashes
 from pipeline import storage
 
 BUCKET = "mmpr-multinode"
@@ -51,16 +50,10 @@ def multinode_build(cluster, s3_server, sample_build, tmp_path_factory):
     return f"s3://{BUCKET}", proc
 
 
-def _shard_hashes(root: str) -> dict[str, str]:
-    data = storage.join(root, "data")
-    return {rel: hashlib.sha256(storage.read_bytes(storage.join(data, rel))).hexdigest()
-            for rel in storage.walk_files(data) if rel.endswith(".parquet")}
-
-
 def test_multinode_dataset_equals_single_node(multinode_build, sample_build):
     root, _ = multinode_build
-    single = _shard_hashes(str(sample_build))
-    multi = _shard_hashes(storage.join(root, "dataset"))
+    single = shard_hashes(str(sample_build))
+    multi = shard_hashes(storage.join(root, "dataset"))
     assert len(single) >= 2
     assert multi == single
     manifest = storage.read_json(storage.join(root, "dataset", "manifest.json"))

@@ -20,7 +20,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from conftest import make_config, shard_hashes
 from pipeline import storage
 from pipeline.config import ConfigError
 
@@ -75,13 +75,6 @@ def _markers(client, stage: str) -> dict[str, float]:
     return {k: storage.read_json(f"s3://{BUCKET}/{k}")["finished_at"] for k in keys}
 
 
-def _shards(out: str) -> dict[str, str]:
-    """Shard path -> SHA-256 of its bytes, as stored (local or S3)."""
-    data = storage.join(out, "data")
-    rels = [r for r in storage.walk_files(data) if r.endswith(".parquet")]
-    return {r: hashlib.sha256(storage.read_bytes(storage.join(data, r))).hexdigest() for r in rels}
-
-
 @pytest.fixture(scope="module")
 def s3_build(s3, s3_sources, engine, tmp_path_factory):
     """The same small build twice: everything on S3, and everything on local disk."""
@@ -97,7 +90,7 @@ def s3_build(s3, s3_sources, engine, tmp_path_factory):
 
 def test_build_on_s3_equals_build_on_local_disk(s3_build, s3):
     remote_cfg, local_cfg, report = s3_build
-    remote, local = _shards(remote_cfg.run.output_dir), _shards(local_cfg.run.output_dir)
+    remote, local = shard_hashes(remote_cfg.run.output_dir), shard_hashes(local_cfg.run.output_dir)
     assert remote and remote == local  # same shard names, same bytes
     keys = _keys(s3, "")
     assert not [k for k in keys if ".tmp-" in k or ".mmpr-probe" in k], "temp or probe objects left behind"
@@ -148,7 +141,7 @@ def test_resume_on_s3_after_crash_points(s3_build, s3):
     from pipeline.orchestrator import run_pipeline
 
     remote_cfg = s3_build[0]
-    before = _shards(remote_cfg.run.output_dir)
+    before = shard_hashes(remote_cfg.run.output_dir)
     markers = _markers(s3, "generate")
     victim = sorted(markers)[len(markers) // 2]
     s3.delete_object(Bucket=BUCKET, Key=victim)
@@ -158,7 +151,7 @@ def test_resume_on_s3_after_crash_points(s3_build, s3):
 
     run_pipeline(remote_cfg)
 
-    assert _shards(remote_cfg.run.output_dir) == before
+    assert shard_hashes(remote_cfg.run.output_dir) == before
     after = _markers(s3, "generate")
     assert after.keys() == markers.keys()
     redone = sorted(k for k in after if after[k] != markers[k])

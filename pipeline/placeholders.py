@@ -60,6 +60,9 @@ def user_content(text: str, n_images: int, placeholder: str | None = None) -> li
     With ``placeholder`` (chat templates that take plain strings, InternVL's
     ``"<image>"``) the content is one string: images-first as
     ``"<image>\\n" * n + text``, interleaved as the text with each mark replaced."""
+    if n_images == 0:  # text-only, or DropoutNTP's image-free continuation: no marks either
+        text = text.replace(MARK, "")
+        return text if placeholder is not None else [{"type": "text", "text": text}]
     if MARK not in text:
         if placeholder is not None:
             return f"{placeholder}\n" * n_images + text

@@ -187,6 +187,17 @@ def render_question(question: str, choices: Sequence[str] | None, template: "str
     return template.fill(q)
 
 
+def prompt_text(row: dict, template: Template) -> str:
+    """A prompt row's user text in ``template``, with image marks where a multi-image
+    question had its ``<image>`` placeholders (``pipeline.placeholders``)."""
+    from pipeline.placeholders import interleaved, with_marks
+
+    question, positions = row["question"], row.get("image_positions") or []
+    if interleaved(len(row["images"] or []), positions):
+        question = with_marks(question, positions)
+    return render_question(question, row["choices"], template)
+
+
 def render_user_text(config: Any, row: dict) -> str:
     """The user text of a generated row's prompt, rebuilt from its recorded template."""
-    return render_question(row["question"], row["choices"], template_by_id(config, row.get("template_id")))
+    return prompt_text(row, template_by_id(config, row.get("template_id")))

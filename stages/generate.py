@@ -20,8 +20,8 @@ from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import EngineStage, StageContext
-from pipeline.placeholders import interleaved, user_content, with_marks
-from pipeline.templates import BUILTIN_TEMPLATES, render_question, template_for_source
+from pipeline.placeholders import user_content
+from pipeline.templates import BUILTIN_TEMPLATES, prompt_text, template_for_source
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 
@@ -34,12 +34,8 @@ def user_message(text: str, n_images: int, placeholder: str | None = None) -> di
 def prompt_messages(row: dict, template, placeholder: str | None) -> list[dict]:
     """The chat sent for a prompt row: the template's system turn, then the user turn with
     each image once, where its ``<image>`` placeholder stood (several) or first (one)."""
-    n = len(row["images"] or [])
-    positions = row.get("image_positions") or []
-    question = with_marks(row["question"], positions) if interleaved(n, positions) else row["question"]
-    text = render_question(question, row["choices"], template)
     system = [{"role": "system", "content": [{"type": "text", "text": template.system}]}] if template.system else []
-    return system + [user_message(text, n, placeholder)]
+    return system + [user_message(prompt_text(row, template), len(row["images"] or []), placeholder)]
 
 
 class GenerateStage(EngineStage):

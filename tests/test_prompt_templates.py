@@ -183,3 +183,23 @@ def test_relative_paths_under_an_object_store_root():
         resolve_image_ref("../secret.png", root, roots)
     with pytest.raises(ImageError, match="image_uri_not_allowed"):
         resolve_image_ref("images/a.png", None, ())
+
+
+def test_pair_prompts_keep_images_where_the_question_had_them():
+    """What the trainer sees matches what the model was sent: TRL parts interleaved for a
+    multi-image question, images first for one, and no marks left in image-free turns."""
+    from pipeline.templates import render_user_text
+    from schemas.records import user_turn
+    from stages.dropout_ntp import continuation_messages
+
+    cfg = make_config()
+    q, pos = parse_placeholders("Image-1: <image>\nImage-2: <image>\nWhich is larger?")
+    row = {"question": q, "image_positions": pos, "images": [{}, {}], "choices": [], "template_id": "plain"}
+    text = render_user_text(cfg, row)
+    assert user_turn(text, 2)["content"] == [
+        {"type": "text", "text": "Image-1: "}, {"type": "image", "text": None}, {"type": "text", "text": "\nImage-2: "},
+        {"type": "image", "text": None}, {"type": "text", "text": "\nWhich is larger?"}]
+    single = render_user_text(cfg, {**row, "images": [{}], "image_positions": [0], "question": "What color?"})
+    assert user_turn(single, 1)["content"] == [{"type": "image", "text": None}, {"type": "text", "text": "What color?"}]
+    user, _ = continuation_messages(text, 2, "The first", keep_image=False)
+    assert user["content"] == [{"type": "text", "text": "Image-1: \nImage-2: \nWhich is larger?"}]

@@ -15,7 +15,8 @@ Rules and their names (``MatchResult.rule``):
                      number words, contractions): ``word``, ``text``, and
                      ground truths of numeric types that are not numbers.
 ``choice``           option letter / option text resolution (``multiple_choice``).
-``numeric``          numbers equal within ``rel_tol`` after unit stripping.
+``numeric``          numbers equal within ``rel_tol`` after unit stripping; the value
+                     of a one-symbol equation counts (``x = 2`` answers ``2``).
 ``relaxed_numeric``  ChartQA relaxed accuracy (5%), only with ``relaxed=True``.
 ``yes_no``           leading yes/no (``"Yes, it is"``) -- ``yes_no``.
 ``anls``             1 - normalised Levenshtein distance (``anls``).
@@ -40,6 +41,11 @@ Behaviour decisions (see also the docstrings of the rule functions):
   tolerance would let 2018 match 2019); tolerance applies once either side
   has a decimal point, fraction or exponent.  Year-like ground truths
   (integer 1000..2100) need an exact value even with ``relaxed=True``.
+* Equations: for the numeric types (and ``math``'s numeric rule) an answer
+  ``x = 2``, ``\\boxed{x=2}``, ``a = 2 cm`` or ``\\angle ABC = 30^\\circ`` is
+  compared by its value (``methods.equations``); ``x = 2, y = 3`` is no one
+  value and never matches.  A ground truth ``x=2`` is numeric too (inferred
+  ``integer``) and accepts ``2``; ``y = 2`` does not answer it.
 * Multiple choice: a response that names two different options (``A or B``,
   ``A and C``, ``B, C``) is wrong.  When a response gives a letter and a text
   (``B. red``) the letter wins.
@@ -65,6 +71,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
+from methods.equations import split_equation
 from methods.extract import clean_answer
 
 __all__ = [
@@ -596,17 +603,35 @@ def _rule_vqa(pred: str, gt: str, o: _Opts) -> float:
 
 def _rule_vqa_non_numeric_gt(pred: str, gt: str, o: _Opts) -> float:
     """String fallback for numeric types when this ground truth is not a number ("2 or 3")."""
-    return 0.0 if parse_number(gt) is not None else _rule_vqa(pred, gt, o)
+    return 0.0 if _value(gt) is not None else _rule_vqa(pred, gt, o)
+
+
+@lru_cache(maxsize=_CACHE)
+def _value(s: str) -> tuple[str | None, _Num] | None:
+    """(symbol, number) of a number (symbol None) or a one-symbol equation ``x = 2`` (methods.equations)."""
+    p = parse_number(s)
+    if p is not None:
+        return None, p
+    eq = split_equation(_clean(s))
+    if eq is not None and (p := parse_number(eq[1])) is not None:
+        return eq[0], p
+    return None
+
+
+def _values_match(pred: str, gt: str, tol: float, relaxed: bool) -> bool:
+    """Numbers equal; an equation's value counts, but two equations must name the same symbol."""
+    p, g = _value(pred), _value(gt)
+    if p is None or g is None or (p[0] is not None and g[0] is not None and p[0] != g[0]):
+        return False
+    return _numbers_match(p[1], g[1], tol, relaxed)
 
 
 def _rule_numeric(pred: str, gt: str, o: _Opts) -> float:
-    p, g = parse_number(pred), parse_number(gt)
-    return 1.0 if p is not None and g is not None and _numbers_match(p, g, o.rel_tol, False) else 0.0
+    return 1.0 if _values_match(pred, gt, o.rel_tol, False) else 0.0
 
 
 def _rule_relaxed(pred: str, gt: str, o: _Opts) -> float:
-    p, g = parse_number(pred), parse_number(gt)
-    return 1.0 if p is not None and g is not None and _numbers_match(p, g, RELAXED_TOL, True) else 0.0
+    return 1.0 if _values_match(pred, gt, RELAXED_TOL, True) else 0.0
 
 
 def _rule_choice(pred: str, gt: str, o: _Opts) -> float:
@@ -674,7 +699,7 @@ def _infer(gts: tuple[str, ...], has_choices: bool) -> str:
         return "multiple_choice"
     if all(_canon(g) in ("yes", "no") for g in gts):
         return "yes_no"
-    nums = [parse_number(g) for g in gts]
+    nums = [v[1] if (v := _value(g)) is not None else None for g in gts]
     if all(n is not None for n in nums):
         return "integer" if all(n.int_literal and n.unit is None for n in nums) else "number"
     if any(_LATEX_HINT.search(c) for c in cleaned):

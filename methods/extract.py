@@ -81,7 +81,7 @@ _ANSWER_IS = re.compile(
 )
 _BRACES = re.compile(r"[{}]")
 # what may precede a label's "answer" and belongs to the label, not to the text before it
-_GLUED_LABEL_LEAD = re.compile(r"(?:(?:the|my)[ \t]+)?(?:final[ \t]+)?[*_#]*[ \t]*$", re.IGNORECASE)
+_GLUED_LABEL_LEAD = re.compile(r"(?:(?:the|my)[ \t]+)?(?:final[ \t]+)?[*_#]*[ \t]*\Z", re.IGNORECASE)
 # a label counts as a final-answer *statement* when it starts a line or says "final"/"the answer is"
 _STATEMENT_LEAD = re.compile(r"(?:^|\n)[ \t>#*_-]*(?:(?:the|my)[ \t]+)?(?:final[ \t]+)?[*_]*[ \t]*$",
                              re.IGNORECASE)
@@ -328,6 +328,11 @@ def extract_answers(text: str | None, style: str = "final_answer") -> list[str]:
     scope = text
     if style in ("think", "any") and _THINK_CLOSE in text:
         scope = text[text.rfind(_THINK_CLOSE) + len(_THINK_CLOSE):]
+    mentions = scope.lower().count("answer")
+    if style != "final_answer":
+        mentions += sum(scope.count(cmd) for cmd in _BOXED_CMDS)
+    if mentions <= 1:
+        return [primary]  # the common case, kept as cheap as extract_answer itself
     answers = _stated(scope, with_box=style != "final_answer")
     if primary in answers:  # a bare think tail or an "the answer is X" sentence is not in it
         del answers[len(answers) - 1 - answers[::-1].index(primary)]

@@ -139,3 +139,13 @@ def test_correctness_stage_sets_aside_unclean_responses(correctness_run):
     assert stats.counters["responses.conflicting_answers"] == 2
     assert stats.counters["responses.wrong_states_truth"] == 1
     assert stats.counters["responses.correct"] == 4, "accuracy still scores the last statement"
+
+
+def test_report_summary_shows_what_was_set_aside(correctness_run):
+    from pipeline.report import derived
+
+    _, stats = correctness_run
+    crop = {"pairs.image_crop": 46, "dropped.near_identical_crop": 7, "crops.retried": 14}
+    summary = derived({"correctness": stats.to_dict(), "image_crop": {"counters": crop}})
+    assert summary["correctness"]["set_aside"] == {"conflicting_answers": 2, "wrong_states_truth": 1}
+    assert summary["image_crop"] == {"pairs": 46, "dropped": {"near_identical_crop": 7}, "crops_retried": 14}

@@ -8,8 +8,9 @@ final answers is never chosen, and one stating the ground truth in any of its
 final answers is never rejected (``methods.consistency``; counted as
 ``responses.conflicting_answers`` / ``responses.wrong_states_truth``): they are
 set aside here rather than dropped later by the filter, so another sample of
-the same prompt can take their place in the pair.  Prompts where every sample is wrong go
-to the ``all_wrong`` side output for later use (harder prompts, more samples).
+the same prompt can take their place in the pair.  Prompts where every sample
+is wrong (or no right one is usable) go to the ``all_wrong`` side output for
+later use (harder prompts, more samples).
 """
 from __future__ import annotations
 

@@ -205,7 +205,8 @@ def _line_answer(text: str, start: int, stop: int | None = None) -> str | None:
     the previous answer (``95Final answer: 40%``) ends that answer.
     """
     if stop is not None:
-        text = _GLUED_LABEL_LEAD.sub("", text[:stop])
+        lead = _GLUED_LABEL_LEAD.search(text, max(start, stop - 40), stop)
+        text = text[:stop if lead is None else lead.start()]
     nl = text.find("\n", start)
     line = text[start:] if nl < 0 else text[start:nl]
     ans = _unwrap(line)
@@ -328,11 +329,11 @@ def extract_answers(text: str | None, style: str = "final_answer") -> list[str]:
     scope = text
     if style in ("think", "any") and _THINK_CLOSE in text:
         scope = text[text.rfind(_THINK_CLOSE) + len(_THINK_CLOSE):]
-    mentions = scope.lower().count("answer")
-    if style != "final_answer":
-        mentions += sum(scope.count(cmd) for cmd in _BOXED_CMDS)
-    if mentions <= 1:
-        return [primary]  # the common case, kept as cheap as extract_answer itself
+    labels = _labels(scope)
+    n_labels = (next(labels, None) is not None) + (next(labels, None) is not None)
+    boxes = style != "final_answer" and any(cmd in scope for cmd in _BOXED_CMDS)
+    if n_labels + boxes <= 1:
+        return [primary]  # the common case: one statement, no second pass
     answers = _stated(scope, with_box=style != "final_answer")
     if primary in answers:  # a bare think tail or an "the answer is X" sentence is not in it
         del answers[len(answers) - 1 - answers[::-1].index(primary)]

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from methods.quality import same_text
+from methods.quality import text_key
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,15 @@ def select_pairs(chosen: Sequence[Scored], rejected: Sequence[Scored], k: int, s
     """Up to ``k`` (chosen, rejected) pairs, deterministic for a given seed."""
     seen: set[tuple[str, str]] = set()
     candidates: list[tuple[Scored, Scored]] = []
+    # normalised once per response, not once per candidate pair (32 samples: up to 256 pairs)
+    rejected_keys = [(r, [_norm(a) for a in (r.answers or (r.answer,))], text_key(r.text)) for r in rejected]
     for c in chosen:
-        ca = _norm(c.answer)
-        for r in rejected:
-            if ca and any(ca in _norm(a) for a in (r.answers or (r.answer,))):
+        ca, ck = _norm(c.answer), text_key(c.text)
+        for r, r_answers, rk in rejected_keys:
+            if ca and any(ca in a for a in r_answers):
                 continue
             key = (c.text, r.text)
-            if key in seen or same_text(c.text, r.text):
+            if key in seen or ck == rk:
                 continue
             seen.add(key)
             candidates.append((c, r))

@@ -514,13 +514,14 @@ def language_mismatch(text: str, question: Optional[str] = None, min_letters: in
 
 # ==================================================================== pair rules
 
-def _normalise_text(text: str) -> str:
-    return _SPACES.sub(" ", text.casefold()).strip()
+def text_key(text: str) -> str:
+    """Case-folded, whitespace-collapsed text: equal keys mean the same text for a pair."""
+    return " ".join(text.casefold().split())
 
 
 def same_text(a: str, b: str) -> bool:
     """Equal up to whitespace and case: a text pair that carries no preference signal."""
-    return _normalise_text(a) == _normalise_text(b)
+    return text_key(a) == text_key(b)
 
 
 def identical(chosen: str, rejected: str) -> Verdict:

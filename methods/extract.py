@@ -323,6 +323,15 @@ def extract_answers(text: str | None, style: str = "final_answer") -> list[str]:
     Empty when the response has no parseable answer; otherwise the last item
     is :func:`extract_answer`'s answer.
     """
+    if style == "final_answer" and text:
+        labels = _labels(text)  # one scan gives the answer and whether there are more statements
+        last = next(labels, None)
+        primary = None if last is None else _line_answer(text, last[1])
+        if primary is None:
+            return []
+        if next(labels, None) is None:
+            return [primary]
+        return _stated(text, with_box=False)
     primary = extract_answer(text, style)
     if primary is None:
         return []

@@ -28,26 +28,18 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   echo "$WANT" > "$STAMP"
 fi
 
-if ! command -v chromium >/dev/null 2>&1; then
+# apt_install COMMAND PACKAGE WHAT: install Debian's PACKAGE when COMMAND is missing
+apt_install() {
+  command -v "$1" >/dev/null 2>&1 && return 0
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup-test: installing Debian's chromium (headless browser for the report test)"
+    echo "setup-test: installing Debian's $2 ($3)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    apt-get install -y -qq --no-install-recommends "$2" >/dev/null
   else
-    echo "setup-test: the HTML report test needs chromium: run 'sudo apt-get install chromium'" >&2
+    echo "setup-test: $3 needs $1: run 'sudo apt-get install $2'" >&2
     exit 1
   fi
-fi
-
-if ! command -v script >/dev/null 2>&1; then
-  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup-test: installing util-linux's script (pseudo-terminal for the terminal test)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends bsdutils >/dev/null
-  else
-    echo "setup-test: the terminal test needs script(1): run 'sudo apt-get install bsdutils'" >&2
-    exit 1
-  fi
-fi
+}
+apt_install chromium chromium "headless browser for the HTML report test"
+apt_install script bsdutils "pseudo-terminal for the terminal test"

@@ -87,7 +87,7 @@ def run_on_terminal(cmd: list[str], transcript: Path, timeout: int, **env: str) 
 
 def terminal_lines(transcript: Path) -> list[str]:
     """The lines a terminal scrolled through (a progress bar redrawn with \\r stays one line)."""
-    text = transcript.read_text(errors="replace").replace("\r\n", "\n")
+    text = transcript.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n")  # no universal newlines
     return [ln for ln in text.split("\n")[:-1] if not ln.startswith(("Script started", "Script done"))]
 
 

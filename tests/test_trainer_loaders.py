@@ -185,3 +185,10 @@ def test_internvl_layout_of_a_moved_export(moved, monkeypatch):
             total += len(lines)
     manifest = json.loads((moved / "manifest.json").read_text())
     assert total == sum(s["rows"] for s in manifest["shards"])
+
+
+def test_no_export_file_names_the_build_folder(moved, sample_build):
+    built_in = str(sample_build).encode()
+    for f in (moved / "exports").rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".md"):
+            assert built_in not in f.read_bytes(), f

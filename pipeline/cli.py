@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.config, _overrides(args))
         if args.command in ("run", "stage"):
-            with quiet_build(config.run.work_dir, verbose=args.verbose):
+            with quiet_build(config.run.work_dir, verbose=args.verbose, discard_on=(ConfigError,)):
                 _run_or_stage(args, config)
         elif args.command == "report":
             from pipeline.report import build_report, format_summary

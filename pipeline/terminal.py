@@ -62,17 +62,25 @@ def log_dir(work_dir: str) -> str:
 
 
 @contextlib.contextmanager
-def quiet_build(work_dir: str, verbose: bool = False) -> Iterator[str | None]:
+def quiet_build(work_dir: str, verbose: bool = False,
+                discard_on: tuple[type[BaseException], ...] = ()) -> Iterator[str | None]:
     """Run the body with fd 1/2 in ``<work_dir>/logs/build-<time>.log``; yields that path.
 
     On the way out (also on an error) the fds are restored and the terminal is told where
-    the log is, so a traceback raised from the body prints on the terminal as usual.
+    the log is, so an error raised from the body can be reported on the terminal.  When the
+    body raises one of ``discard_on`` (config mistakes: no work may start), the log and the
+    folders made for it are removed again and nothing is said about them.
     """
     global _console
     if verbose or _console is not None:
         yield None
         return
     folder = log_dir(work_dir)
+    made = []  # folders this call creates, deepest last
+    parent = folder
+    while not os.path.exists(parent):
+        made.insert(0, parent)
+        parent = os.path.dirname(parent)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, time.strftime("build-%Y%m%d-%H%M%S.log"))
     sys.stdout.flush()
@@ -87,10 +95,12 @@ def quiet_build(work_dir: str, verbose: bool = False) -> Iterator[str | None]:
         os.dup2(log.fileno(), 2)
     _console = console
     logging.getLogger("pipeline").addHandler(handler)
+    discard = False
     try:
         yield path
-    except BaseException:
+    except BaseException as e:
         traceback.print_exc()  # into the log; the caller reports the error on the terminal
+        discard = isinstance(e, discard_on)
         raise
     finally:
         logging.getLogger("pipeline").removeHandler(handler)
@@ -101,6 +111,12 @@ def quiet_build(work_dir: str, verbose: bool = False) -> Iterator[str | None]:
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
-        console[0].write(f"log: {path}  (Ray, vLLM and worker output; --verbose shows it live)\n")
+        if discard:
+            os.remove(path)
+            for d in reversed(made):
+                with contextlib.suppress(OSError):  # not empty: something else was written there
+                    os.rmdir(d)
+        else:
+            console[0].write(f"log: {path}  (Ray, vLLM and worker output; --verbose shows it live)\n")
         for stream in console:
             stream.close()

@@ -19,6 +19,7 @@ from pipeline import storage
 from pipeline.config import PipelineConfig
 from pipeline.runner import Task, completed, invalidate_if_changed, run_rows_task, stage_totals
 from pipeline.stage import StageStats
+from pipeline.terminal import echo
 
 log = logging.getLogger("pipeline")
 
@@ -273,7 +274,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
                 ran = StageStats()
         timings[stage] = time.perf_counter() - t0
         total = stage_totals(out_dir) if stage != "write" else ran
-        print(summarize(stage, total, ran, n_tasks, n_skipped, timings[stage]), flush=True)
+        echo(summarize(stage, total, ran, n_tasks, n_skipped, timings[stage]))
     return write_report(config, timings)
 
 
@@ -300,6 +301,6 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
     pending = [t for t in tasks if not completed(t)]
     t0 = time.perf_counter()
     ran = make_executor(config).run(stage, pending) if pending else StageStats()
-    print(summarize(stage, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
-                    time.perf_counter() - t0), flush=True)
+    echo(summarize(stage, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
+                   time.perf_counter() - t0))
     return ran

@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--input is required for stage {args.name}")
             check_ray_address(config)
             if cls.uses_engine:
+                from pipeline.preflight import check_model
                 ensure_model(config)
+                check_model(config)
             run_stage(config, args.name, args.input, args.output)
         elif args.command == "report":
             from pipeline.report import build_report, format_summary

@@ -93,8 +93,9 @@ def image_cost(m: "ModelConfig") -> ImageCost | None:
         tokens = max_pixels // (28 * 28) + 2
         return ImageCost(family, tokens, max_pixels * 24, f"(max_pixels {max_pixels} / 28x28 + 2)")
     if family == "idefics3":
-        pre = _local_json(m.resolved_path, "preprocessor_config.json")
         proc = _local_json(m.resolved_path, "processor_config.json")
+        # transformers 5 nests the image processor's settings in processor_config.json
+        pre = _local_json(m.resolved_path, "preprocessor_config.json") or proc.get("image_processor") or {}
         if m.is_tiny and not pre:  # not built yet: what pipeline.tiny_model builds
             from pipeline.tiny_model import DEFAULT_PARAMS as tiny
 

@@ -124,23 +124,29 @@ def _stop_ids(config: "PipelineConfig", tokenizer: Any, path: str) -> set[int]:
 
 
 def _sample_messages(config: "PipelineConfig"):
-    """(source name, user turn) for the first readable row of each source, as generate builds it."""
+    """(source name, user turn) for the first row of each source that ingest accepts,
+    built the way generate builds it."""
+    from itertools import islice
+
     from pipeline.sources import iter_source
+    from pipeline.stage import StageContext
     from pipeline.templates import render_question
+    from stages import make_stage
     from stages.generate import user_message
 
+    ingest = make_stage("ingest", config)
     rendered = False
     for src in config.sources:
         try:
-            row = next((r for r in iter_source(src) if r.get("error") is None), None)
+            raws = list(islice(iter_source(src), 20))
+            row = next(iter(ingest.run(iter(raws), StageContext("ingest", "preflight", config))), None)
         except Exception:  # noqa: BLE001 -- an unreadable source is check_sources' business
             row = None
         if row is None:
             continue
         rendered = True
-        text = render_question(row["question"], row.get("choices") or [], config.generate.template,
-                               bool(row.get("answer")))
-        yield src.name, [user_message(text, max(1, len(row.get("images") or [])))]
+        text = render_question(row["question"], row["choices"], config.generate.template, bool(row["answer"]))
+        yield src.name, [user_message(text, max(1, len(row["images"] or [])))]
     if not rendered:
         yield "<none>", [user_message("Describe the image.", 1)]
 

@@ -64,6 +64,12 @@ def engine_dead_cause(exc: BaseException) -> bool:
     return False
 
 
+def refill_threshold(vllm_config: Any) -> int:
+    """Sequences the engine runs at once: ``max_num_seqs`` per batch, and with pipeline
+    parallelism every stage holds a batch of its own in flight."""
+    return vllm_config.scheduler_config.max_num_seqs * vllm_config.parallel_config.pipeline_parallel_size
+
+
 def sample_params(params: Any) -> list:
     """The n=1 requests that replace one ``SamplingParams(n=N)``: child i gets the
     seed ``seed + i``, exactly as vLLM's own fan-out does (ParentRequest
@@ -200,15 +206,15 @@ class Engine:
         self.model_name = config.model.path
         self.revision = config.model.revision or ""
         self.max_model_len = config.model.max_model_len
-        #: sequences the scheduler runs at once: below this, feed the next prompts.  With
-        #: pipeline parallelism every stage holds a batch of its own in flight
         vllm_config = self.llm.llm_engine.vllm_config
         self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
-        self.low_water = self.max_num_seqs * vllm_config.parallel_config.pipeline_parallel_size
+        #: unfinished sequences below which the next prompts are admitted
+        self.low_water = refill_threshold(vllm_config)
         #: prompts (with their images) admitted into the engine at once
         self.max_prompts = prompts_in_flight(config, self.low_water)
         #: the model's configured stops, for every SamplingParams built for this engine
         self.stop_kwargs = stop_kwargs(config, self.tokenizer)
+        _wake_on_death(self.llm.llm_engine)
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict], continue_final: bool = False) -> str:
@@ -347,6 +353,37 @@ class Engine:
             result.error = "prompt_too_long" if too_long else "engine_error"
             result.detail = msg[:2000]
             return []
+
+
+def _wake_on_death(llm_engine: Any, poll_s: float = 0.5) -> None:
+    """Make a dead engine core raise instead of hang.
+
+    vLLM 0.32's synchronous client (``SyncMPClient``) marks the engine dead when
+    its core process exits, but then shuts its output thread down without
+    putting anything on ``outputs_queue``: a ``step()`` already waiting there
+    (or the next one) blocks forever.  This watcher puts the ``EngineDeadError``
+    there itself once vLLM has seen the death.
+    """
+    import threading
+    import time
+    import weakref
+
+    core = getattr(llm_engine, "engine_core", None)
+    if core is None or not hasattr(core, "outputs_queue") or not hasattr(core, "resources"):
+        return  # in-process engine core: its errors raise directly
+    ref = weakref.ref(core)
+
+    def watch() -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        while (c := ref()) is not None:
+            if c.resources.engine_dead:
+                c.outputs_queue.put_nowait(EngineDeadError())
+                return
+            del c
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="mmpr-engine-death-watch", daemon=True).start()
 
 
 def render_chat(tokenizer: Any, messages: list[dict], placeholder: str | None,

@@ -43,6 +43,20 @@ def _vllm_n_fanout(engine, requests):
             for o in outs]
 
 
+def _watch_unfinished(engine, monkeypatch) -> list[int]:
+    """The engine's unfinished sequences before each step, filled in as it runs."""
+    llm_engine = engine.llm.llm_engine
+    seen: list[int] = []
+    real_step = llm_engine.step
+
+    def step():
+        seen.append(llm_engine.get_num_unfinished_requests())
+        return real_step()
+
+    monkeypatch.setattr(llm_engine, "step", step)
+    return seen
+
+
 def test_sample_params_give_child_i_the_seed_plus_i():
     from vllm import SamplingParams
 
@@ -70,15 +84,7 @@ def test_prompts_in_flight_are_bounded_and_change_nothing(engine, rows, monkeypa
     responses are the same as without the cap."""
     requests = _requests(rows)
     free = engine.generate(requests)
-    llm_engine = engine.llm.llm_engine
-    seen = []
-    real_step = llm_engine.step
-
-    def step():
-        seen.append(llm_engine.get_num_unfinished_requests())
-        return real_step()
-
-    monkeypatch.setattr(llm_engine, "step", step)
+    seen = _watch_unfinished(engine, monkeypatch)
     monkeypatch.setattr(engine, "max_prompts", 2)
     capped = engine.generate(requests)
     assert seen and max(seen) <= 2 * N
@@ -90,15 +96,7 @@ def test_low_water_admits_prompts_only_while_the_scheduler_has_room(engine, rows
     """With low_water N the engine takes one more prompt only when fewer than N sequences are
     unfinished: at most 2N-1 sequences at once, never a whole partition queued."""
     requests = _requests(rows)
-    llm_engine = engine.llm.llm_engine
-    seen = []
-    real_step = llm_engine.step
-
-    def step():
-        seen.append(llm_engine.get_num_unfinished_requests())
-        return real_step()
-
-    monkeypatch.setattr(llm_engine, "step", step)
+    seen = _watch_unfinished(engine, monkeypatch)
     monkeypatch.setattr(engine, "low_water", N)
     results = engine.generate(requests)
     assert all(len(r.completions) == N for r in results)

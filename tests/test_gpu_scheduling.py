@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from pipeline.engine import refill_threshold
 from pipeline.executors import replica_gpus
 
 _RAY_FREE_GROUPS = r'''
@@ -65,3 +66,13 @@ def test_zero_gpus_per_replica_becomes_one_where_the_cluster_has_gpus():
     assert replica_gpus(0, 0) == 0      # a CPU cluster: CPU engines
     assert replica_gpus(0.5, 8) == 0.5  # packing engines on a GPU is a choice
     assert replica_gpus(1, 8) == 1
+
+
+def test_the_refill_threshold_counts_every_pipeline_stage():
+    from types import SimpleNamespace as NS
+
+    def cfg(seqs, pp):
+        return NS(scheduler_config=NS(max_num_seqs=seqs), parallel_config=NS(pipeline_parallel_size=pp))
+
+    assert refill_threshold(cfg(256, 1)) == 256
+    assert refill_threshold(cfg(256, 4)) == 1024  # 4 stages each hold a batch of 256 in flight

@@ -369,6 +369,9 @@ class ImageCropConfig(_Section):
     #: "same": chosen = rejected = one response; "pair": reuse a pair's texts
     text: Literal["same", "pair"] = "same"
     jpeg_quality: int = Field(95, ge=1, le=100)
+    #: skip a crop pair whose rejected image differs from the original by less than this
+    #: (largest 32x32-thumbnail difference in grey levels, methods/crop_signal.py); 0 = off
+    min_difference: float = Field(16.0, ge=0, le=255)
 
     @field_validator("area")
     @classmethod

@@ -37,6 +37,8 @@ def derived(stages: dict) -> dict:
             "format_error_rate": round(c.get("responses.format_error", 0) / c["responses"], 4),
             "prompts_all_wrong": c.get("prompts.all_wrong", 0),
             "prompts_all_correct": c.get("prompts.all_correct", 0),
+            # responses kept out of pairs: several different final answers / the truth in an earlier one
+            "set_aside": {k: c.get(f"responses.{k}", 0) for k in ("conflicting_answers", "wrong_states_truth")},
             "pairs_per_prompt": dict(sorted(hist.items())),
             "mean_chars": {m: {side: round(c.get(f"chars.{m}.{side}", 0) / max(c.get(f"pairs.{m}", 0), 1), 1)
                                for side in ("chosen", "rejected")}
@@ -53,6 +55,10 @@ def derived(stages: dict) -> dict:
             "reference_tokens_per_pair": MMPR_TOKENS_PER_PAIR,
             "dropped": _prefixed(d, "dropped."),
         }
+    i = stages.get("image_crop", {}).get("counters", {})
+    if i:
+        out["image_crop"] = {"pairs": i.get("pairs.image_crop", 0), "dropped": _prefixed(i, "dropped."),
+                             "crops_retried": i.get("crops.retried", 0)}
     f = stages.get("filter", {}).get("counters", {})
     if f:
         out["filter"] = {

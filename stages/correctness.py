@@ -3,14 +3,21 @@
 For every prompt with ground truth: extract each sample's final answer, match
 it against the ground truth, and pair correct samples (chosen) with incorrect
 ones (rejected).  Unparseable samples are *format negatives*: usable as
-rejected under their own method tag.  Prompts where every sample is wrong go
-to the ``all_wrong`` side output for later use (harder prompts, more samples).
+rejected under their own method tag.  A response stating several different
+final answers is never chosen, and one stating the ground truth in any of its
+final answers is never rejected (``methods.consistency``; counted as
+``responses.conflicting_answers`` / ``responses.wrong_states_truth``): they are
+set aside here rather than dropped later by the filter, so another sample of
+the same prompt can take their place in the pair.  Prompts where every sample
+is wrong (or no right one is usable) go to the ``all_wrong`` side output for
+later use (harder prompts, more samples).
 """
 from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from methods.extract import extract_answer
+from methods.consistency import conflicting, states_any
+from methods.extract import extract_answers
 from methods.match import infer_answer_type, match_answer
 from methods.pairs import Scored, select_pairs
 from pipeline import __version__
@@ -29,16 +36,22 @@ def score_responses(row: dict, config) -> list[Scored]:
     answer_type = row["answer_type"] or "auto"
     if answer_type == "auto":
         answer_type = infer_answer_type(row["answer"], row["choices"])
+    kw = dict(threshold=cc.threshold, rel_tol=cc.numeric_rel_tol, relaxed=bool(src and src.relaxed_numeric),
+              true_false=bool(src and src.true_false), anls_cutoff=cc.anls_cutoff)
     out = []
     for r in row["responses"]:
-        ans = extract_answer(r["text"], style)
-        if ans is None:
+        answers = extract_answers(r["text"], style)
+        if not answers:
             out.append(Scored(r["index"], r["text"], None, 0.0, False))
             continue
-        m = match_answer(ans, row["answer"], answer_type, row["choices"], threshold=cc.threshold,
-                         rel_tol=cc.numeric_rel_tol, relaxed=bool(src and src.relaxed_numeric),
-                         true_false=bool(src and src.true_false), anls_cutoff=cc.anls_cutoff)
-        out.append(Scored(r["index"], r["text"], ans, m.score, m.correct, m.rule))
+        ans = answers[-1]
+        m = match_answer(ans, row["answer"], answer_type, row["choices"], **kw)
+        several = len(answers) > 1
+        out.append(Scored(
+            r["index"], r["text"], ans, m.score, m.correct, m.rule, tuple(answers),
+            conflicting=several and conflicting(answers, answer_type, row["choices"], **kw),
+            states_truth=m.correct or (several and states_any(answers[:-1], row["answer"], answer_type,
+                                                              row["choices"], **kw))))
     return out
 
 
@@ -54,15 +67,20 @@ class CorrectnessStage(Stage):
             if not row["answer"]:
                 continue
             scored = score_responses(row, self.config)
-            right = [s for s in scored if s.correct]
-            wrong = [s for s in scored if s.answer is not None and not s.correct]
+            right = [s for s in scored if s.usable_chosen]
+            wrong = [s for s in scored if s.usable_rejected]
             unparsed = [s for s in scored if s.answer is None]
             key = f"{row['source']}.{row['answer_type']}"
             ctx.stats.inc("prompts")
             ctx.stats.inc("responses", len(scored))
-            ctx.stats.inc("responses.correct", len(right))
+            n_correct = sum(s.correct for s in scored)
+            ctx.stats.inc("responses.correct", n_correct)
             ctx.stats.inc("responses.format_error", len(unparsed))
-            ctx.stats.inc(f"accuracy.{key}.correct", len(right))
+            # right by the last answer, but other statements disagree: never a chosen
+            ctx.stats.inc("responses.conflicting_answers", sum(s.correct and s.conflicting for s in scored))
+            # wrong by the last answer, but an earlier statement is the ground truth: never a rejected
+            ctx.stats.inc("responses.wrong_states_truth", sum(s.states_truth and not s.correct for s in scored))
+            ctx.stats.inc(f"accuracy.{key}.correct", n_correct)
             ctx.stats.inc(f"accuracy.{key}.total", len(scored))
             if not right:
                 ctx.stats.inc("prompts.all_wrong")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from methods.quality import check_text, failures
+from methods.quality import check_text, failures, same_text
 from methods.truncate import Truncation, hf_token_spans, truncate_tokens, truncate_words
 from pipeline import __version__
 from pipeline.engine import GenRequest
@@ -23,10 +23,6 @@ from schemas.records import assistant_turn, pair_row, provenance, user_turn
 
 #: rules a chosen response must pass under ``selection: filtered``
 SELECTION_RULES = {"length_bounds": False, "language_mismatch": False, "bad_characters": False}
-
-
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def continuation_messages(user_text: str, n_images: int, prefix: str, keep_image: bool) -> list[dict]:
@@ -50,7 +46,7 @@ class DropoutNTPStage(EngineStage):
             if not cfg.on_correct:
                 return []
             from stages.correctness import score_responses
-            correct = {s.index for s in score_responses(row, self.config) if s.correct}
+            correct = {s.index for s in score_responses(row, self.config) if s.usable_chosen}
             responses = [r for r in responses if r["index"] in correct]
         if cfg.selection == "first":
             return responses[:1]
@@ -105,7 +101,7 @@ class DropoutNTPStage(EngineStage):
                 ctx.stats.inc("dropped.empty_continuation")
                 continue
             rejected = cut.prefix + cont.text
-            if _normalised(rejected) == _normalised(chosen["text"]):
+            if same_text(rejected, chosen["text"]):
                 ctx.stats.inc("dropped.identical_to_chosen")
                 continue
             ctx.stats.inc("pairs.dropout_ntp")

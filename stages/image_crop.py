@@ -5,18 +5,30 @@ random resized crop keeping 1-20% of the area (aspect 3/4..4/3), resized back
 to the original size.  The pair teaches the model to *use* the image, so it
 only carries signal for trainers that read ``rejected_images`` (ms-swift,
 mDPO-style); the write stage keeps these rows in their own files.
+
+A crop that leaves the picture (near-)unchanged -- any crop of a uniform
+image -- carries no signal: up to ``CROP_TRIES`` seeded crops are tried per
+image, and a row none of whose images changed by ``image_crop.min_difference``
+(``methods.crop_signal``) is skipped and counted as
+``dropped.near_identical_crop``.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Iterable, Iterator
 
 from methods.crop import corrupt_image
+from methods.crop_signal import first_distinct
 from pipeline import __version__
 from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import Stage, StageContext
 from pipeline.templates import render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, provenance
+
+
+#: seeded crops tried per image before a row counts as near-identical
+CROP_TRIES = 3
 
 
 def selected(seed: int, sample_id: str, fraction: float) -> bool:
@@ -40,8 +52,8 @@ class ImageCropStage(Stage):
             ok = [r for r in responses if r["text"].strip() and r["finish_reason"] != "length"]
             return (ok[0], ok[0]) if ok else None
         scored = score_responses(row, self.config)
-        right = [responses[i] for i, s in enumerate(scored) if s.correct]
-        wrong = [responses[i] for i, s in enumerate(scored) if not s.correct]
+        right = [responses[i] for i, s in enumerate(scored) if s.usable_chosen]
+        wrong = [responses[i] for i, s in enumerate(scored) if not s.correct and not s.states_truth]
         if not right:
             return None  # never teach a wrong answer as chosen
         if self.config.image_crop.text == "pair" and wrong:
@@ -60,15 +72,25 @@ class ImageCropStage(Stage):
                 continue
             chosen, rejected = texts
             crop_seed = derive_seed(seed, row["sample_id"], "image_crop")
-            corrupted, boxes = [], []
+            corrupt = partial(corrupt_image, area=tuple(cfg.area), aspect=tuple(cfg.aspect),
+                              jpeg_quality=cfg.jpeg_quality)
+            corrupted, boxes, distinct = [], [], False
             try:
                 for i, im in enumerate(row["images"]):
-                    data, box = corrupt_image(im["bytes"], derive_seed(crop_seed, i), area=tuple(cfg.area),
-                                              aspect=tuple(cfg.aspect), jpeg_quality=cfg.jpeg_quality)
+                    # try 0 is the seed crops always had, so rows with a visible crop do not change
+                    seeds = [derive_seed(crop_seed, i)] + [derive_seed(crop_seed, i, "retry", t)
+                                                           for t in range(1, CROP_TRIES)]
+                    (data, box), diff, tries = first_distinct(im["bytes"], seeds, corrupt, cfg.min_difference)
+                    if tries > 1:
+                        ctx.stats.inc("crops.retried")
+                    distinct = distinct or diff >= cfg.min_difference
                     corrupted.append({"bytes": data, "path": None})
                     boxes.append(list(box))
             except Exception as e:  # noqa: BLE001 -- one undecodable image quarantines its row only
                 ctx.quarantine(row, "image_crop_error", str(e))
+                continue
+            if not distinct:
+                ctx.stats.inc("dropped.near_identical_crop")
                 continue
             ctx.stats.inc("pairs.image_crop")
             user_text = render_question(row["question"], row["choices"], row["template_id"] or "plain",

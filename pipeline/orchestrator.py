@@ -17,6 +17,7 @@ from typing import Iterator
 
 from pipeline import storage
 from pipeline.config import PipelineConfig
+from pipeline.preflight import check_model
 from pipeline.runner import Task, completed, invalidate_if_changed, run_rows_task, stage_totals
 from pipeline.stage import StageStats
 from pipeline.terminal import echo
@@ -248,6 +249,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     check_storage(config)
     check_ray_address(config)
     ensure_model(config)
+    check_model(config)
     if restart:
         storage.remove_tree(config.run.work_dir)
     executor = None

@@ -6,11 +6,13 @@ belongs to the template, not to the answer).
 
 The question is wrapped in the configured CoT template (short-answer suffixes
 stripped) and rendered through the model's chat template with its image(s).
-All N samples of a prompt come from one request (``SamplingParams(n=N)``)
-seeded from the prompt's ``sample_id`` (vLLM gives sample i the seed
-``seed + i``, recorded per response; seeds are hashed, so two prompts never
-share a random stream), so the same config gives the same
-responses regardless of batching, partitioning or which engine ran it.
+The N samples of a prompt are described by one ``SamplingParams(n=N)``
+seeded from the prompt's ``sample_id``; the engine sends them as N requests
+with seeds ``seed + i`` (what vLLM's own n-fan-out gives sample i; recorded
+per response; seeds are hashed, so two prompts never share a random stream),
+so the same config gives the same responses regardless of partitioning or
+which engine ran it -- and regardless of batching on CPU, or on GPU with
+``engine.batch_invariant`` (README, "Reproducibility").
 """
 from __future__ import annotations
 
@@ -61,8 +63,9 @@ class GenerateStage(EngineStage):
                 continue
             template = template_for_source(self.config, row["source"]) if row["answer"] else plain
             sampling = self.sampling(row["sample_id"])
+            stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
             requests.append(GenRequest(prompt_messages(row, template, placeholder), images,
-                                       SamplingParams(**sampling),
+                                       SamplingParams(**sampling, **stops),
                                        mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))
             todo.append((row, sampling, template))
         return todo, requests

@@ -59,6 +59,7 @@ import math
 import os
 import re
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, NamedTuple, Sequence
@@ -69,17 +70,16 @@ from methods.extract import clean_answer
 
 __all__ = [
     "MatchResult", "match_answer", "infer_answer_type", "parse_number",
-    "vqa_normalize", "anls_score", "ANSWER_TYPES", "RULES",
+    "vqa_normalize", "anls_score", "ANSWER_TYPES", "SCORING_ERRORS",
 ]
 
 ANSWER_TYPES = (
     "auto", "multiple_choice", "integer", "number", "yes_no", "word",
     "text", "anls", "math", "open",
 )
-RULES = (
-    "exact", "vqa_norm", "choice", "numeric", "relaxed_numeric", "yes_no",
-    "anls", "math", "none",
-)
+#: exceptions the matcher turned into "no match", by where they happened: a scoring
+#: bug or timeout must show in the report, not pass for a wrong answer
+SCORING_ERRORS: Counter = Counter()
 #: ChartQA relaxed accuracy tolerance
 RELAXED_TOL = 0.05
 _CACHE = 1 << 16
@@ -556,7 +556,8 @@ def _math_parse(s: str) -> tuple:
     for text in ((s,) if "$" in s else (f"${s}$", s)):
         try:
             parsed = parse(text, parsing_timeout=timeout)
-        except Exception:  # noqa: BLE001 - parser bugs and timeouts are "unparsable"
+        except Exception as e:  # noqa: BLE001 - parser bugs and timeouts are "unparsable"
+            SCORING_ERRORS[f"math_parse.{type(e).__name__}"] += 1
             parsed = []
         if parsed:
             return tuple(parsed)
@@ -571,7 +572,8 @@ def _math_equal(pred: str, gt: str) -> bool:
     try:
         from math_verify import verify
         return bool(verify(list(gold), list(target), timeout_seconds=_math_timeout()))
-    except Exception:  # noqa: BLE001 - sympy can raise anything on odd input
+    except Exception as e:  # noqa: BLE001 - sympy can raise anything on odd input
+        SCORING_ERRORS[f"math_verify.{type(e).__name__}"] += 1
         return False
 
 

@@ -44,6 +44,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline import graph
+
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -53,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset of stages to run")
     p.add_argument("--restart", action="store_true", help="discard the work folder and start clean")
 
-    p = sub.add_parser("stage", help="run one stage on any Parquet input")
-    p.add_argument("name", help="stage name (ingest, generate, correctness, dropout_ntp, image_crop, filter, judge, write)")
+    p = sub.add_parser("stage", help="run one stage on any Parquet input",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="stages:\n" + "\n".join(f"  {n:<12} {graph.stage_class(n).help()}" for n in graph.ordered()))
+    p.add_argument("name", help="stage name (" + ", ".join(graph.ordered()) + ")")
     _config_args(p)
     p.add_argument("--input", help="a Parquet file or a folder of them (ignored by ingest)")
     p.add_argument("--output", required=True, help="output folder")
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _html_report(config) -> None:
     """After a run that wrote the dataset: its HTML report (a failure here does not fail the build)."""
     from pipeline import storage
-    from pipeline.html_report import write_html_report
+    from publish.html_report import write_html_report
 
     out = config.run.output_dir
     if "write" not in config.run.stages or not storage.exists(storage.join(out, "manifest.json")):
@@ -112,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(build_sample_data(Path(args.out))))
             return 0
         if args.command == "export":
-            from pipeline.exports import export
+            from publish.exports import export
             export(args.format, args.input, args.output)
             return 0
         if args.command == "report" and args.input:
-            from pipeline.html_report import write_html_report
+            from publish.html_report import write_html_report
             print(f"report: {write_html_report(args.input, args.html, seed=args.seed, per_method=args.per_method)}")
             return 0
         config = load_config(args.config, _overrides(args))
@@ -128,18 +132,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
             _html_report(config)
         elif args.command == "stage":
+            from pipeline.graph import ordered, stage_class
             from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
-            from pipeline.config import STAGE_ORDER
-            from stages import stage_class
-            if args.name not in STAGE_ORDER:
-                raise ConfigError(f"stage: unknown stage {args.name!r}; known: {list(STAGE_ORDER)}")
+            if args.name not in ordered():
+                raise ConfigError(f"stage: unknown stage {args.name!r}; known: {ordered()}")
             cls = stage_class(args.name)
-            if args.name == "ingest":
+            if cls.kind == "source":
                 check_sources(config)
             elif not args.input:
                 raise ConfigError(f"--input is required for stage {args.name}")
             check_ray_address(config)
-            if cls.uses_engine:
+            if cls.kind == "engine":
                 ensure_model(config)
             run_stage(config, args.name, args.input, args.output)
         elif args.command == "report":

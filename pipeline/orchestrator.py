@@ -1,10 +1,10 @@
 """Whole-pipeline and single-stage runs: planning, resume, summaries, report.
 
-The stage graph is data: ``INPUTS`` says whose output each stage reads.  For
-every stage the orchestrator lists the input partitions, skips those whose
-marker carries the current config hash, hands the rest to the executor, and
-prints a summary built from *all* markers (so a resumed run reports the whole
-stage, not just what it redid).
+The stage graph comes from the stage classes (``pipeline.graph``); what runs
+a stage follows from its ``kind``.  For every stage the orchestrator lists
+the input partitions, skips those whose marker carries the current stage
+hash, hands the rest to the executor, and prints a summary built from *all*
+markers (so a resumed run reports the whole stage, not just what it redid).
 """
 from __future__ import annotations
 
@@ -13,46 +13,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator
-
 from pipeline import storage
 from pipeline.config import PipelineConfig
+from pipeline.graph import input_stages, make_stage
 from pipeline.runner import Task, completed, invalidate_if_changed, run_rows_task, stage_totals
-from pipeline.stage import StageStats
+from pipeline.stage import Stage, StageStats
 
 log = logging.getLogger("pipeline")
 
-#: which upstream stages' outputs each stage reads (the nearest enabled ones)
-INPUTS: dict[str, tuple[str, ...]] = {
-    "generate": ("ingest",),
-    "correctness": ("generate",),
-    "dropout_ntp": ("generate",),
-    "image_crop": ("generate",),
-    "filter": ("correctness", "dropout_ntp", "image_crop"),
-    "judge": ("filter",),
-    "write": ("judge",),
-}
-#: when an input stage is disabled, read what it would have read instead
-PASSTHROUGH = {"judge": ("filter",), "filter": ("correctness", "dropout_ntp", "image_crop")}
-
-
 def stage_dir(config: PipelineConfig, stage: str) -> str:
     return storage.join(config.run.work_dir, stage)
-
-
-def input_stages(config: PipelineConfig, stage: str) -> list[str]:
-    enabled = set(config.run.stages)
-    out: list[str] = []
-
-    def visit(s: str) -> None:
-        if s in enabled:
-            out.append(s)
-        else:
-            for up in PASSTHROUGH.get(s, ()):
-                visit(up)
-    for up in INPUTS[stage]:
-        visit(up)
-    return out
 
 
 def plan(config: PipelineConfig, stage: str, input_dirs: list[str], out_dir: str) -> list[Task]:
@@ -67,35 +37,15 @@ def plan(config: PipelineConfig, stage: str, input_dirs: list[str], out_dir: str
     return tasks
 
 
-# -- ingest: driver-side, reads sources lazily --------------------------------
-def _ingest_chunks(config: PipelineConfig) -> Iterator[list[dict]]:
-    from pipeline.sources import iter_source
-
-    chunk: list[dict] = []
-    for src in config.sources:
-        seen: set[str] = set()
-        for raw in iter_source(src):
-            if raw["error"] is None:
-                raw["duplicate"] = raw["row_key"] in seen
-                seen.add(raw["row_key"])
-            chunk.append(raw)
-            if len(chunk) == config.run.partition_rows:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
-
-
-def run_ingest(config: PipelineConfig, out_dir: str) -> tuple[StageStats, int, int]:
-    """Ingest every source into partitions; returns (stats of this run, partitions, skipped)."""
-    from stages import make_stage
-
-    stage = make_stage("ingest", config)
-    h = config.stage_hash("ingest")
+# -- source stages: driver-side, read the sources lazily -------------------------
+def run_source(stage: Stage, out_dir: str) -> tuple[StageStats, int, int]:
+    """Cut the sources into partitions and run each; returns (stats of this run, partitions, skipped)."""
+    config = stage.config
+    h = config.stage_hash(stage.name)
     total, n, skipped = StageStats(), 0, 0
-    for i, chunk in enumerate(_ingest_chunks(config)):
+    for i, chunk in enumerate(stage.source_partitions()):
         n += 1
-        task = Task("ingest", f"part-{i:05d}", (), out_dir, h)
+        task = Task(stage.name, f"part-{i:05d}", (), out_dir, h)
         if completed(task):
             skipped += 1
             continue
@@ -220,11 +170,12 @@ def _looks_like_hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts) and not os.path.exists(parts[0])
 
 
-def summarize(stage: str, total: StageStats, ran: StageStats, n_tasks: int, n_skipped: int,
+def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_skipped: int,
               wall_s: float) -> str:
     c = ran.counters
     q = ", ".join(f"{k}: {v}" for k, v in sorted(total.quarantined.items())) or "none"
-    unit = "shards" if stage == "write" else "partitions"
+    unit = "shards" if stage.kind == "dataset" else "partitions"
+    stage = stage.name
     parts = [f"[{stage}] {unit} {n_tasks} ({n_skipped} already done)",
              f"rows in {total.rows_in} out {total.rows_out}",
              f"quarantined {sum(total.quarantined.values())} ({q})"]
@@ -246,34 +197,35 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     check_sources(config)
     check_storage(config)
     check_ray_address(config)
-    ensure_model(config)
+    if any(make_stage(s, config).kind == "engine" for s in config.run.stages):
+        ensure_model(config)
     if restart:
         storage.remove_tree(config.run.work_dir)
     executor = None
     timings: dict[str, float] = {}
-    for stage in config.run.stages:
+    for name in config.run.stages:
+        stage = make_stage(name, config)
         t0 = time.perf_counter()
-        out_dir = stage_dir(config, stage)
-        invalidate_if_changed(out_dir, config.stage_hash(stage))
-        if stage == "ingest":
-            ran, n_tasks, n_skipped = run_ingest(config, out_dir)
-        elif stage == "write":
-            from stages.write import write_dataset
-
-            ran = write_dataset(config, [stage_dir(config, s) for s in input_stages(config, "write")])
+        out_dir = stage_dir(config, name)
+        invalidate_if_changed(out_dir, config.stage_hash(name))
+        inputs = [stage_dir(config, s) for s in input_stages(config, name)]
+        if stage.kind == "source":
+            ran, n_tasks, n_skipped = run_source(stage, out_dir)
+        elif stage.kind == "dataset":
+            ran = stage.run_dataset(inputs, config.run.output_dir)
             n_tasks, n_skipped = int(ran.counters.get("shards", 0)), 0
         else:
-            tasks = plan(config, stage, [stage_dir(config, s) for s in input_stages(config, stage)], out_dir)
+            tasks = plan(config, name, inputs, out_dir)
             pending = [t for t in tasks if not completed(t)]
             n_tasks, n_skipped = len(tasks), len(tasks) - len(pending)
             if pending:
                 executor = executor or make_executor(config)
-                ran = executor.run(stage, pending)
+                ran = executor.run(name, pending)
             else:
                 ran = StageStats()
-        timings[stage] = time.perf_counter() - t0
-        total = stage_totals(out_dir) if stage != "write" else ran
-        print(summarize(stage, total, ran, n_tasks, n_skipped, timings[stage]), flush=True)
+        timings[name] = time.perf_counter() - t0
+        total = ran if stage.kind == "dataset" else stage_totals(out_dir)
+        print(summarize(stage, total, ran, n_tasks, n_skipped, timings[name]), flush=True)
     return write_report(config, timings)
 
 
@@ -281,11 +233,11 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
     """Run one stage alone on any Parquet input (a file or a folder of files)."""
     from pipeline.executors import make_executor
 
-    if stage == "ingest":
-        return run_ingest(config, output_dir)[0]
-    if stage == "write":
-        from stages.write import write_dataset
-        return write_dataset(config, [input_path], output_dir=output_dir)
+    step = make_stage(stage, config)
+    if step.kind == "source":
+        return run_source(step, output_dir)[0]
+    if step.kind == "dataset":
+        return step.run_dataset([input_path], output_dir)
     if os.path.isdir(input_path) or "://" in input_path:
         data = storage.join(input_path, "data")
         files = storage.list_files(data if storage.exists(data) else input_path, ".parquet")
@@ -300,6 +252,6 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
     pending = [t for t in tasks if not completed(t)]
     t0 = time.perf_counter()
     ran = make_executor(config).run(stage, pending) if pending else StageStats()
-    print(summarize(stage, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
+    print(summarize(step, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
                     time.perf_counter() - t0), flush=True)
     return ran

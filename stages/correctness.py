@@ -8,44 +8,71 @@ to the ``all_wrong`` side output for later use (harder prompts, more samples).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal, Optional
 
-from methods.extract import extract_answer
-from methods.match import infer_answer_type, match_answer
-from methods.pairs import Scored, select_pairs
+from pydantic import Field
+
+from methods.pairs import select_pairs
+from methods.scoring import score_responses
 from pipeline import __version__
+from pipeline.config import Section
 from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Stage, StageContext, prefixed
 from pipeline.templates import EXTRACTION_STYLE, render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, provenance
 
 
-def score_responses(row: dict, config) -> list[Scored]:
-    """Extract and match every sample of a response row."""
-    cc = config.correctness
-    src = config.source(row["source"])
-    style = cc.extraction or EXTRACTION_STYLE.get(row["template_id"] or "", "final_answer")
-    answer_type = row["answer_type"] or "auto"
-    if answer_type == "auto":
-        answer_type = infer_answer_type(row["answer"], row["choices"])
-    out = []
-    for r in row["responses"]:
-        ans = extract_answer(r["text"], style)
-        if ans is None:
-            out.append(Scored(r["index"], r["text"], None, 0.0, False))
-            continue
-        m = match_answer(ans, row["answer"], answer_type, row["choices"], threshold=cc.threshold,
-                         rel_tol=cc.numeric_rel_tol, relaxed=bool(src and src.relaxed_numeric),
-                         true_false=bool(src and src.true_false), anls_cutoff=cc.anls_cutoff)
-        out.append(Scored(r["index"], r["text"], ans, m.score, m.correct, m.rule))
-    return out
+class CorrectnessConfig(Section):
+    threshold: float = Field(0.9, ge=0, le=1)
+    max_pairs_per_prompt: int = Field(15, ge=1)
+    numeric_rel_tol: float = Field(1e-3, ge=0)
+    anls_cutoff: float = Field(0.5, ge=0, le=1)
+    #: extraction style; null = the one the generate template asks for
+    extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = None
+    #: use unparseable responses as rejected, tagged method "format"
+    format_negatives: bool = True
+    max_format_pairs_per_prompt: int = Field(3, ge=0)
+    #: prefer rejected responses whose length is within this ratio of chosen (null = off)
+    length_balance_ratio: Optional[float] = Field(None, gt=1)
 
 
 class CorrectnessStage(Stage):
     name = "correctness"
+    after = ("generate",)
+    Config = CorrectnessConfig
+    reads = ("sources", "run.seed")  # sources: relaxed_numeric, true_false
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
+
+    @classmethod
+    def summarize(cls, c: dict) -> dict:
+        if not c.get("responses"):
+            return {}
+        acc = {}
+        for key, total in prefixed(c, "accuracy.").items():
+            if key.endswith(".total") and total:
+                name = key[: -len(".total")]
+                acc[name] = round(c.get(f"accuracy.{name}.correct", 0) / total, 4)
+        hist = {int(k): v for k, v in prefixed(c, "pairs_per_prompt.").items()}
+        return {
+            "policy_accuracy": acc,
+            "format_error_rate": round(c.get("responses.format_error", 0) / c["responses"], 4),
+            "prompts_all_wrong": c.get("prompts.all_wrong", 0),
+            "prompts_all_correct": c.get("prompts.all_correct", 0),
+            "pairs_per_prompt": dict(sorted(hist.items())),
+            "mean_chars": {m: {side: round(c.get(f"chars.{m}.{side}", 0) / max(c.get(f"pairs.{m}", 0), 1), 1)
+                               for side in ("chosen", "rejected")}
+                           for m in ("correctness", "format") if c.get(f"pairs.{m}")},
+            "scoring_errors": prefixed(c, "scoring_errors."),
+        }
+
+    @classmethod
+    def summary_line(cls, s: dict) -> str:
+        acc = ", ".join(f"{k} {v:.0%}" for k, v in s["policy_accuracy"].items())
+        errors = f"; scoring errors {s['scoring_errors']}" if s.get("scoring_errors") else ""
+        return (f"policy accuracy: {acc}; format errors {s['format_error_rate']:.1%}; "
+                f"prompts all wrong {s['prompts_all_wrong']}, all correct {s['prompts_all_correct']}{errors}")
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
         cc, seed = self.config.correctness, self.config.run.seed
@@ -53,7 +80,8 @@ class CorrectnessStage(Stage):
         for row in rows:
             if not row["answer"]:
                 continue
-            scored = score_responses(row, self.config)
+            scored = score_responses(row, cc, self.config.source(row["source"]), EXTRACTION_STYLE,
+                                     ctx.stats.counters)
             right = [s for s in scored if s.correct]
             wrong = [s for s in scored if s.answer is not None and not s.correct]
             unparsed = [s for s in scored if s.answer is None]

@@ -16,12 +16,31 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+from pydantic import Field, field_validator
+
+from pipeline.config import Section
 from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import EngineStage, StageContext
-from pipeline.templates import render_question
+from pipeline.templates import TEMPLATES, render_question
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
+
+
+class GenerateConfig(Section):
+    template: str = "mmpr_final_answer"
+    n: int = Field(8, ge=1, le=256)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(50, ge=-1)
+    max_tokens: int = Field(1024, ge=1)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if v not in TEMPLATES:
+            raise ValueError(f"unknown template {v!r}; known: {sorted(TEMPLATES)}")
+        return v
 
 
 def user_message(text: str, n_images: int) -> dict:
@@ -31,6 +50,9 @@ def user_message(text: str, n_images: int) -> dict:
 
 class GenerateStage(EngineStage):
     name = "generate"
+    after = ("ingest",)
+    Config = GenerateConfig
+    reads = ("model", "sources", "run.seed")
     input_schema = PROMPT_SCHEMA
     output_schema = RESPONSE_SCHEMA
 

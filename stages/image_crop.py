@@ -8,15 +8,39 @@ mDPO-style); the write stage keeps these rows in their own files.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
+from pydantic import Field, field_validator
+
+from methods import scoring
 from methods.crop import corrupt_image
 from pipeline import __version__
+from pipeline.config import Section, ratio_range
 from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import Stage, StageContext
-from pipeline.templates import render_question
+from pipeline.templates import EXTRACTION_STYLE, render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, provenance
+
+
+class ImageCropConfig(Section):
+    #: fraction of prompts (chosen by a seeded hash of sample_id) that get a crop pair
+    fraction: float = Field(0.5, ge=0, le=1)
+    area: tuple[float, float] = (0.01, 0.2)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    #: "same": chosen = rejected = one response; "pair": reuse a pair's texts
+    text: Literal["same", "pair"] = "same"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+    @field_validator("area")
+    @classmethod
+    def _area(cls, v):
+        return ratio_range(v, "area")
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect(cls, v):
+        return ratio_range(v, "aspect", upper=None)
 
 
 def selected(seed: int, sample_id: str, fraction: float) -> bool:
@@ -26,20 +50,23 @@ def selected(seed: int, sample_id: str, fraction: float) -> bool:
 
 class ImageCropStage(Stage):
     name = "image_crop"
+    after = ("generate",)
+    Config = ImageCropConfig
+    #: which responses are right decides the texts of ground-truth pairs
+    reads = ("run.seed", "sources", *(f"correctness.{k}" for k in scoring.SETTINGS))
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
 
     def _texts(self, row: dict) -> tuple[dict, dict] | None:
         """(chosen, rejected) responses: a good one twice, or a right/wrong pair in "pair" mode."""
-        from stages.correctness import score_responses
-
         responses = row["responses"]
         if not responses:
             return None
         if not row["answer"]:
             ok = [r for r in responses if r["text"].strip() and r["finish_reason"] != "length"]
             return (ok[0], ok[0]) if ok else None
-        scored = score_responses(row, self.config)
+        scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
+                                         EXTRACTION_STYLE)
         right = [responses[i] for i, s in enumerate(scored) if s.correct]
         wrong = [responses[i] for i, s in enumerate(scored) if not s.correct]
         if not right:

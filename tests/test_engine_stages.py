@@ -13,7 +13,7 @@ import pytest
 
 from conftest import make_config
 from pipeline import storage
-from pipeline.orchestrator import run_ingest
+from pipeline.orchestrator import run_source
 from pipeline.runner import Task, run_task
 from pipeline.seeds import derive_seed
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
@@ -48,7 +48,7 @@ def _cfg(**over):
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory, sample_data):
     out = tmp_path_factory.mktemp("ingest")
-    run_ingest(_cfg(), str(out))
+    run_source(make_stage("ingest", _cfg()), str(out))
     files = storage.list_files(str(out / "data"), ".parquet")
     # one partition with ground-truth prompts and one with open prompts (the last source)
     return files[0], files[-1]

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from pair_data import SOURCES, all_pairs, image
-from pipeline import html_report as hr
+from publish import html_report as hr
 from schemas import PAIR_SCHEMA
 from schemas.arrow import from_rows, with_hf_metadata
 

@@ -17,7 +17,7 @@ from pipeline.stage import Stage, StageContext
 SCHEMA = pa.schema([("sample_id", pa.string()), ("x", pa.int64())])
 
 
-class Doubler(Stage):
+class Doubler(Stage, register=False):
     """A tiny CPU stage: doubles x, quarantines negatives, fails on demand."""
     name = "doubler"
     input_schema = SCHEMA

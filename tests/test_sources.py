@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import make_config
 from pipeline import storage
-from pipeline.orchestrator import run_ingest
+from pipeline.graph import make_stage
+from pipeline.orchestrator import run_source
 
 
 def _png(color) -> bytes:
@@ -74,7 +75,7 @@ def _source(fmt: str, root: Path) -> dict:
 def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
     src = {"name": f"src_{fmt}", **_source(fmt, tmp_path / "src")}
     cfg = make_config(sources=[src])
-    stats, n, _ = run_ingest(cfg, str(tmp_path / "out"))
+    stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
     rows = [r for f in storage.list_files(str(tmp_path / "out" / "data"), ".parquet")
             for r in pq.read_table(f).to_pylist()]
     assert sum(stats.quarantined.values()) == 0 and len(rows) == 3

@@ -47,9 +47,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import __version__, storage
-from pipeline import svg_plots as plots
+from publish import svg_plots as plots
 # the dataset layout: configs and their folders; image-contrast methods live in their own config
-from stages.write import CONFIGS, IMAGE_METHODS, assistant_chars
+from publish.layout import CONFIGS, IMAGE_METHODS
+from publish.stats import assistant_chars
 
 log = logging.getLogger("pipeline")
 
@@ -558,9 +559,9 @@ def summary_html(report: dict | None, manifest: dict | None) -> str:
                      '<code>python -m pipeline run</code>): per-stage counts, tokens and time are not available.</p>')
 
     if stages:
-        from pipeline.config import STAGE_ORDER
+        from pipeline.graph import ordered
 
-        rank = {n: i for i, n in enumerate(STAGE_ORDER)}
+        rank = {n: i for i, n in enumerate(ordered())}
         stages = dict(sorted(stages.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
         rows = []
         for name, s in stages.items():

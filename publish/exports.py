@@ -282,7 +282,8 @@ class _Export:
 # -- formats --------------------------------------------------------------------------
 def _export_trl(ex: _Export, shards: list[CanonicalShard]) -> dict:
     from schemas import PAIR_SCHEMA, with_hf_metadata
-    from stages.write import card_header, parquet_bytes
+    from publish.card import card_header
+    from publish.parquet import parquet_bytes
 
     written = []
     for sh in shards:

@@ -106,16 +106,26 @@ def input_files(input_dirs: list[str]) -> list[str]:
     return files
 
 
-def _conform(batch: pa.RecordBatch | pa.Table, uri: str) -> pa.Table:
-    """A batch as a PAIR_SCHEMA table (column order and metadata normalised)."""
+def _conform(batch: pa.RecordBatch | pa.Table, uri: str, config_hash: str | None = None) -> pa.Table:
+    """A batch as a PAIR_SCHEMA table (column order and metadata normalised), its
+    ``provenance.config_hash`` set to the hash of the config that built the dataset
+    (a stage that did not rerun after a tuning wrote its rows under an older hash)."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     missing = [n for n in PAIR_SCHEMA.names if n not in table.column_names]
     if missing:
         raise ValueError(f"{uri}: not a pair file (PAIR_SCHEMA), missing column(s) {missing}")
     try:
-        return table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
+        table = table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise ValueError(f"{uri}: rows do not match PAIR_SCHEMA: {e}") from None
+    if config_hash is None or table.num_rows == 0:
+        return table
+    prov = table.column("provenance").combine_chunks()
+    fields = list(prov.type)
+    arrays = [pa.array([config_hash] * len(prov), f.type) if f.name == "config_hash" else prov.field(i)
+              for i, f in enumerate(fields)]
+    prov = pa.StructArray.from_arrays(arrays, fields=fields, mask=prov.is_null())
+    return table.set_column(table.schema.get_field_index("provenance"), table.schema.field("provenance"), prov)
 
 
 # -- keys ---------------------------------------------------------------------
@@ -263,14 +273,14 @@ class _Buckets:
         return pa.Table.from_batches(batches) if batches else None
 
 
-def scatter(files: list[str], plan: Plan, buckets: _Buckets) -> None:
+def scatter(files: list[str], plan: Plan, buckets: _Buckets, config_hash: str | None = None) -> None:
     """Stream the full rows once, appending each (with its position) to its shard's bucket."""
     offset = 0
     for uri, n_file in zip(files, plan.file_rows):
         pf = storage.parquet_file(uri)
         seen = 0
         for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS):
-            table = _conform(batch, uri)
+            table = _conform(batch, uri, config_hash)
             lo, hi = offset + seen, offset + seen + table.num_rows
             seen += table.num_rows
             dest = plan.dest[lo:hi]
@@ -345,7 +355,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     try:
         buckets = _Buckets(tmp, SCATTER_BUFFER_BYTES)
         t1 = time.perf_counter()
-        scatter(files, plan, buckets)
+        scatter(files, plan, buckets, config.config_hash())
         stats.inc("seconds.scatter", round(time.perf_counter() - t1, 3))
         t1 = time.perf_counter()
         for no, shard in enumerate(plan.shards):

@@ -80,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-model", help="build the project's tiny local VLM")
     p.add_argument("--out", default="models/tiny-idefics3")
     p.add_argument("--data", default="data/sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="training steps (default: the built-in recipe)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the stamp matches")
 
     p = sub.add_parser("sample-data", help="generate the shipped sample data")
     p.add_argument("--out", default="data/sample")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -109,11 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tiny-model":
             from pipeline.tiny_model import build_tiny_model
-            print(build_tiny_model(Path(args.out), Path(args.data)))
+            steps = {"steps": args.steps} if args.steps else {}
+            print(build_tiny_model(Path(args.out), Path(args.data), seed=args.seed, force=args.force,
+                                   log=lambda m: print(m, file=sys.stderr, flush=True), **steps))
             return 0
         if args.command == "sample-data":
             from pipeline.sample_data import build_sample_data
-            print(json.dumps(build_sample_data(Path(args.out))))
+            print(json.dumps(build_sample_data(Path(args.out), seed=args.seed)))
             return 0
         if args.command == "export":
             from publish.exports import export

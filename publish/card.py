@@ -1,6 +1,8 @@
 """The dataset card (README.md): Hugging Face ``configs:`` header, statistics, how to rebuild."""
 from __future__ import annotations
 
+from importlib import resources
+from string import Template
 from typing import TYPE_CHECKING
 
 import yaml
@@ -54,115 +56,43 @@ def _fmt(d: dict, key: str) -> str:
 
 
 def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> str:
+    """The card: ``assets/card.md`` (the prose) filled with the tables of this dataset."""
     t, lengths = manifest["totals"], manifest["lengths"]
-    lines = [card_header(manifest["shards"], config.run.name, ["dpo", "preference", "multimodal", "mmpr-forge"])]
-    lines += [
-        f"# {config.run.name}",
-        "",
-        "Multimodal preference pairs (image + question, chosen and rejected answer) built by "
-        f"mmpr-forge {manifest['pipeline_version']} (config hash "
-        f"`{manifest['config_hash']}`). Methods: MMPR correctness pairs and format negatives "
-        "(InternVL2.5-MPO, arXiv 2411.10442), DropoutNTP (same paper), and mDPO conditional image "
-        "pairs (arXiv 2406.11839).",
-        "",
-        "## Loading",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "pairs = load_dataset(\"<this folder>\")                 # text-contrast pairs (TRL DPOTrainer reads them as is)",
-        "crops = load_dataset(\"<this folder>\", \"image_crop\")   # image-contrast pairs: use `rejected_images`",
-        "```",
-        "",
-        "Columns: `id`, `prompt`/`chosen`/`rejected` (TRL conversational form), `images` and "
-        "`rejected_images` (decoded to PIL), `method`, `source`, `question`, `provenance` (typed struct). "
-        "The `image_crop` pairs have the same text on both sides and differ only in the image; they only "
-        "carry signal for trainers that read `rejected_images` (ms-swift, mDPO-style), which is why they "
-        "are a separate config.",
-        "",
-        "## Contents",
-        "",
-        f"Rows: **{manifest['rows']}** ({manifest['duplicates_dropped']} duplicate ids dropped).",
-        "",
-        "| config | split | rows | shards |",
-        "|---|---|---:|---:|",
-    ]
-    for cfg, splits in manifest["splits"].items():
-        for sp, n in splits.items():
-            k = sum(1 for s in manifest["shards"] if s["config"] == cfg and s["split"] == sp)
-            lines.append(f"| {cfg} | {sp} | {n} | {k} |")
-    lines += ["", "Pairs per method:", "", "| method | rows |", "|---|---:|"]
-    lines += [f"| {m} | {n} |" for m, n in t["method"].items()]
+    splits = [f"| {cfg} | {sp} | {n} | "
+              f"{sum(1 for s in manifest['shards'] if s['config'] == cfg and s['split'] == sp)} |"
+              for cfg, by_split in manifest["splits"].items() for sp, n in by_split.items()]
     methods = list(t["method"])
-    lines += ["", "Pairs per source and method:", "",
-              "| source | " + " | ".join(methods) + " | total |",
-              "|---|" + "---:|" * (len(methods) + 1)]
-    for s, by in t["source_method"].items():
-        lines.append(f"| {s} | " + " | ".join(str(by.get(m, 0)) for m in methods) + f" | {sum(by.values())} |")
-    lines += ["", "## Sources and model", ""]
-    for src in config.sources:
-        lines.append(f"- `{src.name}`: {src.format} `{src.path}` (answer type {src.answer_type}); "
-                     f"{t['source'].get(src.name, 0)} pairs")
-    for s in t["source"]:
-        if not config.source(s):
-            lines.append(f"- `{s}`: {t['source'][s]} pairs")
+    source_method = ["| source | " + " | ".join(methods) + " | total |", "|---|" + "---:|" * (len(methods) + 1)]
+    source_method += [f"| {s} | " + " | ".join(str(by.get(m, 0)) for m in methods) + f" | {sum(by.values())} |"
+                      for s, by in t["source_method"].items()]
+    sources = [f"- `{src.name}`: {src.format} `{src.path}` (answer type {src.answer_type}); "
+               f"{t['source'].get(src.name, 0)} pairs" for src in config.sources]
+    sources += [f"- `{s}`: {t['source'][s]} pairs" for s in t["source"] if not config.source(s)]
     m = config.model
-    lines.append(f"- policy model: `{m.resolved_path}`" + (f" (revision {m.revision})" if m.revision else "")
-                 + (f"; models in provenance: {', '.join(f'`{x}`' for x in models)}" if models else ""))
-    lines += [
-        "",
-        "## Length statistics",
-        "",
-        "Characters of the chosen and rejected answers per method (longer is not better: LLaVA-RLHF, "
-        "RLAIF-V), the rejected/chosen length ratio, and tokens from provenance "
-        "(`chosen_tokens`/`rejected_tokens`).",
-        "",
-        "| method | rows | chosen chars mean / median / p90 | rejected chars mean / median / p90 "
-        "| rejected/chosen p10 / median / p90 | rejected longer | chosen tokens mean / median / p90 "
-        "| rejected tokens mean / median / p90 |",
-        "|---|---:|---|---|---|---:|---|---|",
-    ]
+    sources.append(f"- policy model: `{m.resolved_path}`" + (f" (revision {m.revision})" if m.revision else "")
+                   + (f"; models in provenance: {', '.join(f'`{x}`' for x in models)}" if models else ""))
+    triple = lambda d, a, b, c: f"{_fmt(d, a)} / {_fmt(d, b)} / {_fmt(d, c)}"  # noqa: E731
+    rows = []
     for meth, d in lengths.items():
-        c, r, q = d["chosen_chars"], d["rejected_chars"], d["rejected_over_chosen"]
-        ct, rt = d["chosen_tokens"], d["rejected_tokens"]
         lf = d["rejected_longer_fraction"]
-        lines.append(
-            f"| {meth} | {d['rows']} | {_fmt(c, 'mean')} / {_fmt(c, 'median')} / {_fmt(c, 'p90')} "
-            f"| {_fmt(r, 'mean')} / {_fmt(r, 'median')} / {_fmt(r, 'p90')} "
-            f"| {_fmt(q, 'p10')} / {_fmt(q, 'median')} / {_fmt(q, 'p90')} "
+        rows.append(
+            f"| {meth} | {d['rows']} | {triple(d['chosen_chars'], 'mean', 'median', 'p90')} "
+            f"| {triple(d['rejected_chars'], 'mean', 'median', 'p90')} "
+            f"| {triple(d['rejected_over_chosen'], 'p10', 'median', 'p90')} "
             f"| {'-' if lf is None else f'{lf:.0%}'} "
-            f"| {_fmt(ct, 'mean')} / {_fmt(ct, 'median')} / {_fmt(ct, 'p90')} "
-            f"| {_fmt(rt, 'mean')} / {_fmt(rt, 'median')} / {_fmt(rt, 'p90')} |")
-    lines += [
-        "",
-        "Ratio quantiles of rejected/chosen characters per method (p10 / p25 / median / p75 / p90):",
-        "",
-    ]
-    for meth, d in lengths.items():
-        q = d["rejected_over_chosen"]
-        lines.append(f"- {meth}: " + " / ".join(_fmt(q, k) for k in ("p10", "p25", "median", "p75", "p90")))
-    lines += [
-        "",
-        "## Files",
-        "",
-        "`manifest.json` lists every shard with its row count and SHA-256, the totals, the pipeline "
-        "version and the resolved config."
-        + (f" Trainer exports: {', '.join(f'`exports/{e}/`' for e in manifest['exports'])}."
-           if manifest["exports"] else ""),
-        "",
-        "## Reproduce",
-        "",
-        "Save the config below as `config.yaml` and run:",
-        "",
-        "```bash",
-        "python -m pipeline run --config config.yaml",
-        "```",
-        "",
-        "The shards are a deterministic function of the inputs and the seed: a rebuild with the same "
-        "config (hash above) and the same model writes byte-identical shards.",
-        "",
-        "```yaml",
-        yaml.safe_dump(config.resolved(), sort_keys=False).rstrip(),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
+            f"| {triple(d['chosen_tokens'], 'mean', 'median', 'p90')} "
+            f"| {triple(d['rejected_tokens'], 'mean', 'median', 'p90')} |")
+    ratios = [f"- {meth}: " + " / ".join(_fmt(d["rejected_over_chosen"], k) for k in ("p10", "p25", "median", "p75", "p90"))
+              for meth, d in lengths.items()]
+    exports = (f" Trainer exports: {', '.join(f'`exports/{e}/`' for e in manifest['exports'])}."
+               if manifest["exports"] else "")
+    template = (resources.files("publish") / "assets" / "card.md").read_text(encoding="utf-8")
+    lines = lambda items: "".join(f"{x}\n" for x in items)  # noqa: E731 -- a table's rows, each ending a line
+    return Template(template).substitute(
+        header=card_header(manifest["shards"], config.run.name, ["dpo", "preference", "multimodal", "mmpr-forge"]),
+        name=config.run.name, version=manifest["pipeline_version"], config_hash=manifest["config_hash"],
+        rows=manifest["rows"], duplicates=manifest["duplicates_dropped"], splits_table=lines(splits),
+        methods_table=lines(f"| {m} | {n} |" for m, n in t["method"].items()),
+        source_method_table="\n".join(source_method), sources_list="\n".join(sources),
+        lengths_table=lines(rows), ratio_list=lines(ratios), exports_note=exports,
+        config_yaml=yaml.safe_dump(config.resolved(), sort_keys=False).rstrip())

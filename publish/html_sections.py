@@ -121,9 +121,9 @@ def summary_html(report: dict | None, manifest: dict | None) -> str:
                      + (f", {_int(c.get('prompts_all_correct'))} no wrong one" if c.get("prompts_all_correct") else ""))
     d = summ.get("dropout_ntp")
     if d:
+        refs = ", ".join(f"{k}: {v}" for k, v in (d.get("reference_tokens_per_pair") or {}).items())
         notes.append(f"dropout_ntp: {d.get('generated_tokens_per_pair')} generated tokens per pair "
-                     f"({d.get('continuation_tokens_per_pair')} for the continuation; "
-                     "MMPR paper: 571.2, RLAIF-V: 992.7)")
+                     f"({d.get('continuation_tokens_per_pair')} for the continuation" + (f"; {refs})" if refs else ")"))
     if notes:
         parts.append("<ul class=notes>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
 

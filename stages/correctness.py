@@ -20,7 +20,7 @@ from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import Stage, StageContext, prefixed
 from pipeline.templates import EXTRACTION_STYLE, render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
-from schemas.records import pair_row, provenance
+from schemas.records import pair_row, response_provenance
 
 
 class CorrectnessConfig(Section):
@@ -118,15 +118,8 @@ class CorrectnessStage(Stage):
                     pair_id=stable_hash(row["sample_id"], method, c.text, r.text),
                     method=method, source=row["source"], question=row["question"],
                     user_text=user_text, images=row["images"], chosen=c.text, rejected=r.text,
-                    prov=provenance(
-                        sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
-                        model_revision=row["model_revision"], template_id=row["template_id"],
-                        sampling=row["sampling"], chosen_index=c.index, rejected_index=r.index,
-                        chosen_seed=rc["seed"], rejected_seed=rr["seed"],
-                        chosen_tokens=rc["num_tokens"], rejected_tokens=rr["num_tokens"],
-                        chosen_finish_reason=rc["finish_reason"], rejected_finish_reason=rr["finish_reason"],
-                        answer_type=row["answer_type"], ground_truth=row["answer"],
-                        chosen_answer=c.answer, rejected_answer=r.answer,
+                    prov=response_provenance(
+                        row, rc, rr, chosen_answer=c.answer, rejected_answer=r.answer,
                         chosen_score=c.score, rejected_score=r.score, match_rule=c.rule,
                         pipeline_version=__version__, config_hash=chash,
                     ))

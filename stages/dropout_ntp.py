@@ -23,7 +23,7 @@ from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import EngineStage, StageContext, prefixed
 from pipeline.templates import EXTRACTION_STYLE, render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
-from schemas.records import assistant_turn, pair_row, provenance, user_turn
+from schemas.records import assistant_turn, pair_row, response_provenance, user_turn
 
 class DropoutNTPConfig(Section):
     ratio: float = 0.5
@@ -48,7 +48,7 @@ class DropoutNTPConfig(Section):
 
 
 #: DropoutNTP cost reported by the MMPR paper, and RLAIF-V's divide-and-conquer labelling
-MMPR_TOKENS_PER_PAIR = {"dropout_ntp (MMPR paper)": 571.2, "rlaif_v (MMPR paper)": 992.7}
+MMPR_TOKENS_PER_PAIR = {"MMPR paper": 571.2, "RLAIF-V (MMPR paper)": 992.7}
 #: rules a chosen response must pass under ``selection: filtered``
 SELECTION_RULES = {"length_bounds": False, "language_mismatch": False, "bad_characters": False}
 
@@ -95,8 +95,8 @@ class DropoutNTPStage(EngineStage):
 
     @classmethod
     def summary_line(cls, s: dict) -> str:
-        mmpr, rlaif = MMPR_TOKENS_PER_PAIR.values()
-        return f"dropout_ntp: {s['generated_tokens_per_pair']} generated tokens per pair (MMPR paper: {mmpr}; RLAIF-V: {rlaif})"
+        refs = "; ".join(f"{k}: {v}" for k, v in s["reference_tokens_per_pair"].items())
+        return f"dropout_ntp: {s['generated_tokens_per_pair']} generated tokens per pair ({refs})"
 
     def _candidates(self, row: dict) -> list[dict]:
         """Responses that may become chosen, in preference order."""
@@ -172,14 +172,10 @@ class DropoutNTPStage(EngineStage):
                 pair_id=stable_hash(row["sample_id"], "dropout_ntp", chosen["text"], rejected),
                 method="dropout_ntp", source=row["source"], question=row["question"],
                 user_text=user_text, images=row["images"], chosen=chosen["text"], rejected=rejected,
-                prov=provenance(
-                    sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
-                    model_revision=row["model_revision"], template_id=row["template_id"],
-                    sampling=row["sampling"], chosen_index=chosen["index"], chosen_seed=chosen["seed"],
-                    rejected_seed=s, chosen_tokens=chosen["num_tokens"],
+                prov=response_provenance(
+                    row, chosen, rejected_seed=s,
                     rejected_tokens=self._prefix_tokens(ctx, cut.prefix) + cont.num_tokens,
-                    chosen_finish_reason=chosen["finish_reason"], rejected_finish_reason=cont.finish_reason,
-                    answer_type=row["answer_type"], ground_truth=row["answer"] or None,
+                    rejected_finish_reason=cont.finish_reason,
                     truncation_ratio=cfg.ratio, truncation_unit=cfg.unit, cut_words=cut.cut_words,
                     cut_chars=cut.cut_chars, continuation_tokens=cont.num_tokens, image_kept=cfg.keep_image,
                     pipeline_version=__version__, config_hash=chash,

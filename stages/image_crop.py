@@ -20,7 +20,7 @@ from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import Stage, StageContext
 from pipeline.templates import EXTRACTION_STYLE, render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
-from schemas.records import pair_row, provenance
+from schemas.records import pair_row, response_provenance
 
 
 class ImageCropConfig(Section):
@@ -105,14 +105,6 @@ class ImageCropStage(Stage):
                 method="image_crop", source=row["source"], question=row["question"], user_text=user_text,
                 images=row["images"], rejected_images=corrupted, chosen=chosen["text"],
                 rejected=rejected["text"],
-                prov=provenance(
-                    sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
-                    model_revision=row["model_revision"], template_id=row["template_id"],
-                    sampling=row["sampling"], chosen_index=chosen["index"], rejected_index=rejected["index"],
-                    chosen_seed=chosen["seed"], rejected_seed=rejected["seed"],
-                    chosen_tokens=chosen["num_tokens"], rejected_tokens=rejected["num_tokens"],
-                    chosen_finish_reason=chosen["finish_reason"],
-                    rejected_finish_reason=rejected["finish_reason"],
-                    answer_type=row["answer_type"], ground_truth=row["answer"] or None,
-                    crop_boxes=boxes, crop_seed=crop_seed, pipeline_version=__version__, config_hash=chash,
-                ))
+                prov=response_provenance(row, chosen, rejected, crop_boxes=boxes, crop_seed=crop_seed,
+                                         pipeline_version=__version__, config_hash=chash),
+            )

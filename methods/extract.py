@@ -35,6 +35,19 @@ Styles (``style=``), one per prompt template:
 "Last occurrence wins" everywhere: models restate and correct themselves, and
 the final statement is what a reader takes as the answer.
 
+Every final-answer statement (:func:`extract_answers`)
+    A response may state several final answers (``Final answer: 80%.\nFinal
+    answer: 95Final answer: 40%``); such a response does not state *one*
+    answer, so it is no clean chosen, and a rejected that states the ground
+    truth in an earlier statement is no clean negative.  The statements are:
+    every answer label that starts a line (after markdown) or reads ``final
+    answer`` / ``the answer is`` -- a label glued to the previous answer
+    (``95Final answer:``) ends that answer --, plus for the ``boxed``,
+    ``think`` and ``any`` styles the last ``\boxed{}`` (earlier boxes are
+    intermediate results); ``think``/``any`` look only after ``</think>``
+    (reasoning inside the think block may try values).  ``Let me find the
+    answer: count the bars`` mid-sentence is not a statement.
+
 Speed matters (the matcher targets 20,000+ responses/s/core), so every regex
 is compiled once at import, and labels are located with ``str.rfind`` on a
 lowercased copy instead of scanning the whole response with a regex.
@@ -43,7 +56,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "last_boxed", "clean_answer", "STYLES", "MAX_BARE_TAIL_CHARS"]
+__all__ = ["extract_answer", "extract_answers", "last_boxed", "clean_answer", "STYLES", "MAX_BARE_TAIL_CHARS"]
 
 STYLES = ("final_answer", "boxed", "think", "any")
 
@@ -67,6 +80,13 @@ _ANSWER_IS = re.compile(
     re.IGNORECASE,
 )
 _BRACES = re.compile(r"[{}]")
+# what may precede a label's "answer" and belongs to the label, not to the text before it
+_GLUED_LABEL_LEAD = re.compile(r"(?:(?:the|my)[ \t]+)?(?:final[ \t]+)?[*_#]*[ \t]*\Z", re.IGNORECASE)
+# a label counts as a final-answer *statement* when it starts a line or says "final"/"the answer is"
+_STATEMENT_LEAD = re.compile(r"(?:^|\n)[ \t>#*_-]*(?:(?:the|my)[ \t]+)?(?:final[ \t]+)?[*_]*[ \t]*$",
+                             re.IGNORECASE)
+_FINAL_LEAD = re.compile(r"final[ \t]*[*_]*[ \t]*$", re.IGNORECASE)
+_IS_LABEL = re.compile(r"answer[ \t]+is", re.IGNORECASE)
 _MATH_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _EDGE_MARKUP = " \t\r\n*_`\"'"
 _TRAILING_PUNCT = " \t\r\n.\u3002"
@@ -154,8 +174,8 @@ def _answer_positions(text: str):
         pos = i
 
 
-def _last_label(text: str) -> tuple[int, int] | None:
-    """(label start, label end) of the last answer label, or None.
+def _labels(text: str):
+    """(label start, label end) of every answer label, last first.
 
     A label is "answer" at a word start followed by an optional "is", optional
     markdown and a colon; or "final answer" ending its line (markdown header).
@@ -165,16 +185,28 @@ def _last_label(text: str) -> tuple[int, int] | None:
             continue  # "manswer", "_answer"
         m = _LABEL_AT.match(text, i)
         if m is not None:
-            return i, m.end()
+            yield i, m.end()
+            continue
         if _FINAL_BEFORE.search(text, max(0, i - 16), i) is not None:
             m = _HEADER_AT.match(text, i)
             if m is not None:
-                return i, m.start() + len(m.group().rstrip("\r\n"))
-    return None
+                yield i, m.start() + len(m.group().rstrip("\r\n"))
 
 
-def _line_answer(text: str, start: int) -> str | None:
-    """The answer that follows a label ending at ``start``: same line, else next non-empty line."""
+def _last_label(text: str) -> tuple[int, int] | None:
+    """(label start, label end) of the last answer label, or None."""
+    return next(_labels(text), None)
+
+
+def _line_answer(text: str, start: int, stop: int | None = None) -> str | None:
+    """The answer that follows a label ending at ``start``: same line, else next non-empty line.
+
+    ``stop`` (the next label's start) bounds the search, so a label glued to
+    the previous answer (``95Final answer: 40%``) ends that answer.
+    """
+    if stop is not None:
+        lead = _GLUED_LABEL_LEAD.search(text, max(start, stop - 40), stop)
+        text = text[:stop if lead is None else lead.start()]
     nl = text.find("\n", start)
     line = text[start:] if nl < 0 else text[start:nl]
     ans = _unwrap(line)
@@ -257,6 +289,64 @@ def _extract_any(text: str) -> str | None:
     for last in _ANSWER_IS.finditer(text):
         pass
     return None if last is None else (clean_answer(last.group(1)) or None)
+
+
+def _is_statement(text: str, start: int) -> bool:
+    """A label that states an answer, not "...to find the answer: count the bars"."""
+    lead = text[max(0, start - 40):start]
+    return (_STATEMENT_LEAD.search(lead) is not None or _FINAL_LEAD.search(lead) is not None
+            or _IS_LABEL.match(text, start) is not None)
+
+
+def _stated(scope: str, with_box: bool) -> list[str]:
+    """Answers of every statement label in ``scope`` (in order), plus its last box if asked."""
+    labels = list(_labels(scope))[::-1]
+    answers, spans = [], []
+    for k, (start, end) in enumerate(labels):
+        stop = labels[k + 1][0] if k + 1 < len(labels) else None
+        if k + 1 < len(labels) and not _is_statement(scope, start):
+            continue
+        ans = _line_answer(scope, end, stop)
+        spans.append((start, len(scope) if stop is None else stop))
+        if ans:
+            answers.append(ans)
+    if with_box:
+        pos, box = _from_boxed(scope)
+        if box and not any(a <= pos < b for a, b in spans):
+            answers.append(box)
+    return answers
+
+
+def extract_answers(text: str | None, style: str = "final_answer") -> list[str]:
+    """Every final-answer statement of a response, in order (see the module docstring).
+
+    Empty when the response has no parseable answer; otherwise the last item
+    is :func:`extract_answer`'s answer.
+    """
+    if style == "final_answer" and text:
+        labels = _labels(text)  # one scan gives the answer and whether there are more statements
+        last = next(labels, None)
+        primary = None if last is None else _line_answer(text, last[1])
+        if primary is None:
+            return []
+        if next(labels, None) is None:
+            return [primary]
+        return _stated(text, with_box=False)
+    primary = extract_answer(text, style)
+    if primary is None:
+        return []
+    scope = text
+    if style in ("think", "any") and _THINK_CLOSE in text:
+        scope = text[text.rfind(_THINK_CLOSE) + len(_THINK_CLOSE):]
+    labels = _labels(scope)
+    n_labels = (next(labels, None) is not None) + (next(labels, None) is not None)
+    boxes = style != "final_answer" and any(cmd in scope for cmd in _BOXED_CMDS)
+    if n_labels + boxes <= 1:
+        return [primary]  # the common case: one statement, no second pass
+    answers = _stated(scope, with_box=style != "final_answer")
+    if primary in answers:  # a bare think tail or an "the answer is X" sentence is not in it
+        del answers[len(answers) - 1 - answers[::-1].index(primary)]
+    return answers + [primary]
 
 
 _EXTRACTORS = {

@@ -15,7 +15,8 @@ Rules and their names (``MatchResult.rule``):
                      number words, contractions): ``word``, ``text``, and
                      ground truths of numeric types that are not numbers.
 ``choice``           option letter / option text resolution (``multiple_choice``).
-``numeric``          numbers equal within ``rel_tol`` after unit stripping.
+``numeric``          numbers equal within ``rel_tol`` after unit stripping; the value
+                     of a one-symbol equation counts (``x = 2`` answers ``2``).
 ``relaxed_numeric``  ChartQA relaxed accuracy (5%), only with ``relaxed=True``.
 ``yes_no``           leading yes/no (``"Yes, it is"``) -- ``yes_no``.
 ``anls``             1 - normalised Levenshtein distance (``anls``).
@@ -40,6 +41,11 @@ Behaviour decisions (see also the docstrings of the rule functions):
   tolerance would let 2018 match 2019); tolerance applies once either side
   has a decimal point, fraction or exponent.  Year-like ground truths
   (integer 1000..2100) need an exact value even with ``relaxed=True``.
+* Equations: for the numeric types (and ``math``'s numeric rule) an answer
+  ``x = 2``, ``\\boxed{x=2}``, ``a = 2 cm`` or ``\\angle ABC = 30^\\circ`` is
+  compared by its value (``methods.equations``); ``x = 2, y = 3`` is no one
+  value and never matches.  A ground truth ``x=2`` is numeric too (inferred
+  ``integer``) and accepts ``2``; ``y = 2`` does not answer it.
 * Multiple choice: a response that names two different options (``A or B``,
   ``A and C``, ``B, C``) is wrong.  When a response gives a letter and a text
   (``B. red``) the letter wins.
@@ -66,7 +72,9 @@ from typing import Callable, NamedTuple, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
+from methods.equations import split_equation
 from methods.extract import clean_answer
+from methods.vqa_tables import CONTRACTIONS, NUMBER_WORDS
 
 __all__ = [
     "MatchResult", "match_answer", "infer_answer_type", "parse_number",
@@ -128,53 +136,6 @@ def _canon(s: str) -> str:
 # --------------------------------------------------------------------------
 # VQA normalisation (the official VQA evaluation, with its quirks)
 # --------------------------------------------------------------------------
-_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
-    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've",
-    "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
-    "id've": "i'd've", "i'dve": "i'd've", "im": "i'm", "ive": "i've", "isnt": "isn't",
-    "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
-    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
-    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
-    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
-    "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
-    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
-    "she'dve": "she'd've", "shouldve": "should've", "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
-    "somebodyd": "somebody'd", "somebodyd've": "somebody'd've",
-    "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
-    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've",
-    "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's",
-    "somethingd": "something'd", "somethingd've": "something'd've",
-    "something'dve": "something'd've", "somethingll": "something'll",
-    "thats": "that's", "thered": "there'd", "thered've": "there'd've",
-    "there'dve": "there'd've", "therere": "there're", "theres": "there's",
-    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
-    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas",
-    "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've",
-    "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
-    "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
-    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
-    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've",
-    "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've",
-    "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
-    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
-    "youre": "you're", "youve": "you've",
-}
-#: VQA's manual map (zero..ten, and "none" -> "0"), extended to twenty and the tens
-_NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-    "eleven": "11", "twelve": "12", "thirteen": "13", "fourteen": "14",
-    "fifteen": "15", "sixteen": "16", "seventeen": "17", "eighteen": "18",
-    "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
-    "sixty": "60", "seventy": "70", "eighty": "80", "ninety": "90",
-}
 _ARTICLES = frozenset(("a", "an", "the"))
 _VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
               ">", "<", "@", "`", ",", "?", "!")
@@ -204,10 +165,10 @@ def vqa_normalize(s: str) -> str:
     s = _vqa_punctuation(_clean(s).replace("\n", " ").replace("\t", " "))
     words = []
     for w in s.lower().split():
-        w = _NUMBER_WORDS.get(w, w)
+        w = NUMBER_WORDS.get(w, w)
         if w in _ARTICLES:
             continue
-        words.append(_CONTRACTIONS.get(w, w))
+        words.append(CONTRACTIONS.get(w, w))
     return " ".join(words)
 
 
@@ -279,11 +240,11 @@ def _canon_unit(unit: str | None, currency: str | None) -> str | None:
 
 def _word_number(word: str) -> int | None:
     """"two" -> 2, "twenty-five" / "twenty five" -> 25 (VQA's digits map, extended)."""
-    if word in _NUMBER_WORDS and word != "none":
-        return int(_NUMBER_WORDS[word])
+    if word in NUMBER_WORDS and word != "none":
+        return int(NUMBER_WORDS[word])
     parts = re.split(r"[- ]", word)
-    if len(parts) == 2 and parts[0] in _TENS and parts[1] in _NUMBER_WORDS:
-        ones = int(_NUMBER_WORDS[parts[1]])
+    if len(parts) == 2 and parts[0] in _TENS and parts[1] in NUMBER_WORDS:
+        ones = int(NUMBER_WORDS[parts[1]])
         if 1 <= ones <= 9:
             return _TENS[parts[0]] + ones
     return None
@@ -598,17 +559,35 @@ def _rule_vqa(pred: str, gt: str, o: _Opts) -> float:
 
 def _rule_vqa_non_numeric_gt(pred: str, gt: str, o: _Opts) -> float:
     """String fallback for numeric types when this ground truth is not a number ("2 or 3")."""
-    return 0.0 if parse_number(gt) is not None else _rule_vqa(pred, gt, o)
+    return 0.0 if _value(gt) is not None else _rule_vqa(pred, gt, o)
+
+
+@lru_cache(maxsize=_CACHE)
+def _value(s: str) -> tuple[str | None, _Num] | None:
+    """(symbol, number) of a number (symbol None) or a one-symbol equation ``x = 2`` (methods.equations)."""
+    p = parse_number(s)
+    if p is not None:
+        return None, p
+    eq = split_equation(_clean(s))
+    if eq is not None and (p := parse_number(eq[1])) is not None:
+        return eq[0], p
+    return None
+
+
+def _values_match(pred: str, gt: str, tol: float, relaxed: bool) -> bool:
+    """Numbers equal; an equation's value counts, but two equations must name the same symbol."""
+    p, g = _value(pred), _value(gt)
+    if p is None or g is None or (p[0] is not None and g[0] is not None and p[0] != g[0]):
+        return False
+    return _numbers_match(p[1], g[1], tol, relaxed)
 
 
 def _rule_numeric(pred: str, gt: str, o: _Opts) -> float:
-    p, g = parse_number(pred), parse_number(gt)
-    return 1.0 if p is not None and g is not None and _numbers_match(p, g, o.rel_tol, False) else 0.0
+    return 1.0 if _values_match(pred, gt, o.rel_tol, False) else 0.0
 
 
 def _rule_relaxed(pred: str, gt: str, o: _Opts) -> float:
-    p, g = parse_number(pred), parse_number(gt)
-    return 1.0 if p is not None and g is not None and _numbers_match(p, g, RELAXED_TOL, True) else 0.0
+    return 1.0 if _values_match(pred, gt, RELAXED_TOL, True) else 0.0
 
 
 def _rule_choice(pred: str, gt: str, o: _Opts) -> float:
@@ -676,7 +655,7 @@ def _infer(gts: tuple[str, ...], has_choices: bool) -> str:
         return "multiple_choice"
     if all(_canon(g) in ("yes", "no") for g in gts):
         return "yes_no"
-    nums = [parse_number(g) for g in gts]
+    nums = [v[1] if (v := _value(g)) is not None else None for g in gts]
     if all(n is not None for n in nums):
         return "integer" if all(n.int_literal and n.unit is None for n in nums) else "number"
     if any(_LATEX_HINT.search(c) for c in cleaned):

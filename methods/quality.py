@@ -514,16 +514,24 @@ def language_mismatch(text: str, question: Optional[str] = None, min_letters: in
 
 # ==================================================================== pair rules
 
-def _normalise_text(text: str) -> str:
-    return _SPACES.sub(" ", text.casefold()).strip()
+def text_key(text: str) -> str:
+    """Case-folded, whitespace-collapsed text: equal keys mean the same text for a pair."""
+    return " ".join(text.casefold().split())
+
+
+def same_text(a: str, b: str) -> bool:
+    """Equal up to whitespace and case: a text pair that carries no preference signal."""
+    return text_key(a) == text_key(b)
 
 
 def identical(chosen: str, rejected: str) -> Verdict:
     """Fail when chosen and rejected are the same up to whitespace and case.
 
-    Not for image-crop pairs, whose text is identical by design.
+    Not for image-crop pairs, whose text is identical by design.  It cannot
+    be switched off (:func:`resolve_rules`): ms-swift deletes such rows, and
+    TRL / LLaMA-Factory silently train on them with zero signal.
     """
-    if _normalise_text(chosen) == _normalise_text(rejected):
+    if same_text(chosen, rejected):
         return Verdict("identical", False, "chosen and rejected are identical")
     return _ok("identical")
 
@@ -569,6 +577,10 @@ DEFAULT_PAIR_RULES: dict[str, Any] = {
     "length_ratio": {"lo": 0.5, "hi": 2.0},
 }
 
+#: pair rules a config may not disable, with the reason given in the error
+MANDATORY_PAIR_RULES = {"identical": "a text pair with the same chosen and rejected text teaches nothing "
+                                     "(ms-swift deletes it, TRL and LLaMA-Factory train on zero signal)"}
+
 RULES: dict[str, Callable[..., Verdict]] = {
     "empty": empty, "never_ends": never_ends, "length_bounds": length_bounds,
     "bad_characters": bad_characters, "repeated_ngram_fraction": repeated_ngram_fraction,
@@ -608,6 +620,9 @@ def resolve_rules(rules_config: Optional[Mapping[str, Any]] = None,
     for name, default in defaults.items():
         value = config.get(name, default)
         if value is None or value is False:
+            if pair and name in MANDATORY_PAIR_RULES:
+                raise ValueError(f"filter.pair_rules.{name} cannot be turned off: {MANDATORY_PAIR_RULES[name]}; "
+                                 f"remove the key from the config")
             continue
         params = dict(default) if isinstance(default, dict) else {}
         if isinstance(value, Mapping):

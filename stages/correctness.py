@@ -3,8 +3,14 @@
 For every prompt with ground truth: extract each sample's final answer, match
 it against the ground truth, and pair correct samples (chosen) with incorrect
 ones (rejected).  Unparseable samples are *format negatives*: usable as
-rejected under their own method tag.  Prompts where every sample is wrong go
-to the ``all_wrong`` side output for later use (harder prompts, more samples).
+rejected under their own method tag.  A response stating several different
+final answers is never chosen, and one stating the ground truth in any of its
+final answers is never rejected (``methods.consistency``; counted as
+``responses.conflicting_answers`` / ``responses.wrong_states_truth``): they are
+set aside here rather than dropped later by the filter, so another sample of
+the same prompt can take their place in the pair.  Prompts where every sample
+is wrong (or no right one is usable) go to the ``all_wrong`` side output for
+later use (harder prompts, more samples).
 """
 from __future__ import annotations
 
@@ -60,6 +66,8 @@ class CorrectnessStage(Stage):
             "format_error_rate": round(c.get("responses.format_error", 0) / c["responses"], 4),
             "prompts_all_wrong": c.get("prompts.all_wrong", 0),
             "prompts_all_correct": c.get("prompts.all_correct", 0),
+            # responses kept out of pairs: several different final answers / the truth in an earlier one
+            "set_aside": {k: c.get(f"responses.{k}", 0) for k in ("conflicting_answers", "wrong_states_truth")},
             "pairs_per_prompt": dict(sorted(hist.items())),
             "mean_chars": {m: {side: round(c.get(f"chars.{m}.{side}", 0) / max(c.get(f"pairs.{m}", 0), 1), 1)
                                for side in ("chosen", "rejected")}
@@ -82,15 +90,20 @@ class CorrectnessStage(Stage):
                 continue
             scored = score_responses(row, cc, self.config.source(row["source"]), EXTRACTION_STYLE,
                                      ctx.stats.counters)
-            right = [s for s in scored if s.correct]
-            wrong = [s for s in scored if s.answer is not None and not s.correct]
+            right = [s for s in scored if s.usable_chosen]
+            wrong = [s for s in scored if s.usable_rejected]
             unparsed = [s for s in scored if s.answer is None]
             key = f"{row['source']}.{row['answer_type']}"
             ctx.stats.inc("prompts")
             ctx.stats.inc("responses", len(scored))
-            ctx.stats.inc("responses.correct", len(right))
+            n_correct = sum(s.correct for s in scored)
+            ctx.stats.inc("responses.correct", n_correct)
             ctx.stats.inc("responses.format_error", len(unparsed))
-            ctx.stats.inc(f"accuracy.{key}.correct", len(right))
+            # right by the last answer, but other statements disagree: never a chosen
+            ctx.stats.inc("responses.conflicting_answers", sum(s.correct and s.conflicting for s in scored))
+            # wrong by the last answer, but an earlier statement is the ground truth: never a rejected
+            ctx.stats.inc("responses.wrong_states_truth", sum(s.states_truth and not s.correct for s in scored))
+            ctx.stats.inc(f"accuracy.{key}.correct", n_correct)
             ctx.stats.inc(f"accuracy.{key}.total", len(scored))
             if not right:
                 ctx.stats.inc("prompts.all_wrong")

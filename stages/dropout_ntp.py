@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Literal
 from pydantic import Field, field_validator
 
 from methods import scoring
-from methods.quality import check_text, failures
+from methods.quality import check_text, failures, same_text
 from methods.truncate import Truncation, hf_token_spans, truncate_tokens, truncate_words
 from pipeline import __version__
 from pipeline.config import Section
@@ -51,10 +51,6 @@ class DropoutNTPConfig(Section):
 MMPR_TOKENS_PER_PAIR = {"MMPR paper": 571.2, "RLAIF-V (MMPR paper)": 992.7}
 #: rules a chosen response must pass under ``selection: filtered``
 SELECTION_RULES = {"length_bounds": False, "language_mismatch": False, "bad_characters": False}
-
-
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def continuation_messages(user_text: str, n_images: int, prefix: str, keep_image: bool) -> list[dict]:
@@ -107,7 +103,7 @@ class DropoutNTPStage(EngineStage):
                 return []
             scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
                                              EXTRACTION_STYLE)
-            correct = {s.index for s in scored if s.correct}
+            correct = {s.index for s in scored if s.usable_chosen}
             responses = [r for r in responses if r["index"] in correct]
         if cfg.selection == "first":
             return responses[:1]
@@ -162,7 +158,7 @@ class DropoutNTPStage(EngineStage):
                 ctx.stats.inc("dropped.empty_continuation")
                 continue
             rejected = cut.prefix + cont.text
-            if _normalised(rejected) == _normalised(chosen["text"]):
+            if same_text(rejected, chosen["text"]):
                 ctx.stats.inc("dropped.identical_to_chosen")
                 continue
             ctx.stats.inc("pairs.dropout_ntp")

@@ -5,6 +5,11 @@ Every pair's chosen and rejected texts go through the rules of
 generations, empty/garbled text, bounds, language mismatch), and the pair
 through pair rules (identical texts, rejected/chosen length ratio).  Each
 verdict is recorded in ``provenance.filters`` and counted per rule.
+``identical`` cannot be switched off: no text-contrast pair may have the same
+chosen and rejected text up to case and whitespace (ms-swift deletes such
+rows; TRL and LLaMA-Factory silently train on zero signal).  The pair stages
+never make one either (``methods.quality.same_text``), so a run without the
+filter stage is safe too.
 
 A failed rule on *chosen* removes the pair.  A failed rule on *rejected* keeps
 the pair when ``keep_pairs_with_bad_rejected`` is on and the rejected text is
@@ -19,7 +24,7 @@ from typing import Any, Iterable, Iterator
 from pydantic import Field, model_validator
 
 from methods.extract import extract_answer
-from methods.quality import check_pair, check_text
+from methods.quality import check_pair, check_text, same_text
 from pipeline.config import Section
 from pipeline.stage import Stage, StageContext, prefixed
 from pipeline.templates import EXTRACTION_STYLE
@@ -113,7 +118,7 @@ class FilterStage(Stage):
                 extractor = partial(extract_answer, style=style)
             vc = check_text(chosen, chosen_rules, prov.get("chosen_finish_reason"), prov.get("chosen_tokens"),
                             question=row["question"], extractor=extractor)
-            if method == "image_crop" and chosen == rejected:
+            if method == "image_crop" and same_text(chosen, rejected):
                 vr, vp = [], []  # same text by design: the image is the contrast
             else:
                 vr = check_text(rejected, rules, prov.get("rejected_finish_reason"), prov.get("rejected_tokens"),

@@ -5,19 +5,27 @@ random resized crop keeping 1-20% of the area (aspect 3/4..4/3), resized back
 to the original size.  The pair teaches the model to *use* the image, so it
 only carries signal for trainers that read ``rejected_images`` (ms-swift,
 mDPO-style); the write stage keeps these rows in their own files.
+
+A crop that leaves the picture (near-)unchanged -- any crop of a uniform
+image -- carries no signal: up to ``CROP_TRIES`` seeded crops are tried per
+image, and a row none of whose images changed by ``image_crop.min_difference``
+(``methods.crop_signal``) is skipped and counted as
+``dropped.near_identical_crop``.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Iterable, Iterator, Literal
 
 from pydantic import Field, field_validator
 
 from methods import scoring
 from methods.crop import corrupt_image
+from methods.crop_signal import first_distinct
 from pipeline import __version__
 from pipeline.config import Section, ratio_range
 from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import Stage, StageContext, prefixed
 from pipeline.templates import EXTRACTION_STYLE, render_question
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, response_provenance
@@ -31,6 +39,9 @@ class ImageCropConfig(Section):
     #: "same": chosen = rejected = one response; "pair": reuse a pair's texts
     text: Literal["same", "pair"] = "same"
     jpeg_quality: int = Field(95, ge=1, le=100)
+    #: skip a crop pair whose rejected image differs from the original by less than this
+    #: (largest 32x32-thumbnail difference in grey levels, methods/crop_signal.py); 0 = off
+    min_difference: float = Field(16.0, ge=0, le=255)
 
     @field_validator("area")
     @classmethod
@@ -41,6 +52,10 @@ class ImageCropConfig(Section):
     @classmethod
     def _aspect(cls, v):
         return ratio_range(v, "aspect", upper=None)
+
+
+#: seeded crops tried per image before a row counts as near-identical
+CROP_TRIES = 3
 
 
 def selected(seed: int, sample_id: str, fraction: float) -> bool:
@@ -57,6 +72,13 @@ class ImageCropStage(Stage):
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
 
+    @classmethod
+    def summarize(cls, i: dict) -> dict:
+        if not i:
+            return {}
+        return {"pairs": i.get("pairs.image_crop", 0), "dropped": prefixed(i, "dropped."),
+                "crops_retried": i.get("crops.retried", 0)}
+
     def _texts(self, row: dict) -> tuple[dict, dict] | None:
         """(chosen, rejected) responses: a good one twice, or a right/wrong pair in "pair" mode."""
         responses = row["responses"]
@@ -67,8 +89,8 @@ class ImageCropStage(Stage):
             return (ok[0], ok[0]) if ok else None
         scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
                                          EXTRACTION_STYLE)
-        right = [responses[i] for i, s in enumerate(scored) if s.correct]
-        wrong = [responses[i] for i, s in enumerate(scored) if not s.correct]
+        right = [responses[i] for i, s in enumerate(scored) if s.usable_chosen]
+        wrong = [responses[i] for i, s in enumerate(scored) if not s.correct and not s.states_truth]
         if not right:
             return None  # never teach a wrong answer as chosen
         if self.config.image_crop.text == "pair" and wrong:
@@ -87,15 +109,25 @@ class ImageCropStage(Stage):
                 continue
             chosen, rejected = texts
             crop_seed = derive_seed(seed, row["sample_id"], "image_crop")
-            corrupted, boxes = [], []
+            corrupt = partial(corrupt_image, area=tuple(cfg.area), aspect=tuple(cfg.aspect),
+                              jpeg_quality=cfg.jpeg_quality)
+            corrupted, boxes, distinct = [], [], False
             try:
                 for i, im in enumerate(row["images"]):
-                    data, box = corrupt_image(im["bytes"], derive_seed(crop_seed, i), area=tuple(cfg.area),
-                                              aspect=tuple(cfg.aspect), jpeg_quality=cfg.jpeg_quality)
+                    # try 0 is the seed crops always had, so rows with a visible crop do not change
+                    seeds = [derive_seed(crop_seed, i)] + [derive_seed(crop_seed, i, "retry", t)
+                                                           for t in range(1, CROP_TRIES)]
+                    (data, box), diff, tries = first_distinct(im["bytes"], seeds, corrupt, cfg.min_difference)
+                    if tries > 1:
+                        ctx.stats.inc("crops.retried")
+                    distinct = distinct or diff >= cfg.min_difference
                     corrupted.append({"bytes": data, "path": None})
                     boxes.append(list(box))
             except Exception as e:  # noqa: BLE001 -- one undecodable image quarantines its row only
                 ctx.quarantine(row, "image_crop_error", str(e))
+                continue
+            if not distinct:
+                ctx.stats.inc("dropped.near_identical_crop")
                 continue
             ctx.stats.inc("pairs.image_crop")
             user_text = render_question(row["question"], row["choices"], row["template_id"] or "plain",

@@ -40,6 +40,13 @@ CASES = [
     ("chosen-without-final-answer", _row("f", NO_ANSWER, HEALTHY_WRONG), False,
      [("chosen", "missing_final_answer")]),
     ("identical", _row("g", HEALTHY, HEALTHY + " "), False, [("pair", "identical")]),
+    # every text-contrast method: same text after whitespace/case normalisation goes
+    ("identical-format", _row("g2", HEALTHY, HEALTHY.replace("\n", "\n\n"), method="format"), False,
+     [("pair", "identical")]),
+    ("identical-dropout", _row("g3", HEALTHY, HEALTHY.upper(), method="dropout_ntp"), False,
+     [("pair", "identical")]),
+    # image-contrast pairs share their text by design, whitespace included
+    ("crop-same-text-up-to-whitespace", _row("g4", HEALTHY, HEALTHY + "\t", method="image_crop"), True, []),
     ("rejected-empty", _row("h", HEALTHY, "   "), False, [("rejected", "empty")]),
     ("crop-same-text", _row("i", HEALTHY, HEALTHY, method="image_crop"), True, []),
 ]

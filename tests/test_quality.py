@@ -330,6 +330,8 @@ def test_single_rules(rule, text, kwargs, passed):
 
 @pytest.mark.parametrize("chosen,rejected,config,failed", [
     ("The answer is B.", "the answer  is b.", {}, {"identical"}),
+    ("Final answer: 3", "Final answer:\n3 ", {}, {"identical"}),
+    ("Final answer: 3", "Final answer: 3.", {}, set()),
     ("The answer is B.", "The answer is C.", {}, set()),
     ("x" * 100, "y" * 30, {}, {"length_ratio"}),
     ("x" * 100, "y" * 210, {}, {"length_ratio"}),
@@ -340,6 +342,20 @@ def test_single_rules(rule, text, kwargs, passed):
 ])
 def test_pair_rules(chosen, rejected, config, failed):
     assert {v.rule for v in failures(check_pair(chosen, rejected, config))} == failed
+
+
+@pytest.mark.parametrize("setting", [False, None])
+def test_identical_rule_cannot_be_switched_off(setting):
+    # ms-swift deletes such rows, TRL and LLaMA-Factory train on zero signal
+    with pytest.raises(ValueError, match=r"filter\.pair_rules\.identical cannot be turned off"):
+        check_pair("a", "a", {"identical": setting})
+
+
+def test_identical_rule_cannot_be_switched_off_in_the_config():
+    from conftest import make_config
+
+    with pytest.raises(ValueError, match="identical cannot be turned off"):
+        make_config(filter={"pair_rules": {"identical": False}})
 
 
 def test_default_pair_rules_run():

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             _html_report(config)
         elif args.command == "stage":
             from pipeline.graph import ordered, stage_class
-            from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
+            from pipeline.orchestrator import run_stage
+            from pipeline.preflight import check_ray_address, check_sources, ensure_model
             if args.name not in ordered():
                 raise ConfigError(f"stage: unknown stage {args.name!r}; known: {ordered()}")
             cls = stage_class(args.name)

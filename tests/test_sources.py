@@ -95,7 +95,7 @@ def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
 
 def test_missing_sample_data_is_generated_on_a_fresh_checkout(tmp_path):
     """`make build-mmpr` on a fresh clone: data/sample is not in git, the run makes it."""
-    from pipeline.orchestrator import check_sources
+    from pipeline.preflight import check_sources
 
     sample = tmp_path / "data" / "sample"
     cfg = make_config(sources=[{"name": "gt", "format": "jsonl", "path": str(sample / "gt.jsonl")}])

@@ -53,14 +53,13 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from pipeline import storage
+from publish.layout import CONFIGS
 
 FORMATS = ("trl", "llamafactory", "swift", "internvl")
 IMAGE_TAG = "<image>"
 _SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d+-of-\d+\.parquet$")
-_FOLDERS = (("default", "data"), ("image_crop", "data/image_crop"))
 _BATCH_ROWS = 256
 
 
@@ -75,7 +74,7 @@ class CanonicalShard:
 
 def canonical_shards(input_dir: str) -> list[CanonicalShard]:
     out = []
-    for config, folder in _FOLDERS:
+    for config, folder in CONFIGS:
         for uri in storage.list_files(storage.join(input_dir, folder), ".parquet"):
             name = uri.rsplit("/", 1)[1]
             m = _SHARD_RE.match(name)
@@ -86,9 +85,8 @@ def canonical_shards(input_dir: str) -> list[CanonicalShard]:
 
 
 def iter_rows(uri: str, columns: list[str] | None = None) -> Iterator[dict]:
-    fs, path = storage.resolve(uri)
-    with fs.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+    with storage.parquet_file(uri) as pf:
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
             yield from batch.to_pylist()
 
 

@@ -45,6 +45,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline import graph
+    from publish.exports import FORMATS
 
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder")
 
     p = sub.add_parser("export", help="lay a built dataset out for a trainer")
-    p.add_argument("--format", required=True, choices=["trl", "llamafactory", "swift", "internvl"])
+    p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--input", required=True, help="dataset folder written by the pipeline")
     p.add_argument("--output", required=True, help="export folder")
 

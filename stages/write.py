@@ -45,19 +45,20 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline import __version__, faults, storage
 from pipeline.config import PipelineConfig, Section
 from pipeline.stage import Stage, StageStats
 from publish.card import render_card
+from publish.exports import FORMATS
 from publish.layout import CONFIGS, IMAGE_METHODS, SPLITS
 from publish.parquet import parquet_bytes
 from publish.stats import Stats
@@ -75,7 +76,16 @@ _POS = "__pos"
 class WriteConfig(Section):
     shard_rows: int = Field(5000, ge=1)
     test_fraction: float = Field(0.0, ge=0, lt=1)
-    exports: list[Literal["trl", "llamafactory", "swift", "internvl"]] = Field(default_factory=list)
+    #: trainer layouts written under OUT/exports/ (the formats publish.exports knows)
+    exports: list[str] = Field(default_factory=list)
+
+    @field_validator("exports")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        unknown = [f for f in v if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
+        return v
 
 
 class WriteStage(Stage):
@@ -404,6 +414,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         log.warning("write: no pairs, so no trainer exports (%s)", ", ".join(wc.exports))
     elif wc.exports:
         from publish.exports import export
+
         for fmt in wc.exports:
             export(fmt, out, storage.join(out, "exports", fmt), name=config.run.name)
     storage.write_json(storage.join(out, "manifest.json"), manifest)  # last: the dataset is complete

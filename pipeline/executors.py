@@ -234,6 +234,7 @@ def _placement_group_fn(world: int, cpus: float, strategy: str, groups: list, re
 def _worker_env() -> dict:
     keep = ("VLLM_CPU_KVCACHE_SPACE", "MMPR_NO_PROGRESS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
             "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS", "MMPR_FAULT", "MMPR_FAULT_ONCE")
+    keep += ("MMPR_STAGE_PACKAGES",)  # workers must find the same stages as the driver
     # where the object store is (MinIO, a region); credentials are the nodes' own
     keep += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
     env = {k: os.environ[k] for k in keep if k in os.environ}

@@ -10,25 +10,21 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import sys
+import warnings
 from typing import TYPE_CHECKING, Sequence
 
 from pipeline.runner import Task, run_engine_tasks, run_task
 from pipeline.stage import StageStats
+from pipeline.terminal import is_quiet
+from pipeline.terminal import progress as _progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PipelineConfig
 
 log = logging.getLogger("pipeline")
-
-
-def _progress(iterable, total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="part", file=sys.stderr,
-                disable=os.environ.get("MMPR_NO_PROGRESS") == "1")
 
 
 class LocalExecutor:
@@ -79,7 +75,7 @@ class _EngineWorker:
         tasks = [Task.from_dict(json.loads(raw)) for raw in batch["task"]]
         stats = run_engine_tasks(self.stage, tasks, self.engine, self.config.executor.max_retries,
                                  on_start=record_attempt)
-        return {"stats": [json.dumps(stats.to_dict())]}
+        return {"stats": [json.dumps(stats.to_dict())], "tasks": [len(tasks)]}
 
 
 def _cpu_worker(batch: dict, stage_name: str, config: dict) -> dict:
@@ -102,7 +98,7 @@ def _run_batch(stage, batch: dict, max_retries: int) -> dict:
         task = Task.from_dict(json.loads(raw))
         record_attempt(task)
         stats.append(json.dumps(run_task(stage, task, None, max_retries).to_dict()))
-    return {"stats": stats}
+    return {"stats": stats, "tasks": [1] * len(stats)}
 
 
 class RayExecutor:
@@ -124,7 +120,9 @@ class RayExecutor:
                      logging_level=logging.WARNING, configure_logging=True,
                      runtime_env=runtime_env)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = os.environ.get("MMPR_NO_PROGRESS") != "1"
+        # the terminal gets one bar per stage (ours, in _run_once); Ray Data's own bars and
+        # progress log lines go with the rest of Ray's output (pipeline.terminal)
+        ctx.enable_progress_bars = not is_quiet() and os.environ.get("MMPR_NO_PROGRESS") != "1"
         ctx.print_on_execution_start = False
 
     def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
@@ -181,26 +179,45 @@ class RayExecutor:
                 num_gpus = 0
             else:
                 num_gpus = eng.gpus_per_replica
-            ds = ds.map_batches(
-                _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
-                batch_size=eng.partitions_per_call,
-                concurrency=replicas,
-                num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
+            with _remote_args_without_replacement():
+                ds = ds.map_batches(
+                    _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
+                    batch_size=eng.partitions_per_call,
+                    compute=ray.data.ActorPoolStrategy(size=replicas),
+                    num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
         else:
-            ds = ds.map_batches(
-                _cpu_worker, fn_kwargs={"stage_name": stage_name, "config": resolved},
-                batch_size=1, concurrency=cfg.executor.cpu_concurrency, num_cpus=1,
-                max_retries=cfg.executor.max_retries)
+            with _remote_args_without_replacement():
+                ds = ds.map_batches(
+                    _cpu_worker, fn_kwargs={"stage_name": stage_name, "config": resolved},
+                    batch_size=1, compute=ray.data.TaskPoolStrategy(size=cfg.executor.cpu_concurrency),
+                    num_cpus=1, max_retries=cfg.executor.max_retries)
         ray.data.DataContext.get_current().max_errored_blocks = 0
+        bar = _progress(total=len(tasks), desc=stage_name)
         try:
-            for row in ds.take_all():
+            for row in ds.iter_rows():
                 total.merge(StageStats.from_dict(json.loads(row["stats"])))
+                bar.update(row["tasks"])
         finally:
+            bar.close()
             # the groups outlive their actors (they belong to this driver): free the GPUs
             # for the next engine stage
             for pg in groups:
                 ray.util.remove_placement_group(pg)
         return total
+
+
+@contextlib.contextmanager
+def _remote_args_without_replacement():
+    """Silence Ray 2.60's deprecation of ``**ray_remote_args``/``ray_remote_args_fn`` for our calls.
+
+    Bounded ``max_restarts``/``max_task_retries``/``max_retries`` (the partition attempt
+    accounting of ``RayExecutor.run`` relies on them; Ray Data's defaults retry forever) and
+    the placement-group scheduling strategy have no named parameter in Ray 2.60; the warning
+    says they go in Ray 2.64, so revisit this when the pin moves.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args(_fn)?` is deprecated")
+        yield
 
 
 def _placement_group_fn(world: int, cpus: float, strategy: str, groups: list, replicas: int):

@@ -17,6 +17,7 @@ from pipeline.graph import input_stages, make_stage
 from pipeline.preflight import check_ray_address, check_sources, check_storage, ensure_model
 from pipeline.runner import Task, completed, invalidate_if_changed, run_rows_task, stage_totals
 from pipeline.stage import Stage, StageStats
+from pipeline.terminal import echo
 
 def stage_dir(config: PipelineConfig, stage: str) -> str:
     return storage.join(config.run.work_dir, stage)
@@ -105,7 +106,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
                 ran = StageStats()
         timings[name] = time.perf_counter() - t0
         total = ran if stage.kind == "dataset" else stage_totals(out_dir)
-        print(summarize(stage, total, ran, n_tasks, n_skipped, timings[name]), flush=True)
+        echo(summarize(stage, total, ran, n_tasks, n_skipped, timings[name]))
     return write_report(config, timings)
 
 
@@ -131,6 +132,6 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
     pending = [t for t in tasks if not completed(t)]
     t0 = time.perf_counter()
     ran = make_executor(config).run(stage, pending) if pending else StageStats()
-    print(summarize(step, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
-                    time.perf_counter() - t0), flush=True)
+    echo(summarize(step, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
+                   time.perf_counter() - t0))
     return ran

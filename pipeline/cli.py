@@ -181,5 +181,7 @@ def _run_or_stage(args: argparse.Namespace, config) -> None:
             raise ConfigError(f"--input is required for stage {args.name}")
         check_ray_address(config)
         if cls.kind == "engine":
+            from pipeline.preflight import check_model
             ensure_model(config)
+            check_model(config)
         run_stage(config, args.name, args.input, args.output)

@@ -141,6 +141,11 @@ class ModelConfig(_Section):
     #: image part is rendered as this placeholder and the parts joined by newlines;
     #: null = pass content parts ({"type": "image"}) to the template (Idefics3, Qwen2.5-VL)
     image_placeholder: Optional[str] = None
+    #: stop strings and stop tokens (ids or token strings such as "<|im_end|>") for every
+    #: request to this model: needed when the chat template's end-of-turn marker is not the
+    #: tokenizer's EOS (InternVL: "<|im_end|>" vs "</s>"); the pre-flight check enforces it
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[Union[int, str]] = Field(default_factory=list)
     #: other keyword arguments for vllm.LLM (e.g. enforce_eager, max_num_batched_tokens);
     #: keys with a typed field belong in that field
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -232,6 +237,16 @@ class EngineConfig(_Section):
     #: fraction of each GPU's memory vLLM may take (null = vLLM's default, 0.92); not
     #: passed on CPU, where VLLM_CPU_KVCACHE_SPACE sizes the KV cache
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
+    #: prompts admitted into one engine at once (each holds its processed images in the
+    #: engine process until it finishes); null = image_memory_gib / the model's worst-case
+    #: image bytes per prompt (pipeline.image_budget)
+    max_prompts_in_flight: Optional[int] = Field(None, ge=1)
+    #: host memory one engine may spend on the processed images of admitted prompts
+    image_memory_gib: float = Field(8.0, gt=0)
+    #: vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): on GPU a response no longer
+    #: depends on what it was batched with (a retried or resumed partition gives the same
+    #: responses), at some speed cost; part of the stage hashes when on
+    batch_invariant: bool = False
 
     @property
     def world_size(self) -> int:
@@ -341,6 +356,9 @@ class PipelineConfig(_Section):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         config._sections = sections
+        from pipeline.image_budget import check_context
+
+        check_context(config)  # needs the stage sections (generate/dropout_ntp token budgets)
         return config
 
     @model_serializer(mode="wrap")
@@ -408,6 +426,7 @@ class PipelineConfig(_Section):
                         f"cache with the engine-wide value, so set model.mm_processor_kwargs.{key}: {value} "
                         "and lower it for the sources that need less")
         return self
+
 
     def source(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)

@@ -14,7 +14,7 @@ import time
 from pipeline import storage
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.graph import input_stages, make_stage
-from pipeline.preflight import check_ray_address, check_sources, check_storage, ensure_model
+from pipeline.preflight import check_model, check_ray_address, check_sources, check_storage, ensure_model
 from pipeline.runner import Task, completed, invalidate_if_changed, run_rows_task, stage_totals
 from pipeline.stage import Stage, StageStats
 from pipeline.terminal import echo
@@ -80,6 +80,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     check_ray_address(config)
     if any(make_stage(s, config).kind == "engine" for s in config.run.stages):
         ensure_model(config)
+        check_model(config)
     if restart:
         storage.remove_tree(config.run.work_dir)
     executor = None

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from pipeline import faults, storage
+from pipeline.engine import EngineDead
 from pipeline.stage import EngineStage, Stage, StageContext, StageStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -136,6 +137,8 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
             out = list(stage.run(iter(rows), ctx))
             table = pa.Table.from_pylist(out, schema=stage.output_schema)
             break
+        except EngineDead:
+            raise  # not the rows' fault: the executor gets a new engine and retries the partition
         except Exception as e:  # noqa: BLE001 -- anything a stage raises is contained here
             if attempt >= max_retries:
                 error = traceback.format_exc()
@@ -221,8 +224,10 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
     partition whose ``prepare``/``finish`` raises is quarantined with the
     traceback (``_keep_failure``): the stage's code is deterministic, so a
     retry would only generate everything again to fail the same way.  If the
-    engine itself fails, the partitions not yet written go through
-    ``run_task`` (retries, then quarantine).
+    stream fails otherwise, the partitions not yet written go through
+    ``run_task`` (retries, then quarantine).  A dead engine (``EngineDead``)
+    is raised: its partitions are retried on a new engine by the executor,
+    never quarantined.
     """
     total = StageStats()
     if not isinstance(stage, EngineStage):
@@ -264,7 +269,9 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
                 total.merge(_commit(stage, task, ctx, table))
             if on_done:
                 on_done(task)
-    except Exception as e:  # noqa: BLE001 -- the engine failed mid-stream
+    except EngineDead:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the stream failed mid-way (not a dead engine)
         log.error("stage %s: engine stream failed (%s); finishing partitions one by one", stage.name, e)
         for task in tasks:
             if not completed(task):

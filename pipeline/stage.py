@@ -198,6 +198,11 @@ class Stage:
         """One line for the end of a run from ``summarize``'s output (None = nothing to say)."""
         return None
 
+    def preview_messages(self, row: dict) -> list[dict] | None:
+        """The chat messages this stage would send for an input ``row`` (engine stages that
+        prompt from source rows; the model pre-flight renders them), or None."""
+        return None
+
     def engine_config(self) -> "PipelineConfig":
         """The config whose model this stage's engine runs (a judge may use another model)."""
         return self.config

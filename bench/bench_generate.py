@@ -4,7 +4,7 @@
                                    [--n 8] [--max-tokens 96] [--ray] [--profile] [--quick]
 
 One process, one engine, one run.  The sample data (data/sample) is ingested
-with the project's own ``run_ingest`` into a temporary folder (the sample
+with the project's own ``run_source`` into a temporary folder (the sample
 config, configs/sample.yaml, with absolute paths and the local executor), and
 its first ``--prompts`` prompts are written as partitions of
 ``--partition-rows`` rows (cycled with new sample ids when more prompts are
@@ -82,12 +82,13 @@ def make_config(work_dir: str, partition_rows: int, n: int, max_tokens: int, kin
 def prepare_inputs(config, work: str, n_prompts: int, partition_rows: int) -> tuple[str, list[dict]]:
     """Ingest the sample data; write ``n_prompts`` prompt rows as partitions. Returns (dir, rows)."""
     from pipeline import storage
-    from pipeline.orchestrator import run_ingest
+    from pipeline.graph import make_stage
+    from pipeline.orchestrator import run_source
     from schemas import PROMPT_SCHEMA
     import pyarrow as pa
 
     ingest_dir = os.path.join(work, "ingest")
-    run_ingest(config, ingest_dir)
+    run_source(make_stage("ingest", config), ingest_dir)
     base: list[dict] = []
     for uri in storage.list_files(storage.join(ingest_dir, "data"), ".parquet"):
         base += storage.read_table(uri).to_pylist()

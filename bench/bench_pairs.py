@@ -20,7 +20,7 @@ to see what real images cost in memory.
 
 Reported:
 
-* extract + match alone (``stages.correctness.score_responses`` on the first
+* extract + match alone (``methods.scoring.score_responses`` on the first
   ~50,000 of the same responses, cold caches): responses/s per core -- the
   DESIGN.md target is 20,000+;
 * the whole stage (scoring, pair selection, pair rows, Arrow, Parquet):
@@ -222,7 +222,9 @@ def main() -> int:
     from pipeline import storage
     from pipeline.runner import Task, run_rows_task
     from pipeline.stage import StageStats
-    from stages.correctness import CorrectnessStage, score_responses
+    from methods.scoring import score_responses
+    from pipeline.templates import EXTRACTION_STYLE
+    from stages.correctness import CorrectnessStage
 
     n_prompts = max(1, n_total // args.samples)
     n_parts = -(-n_prompts // args.partition_rows)
@@ -249,7 +251,8 @@ def main() -> int:
     clear_caches()
     gc.collect()
     t0 = time.perf_counter()
-    n_scored = sum(len(score_responses(r, config)) for r in match_rows)
+    n_scored = sum(len(score_responses(r, config.correctness, config.source(r["source"]), EXTRACTION_STYLE))
+                   for r in match_rows)
     t_match = time.perf_counter() - t0
     assert n_scored == n_match
     match_rate = n_match / t_match

@@ -14,7 +14,7 @@ same architecture scaled down (0.15B parameters, most of them the real
 CUDA is available, else ``cpu``.
 
 Otherwise it measures what bench_generate.py measures, with its functions: the
-sample data ingested by the project's ``run_ingest``, ``--prompts`` prompt rows
+sample data ingested by the project's ``run_source``, ``--prompts`` prompt rows
 written as partitions; one engine (``pipeline.engine.get_engine``) shared by
 
 * **bare vLLM**: the same rendered prompts, images and seeded

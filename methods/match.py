@@ -61,36 +61,31 @@ Behaviour decisions (see also the docstrings of the rule functions):
 """
 from __future__ import annotations
 
-import math
-import os
 import re
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, NamedTuple, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
+from methods.answer_text import CACHE_SIZE, canon, clean
 from methods.equations import split_equation
 from methods.extract import clean_answer
+from methods.maths import LATEX_HINT, SCORING_ERRORS, math_equal
+from methods.numbers import Num, numbers_match, parse_number
 from methods.vqa_tables import CONTRACTIONS, NUMBER_WORDS
 
 __all__ = [
     "MatchResult", "match_answer", "infer_answer_type", "parse_number",
-    "vqa_normalize", "anls_score", "ANSWER_TYPES", "RULES",
+    "vqa_normalize", "anls_score", "ANSWER_TYPES", "SCORING_ERRORS",
 ]
 
 ANSWER_TYPES = (
     "auto", "multiple_choice", "integer", "number", "yes_no", "word",
     "text", "anls", "math", "open",
 )
-RULES = (
-    "exact", "vqa_norm", "choice", "numeric", "relaxed_numeric", "yes_no",
-    "anls", "math", "none",
-)
 #: ChartQA relaxed accuracy tolerance
 RELAXED_TOL = 0.05
-_CACHE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -103,34 +98,6 @@ class MatchResult:
 
 
 _NO_MATCH = MatchResult(0.0, False, "none")
-
-
-# --------------------------------------------------------------------------
-# light cleaning shared by all rules
-# --------------------------------------------------------------------------
-_LATEX_TEXT = re.compile(r"\\(?:text|mathrm|textbf|mathbf|operatorname)\s*\{([^{}]*)\}")
-_LATEX_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?")
-_LATEX_SPACES = re.compile(r"\\[,;:! ]|\\q?quad")
-_WS = re.compile(r"\s+")
-
-
-@lru_cache(maxsize=_CACHE)
-def _clean(s: str) -> str:
-    """Answer without presentation: markdown, quotes, math delimiters, ``\\text{}``, final period."""
-    s = clean_answer(s)
-    if "\\" in s:
-        s = _LATEX_TEXT.sub(r"\1", s)
-        s = _LATEX_DEGREE.sub("°", s)
-        s = _LATEX_SPACES.sub(" ", s)
-        s = s.replace("\\%", "%").replace("\\$", "$").replace("\\left", "").replace("\\right", "")
-        s = clean_answer(s)
-    return s
-
-
-@lru_cache(maxsize=_CACHE)
-def _canon(s: str) -> str:
-    """Cleaned, case-folded, whitespace-collapsed: the key of the ``exact`` rule."""
-    return _WS.sub(" ", _clean(s)).casefold()
 
 
 # --------------------------------------------------------------------------
@@ -158,11 +125,11 @@ def _vqa_punctuation(s: str) -> str:
     return _VQA_PERIOD.sub("", s)
 
 
-@lru_cache(maxsize=_CACHE)
+@lru_cache(maxsize=CACHE_SIZE)
 def vqa_normalize(s: str) -> str:
     """The VQA-eval normal form: punctuation handled, lowercased, number words to digits,
     articles dropped, contractions restored ("dont" -> "don't")."""
-    s = _vqa_punctuation(_clean(s).replace("\n", " ").replace("\t", " "))
+    s = _vqa_punctuation(clean(s).replace("\n", " ").replace("\t", " "))
     words = []
     for w in s.lower().split():
         w = NUMBER_WORDS.get(w, w)
@@ -170,163 +137,6 @@ def vqa_normalize(s: str) -> str:
             continue
         words.append(CONTRACTIONS.get(w, w))
     return " ".join(words)
-
-
-# --------------------------------------------------------------------------
-# numbers
-# --------------------------------------------------------------------------
-class _Num(NamedTuple):
-    value: float
-    unit: str | None       # canonical unit, "%" for percent, "$" for dollars
-    int_literal: bool      # written as a plain integer (no point, fraction, exponent)
-
-
-_ONES_RE = "one|two|three|four|five|six|seven|eight|nine"
-_NUMBER_WORD_RE = (
-    "(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)(?:[- ](?:" + _ONES_RE + "))?"
-    "|zero|" + _ONES_RE + "|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen"
-    "|seventeen|eighteen|nineteen"
-)
-_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
-_NUMBER_RE = re.compile(
-    r"^(?P<sign>[-+\u2212\u2013])?\s*(?P<cur>[$\u20ac\u00a3\u00a5\u20b9])?\s*(?:"
-    rf"(?P<fn>{_NUM})\s*/\s*(?P<fd>{_NUM})"
-    rf"|\\[dt]?frac\s*\{{\s*(?P<ln>{_NUM})\s*\}}\s*\{{\s*(?P<ld>{_NUM})\s*\}}"
-    r"|\\[dt]?frac(?P<sn>\d)(?P<sd>\d)"
-    rf"|(?P<num>{_NUM})(?:e(?P<exp>[-+\u2212]?\d+)"
-    r"|\s*(?:x|\u00d7|\*|\\times|\\cdot|\u00b7)\s*10\s*\^\s*\{?\s*(?P<exp2>[-+\u2212]?\d+)\s*\}?)?"
-    r"|(?P<word>" + _NUMBER_WORD_RE + r")(?![a-z])"
-    r")\s*(?P<scale>thousand|million|billion|trillion)?"
-    r"\s*(?P<unit>[^\W\d_%\u00b0\u00ba$\u20ac\u00a3][^\s]{0,14}|[%\u00b0\u00ba$\u20ac\u00a3][^\s]{0,14})?$",
-)
-_APPROX = re.compile(r"^(?:approximately|approx\.?|about|around|roughly|nearly|almost|~|\u2248|\u2243)\s*")
-_SCALES = {"thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12}
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
-         "eighty": 80, "ninety": 90}
-_UNIT_CANON = {
-    "%": "%", "percent": "%", "pct": "%", "percentage": "%",
-    "\u00b0": "deg", "\u00ba": "deg", "deg": "deg", "degree": "deg", "degrees": "deg",
-    "$": "$", "dollar": "$", "dollars": "$", "usd": "$",
-    "\u20ac": "eur", "eur": "eur", "euro": "eur", "euros": "eur",
-    "\u00a3": "gbp", "gbp": "gbp", "\u00a5": "yen", "yen": "yen", "\u20b9": "inr", "inr": "inr",
-    "m": "m", "meter": "m", "meters": "m", "metre": "m", "metres": "m",
-    "cm": "cm", "centimeter": "cm", "centimeters": "cm", "centimetre": "cm", "centimetres": "cm",
-    "mm": "mm", "millimeter": "mm", "millimeters": "mm",
-    "km": "km", "kilometer": "km", "kilometers": "km", "kilometre": "km", "kilometres": "km",
-    "kg": "kg", "kilogram": "kg", "kilograms": "kg", "g": "g", "gram": "g", "grams": "g",
-    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
-    "min": "min", "mins": "min", "minute": "min", "minutes": "min",
-    "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
-    "yr": "year", "yrs": "year", "year": "year", "years": "year",
-    "in": "in", "inch": "in", "inches": "in", "ft": "ft", "foot": "ft", "feet": "ft",
-}
-
-
-def _canon_unit(unit: str | None, currency: str | None) -> str | None:
-    """Canonical unit name; unknown words lose a plural "s" so "apples" == "apple"."""
-    if unit:
-        unit = unit.rstrip(".,;:)")
-        if unit in _UNIT_CANON:
-            return _UNIT_CANON[unit]
-        if unit.startswith(("\u00b0", "\u00ba")):  # "°c" -> "deg c" family: keep the scale letter
-            return "deg" + unit[1:]
-        if len(unit) > 3 and unit.endswith("s"):
-            return unit[:-1]
-        return unit or None
-    if currency:
-        return _UNIT_CANON.get(currency, currency)
-    return None
-
-
-def _word_number(word: str) -> int | None:
-    """"two" -> 2, "twenty-five" / "twenty five" -> 25 (VQA's digits map, extended)."""
-    if word in NUMBER_WORDS and word != "none":
-        return int(NUMBER_WORDS[word])
-    parts = re.split(r"[- ]", word)
-    if len(parts) == 2 and parts[0] in _TENS and parts[1] in NUMBER_WORDS:
-        ones = int(NUMBER_WORDS[parts[1]])
-        if 1 <= ones <= 9:
-            return _TENS[parts[0]] + ones
-    return None
-
-
-def _float(text: str) -> float:
-    return float(text.replace(",", ""))
-
-
-@lru_cache(maxsize=_CACHE)
-def parse_number(s: str) -> _Num | None:
-    """A number with its unit from an answer string, or None.
-
-    Accepts thousands separators (``1,000``), decimals, signs (incl. U+2212),
-    fractions (``3/10``, ``\\frac{3}{10}``), scientific notation (``1e3``,
-    ``1.2 x 10^3``, ``1.2 \\times 10^{3}``), scale words (``1.2 million``),
-    number words (``two``, ``twenty-five``), a currency prefix and one
-    trailing unit token (``%``, ``cm``, ``°``, ``degrees``...).  Anything more
-    (``2 or 3``, ``1:2``, ``x = 5``) is not a number.
-    """
-    s = _canon(s)
-    if not s or len(s) > 64:
-        return None
-    s = _APPROX.sub("", s).replace("per cent", "percent")
-    m = _NUMBER_RE.match(s)
-    if m is None:
-        return None
-    g = m.group
-    int_literal = False
-    try:
-        if g("num") is not None:
-            num = g("num")
-            value = _float(num)
-            exp = g("exp") or g("exp2")
-            if exp is not None:
-                value *= 10.0 ** int(exp.replace("\u2212", "-"))
-            else:
-                int_literal = "." not in num
-        elif g("fn") is not None:
-            value = _float(g("fn")) / _float(g("fd"))
-        elif g("ln") is not None:
-            value = _float(g("ln")) / _float(g("ld"))
-        elif g("sn") is not None:
-            value = int(g("sn")) / int(g("sd"))
-        else:
-            word_value = _word_number(g("word"))
-            if word_value is None:
-                return None
-            value, int_literal = float(word_value), True
-    except (ValueError, ZeroDivisionError, OverflowError):
-        return None
-    if g("scale"):
-        value *= _SCALES[g("scale")]
-        int_literal = False
-    if g("sign") and g("sign") != "+":
-        value = -value
-    if not math.isfinite(value):
-        return None
-    return _Num(value, _canon_unit(g("unit"), g("cur")), int_literal)
-
-
-def _close(a: float, b: float, tol: float) -> bool:
-    """|a - b| within ``tol`` relative to the ground truth ``b`` (absolute 1e-12 floor for b == 0)."""
-    return abs(a - b) <= tol * abs(b) + 1e-12
-
-
-def _is_year_like(g: _Num) -> bool:
-    return g.int_literal and g.unit is None and 1000 <= g.value <= 2100
-
-
-def _numbers_match(p: _Num, g: _Num, tol: float, relaxed: bool) -> bool:
-    """Numeric equality with the unit, percent, integer and year rules of the module docstring."""
-    if p.unit is not None and g.unit is not None and p.unit != g.unit:
-        return False
-    candidates = [p.value]
-    if g.unit == "%" and p.unit is None:
-        candidates.append(p.value * 100.0)      # GT "30%", answer "0.3"
-    elif p.unit == "%" and g.unit is None:
-        candidates.append(p.value / 100.0)      # GT "0.3", answer "30%"
-    if _is_year_like(g) or (not relaxed and p.int_literal and g.int_literal):
-        return any(c == g.value for c in candidates)
-    return any(_close(c, g.value, tol) for c in candidates)
 
 
 # --------------------------------------------------------------------------
@@ -338,12 +148,12 @@ _POLARITY = {"yes": "yes", "yeah": "yes", "yep": "yes", "yup": "yes", "no": "no"
              "true": "yes", "false": "no"}
 
 
-@lru_cache(maxsize=_CACHE)
+@lru_cache(maxsize=CACHE_SIZE)
 def _yes_no(s: str, true_false: bool) -> str | None:
     """"yes" / "no" from the leading word ("Yes, it is" -> yes); None for "yes or no".
 
     "true"/"false" count only with ``true_false`` (ScienceQA-style T/F data)."""
-    c = _canon(s)
+    c = canon(s)
     m = _YES_NO_HEAD.match(c)
     if m is None:
         return None
@@ -433,17 +243,17 @@ def _text_option(s: str, choices: tuple[str, ...]) -> int:
     if len(hits) == 1:
         return hits[0]
     if hits:
-        return hits[0] if all(_canon(choices[i]) == _canon(choices[hits[0]]) for i in hits) else _AMBIGUOUS
+        return hits[0] if all(canon(choices[i]) == canon(choices[hits[0]]) for i in hits) else _AMBIGUOUS
     p = parse_number(s)
     if p is not None:
         hits = [i for i, c in enumerate(choices)
-                if (g := parse_number(c)) is not None and _numbers_match(p, g, 1e-9, False)]
+                if (g := parse_number(c)) is not None and numbers_match(p, g, 1e-9, False)]
         if len(hits) == 1:
             return hits[0]
     return _UNRESOLVED
 
 
-@lru_cache(maxsize=_CACHE)
+@lru_cache(maxsize=CACHE_SIZE)
 def _resolve_option(s: str, choices: tuple[str, ...]) -> int:
     """The option index an answer (or a ground truth) designates.
 
@@ -452,7 +262,7 @@ def _resolve_option(s: str, choices: tuple[str, ...]) -> int:
     letter; the text of an option (so an option literally reading "Both A and
     B" still resolves); two letters named -> ambiguous; a leading letter.
     """
-    s = _clean(s)
+    s = clean(s)
     explicit = False
     while True:
         m = _MC_PREFIX.match(s)
@@ -481,59 +291,11 @@ def anls_score(pred: str, gt: str, cutoff: float = 0.5) -> float:
     exactly at the cutoff is kept).
 
     Never ``dist / len`` -- that inverts the score (the reference code's bug)."""
-    a, b = _canon(pred), _canon(gt)
+    a, b = canon(pred), canon(gt)
     if not a and not b:
         return 1.0
     score = 1.0 - Levenshtein.normalized_distance(a, b)
     return score if score >= cutoff else 0.0
-
-
-# --------------------------------------------------------------------------
-# maths
-# --------------------------------------------------------------------------
-_LATEX_HINT = re.compile(r"\\[a-zA-Z]|\^|_\{|\{")
-
-
-def _math_timeout() -> int | None:
-    """math_verify's timeouts use SIGALRM, which only works in the main thread on POSIX;
-    elsewhere (Ray/worker threads, Windows) they must be disabled or the call raises."""
-    if os.name == "posix" and threading.current_thread() is threading.main_thread():
-        return 5
-    return None
-
-
-@lru_cache(maxsize=8192)
-def _math_parse(s: str) -> tuple:
-    """math_verify.parse of the answer as inline maths, () when unparsable.
-
-    The answer is wrapped in ``$...$`` first: unwrapped, math_verify's
-    expression fallback reads ``2\\sqrt{3}`` as ``2``.  Cached: the same ground
-    truth is verified against up to 32 samples."""
-    try:
-        from math_verify import parse
-    except ImportError:  # pragma: no cover - dependency declared, but keep matching usable
-        return ()
-    timeout = _math_timeout()
-    for text in ((s,) if "$" in s else (f"${s}$", s)):
-        try:
-            parsed = parse(text, parsing_timeout=timeout)
-        except Exception:  # noqa: BLE001 - parser bugs and timeouts are "unparsable"
-            parsed = []
-        if parsed:
-            return tuple(parsed)
-    return ()
-
-
-def _math_equal(pred: str, gt: str) -> bool:
-    """Symbolic equivalence (``\\frac{1}{2}`` == ``0.5``, ``\\sqrt{2}/2`` == ``\\frac{\\sqrt{2}}{2}``)."""
-    gold, target = _math_parse(clean_answer(gt)), _math_parse(clean_answer(pred))
-    if not gold or not target:
-        return False
-    try:
-        from math_verify import verify
-        return bool(verify(list(gold), list(target), timeout_seconds=_math_timeout()))
-    except Exception:  # noqa: BLE001 - sympy can raise anything on odd input
-        return False
 
 
 # --------------------------------------------------------------------------
@@ -548,7 +310,7 @@ class _Opts(NamedTuple):
 
 
 def _rule_exact(pred: str, gt: str, o: _Opts) -> float:
-    return 1.0 if _canon(pred) == _canon(gt) else 0.0
+    return 1.0 if canon(pred) == canon(gt) else 0.0
 
 
 def _rule_vqa(pred: str, gt: str, o: _Opts) -> float:
@@ -560,13 +322,13 @@ def _rule_vqa_non_numeric_gt(pred: str, gt: str, o: _Opts) -> float:
     return 0.0 if _value(gt) is not None else _rule_vqa(pred, gt, o)
 
 
-@lru_cache(maxsize=_CACHE)
-def _value(s: str) -> tuple[str | None, _Num] | None:
+@lru_cache(maxsize=CACHE_SIZE)
+def _value(s: str) -> tuple[str | None, Num] | None:
     """(symbol, number) of a number (symbol None) or a one-symbol equation ``x = 2`` (methods.equations)."""
     p = parse_number(s)
     if p is not None:
         return None, p
-    eq = split_equation(_clean(s))
+    eq = split_equation(clean(s))
     if eq is not None and (p := parse_number(eq[1])) is not None:
         return eq[0], p
     return None
@@ -577,7 +339,7 @@ def _values_match(pred: str, gt: str, tol: float, relaxed: bool) -> bool:
     p, g = _value(pred), _value(gt)
     if p is None or g is None or (p[0] is not None and g[0] is not None and p[0] != g[0]):
         return False
-    return _numbers_match(p[1], g[1], tol, relaxed)
+    return numbers_match(p[1], g[1], tol, relaxed)
 
 
 def _rule_numeric(pred: str, gt: str, o: _Opts) -> float:
@@ -605,14 +367,14 @@ def _rule_anls(pred: str, gt: str, o: _Opts) -> float:
 
 
 def _rule_math(pred: str, gt: str, o: _Opts) -> float:
-    return 1.0 if _math_equal(pred, gt) else 0.0
+    return 1.0 if math_equal(pred, gt) else 0.0
 
 
 def _rule_math_if_latex(pred: str, gt: str, o: _Opts) -> float:
     """Numeric types: call the slow symbolic checker only for LaTeX the number parser can't read."""
     if parse_number(pred) is not None and parse_number(gt) is not None:
         return 0.0
-    if _LATEX_HINT.search(_clean(pred)) is None and _LATEX_HINT.search(_clean(gt)) is None:
+    if LATEX_HINT.search(clean(pred)) is None and LATEX_HINT.search(clean(gt)) is None:
         return 0.0
     return _rule_math(pred, gt, o)
 
@@ -641,22 +403,22 @@ _RELAXED_NUMERIC_RULES = _NUMERIC_RULES[:2] + (("relaxed_numeric", _rule_relaxed
 _MC_LETTER_GT = re.compile(r"^[(\[]?[A-Z][)\]]?[.:)]?$")
 
 
-@lru_cache(maxsize=_CACHE)
+@lru_cache(maxsize=CACHE_SIZE)
 def _infer(gts: tuple[str, ...], has_choices: bool) -> str:
     if has_choices:
         return "multiple_choice"
-    gts = tuple(g for g in gts if g and _clean(g))
+    gts = tuple(g for g in gts if g and clean(g))
     if not gts:
         return "open"
-    cleaned = [_clean(g) for g in gts]
+    cleaned = [clean(g) for g in gts]
     if all(_MC_LETTER_GT.match(c) for c in cleaned):
         return "multiple_choice"
-    if all(_canon(g) in ("yes", "no") for g in gts):
+    if all(canon(g) in ("yes", "no") for g in gts):
         return "yes_no"
     nums = [v[1] if (v := _value(g)) is not None else None for g in gts]
     if all(n is not None for n in nums):
         return "integer" if all(n.int_literal and n.unit is None for n in nums) else "number"
-    if any(_LATEX_HINT.search(c) for c in cleaned):
+    if any(LATEX_HINT.search(c) for c in cleaned):
         return "math"
     if all(len(c.split()) == 1 for c in cleaned):
         return "word"

@@ -49,6 +49,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline import graph
+    from publish.exports import FORMATS
+
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -58,14 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", help="comma-separated subset of stages to run")
     p.add_argument("--restart", action="store_true", help="discard the work folder and start clean")
 
-    p = sub.add_parser("stage", help="run one stage on any Parquet input")
-    p.add_argument("name", help="stage name (ingest, generate, correctness, dropout_ntp, image_crop, filter, judge, write)")
+    p = sub.add_parser("stage", help="run one stage on any Parquet input",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="stages:\n" + "\n".join(f"  {n:<12} {graph.stage_class(n).help()}" for n in graph.ordered()))
+    p.add_argument("name", help="stage name (" + ", ".join(graph.ordered()) + ")")
     _config_args(p)
     p.add_argument("--input", help="a Parquet file or a folder of them (ignored by ingest)")
     p.add_argument("--output", required=True, help="output folder")
 
     p = sub.add_parser("export", help="lay a built dataset out for a trainer")
-    p.add_argument("--format", required=True, choices=["trl", "llamafactory", "swift", "internvl"])
+    p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--input", required=True, help="dataset folder written by the pipeline")
     p.add_argument("--output", required=True, help="export folder")
     p.add_argument("--root", metavar="DIR", help="where the export folder will be on the training machine: "
@@ -83,16 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-model", help="build the project's tiny local VLM")
     p.add_argument("--out", default="models/tiny-idefics3")
     p.add_argument("--data", default="data/sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="training steps (default: the built-in recipe)")
+    p.add_argument("--force", action="store_true", help="rebuild even if the stamp matches")
 
     p = sub.add_parser("sample-data", help="generate the shipped sample data")
     p.add_argument("--out", default="data/sample")
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def _html_report(config) -> None:
     """After a run that wrote the dataset: its HTML report (a failure here does not fail the build)."""
     from pipeline import storage
-    from pipeline.html_report import write_html_report
+    from publish.html_report import write_html_report
 
     out = config.run.output_dir
     if "write" not in config.run.stages or not storage.exists(storage.join(out, "manifest.json")):
@@ -112,18 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tiny-model":
             from pipeline.tiny_model import build_tiny_model
-            print(build_tiny_model(Path(args.out), Path(args.data)))
+            steps = {"steps": args.steps} if args.steps else {}
+            print(build_tiny_model(Path(args.out), Path(args.data), seed=args.seed, force=args.force,
+                                   log=lambda m: print(m, file=sys.stderr, flush=True), **steps))
             return 0
         if args.command == "sample-data":
             from pipeline.sample_data import build_sample_data
-            print(json.dumps(build_sample_data(Path(args.out))))
+            print(json.dumps(build_sample_data(Path(args.out), seed=args.seed)))
             return 0
         if args.command == "export":
-            from pipeline.exports import export
+            from publish.exports import export
             print(json.dumps(export(args.format, args.input, args.output, root=args.root)["rows"]))
             return 0
         if args.command == "report" and args.input:
-            from pipeline.html_report import write_html_report
+            from publish.html_report import write_html_report
             print(f"report: {write_html_report(args.input, args.html, seed=args.seed, per_method=args.per_method)}")
             return 0
         config = load_config(args.config, _overrides(args))
@@ -158,18 +169,18 @@ def _run_or_stage(args: argparse.Namespace, config) -> None:
         echo(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
         _html_report(config)
     else:
-        from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
-        from pipeline.config import STAGE_ORDER
-        from stages import stage_class
-        if args.name not in STAGE_ORDER:
-            raise ConfigError(f"stage: unknown stage {args.name!r}; known: {list(STAGE_ORDER)}")
+        from pipeline.graph import ordered, stage_class
+        from pipeline.orchestrator import run_stage
+        from pipeline.preflight import check_ray_address, check_sources, ensure_model
+        if args.name not in ordered():
+            raise ConfigError(f"stage: unknown stage {args.name!r}; known: {ordered()}")
         cls = stage_class(args.name)
-        if args.name == "ingest":
+        if cls.kind == "source":
             check_sources(config)
         elif not args.input:
             raise ConfigError(f"--input is required for stage {args.name}")
         check_ray_address(config)
-        if cls.uses_engine:
+        if cls.kind == "engine":
             from pipeline.preflight import check_model
             ensure_model(config)
             check_model(config)

@@ -15,14 +15,12 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.sections import StageSections
 from pipeline.seeds import stable_hash
 from pipeline.image_refs import READABLE_SCHEMES, uri_scheme
 from pipeline.templates import BUILTIN_TEMPLATES, pick_template, template_table
 from schemas import ANSWER_TYPES
-from schemas import METHODS as METHODS_FOR_FILTER
 
-STAGE_ORDER = ("ingest", "generate", "correctness", "dropout_ntp", "image_crop",
-               "filter", "judge", "write")
 TINY_MODEL = "tiny-idefics3"
 
 
@@ -34,7 +32,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _ratio_range(v: tuple[float, float], name: str, upper: float | None = 1.0) -> tuple[float, float]:
+#: the base of every config section, stages' own included
+Section = _Section
+
+
+def ratio_range(v: tuple[float, float], name: str, upper: float | None = 1.0) -> tuple[float, float]:
     lo, hi = v
     if not (0 < lo <= hi) or (upper is not None and hi > upper):
         bound = f"0 < low <= high <= {upper}" if upper is not None else "0 < low <= high"
@@ -51,15 +53,22 @@ class RunConfig(_Section):
     seed: int = 0
     #: rows per partition: the unit of work, of resume and of retry
     partition_rows: int = Field(256, ge=1)
-    stages: list[str] = Field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[str] = Field(default_factory=lambda: _stage_order())
 
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, v: list[str]) -> list[str]:
-        unknown = [s for s in v if s not in STAGE_ORDER]
+        order = _stage_order()
+        unknown = [s for s in v if s not in order]
         if unknown:
-            raise ValueError(f"unknown stage(s) {unknown}; known stages: {list(STAGE_ORDER)}")
-        return [s for s in STAGE_ORDER if s in v]  # always run in pipeline order
+            raise ValueError(f"unknown stage(s) {unknown}; known stages: {order}")
+        return [s for s in order if s in v]  # always run in pipeline order
+
+
+def _stage_order() -> list[str]:
+    from pipeline import graph
+
+    return graph.ordered()
 
 
 class ExecutorConfig(_Section):
@@ -353,141 +362,7 @@ class SourceConfig(_Section):
         return v
 
 
-class IngestConfig(_Section):
-    #: questions longer than this are quarantined (a runaway field, not a prompt)
-    max_question_chars: int = Field(20_000, ge=1)
-    #: rows without any image are quarantined (this is a multimodal pipeline)
-    require_image: bool = True
-
-
-class GenerateConfig(_Section):
-    template: str = "mmpr_final_answer"
-    n: int = Field(8, ge=1, le=256)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(50, ge=-1)
-    max_tokens: int = Field(1024, ge=1)
-
-
-class CorrectnessConfig(_Section):
-    threshold: float = Field(0.9, ge=0, le=1)
-    max_pairs_per_prompt: int = Field(15, ge=1)
-    numeric_rel_tol: float = Field(1e-3, ge=0)
-    anls_cutoff: float = Field(0.5, ge=0, le=1)
-    #: extraction style; null = the one the generate template asks for
-    extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = None
-    #: use unparseable responses as rejected, tagged method "format"
-    format_negatives: bool = True
-    max_format_pairs_per_prompt: int = Field(3, ge=0)
-    #: prefer rejected responses whose length is within this ratio of chosen (null = off)
-    length_balance_ratio: Optional[float] = Field(None, gt=1)
-
-
-class DropoutNTPConfig(_Section):
-    ratio: float = 0.5
-    unit: Literal["words", "tokens"] = "words"
-    #: keep the image in the continuation request (ablation); MMPR drops it
-    keep_image: bool = False
-    #: which sample becomes chosen: the first one, or the first that passes basic checks
-    selection: Literal["first", "filtered"] = "filtered"
-    #: also run on correct responses of ground-truth prompts
-    on_correct: bool = False
-    max_tokens: int = Field(1024, ge=1)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(50, ge=-1)
-
-    @field_validator("ratio")
-    @classmethod
-    def _ratio(cls, v: float) -> float:
-        if not 0 < v < 1:
-            raise ValueError(f"ratio must be in (0, 1), got {v}")
-        return v
-
-
-class ImageCropConfig(_Section):
-    #: fraction of prompts (chosen by a seeded hash of sample_id) that get a crop pair
-    fraction: float = Field(0.5, ge=0, le=1)
-    area: tuple[float, float] = (0.01, 0.2)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    #: "same": chosen = rejected = one response; "pair": reuse a pair's texts
-    text: Literal["same", "pair"] = "same"
-    jpeg_quality: int = Field(95, ge=1, le=100)
-    #: skip a crop pair whose rejected image differs from the original by less than this
-    #: (largest 32x32-thumbnail difference in grey levels, methods/crop_signal.py); 0 = off
-    min_difference: float = Field(16.0, ge=0, le=255)
-
-    @field_validator("area")
-    @classmethod
-    def _area(cls, v):
-        return _ratio_range(v, "area")
-
-    @field_validator("aspect")
-    @classmethod
-    def _aspect(cls, v):
-        return _ratio_range(v, "aspect", upper=None)
-
-
-class FilterConfig(_Section):
-    #: single-text rule name -> params dict, true or false (see methods.quality.DEFAULT_RULES)
-    rules: dict[str, Any] = Field(default_factory=dict)
-    #: pair rules (identical, length_ratio) -> params dict, true or false
-    pair_rules: dict[str, Any] = Field(default_factory=dict)
-    #: require a parseable final answer in chosen responses of correctness/format pairs
-    require_final_answer: bool = True
-    #: keep a pair whose rejected text failed a rule that still leaves it a valid negative
-    #: (repetition, never_ends...); empty or garbled rejected texts always drop the pair
-    keep_pairs_with_bad_rejected: bool = True
-    #: overrides of ``rules`` per method / per source (e.g. dropout_ntp: {never_ends: false})
-    per_method: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _known_rules(self) -> "FilterConfig":
-        from methods.quality import resolve_rules
-
-        bad = sorted(set(self.per_method) - set(METHODS_FOR_FILTER))
-        if bad:
-            raise ValueError(f"per_method: unknown method(s) {bad}; known: {list(METHODS_FOR_FILTER)}")
-        for rules in [self.rules, *self.per_method.values(), *self.per_source.values()]:
-            resolve_rules(rules)
-        resolve_rules(self.pair_rules, pair=True)
-        return self
-
-
-class JudgeConfig(_Section):
-    """Optional LLM/VLM judge (LLaVA-RLHF-style factually augmented scoring)."""
-    #: judge model (local folder or hub id); null = the policy model of this run
-    model: Optional[str] = None
-    #: rubric template with {question}, {facts} and {response} placeholders; null = the built-in one
-    rubric: Optional[str] = None
-    #: what the judge is told as facts: the ground truth and/or the source's facts field
-    facts: list[Literal["ground_truth", "facts"]] = Field(default_factory=lambda: ["ground_truth", "facts"])
-    #: show the image to the judge (VLM judges)
-    with_image: bool = True
-    score_range: tuple[float, float] = (1, 10)
-    #: drop pairs whose chosen scores below this (null = off)
-    min_chosen_score: Optional[float] = None
-    #: drop pairs where chosen does not outscore rejected by this much (null = off)
-    margin: Optional[float] = None
-    max_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.0, ge=0)
-
-    @field_validator("rubric")
-    @classmethod
-    def _rubric(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and "{response}" not in v:
-            raise ValueError("rubric must contain a {response} placeholder")
-        return v
-
-
-class WriteConfig(_Section):
-    shard_rows: int = Field(5000, ge=1)
-    test_fraction: float = Field(0.0, ge=0, lt=1)
-    exports: list[Literal["trl", "llamafactory", "swift", "internvl"]] = Field(default_factory=list)
-
-
-class PipelineConfig(_Section):
+class PipelineConfig(StageSections):
     run: RunConfig = Field(default_factory=RunConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -495,14 +370,6 @@ class PipelineConfig(_Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     #: prompt templates as data, besides the built-in ones (pipeline.templates)
     templates: list[TemplateConfig] = Field(default_factory=list)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    correctness: CorrectnessConfig = Field(default_factory=CorrectnessConfig)
-    dropout_ntp: DropoutNTPConfig = Field(default_factory=DropoutNTPConfig)
-    image_crop: ImageCropConfig = Field(default_factory=ImageCropConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    write: WriteConfig = Field(default_factory=WriteConfig)
 
     @model_validator(mode="after")
     def _unique_sources(self) -> "PipelineConfig":
@@ -512,7 +379,12 @@ class PipelineConfig(_Section):
             raise ValueError(f"source names must be unique, duplicated: {dup}")
         return self
 
-    @model_validator(mode="after")
+    def check_with_sections(self) -> None:
+        from pipeline.image_budget import check_context
+
+        check_context(self)  # needs the stage sections (generate/dropout_ntp token budgets)
+        self._templates_known()
+
     def _templates_known(self) -> "PipelineConfig":
         ids = [t.id for t in self.templates]
         clash = sorted({i for i in ids if ids.count(i) > 1 or i in BUILTIN_TEMPLATES})
@@ -565,12 +437,6 @@ class PipelineConfig(_Section):
                         "and lower it for the sources that need less")
         return self
 
-    @model_validator(mode="after")
-    def _images_fit_context(self) -> "PipelineConfig":
-        from pipeline.image_budget import check_context
-
-        check_context(self)
-        return self
 
     def source(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -597,23 +463,10 @@ class PipelineConfig(_Section):
         return stable_hash(json.dumps(self.data_config(), sort_keys=True))[:16]
 
     def stage_hash(self, stage: str) -> str:
-        """Hash of everything that can change ``stage``'s output.
+        """Hash of everything that can change ``stage``'s output (``pipeline.graph.stage_hash``)."""
+        from pipeline import graph
 
-        A stage's output depends on its own section, on the seed, and on the
-        sections of every stage upstream of it (they change its input).
-        """
-        resolved = self.resolved()
-        upstream = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
-        # templates are read from generate on: tuning one never redoes ingest
-        keys = ["model", "sources"] + (["templates"] if stage != "ingest" else []) + [
-            s for s in upstream if s in resolved]
-        part = {k: resolved[k] for k in keys}
-        part["seed"] = resolved["run"]["seed"]
-        part["stages"] = [s for s in resolved["run"]["stages"] if s in upstream]
-        part["partition_rows"] = resolved["run"]["partition_rows"]
-        if self.engine.batch_invariant:  # other kernels on GPU: other responses
-            part["batch_invariant"] = True
-        return stable_hash(json.dumps(part, sort_keys=True))[:16]
+        return graph.stage_hash(self, stage)
 
 
 def _format_error(err: ValidationError, origin: str) -> str:

@@ -35,11 +35,11 @@ class LocalExecutor:
 
     def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
         from pipeline.engine import get_engine
-        from stages import make_stage
+        from pipeline.graph import make_stage
 
         stage = make_stage(stage_name, self.config)
         retries = self.config.executor.max_retries
-        if stage.uses_engine and tasks:
+        if stage.kind == "engine" and tasks:
             # one engine, fed partition after partition without draining in between
             bar = _progress(None, len(tasks), stage_name)
             try:
@@ -74,9 +74,6 @@ class LocalExecutor:
                                        "rerun to resume") from e
         return total
 
-    def close(self) -> None:
-        pass
-
 
 class _EngineWorker:
     """A Ray Data actor holding one vLLM engine; runs whole partitions."""
@@ -85,7 +82,7 @@ class _EngineWorker:
         from pipeline.config import PipelineConfig
         from pipeline.engine import Engine
         from pipeline.logs import setup_logging
-        from stages import make_stage
+        from pipeline.graph import make_stage
 
         setup_logging()
         self.config = PipelineConfig.model_validate(config)
@@ -115,14 +112,14 @@ class _EngineWorker:
 def _cpu_worker(batch: dict, stage_name: str, config: dict) -> dict:
     from pipeline.config import PipelineConfig
     from pipeline.logs import setup_logging
-    from stages import make_stage
+    from pipeline.graph import make_stage
 
     setup_logging()
     cfg = PipelineConfig.model_validate(config)
-    return _run_batch(make_stage(stage_name, cfg), batch, None, cfg.executor.max_retries)
+    return _run_batch(make_stage(stage_name, cfg), batch, cfg.executor.max_retries)
 
 
-def _run_batch(stage, batch: dict, engine, max_retries: int) -> dict:
+def _run_batch(stage, batch: dict, max_retries: int) -> dict:
     import json
 
     from pipeline.runner import record_attempt
@@ -131,7 +128,7 @@ def _run_batch(stage, batch: dict, engine, max_retries: int) -> dict:
     for raw in batch["task"]:
         task = Task.from_dict(json.loads(raw))
         record_attempt(task)
-        stats.append(json.dumps(run_task(stage, task, engine, max_retries).to_dict()))
+        stats.append(json.dumps(run_task(stage, task, None, max_retries).to_dict()))
     return {"stats": stats, "tasks": [1] * len(stats)}
 
 
@@ -163,7 +160,7 @@ class RayExecutor:
         """Run the tasks; when workers die past Ray's retries, quarantine the partitions
         that exhausted their attempts and go on with the rest."""
         from pipeline.runner import attempts, completed, quarantine_partition
-        from stages import make_stage
+        from pipeline.graph import make_stage
 
         total = StageStats()
         limit = self.config.executor.max_retries + 1
@@ -191,7 +188,7 @@ class RayExecutor:
         import json
 
         import ray
-        from stages import stage_class
+        from pipeline.graph import stage_class
 
         total = StageStats()
         cfg = self.config
@@ -199,7 +196,7 @@ class RayExecutor:
         items = [{"task": json.dumps(t.to_dict())} for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         resolved = cfg.resolved()
-        if stage_class(stage_name).uses_engine:
+        if stage_class(stage_name).kind == "engine":
             eng = cfg.engine
             world = eng.tensor_parallel_size * eng.pipeline_parallel_size
             replicas = min(eng.replicas, -(-len(tasks) // eng.partitions_per_call))
@@ -238,9 +235,6 @@ class RayExecutor:
             for pg in groups:
                 ray.util.remove_placement_group(pg)
         return total
-
-    def close(self) -> None:
-        pass
 
 
 @contextlib.contextmanager
@@ -321,6 +315,7 @@ def _placement_group_fn(world: int, cpus: float, strategy: str, groups: list, re
 def _worker_env() -> dict:
     keep = ("VLLM_CPU_KVCACHE_SPACE", "MMPR_NO_PROGRESS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
             "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS", "MMPR_FAULT", "MMPR_FAULT_ONCE")
+    keep += ("MMPR_STAGE_PACKAGES",)  # workers must find the same stages as the driver
     # where the object store is (MinIO, a region); credentials are the nodes' own
     keep += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
     env = {k: os.environ[k] for k in keep if k in os.environ}

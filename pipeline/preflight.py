@@ -1,4 +1,11 @@
-"""Driver-side checks of the model before any engine (or GPU) is started.
+"""Pre-flight checks: fail in seconds, with the key to fix, before a build starts any work.
+
+Sources exist (the shipped sample data is generated when a source reads it),
+the work and output folders are writable, a configured Ray address answers,
+and the model is there (the tiny model is built, and published to the work
+folder's store when workers cannot see this machine's disk).
+
+Then the model itself is checked on the driver before any engine (or GPU) is started.
 
 A mistake found here costs seconds and one line naming the key; found by vLLM
 it costs an engine start on every replica and a long traceback, or -- for a
@@ -17,18 +24,127 @@ missing stop token -- a whole build of responses that run on to
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import TYPE_CHECKING, Any
+import os
+from pathlib import Path
+from typing import Any
 
 from pipeline import storage
-from pipeline.config import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 
 log = logging.getLogger("pipeline")
 
-ENGINE_STAGES = ("generate", "dropout_ntp", "judge")
+
+def ensure_sample_data(config: PipelineConfig) -> None:
+    """Generate the shipped sample data when a source reads it and it is not there yet."""
+    sample = os.path.abspath(config.model.tiny_model_data)
+    wanted = [s for s in config.sources if os.path.abspath(s.path).startswith(sample + os.sep)]
+    if wanted and not all(os.path.exists(s.path) for s in wanted):
+        from pipeline.sample_data import build_sample_data
+
+        log.info("generating the sample data in %s", sample)
+        build_sample_data(Path(sample))
+
+
+def check_sources(config: PipelineConfig) -> None:
+    ensure_sample_data(config)
+    if not config.sources:
+        raise ConfigError("sources: no sources configured; add at least one")
+    for i, src in enumerate(config.sources):
+        if src.format == "hf" and not os.path.exists(src.path):
+            continue  # a hub dataset id
+        try:
+            found = storage.exists(src.path)
+        except OSError as e:  # unreachable store, bad credentials, unknown scheme
+            raise ConfigError(f"sources.{i}.path: cannot read {src.path} ({e})") from None
+        if not found:
+            raise ConfigError(f"sources.{i}.path: {src.path} does not exist (source {src.name!r})")
+
+
+def check_storage(config: PipelineConfig) -> None:
+    """Fail before any work when the work or output folder cannot be written
+    (a missing bucket, no credentials, a read-only mount).  On a store a probe
+    object is written and removed; a local folder is checked without creating
+    anything (its nearest existing parent must be a writable folder)."""
+    for key, uri in (("run.work_dir", config.run.work_dir), ("run.output_dir", config.run.output_dir)):
+        if not storage.is_uri(uri):
+            parent = os.path.abspath(uri)
+            while not os.path.exists(parent):
+                parent = os.path.dirname(parent)
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{key}: cannot write to {uri} ({parent} is not a writable folder)")
+            continue
+        probe = storage.join(uri, f".mmpr-probe-{os.getpid()}")
+        try:
+            storage.write_bytes(probe, b"")
+            storage.remove(probe)
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot write to {uri} ({str(e).splitlines()[0][:300]})") from None
+
+
+def check_ray_address(config: PipelineConfig) -> None:
+    """Fail in seconds, not minutes, when a configured Ray address cannot be reached."""
+    import socket
+
+    address = config.executor.address or os.environ.get("RAY_ADDRESS")
+    if config.executor.kind != "ray" or not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"executor.address: {address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"executor.address: cannot reach Ray at {address} ({e})") from None
+
+
+def ensure_model(config: PipelineConfig) -> None:
+    """Build the tiny model when the config names it; check a local model path exists."""
+    m = config.model
+    if m.is_tiny:
+        from pipeline.tiny_model import build_tiny_model
+
+        # builds the sample data it trains on first when that is missing
+        build_tiny_model(Path(m.tiny_model_dir), Path(m.tiny_model_data))
+        publish_tiny_model(config)
+    elif (m.path.startswith((".", "/")) or os.sep in m.path and not _looks_like_hub_id(m.path)) \
+            and not os.path.exists(m.path):
+        raise ConfigError(f"model.path: {m.path} does not exist")
+
+
+def publish_tiny_model(config: PipelineConfig) -> None:
+    """Put the tiny model where every worker can read it.
+
+    The tiny model is built on the driver's disk.  When the work folder is on
+    a store (``s3://...``), cluster nodes may not see that disk, so the model
+    goes to ``<work_dir>/models/`` and engine workers load it from there
+    (``pipeline.engine.model_location``).  A marker written last makes the
+    upload all-or-nothing for readers.
+    """
+    from pipeline.engine import model_location
+
+    uri = model_location(config)
+    if not storage.is_uri(uri):
+        return
+    local = config.model.tiny_model_dir
+    stamp = hashlib.sha256(b"".join(
+        p.read_bytes() for p in sorted(Path(local).rglob("*")) if p.is_file())).hexdigest().encode()
+    done = storage.join(uri, ".published")
+    if storage.exists(done) and storage.read_bytes(done) == stamp:
+        return
+    log.info("publishing the tiny model to %s", uri)
+    storage.remove_tree(uri)
+    storage.upload_dir(local, uri)
+    storage.write_bytes(done, stamp)
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not os.path.exists(parts[0])
+
+
 #: the config keys vLLM reads a model's length from (ModelArchConfigConvertor)
 LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
@@ -39,7 +155,9 @@ MARK = "\x00MMPR-END\x00"
 
 def check_model(config: "PipelineConfig") -> None:
     """Raise ConfigError (one line, naming the key) when the model cannot run this config."""
-    if not any(s in ENGINE_STAGES for s in config.run.stages):
+    from pipeline.graph import stage_class
+
+    if not any(stage_class(s).kind == "engine" for s in config.run.stages):
         return
     m = config.model
     path = m.resolved_path
@@ -124,31 +242,30 @@ def _stop_ids(config: "PipelineConfig", tokenizer: Any, path: str) -> set[int]:
 
 
 def _sample_messages(config: "PipelineConfig"):
-    """(source name, user turn) for the first row of each source that ingest accepts,
-    built the way generate builds it."""
+    """(source name, user turn) for the first row of each source that the source stage
+    accepts, built by the first engine stage that can show its prompt (``Stage.preview_messages``)."""
     from itertools import islice
 
+    from pipeline.graph import make_stage, ordered, stage_class
     from pipeline.sources import iter_source
     from pipeline.stage import StageContext
-    from pipeline.templates import render_question
-    from stages import make_stage
-    from stages.generate import user_message
 
-    ingest = make_stage("ingest", config)
+    source = make_stage(next(n for n in ordered() if stage_class(n).kind == "source"), config)
+    engine_stages = [make_stage(n, config) for n in ordered() if stage_class(n).kind == "engine"]
     rendered = False
     for src in config.sources:
         try:
             raws = list(islice(iter_source(src), 20))
-            row = next(iter(ingest.run(iter(raws), StageContext("ingest", "preflight", config))), None)
+            row = next(iter(source.run(iter(raws), StageContext(source.name, "preflight", config))), None)
         except Exception:  # noqa: BLE001 -- an unreadable source is check_sources' business
             row = None
-        if row is None:
+        messages = next((m for m in (s.preview_messages(row) for s in engine_stages) if m), None) if row else None
+        if messages is None:
             continue
         rendered = True
-        text = render_question(row["question"], row["choices"], config.generate.template, bool(row["answer"]))
-        yield src.name, [user_message(text, max(1, len(row["images"] or [])))]
+        yield src.name, messages
     if not rendered:
-        yield "<none>", [user_message("Describe the image.", 1)]
+        yield "<none>", [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
 
 
 def end_of_turn(tokenizer: Any, messages: list[dict], placeholder: str | None, src_name: str) -> str | None:

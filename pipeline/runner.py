@@ -95,10 +95,21 @@ def invalidate_if_changed(out_dir: str, stage_hash: str) -> bool:
     return False
 
 
-def _read_rows(uris: tuple[str, ...]) -> list[dict]:
+class InputSchemaError(ValueError):
+    """A partition that is not what its stage reads: a wiring or version mistake, not bad rows."""
+
+
+def _read_rows(uris: tuple[str, ...], schema: pa.Schema | None = None) -> list[dict]:
+    """The rows of a partition's input files, checked against the stage's ``input_schema``."""
     rows: list[dict] = []
     for uri in uris:
-        rows.extend(storage.read_table(uri).to_pylist())
+        table = storage.read_table(uri)
+        if schema is not None:
+            missing = [f.name for f in schema if f.name not in table.column_names]
+            if missing:
+                raise InputSchemaError(f"{uri}: missing column(s) {missing} of the stage's input schema "
+                                       f"(columns: {table.column_names})")
+        rows.extend(table.to_pylist())
     return rows
 
 
@@ -106,7 +117,7 @@ def run_task(stage: Stage, task: Task, engine: "Engine | None" = None,
              max_retries: int = 0) -> StageStats:
     """Read a partition's input files and run it (see ``run_rows_task``)."""
     faults.on_partition_start(stage.name, task.name)
-    rows = _read_rows(task.inputs)
+    rows = _read_rows(task.inputs, stage.input_schema)
     return run_rows_task(stage, task, rows, engine, max_retries)
 
 
@@ -118,7 +129,7 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
     that the partition's rows are quarantined with the error and the partition
     is marked done, so one poisoned batch cannot stop a multi-day build.
     """
-    attempt = 0
+    attempt, error = 0, None
     while True:
         ctx = StageContext(stage.name, task.name, stage.config, engine)
         ctx.stats.rows_in = len(rows)
@@ -130,15 +141,15 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
             raise  # not the rows' fault: the executor gets a new engine and retries the partition
         except Exception as e:  # noqa: BLE001 -- anything a stage raises is contained here
             if attempt >= max_retries:
-                log.error("stage %s partition %s failed %d time(s), quarantining its rows: %s",
-                          stage.name, task.name, attempt + 1, e)
-                detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-                ctx, table = _refuse_all(stage, task, rows, engine, "stage_error", detail)
+                error = traceback.format_exc()
+                log.error("stage %s partition %s failed %d time(s), quarantining its rows:\n%s",
+                          stage.name, task.name, attempt + 1, error)
+                ctx, table = _refuse_all(stage, task, rows, engine, "stage_error", error[-2000:])
                 break
             attempt += 1
             log.warning("stage %s partition %s failed (attempt %d), retrying: %s",
                         stage.name, task.name, attempt, e)
-    return _commit(stage, task, ctx, table, attempt, inject_faults)
+    return _commit(stage, task, ctx, table, attempt, inject_faults, error)
 
 
 def _refuse_all(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None", reason: str,
@@ -164,7 +175,7 @@ def worker_identity() -> dict:
 
 
 def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attempt: int = 0,
-            inject_faults: bool = True) -> StageStats:
+            inject_faults: bool = True, error: str | None = None) -> StageStats:
     """Write a finished partition: data, quarantine and side outputs, then the marker."""
     ctx.stats.retries = attempt
     ctx.stats.rows_out = table.num_rows
@@ -177,12 +188,30 @@ def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attemp
     if inject_faults:
         faults.on_data_written(stage.name)
     stats = ctx.finish()
-    storage.write_json(task.marker_uri(), {
+    marker = {
         "stage": stage.name, "partition": task.name, "stage_hash": task.stage_hash,
         "inputs": list(task.inputs), "finished_at": time.time(), "stats": stats.to_dict(),
         "worker": worker_identity(),
-    })
+    }
+    if error:
+        marker["error"] = error
+    storage.write_json(task.marker_uri(), marker)
     return stats
+
+
+def _keep_failure(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None", step: str,
+                  results: list | None = None) -> StageStats:
+    """A ``prepare``/``finish`` that raised: quarantine the partition with the traceback
+    (in each quarantine row's detail and in the marker) and keep what the engine
+    produced in ``failed/<part>.json``, instead of generating it all again."""
+    error = traceback.format_exc()
+    log.error("stage %s partition %s: %s() failed; its rows are quarantined (traceback in the marker):\n%s",
+              stage.name, task.name, step, error)
+    ctx, table = _refuse_all(stage, task, rows, engine, f"{step}_error", error[-2000:])
+    if results:
+        storage.write_json(storage.join(task.out_dir, "failed", f"{task.name}.json"),
+                           {"step": step, "error": error, "results": [asdict(r) for r in results]})
+    return _commit(stage, task, ctx, table, error=error)
 
 
 def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
@@ -192,11 +221,13 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
     Partition i+1's requests enter the engine while partition i's last
     sequences finish (``Engine.generate_stream``); each partition is still
     written and marked on its own as soon as its results are complete.  A
-    partition whose ``prepare``/``finish`` raises falls back to
-    ``run_rows_task`` (retries, then quarantine); if the stream fails otherwise,
-    the partitions not yet written go the same way.  A dead engine
-    (``EngineDead``) is raised: its partitions are retried on a new engine by
-    the executor, never quarantined.
+    partition whose ``prepare``/``finish`` raises is quarantined with the
+    traceback (``_keep_failure``): the stage's code is deterministic, so a
+    retry would only generate everything again to fail the same way.  If the
+    stream fails otherwise, the partitions not yet written go through
+    ``run_task`` (retries, then quarantine).  A dead engine (``EngineDead``)
+    is raised: its partitions are retried on a new engine by the executor,
+    never quarantined.
     """
     total = StageStats()
     if not isinstance(stage, EngineStage):
@@ -214,14 +245,15 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
             if on_start:
                 on_start(task)
             faults.on_partition_start(stage.name, task.name)
-            rows = _read_rows(task.inputs)
+            rows = _read_rows(task.inputs, stage.input_schema)
             ctx = StageContext(stage.name, task.name, stage.config, engine)
             ctx.stats.rows_in = len(rows)
             try:
                 state, requests = stage.prepare(iter(rows), ctx)
-            except Exception:  # noqa: BLE001 -- redone (and contained) by run_rows_task
-                staged.append((task, rows, None, None))
-                yield []
+            except Exception:  # noqa: BLE001 -- kept: quarantined with its traceback, never redone
+                total.merge(_keep_failure(stage, task, rows, engine, "prepare"))
+                if on_done:
+                    on_done(task)
                 continue
             staged.append((task, rows, ctx, state))
             yield requests
@@ -229,15 +261,10 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
     try:
         for results in engine.generate_stream(batches()):
             task, rows, ctx, state = staged.popleft()
-            table = None
-            if ctx is not None:
-                try:
-                    table = pa.Table.from_pylist(list(stage.finish(state, results, ctx)),
-                                                 schema=stage.output_schema)
-                except Exception:  # noqa: BLE001
-                    table = None
-            if table is None:
-                total.merge(run_rows_task(stage, task, rows, engine, max_retries))
+            try:
+                table = pa.Table.from_pylist(list(stage.finish(state, results, ctx)), schema=stage.output_schema)
+            except Exception:  # noqa: BLE001 -- kept with the engine's results, not regenerated
+                total.merge(_keep_failure(stage, task, rows, engine, "finish", results))
             else:
                 total.merge(_commit(stage, task, ctx, table))
             if on_done:

@@ -1,6 +1,6 @@
 """Deterministic sample data for machines without a dataset hub.
 
-``python -m pipeline.sample_data --out data/sample`` draws small images with
+``python -m pipeline sample-data --out data/sample`` draws small images with
 PIL (coloured shapes, object counts, a rendered word, bar charts, single-colour
 images) and writes
 
@@ -20,7 +20,6 @@ written in a fixed order with fixed serialisation.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -364,7 +363,7 @@ def _open(rng: random.Random) -> tuple[Image.Image, str]:
 README = """\
 # Sample data (generated)
 
-Built by `python -m pipeline.sample_data --out data/sample` (seed {seed});
+Built by `python -m pipeline sample-data --out data/sample` (seed {seed});
 deterministic: the same files byte for byte on every run. Do not edit by hand.
 
 - `images/*.png`: small PIL drawings (shapes, object counts, a word, bar
@@ -431,17 +430,3 @@ def build_sample_data(out_dir: Path, seed: int = 0, per_type: int = 46, n_open: 
         seed=seed, images=counts["images"], gt=counts["gt"], open=counts["open"],
         by_type=", ".join(f"{k} {v}" for k, v in by_type.items())), encoding="utf-8")
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("data/sample"))
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    counts = build_sample_data(args.out, seed=args.seed)
-    print(json.dumps(counts))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -58,6 +58,11 @@ class StageStats:
                    Counter(d.get("counters", {})), d.get("wall_s", 0.0), d.get("retries", 0))
 
 
+def prefixed(counters: dict, prefix: str) -> dict:
+    """The counters under ``prefix`` with the prefix removed, sorted (for ``Stage.summarize``)."""
+    return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+
+
 def _json_safe(record: dict) -> str:
     def default(o: Any):
         if isinstance(o, (bytes, bytearray)):
@@ -111,23 +116,108 @@ class StageContext:
         return self.stats
 
 
+#: what a stage does with its input, which decides how it is scheduled:
+#: "source" reads the configured sources into partitions, "row" maps a partition on
+#: CPU workers, "engine" maps a partition through a vLLM engine, "dataset" consumes
+#: every upstream row at once (global shuffle, dedup, shards)
+KINDS = ("source", "row", "engine", "dataset")
+
+#: every stage class defined so far, by name (filled by ``Stage.__init_subclass__``)
+REGISTRY: dict[str, type["Stage"]] = {}
+
+
 class Stage:
-    """One pipeline step.  Subclasses set ``name`` and the schemas, and implement ``run``."""
+    """One pipeline step, and the only place a step is declared.
+
+    A subclass with a ``name`` registers itself on definition.  What it declares
+    is all the framework knows about it: ``after`` (the stages whose output it
+    reads), ``Config`` (its config section, a pydantic model; the section is
+    named after the stage), ``reads`` (other config keys its output depends on,
+    dotted: ``run.seed``, ``model``, ``sources``...), ``kind``, the schemas
+    (``input_schema`` is checked when a partition is read) and ``summarize``.
+    The registry, the stage order, the graph, the config sections, the stage
+    hashes, the CLI help and the report rows are derived from these
+    (``pipeline.graph``).
+    """
 
     name: ClassVar[str]
-    input_schema: ClassVar[pa.Schema]
+    kind: ClassVar[str] = "row"
+    #: stages whose output this stage reads (the nearest enabled ones; see ``pipeline.graph``)
+    after: ClassVar[tuple[str, ...]] = ()
+    #: stages this one's output also feeds (lets a new pair method join ``filter`` without editing it)
+    feeds: ClassVar[tuple[str, ...]] = ()
+    #: the config section, named after the stage (``None``: the stage has no section)
+    Config: ClassVar[type | None] = None
+    #: config keys outside the section that change this stage's output (part of its hash)
+    reads: ClassVar[tuple[str, ...]] = ()
+    input_schema: ClassVar[pa.Schema | None] = None
     output_schema: ClassVar[pa.Schema]
-    #: the stage needs a vLLM engine (scheduled on engine actors)
-    uses_engine: ClassVar[bool] = False
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ or not register:
+            return  # an abstract base (EngineStage), a subclass reusing its parent's name, a test helper
+        if cls.kind not in KINDS:
+            raise TypeError(f"stage {cls.name}: kind {cls.kind!r} is not one of {KINDS}")
+        known = REGISTRY.get(cls.name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"stage name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
+        REGISTRY[cls.name] = cls
 
     def __init__(self, config: "PipelineConfig") -> None:
         self.config = config
+
+    @property
+    def section(self) -> Any:
+        """This stage's config section."""
+        return getattr(self.config, self.name)
+
+    @classmethod
+    def help(cls) -> str:
+        """One line for the CLI: the ``"<name>: ..."`` line that opens the stage's module or class docstring."""
+        import sys
+
+        for doc in (sys.modules[cls.__module__].__doc__, cls.__dict__.get("__doc__")):
+            first = (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+            if first.startswith(f"{cls.name}:"):
+                return first.split(":", 1)[1].strip()
+        return cls.name
+
+    @classmethod
+    def hash_keys(cls, config: "PipelineConfig") -> tuple[str, ...]:
+        """The config keys outside its section this stage's output depends on (default: ``reads``)."""
+        return cls.reads
+
+    @classmethod
+    def summarize(cls, counters: dict) -> dict:
+        """Human-facing metrics for the run report from the stage's summed counters ({} = none)."""
+        return {}
+
+    @classmethod
+    def summary_line(cls, summary: dict) -> str | None:
+        """One line for the end of a run from ``summarize``'s output (None = nothing to say)."""
+        return None
+
+    def preview_messages(self, row: dict) -> list[dict] | None:
+        """The chat messages this stage would send for an input ``row`` (engine stages that
+        prompt from source rows; the model pre-flight renders them), or None."""
+        return None
 
     def engine_config(self) -> "PipelineConfig":
         """The config whose model this stage's engine runs (a judge may use another model)."""
         return self.config
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- kind "source" --------------------------------------------------------
+    def source_partitions(self) -> Iterator[list[dict]]:  # pragma: no cover
+        """Raw rows of the configured sources, cut into partitions (source stages only)."""
+        raise NotImplementedError
+
+    # -- kind "dataset" -------------------------------------------------------
+    def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:  # pragma: no cover
+        """Consume every upstream row at once and write ``output_dir`` (dataset stages only)."""
         raise NotImplementedError
 
 
@@ -139,7 +229,7 @@ class EngineStage(Stage):
     gaps (``pipeline.runner.run_engine_tasks``); ``run`` does both for one.
     """
 
-    uses_engine = True
+    kind = "engine"
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[Any, list]:  # pragma: no cover
         """Turn a partition's rows into (state for ``finish``, list of GenRequest)."""

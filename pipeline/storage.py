@@ -67,11 +67,6 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def makedirs(uri: str) -> None:
-    fs, path = resolve(uri)
-    fs.create_dir(path, recursive=True)
-
-
 def _atomic_write(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
@@ -211,11 +206,6 @@ def parquet_file(uri: str) -> pq.ParquetFile:
     """A Parquet file opened for reading (footer first, row groups on demand)."""
     fs, path = resolve(uri)
     return pq.ParquetFile(fs.open_input_file(path))
-
-
-def parquet_num_rows(uri: str) -> int:
-    with parquet_file(uri) as pf:
-        return pf.metadata.num_rows
 
 
 def list_files(uri: str, suffix: str = "") -> list[str]:

@@ -189,8 +189,8 @@ def render_question(question: str, choices: Sequence[str] | None, template: "str
 
 def prompt_text(row: dict, template: Template) -> str:
     """A prompt row's user text in ``template``, with image marks where a multi-image
-    question had its ``<image>`` placeholders (``pipeline.placeholders``)."""
-    from pipeline.placeholders import interleaved, with_marks
+    question had its ``<image>`` placeholders (``schemas.placeholders``)."""
+    from schemas.placeholders import interleaved, with_marks
 
     question, positions = row["question"], row.get("image_positions") or []
     if interleaved(len(row["images"] or []), positions):
@@ -201,3 +201,8 @@ def prompt_text(row: dict, template: Template) -> str:
 def render_user_text(config: Any, row: dict) -> str:
     """The user text of a generated row's prompt, rebuilt from its recorded template."""
     return prompt_text(row, template_by_id(config, row.get("template_id")))
+
+
+def extraction_styles(config: Any) -> dict[str, str]:
+    """Template id -> the answer-extraction style it asks for (built-ins and the config's)."""
+    return {tid: t.extraction for tid, t in template_table(config.templates).items()}

@@ -1,6 +1,6 @@
 """A tiny local vision-language model for machines without a model hub.
 
-``python -m pipeline.tiny_model --out models/tiny-idefics3 --data data/sample``
+``python -m pipeline tiny-model --out models/tiny-idefics3 --data data/sample``
 
 builds a randomly initialised ``Idefics3ForConditionalGeneration`` small enough
 for CPU (2-layer SigLIP-style vision tower on 64 px images with patch 16 and no
@@ -25,14 +25,12 @@ build returns at once.  vLLM, transformers and TRL load the folder directly.
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -414,21 +412,3 @@ def _build_seeded(out_dir: Path, data_dir: Path, params: dict, fingerprint: str,
         if tmp.exists():
             shutil.rmtree(tmp)
     log(f"built {out_dir} in {time.perf_counter() - t0:.1f}s")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Build the tiny local Idefics3 test model.")
-    ap.add_argument("--out", type=Path, default=Path("models/tiny-idefics3"))
-    ap.add_argument("--data", type=Path, default=Path("data/sample"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=DEFAULT_PARAMS["steps"])
-    ap.add_argument("--force", action="store_true", help="rebuild even if the stamp matches")
-    args = ap.parse_args(argv)
-    build_tiny_model(args.out, args.data, seed=args.seed, steps=args.steps, force=args.force,
-                     log=lambda m: print(m, file=sys.stderr, flush=True))
-    print(args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -29,5 +29,4 @@ from schemas.arrow import (  # noqa: F401
     METHODS,
     hf_features_metadata,
     with_hf_metadata,
-    empty_table,
 )

@@ -175,10 +175,6 @@ def with_hf_metadata(schema: pa.Schema) -> pa.Schema:
     return schema.with_metadata(meta)
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def from_rows(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     """Build a table from Python dicts, failing loudly on a schema mismatch."""
     return pa.Table.from_pylist(list(rows), schema=schema)

@@ -15,8 +15,8 @@ PROVENANCE_FIELDS = tuple(f.name for f in PROVENANCE_TYPE)
 
 def user_turn(text: str, n_images: int) -> dict:
     """TRL's conversational user turn: one ``{"type": "image"}`` part per image, then the text,
-    or the images interleaved where ``text`` marks them (``pipeline.placeholders``)."""
-    from pipeline.placeholders import user_content
+    or the images interleaved where ``text`` marks them (``schemas.placeholders``)."""
+    from schemas.placeholders import user_content
 
     content = user_content(text, n_images)
     if isinstance(content, str):
@@ -33,6 +33,23 @@ def provenance(**fields: Any) -> dict:
     if unknown:
         raise KeyError(f"unknown provenance field(s): {sorted(unknown)}")
     return {name: fields.get(name) for name in PROVENANCE_FIELDS}
+
+
+def response_provenance(row: dict, chosen: dict | None = None, rejected: dict | None = None,
+                        **fields: Any) -> dict:
+    """Provenance of a pair made from a RESPONSE_SCHEMA ``row``: the fields every pair method
+    shares (sample, source row, model, template, sampling, ground truth), the index, seed,
+    tokens and finish reason of the ``chosen``/``rejected`` responses it took, plus ``fields``."""
+    shared: dict[str, Any] = {
+        "sample_id": row["sample_id"], "source_row_id": row["row_key"], "facts": row["facts"],
+        "model": row["model"], "model_revision": row["model_revision"], "template_id": row["template_id"],
+        "template_hash": row.get("template_hash"), "sampling": row["sampling"], "answer_type": row["answer_type"], "ground_truth": row["answer"] or None,
+    }
+    for side, r in (("chosen", chosen), ("rejected", rejected)):
+        if r is not None:
+            shared.update({f"{side}_index": r["index"], f"{side}_seed": r["seed"],
+                           f"{side}_tokens": r["num_tokens"], f"{side}_finish_reason": r["finish_reason"]})
+    return provenance(**{**shared, **fields})
 
 
 def pair_row(*, pair_id: str, method: str, source: str, question: str, user_text: str,

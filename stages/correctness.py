@@ -14,51 +14,73 @@ later use (harder prompts, more samples).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal, Optional
 
-from methods.consistency import conflicting, states_any
-from methods.extract import extract_answers
-from methods.match import infer_answer_type, match_answer
-from methods.pairs import Scored, select_pairs
+from pydantic import Field
+
+from methods.pairs import select_pairs
+from methods.scoring import score_responses
 from pipeline import __version__
+from pipeline.config import Section
 from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import Stage, StageContext
-from pipeline.templates import extraction_style, render_user_text
+from pipeline.stage import Stage, StageContext, prefixed
+from pipeline.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
-from schemas.records import pair_row, provenance
+from schemas.records import pair_row, response_provenance
 
 
-def score_responses(row: dict, config) -> list[Scored]:
-    """Extract and match every sample of a response row."""
-    cc = config.correctness
-    src = config.source(row["source"])
-    style = cc.extraction or extraction_style(config, row["template_id"])
-    answer_type = row["answer_type"] or "auto"
-    if answer_type == "auto":
-        answer_type = infer_answer_type(row["answer"], row["choices"])
-    kw = dict(threshold=cc.threshold, rel_tol=cc.numeric_rel_tol, relaxed=bool(src and src.relaxed_numeric),
-              true_false=bool(src and src.true_false), anls_cutoff=cc.anls_cutoff)
-    out = []
-    for r in row["responses"]:
-        answers = extract_answers(r["text"], style)
-        if not answers:
-            out.append(Scored(r["index"], r["text"], None, 0.0, False))
-            continue
-        ans = answers[-1]
-        m = match_answer(ans, row["answer"], answer_type, row["choices"], **kw)
-        several = len(answers) > 1
-        out.append(Scored(
-            r["index"], r["text"], ans, m.score, m.correct, m.rule, tuple(answers),
-            conflicting=several and conflicting(answers, answer_type, row["choices"], **kw),
-            states_truth=m.correct or (several and states_any(answers[:-1], row["answer"], answer_type,
-                                                              row["choices"], **kw))))
-    return out
+class CorrectnessConfig(Section):
+    threshold: float = Field(0.9, ge=0, le=1)
+    max_pairs_per_prompt: int = Field(15, ge=1)
+    numeric_rel_tol: float = Field(1e-3, ge=0)
+    anls_cutoff: float = Field(0.5, ge=0, le=1)
+    #: extraction style; null = the one the generate template asks for
+    extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = None
+    #: use unparseable responses as rejected, tagged method "format"
+    format_negatives: bool = True
+    max_format_pairs_per_prompt: int = Field(3, ge=0)
+    #: prefer rejected responses whose length is within this ratio of chosen (null = off)
+    length_balance_ratio: Optional[float] = Field(None, gt=1)
 
 
 class CorrectnessStage(Stage):
     name = "correctness"
+    after = ("generate",)
+    Config = CorrectnessConfig
+    reads = ("sources", "templates", "run.seed")  # sources: relaxed_numeric, true_false; templates: extraction
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
+
+    @classmethod
+    def summarize(cls, c: dict) -> dict:
+        if not c.get("responses"):
+            return {}
+        acc = {}
+        for key, total in prefixed(c, "accuracy.").items():
+            if key.endswith(".total") and total:
+                name = key[: -len(".total")]
+                acc[name] = round(c.get(f"accuracy.{name}.correct", 0) / total, 4)
+        hist = {int(k): v for k, v in prefixed(c, "pairs_per_prompt.").items()}
+        return {
+            "policy_accuracy": acc,
+            "format_error_rate": round(c.get("responses.format_error", 0) / c["responses"], 4),
+            "prompts_all_wrong": c.get("prompts.all_wrong", 0),
+            "prompts_all_correct": c.get("prompts.all_correct", 0),
+            # responses kept out of pairs: several different final answers / the truth in an earlier one
+            "set_aside": {k: c.get(f"responses.{k}", 0) for k in ("conflicting_answers", "wrong_states_truth")},
+            "pairs_per_prompt": dict(sorted(hist.items())),
+            "mean_chars": {m: {side: round(c.get(f"chars.{m}.{side}", 0) / max(c.get(f"pairs.{m}", 0), 1), 1)
+                               for side in ("chosen", "rejected")}
+                           for m in ("correctness", "format") if c.get(f"pairs.{m}")},
+            "scoring_errors": prefixed(c, "scoring_errors."),
+        }
+
+    @classmethod
+    def summary_line(cls, s: dict) -> str:
+        acc = ", ".join(f"{k} {v:.0%}" for k, v in s["policy_accuracy"].items())
+        errors = f"; scoring errors {s['scoring_errors']}" if s.get("scoring_errors") else ""
+        return (f"policy accuracy: {acc}; format errors {s['format_error_rate']:.1%}; "
+                f"prompts all wrong {s['prompts_all_wrong']}, all correct {s['prompts_all_correct']}{errors}")
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
         cc, seed = self.config.correctness, self.config.run.seed
@@ -66,7 +88,8 @@ class CorrectnessStage(Stage):
         for row in rows:
             if not row["answer"]:
                 continue
-            scored = score_responses(row, self.config)
+            scored = score_responses(row, cc, self.config.source(row["source"]), extraction_styles(self.config),
+                                     ctx.stats.counters)
             right = [s for s in scored if s.usable_chosen]
             wrong = [s for s in scored if s.usable_rejected]
             unparsed = [s for s in scored if s.answer is None]
@@ -108,16 +131,8 @@ class CorrectnessStage(Stage):
                     pair_id=stable_hash(row["sample_id"], method, c.text, r.text),
                     method=method, source=row["source"], question=row["question"],
                     user_text=user_text, images=row["images"], chosen=c.text, rejected=r.text,
-                    prov=provenance(
-                        sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
-                        model_revision=row["model_revision"], template_id=row["template_id"],
-                        template_hash=row.get("template_hash"),
-                        sampling=row["sampling"], chosen_index=c.index, rejected_index=r.index,
-                        chosen_seed=rc["seed"], rejected_seed=rr["seed"],
-                        chosen_tokens=rc["num_tokens"], rejected_tokens=rr["num_tokens"],
-                        chosen_finish_reason=rc["finish_reason"], rejected_finish_reason=rr["finish_reason"],
-                        answer_type=row["answer_type"], ground_truth=row["answer"],
-                        chosen_answer=c.answer, rejected_answer=r.answer,
+                    prov=response_provenance(
+                        row, rc, rr, chosen_answer=c.answer, rejected_answer=r.answer,
                         chosen_score=c.score, rejected_score=r.score, match_rule=c.rule,
                         pipeline_version=__version__, config_hash=chash,
                     ))

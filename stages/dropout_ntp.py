@@ -8,19 +8,47 @@ continuation: fluent, but no longer grounded in the image.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
+from pydantic import Field, field_validator
+
+from methods import scoring
 from methods.quality import check_text, failures, same_text
 from methods.truncate import Truncation, hf_token_spans, truncate_tokens, truncate_words
 from pipeline import __version__
+from pipeline.config import Section
 from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import EngineStage, StageContext
-from pipeline.templates import render_user_text
+from pipeline.stage import EngineStage, StageContext, prefixed
+from pipeline.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
-from schemas.records import assistant_turn, pair_row, provenance, user_turn
+from schemas.records import assistant_turn, pair_row, response_provenance, user_turn
 
+class DropoutNTPConfig(Section):
+    ratio: float = 0.5
+    unit: Literal["words", "tokens"] = "words"
+    #: keep the image in the continuation request (ablation); MMPR drops it
+    keep_image: bool = False
+    #: which sample becomes chosen: the first one, or the first that passes basic checks
+    selection: Literal["first", "filtered"] = "filtered"
+    #: also run on correct responses of ground-truth prompts
+    on_correct: bool = False
+    max_tokens: int = Field(1024, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(50, ge=-1)
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"ratio must be in (0, 1), got {v}")
+        return v
+
+
+#: DropoutNTP cost reported by the MMPR paper, and RLAIF-V's divide-and-conquer labelling
+MMPR_TOKENS_PER_PAIR = {"MMPR paper": 571.2, "RLAIF-V (MMPR paper)": 992.7}
 #: rules a chosen response must pass under ``selection: filtered``
 SELECTION_RULES = {"length_bounds": False, "language_mismatch": False, "bad_characters": False}
 
@@ -35,8 +63,39 @@ def continuation_messages(user_text: str, n_images: int, prefix: str, keep_image
 
 class DropoutNTPStage(EngineStage):
     name = "dropout_ntp"
+    after = ("generate",)
+    Config = DropoutNTPConfig
+    reads = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")  # model: the engine and tokenizer that continue
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
+
+    @classmethod
+    def hash_keys(cls, config) -> tuple[str, ...]:
+        """With ``on_correct``, which responses are correct (the scoring settings) matters too."""
+        scored = tuple(f"correctness.{k}" for k in scoring.SETTINGS) if config.dropout_ntp.on_correct else ()
+        return cls.reads + scored
+
+    @classmethod
+    def summarize(cls, d: dict) -> dict:
+        pairs, text_only = d.get("pairs.dropout_ntp"), d.get("skipped.text_only", 0)
+        if not pairs:
+            return {"skipped_text_only": text_only} if text_only else {}
+        return {
+            "pairs": pairs,
+            "generated_tokens_per_pair": round(
+                (d.get("dropout_ntp.chosen_tokens", 0) + d.get("dropout_ntp.continuation_tokens", 0)) / pairs, 1),
+            "continuation_tokens_per_pair": round(d.get("dropout_ntp.continuation_tokens", 0) / pairs, 1),
+            "reference_tokens_per_pair": MMPR_TOKENS_PER_PAIR,
+            "dropped": prefixed(d, "dropped."),
+            "skipped_text_only": d.get("skipped.text_only", 0),
+        }
+
+    @classmethod
+    def summary_line(cls, s: dict) -> str | None:
+        if "pairs" not in s:
+            return None
+        refs = "; ".join(f"{k}: {v}" for k, v in s["reference_tokens_per_pair"].items())
+        return f"dropout_ntp: {s['generated_tokens_per_pair']} generated tokens per pair ({refs})"
 
     def _candidates(self, row: dict) -> list[dict]:
         """Responses that may become chosen, in preference order."""
@@ -45,8 +104,9 @@ class DropoutNTPStage(EngineStage):
         if row["answer"]:
             if not cfg.on_correct:
                 return []
-            from stages.correctness import score_responses
-            correct = {s.index for s in score_responses(row, self.config) if s.usable_chosen}
+            scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
+                                             extraction_styles(self.config))
+            correct = {s.index for s in scored if s.usable_chosen}
             responses = [r for r in responses if r["index"] in correct]
         if cfg.selection == "first":
             return responses[:1]
@@ -113,15 +173,10 @@ class DropoutNTPStage(EngineStage):
                 pair_id=stable_hash(row["sample_id"], "dropout_ntp", chosen["text"], rejected),
                 method="dropout_ntp", source=row["source"], question=row["question"],
                 user_text=user_text, images=row["images"], chosen=chosen["text"], rejected=rejected,
-                prov=provenance(
-                    sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
-                    model_revision=row["model_revision"], template_id=row["template_id"],
-                    template_hash=row.get("template_hash"),
-                    sampling=row["sampling"], chosen_index=chosen["index"], chosen_seed=chosen["seed"],
-                    rejected_seed=s, chosen_tokens=chosen["num_tokens"],
+                prov=response_provenance(
+                    row, chosen, rejected_seed=s,
                     rejected_tokens=self._prefix_tokens(ctx, cut.prefix) + cont.num_tokens,
-                    chosen_finish_reason=chosen["finish_reason"], rejected_finish_reason=cont.finish_reason,
-                    answer_type=row["answer_type"], ground_truth=row["answer"] or None,
+                    rejected_finish_reason=cont.finish_reason,
                     truncation_ratio=cfg.ratio, truncation_unit=cfg.unit, cut_words=cut.cut_words,
                     cut_chars=cut.cut_chars, continuation_tokens=cont.num_tokens, image_kept=cfg.keep_image,
                     pipeline_version=__version__, config_hash=chash,

@@ -19,14 +19,45 @@ is not).
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
+
+from pydantic import Field, model_validator
 
 from methods.extract import extract_answer
 from methods.quality import check_pair, check_text, same_text
-from pipeline.stage import Stage, StageContext
+from pipeline.config import Section
+from pipeline.stage import Stage, StageContext, prefixed
 from pipeline.templates import extraction_style
+from schemas import METHODS as METHODS_FOR_FILTER
 from schemas import PAIR_SCHEMA
 from schemas.records import turn_text
+
+class FilterConfig(Section):
+    #: single-text rule name -> params dict, true or false (see methods.quality.DEFAULT_RULES)
+    rules: dict[str, Any] = Field(default_factory=dict)
+    #: pair rules (identical, length_ratio) -> params dict, true or false
+    pair_rules: dict[str, Any] = Field(default_factory=dict)
+    #: require a parseable final answer in chosen responses of correctness/format pairs
+    require_final_answer: bool = True
+    #: keep a pair whose rejected text failed a rule that still leaves it a valid negative
+    #: (repetition, never_ends...); empty or garbled rejected texts always drop the pair
+    keep_pairs_with_bad_rejected: bool = True
+    #: overrides of ``rules`` per method / per source (e.g. dropout_ntp: {never_ends: false})
+    per_method: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_rules(self) -> "FilterConfig":
+        from methods.quality import resolve_rules
+
+        bad = sorted(set(self.per_method) - set(METHODS_FOR_FILTER))
+        if bad:
+            raise ValueError(f"per_method: unknown method(s) {bad}; known: {list(METHODS_FOR_FILTER)}")
+        for rules in [self.rules, *self.per_method.values(), *self.per_source.values()]:
+            resolve_rules(rules)
+        resolve_rules(self.pair_rules, pair=True)
+        return self
+
 
 #: a rejected text failing these is not a negative at all: the pair goes
 ALWAYS_DROP = {"empty", "bad_characters"}
@@ -45,8 +76,28 @@ def _verdicts(target: str, verdicts) -> list[dict]:
 
 class FilterStage(Stage):
     name = "filter"
+    after = ("correctness", "dropout_ntp", "image_crop")
+    Config = FilterConfig
+    reads = ("templates",)  # the extraction style of a pair's template (require_final_answer)
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
+
+    @classmethod
+    def summarize(cls, f: dict) -> dict:
+        if not f:
+            return {}
+        return {
+            "failed_rules": prefixed(f, "filter."),
+            "removed_pairs": prefixed(f, "removed."),
+            "kept_pairs": prefixed(f, "kept."),
+            "length_ratio_before": prefixed(f, "length_ratio.before."),
+            "length_ratio_after": prefixed(f, "length_ratio.after."),
+        }
+
+    @classmethod
+    def summary_line(cls, s: dict) -> str:
+        return (f"filter removed {sum(s['removed_pairs'].values())} pairs; failed rules {s['failed_rules']}; "
+                f"rejected/chosen length ratio after: {s['length_ratio_after']}")
 
     def _rules(self, method: str, source: str) -> dict:
         fc = self.config.filter

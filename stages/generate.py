@@ -18,18 +18,31 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+from pydantic import Field
+
+from pipeline.config import Section
 from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import EngineStage, StageContext
-from pipeline.placeholders import user_content
+from schemas.placeholders import user_content
 from pipeline.templates import BUILTIN_TEMPLATES, prompt_text, template_for_source
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 
+class GenerateConfig(Section):
+    #: prompt template id or group (built-in, or one of the config's ``templates``)
+    template: str = "mmpr_final_answer"
+    n: int = Field(8, ge=1, le=256)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(50, ge=-1)
+    max_tokens: int = Field(1024, ge=1)
+
+
 def user_message(text: str, n_images: int, placeholder: str | None = None) -> dict:
     """A user turn: image parts first, then the text (the order MMPR prompts use), or
-    interleaved where ``text`` marks them (``pipeline.placeholders``)."""
+    interleaved where ``text`` marks them (``schemas.placeholders``)."""
     return {"role": "user", "content": user_content(text, n_images, placeholder)}
 
 
@@ -42,8 +55,17 @@ def prompt_messages(row: dict, template, placeholder: str | None) -> list[dict]:
 
 class GenerateStage(EngineStage):
     name = "generate"
+    after = ("ingest",)
+    Config = GenerateConfig
+    reads = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")
     input_schema = PROMPT_SCHEMA
     output_schema = RESPONSE_SCHEMA
+
+    def preview_messages(self, row: dict) -> list[dict] | None:
+        if "question" not in row or "images" not in row:
+            return None
+        template = template_for_source(self.config, row["source"]) if row["answer"] else BUILTIN_TEMPLATES["plain"]
+        return prompt_messages(row, template, None)  # content parts: the pre-flight applies the placeholder
 
     def sampling(self, sample_id: str) -> dict:
         g = self.config.generate

@@ -15,16 +15,43 @@ image, and a row none of whose images changed by ``image_crop.min_difference``
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
+from pydantic import Field, field_validator
+
+from methods import scoring
 from methods.crop import corrupt_image
 from methods.crop_signal import first_distinct
 from pipeline import __version__
+from pipeline.config import Section, ratio_range
 from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import Stage, StageContext
-from pipeline.templates import render_user_text
+from pipeline.stage import Stage, StageContext, prefixed
+from pipeline.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
-from schemas.records import pair_row, provenance
+from schemas.records import pair_row, response_provenance
+
+
+class ImageCropConfig(Section):
+    #: fraction of prompts (chosen by a seeded hash of sample_id) that get a crop pair
+    fraction: float = Field(0.5, ge=0, le=1)
+    area: tuple[float, float] = (0.01, 0.2)
+    aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    #: "same": chosen = rejected = one response; "pair": reuse a pair's texts
+    text: Literal["same", "pair"] = "same"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    #: skip a crop pair whose rejected image differs from the original by less than this
+    #: (largest 32x32-thumbnail difference in grey levels, methods/crop_signal.py); 0 = off
+    min_difference: float = Field(16.0, ge=0, le=255)
+
+    @field_validator("area")
+    @classmethod
+    def _area(cls, v):
+        return ratio_range(v, "area")
+
+    @field_validator("aspect")
+    @classmethod
+    def _aspect(cls, v):
+        return ratio_range(v, "aspect", upper=None)
 
 
 #: seeded crops tried per image before a row counts as near-identical
@@ -38,20 +65,33 @@ def selected(seed: int, sample_id: str, fraction: float) -> bool:
 
 class ImageCropStage(Stage):
     name = "image_crop"
+    after = ("generate",)
+    Config = ImageCropConfig
+    #: which responses are right decides the texts of ground-truth pairs
+    reads = ("run.seed", "sources", "templates", *(f"correctness.{k}" for k in scoring.SETTINGS))
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
 
+    @classmethod
+    def summarize(cls, i: dict) -> dict:
+        if not i:
+            return {}
+        out = {"pairs": i.get("pairs.image_crop", 0), "dropped": prefixed(i, "dropped."),
+               "crops_retried": i.get("crops.retried", 0)}
+        if i.get("skipped.text_only"):
+            out["skipped_text_only"] = i["skipped.text_only"]
+        return out
+
     def _texts(self, row: dict) -> tuple[dict, dict] | None:
         """(chosen, rejected) responses: a good one twice, or a right/wrong pair in "pair" mode."""
-        from stages.correctness import score_responses
-
         responses = row["responses"]
         if not responses:
             return None
         if not row["answer"]:
             ok = [r for r in responses if r["text"].strip() and r["finish_reason"] != "length"]
             return (ok[0], ok[0]) if ok else None
-        scored = score_responses(row, self.config)
+        scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
+                                         extraction_styles(self.config))
         right = [responses[i] for i, s in enumerate(scored) if s.usable_chosen]
         wrong = [responses[i] for i, s in enumerate(scored) if not s.correct and not s.states_truth]
         if not right:
@@ -102,15 +142,6 @@ class ImageCropStage(Stage):
                 method="image_crop", source=row["source"], question=row["question"], user_text=user_text,
                 images=row["images"], rejected_images=corrupted, chosen=chosen["text"],
                 rejected=rejected["text"],
-                prov=provenance(
-                    sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
-                    model_revision=row["model_revision"], template_id=row["template_id"],
-                    template_hash=row.get("template_hash"),
-                    sampling=row["sampling"], chosen_index=chosen["index"], rejected_index=rejected["index"],
-                    chosen_seed=chosen["seed"], rejected_seed=rejected["seed"],
-                    chosen_tokens=chosen["num_tokens"], rejected_tokens=rejected["num_tokens"],
-                    chosen_finish_reason=chosen["finish_reason"],
-                    rejected_finish_reason=rejected["finish_reason"],
-                    answer_type=row["answer_type"], ground_truth=row["answer"] or None,
-                    crop_boxes=boxes, crop_seed=crop_seed, pipeline_version=__version__, config_hash=chash,
-                ))
+                prov=response_provenance(row, chosen, rejected, crop_boxes=boxes, crop_seed=crop_seed,
+                                         pipeline_version=__version__, config_hash=chash),
+            )

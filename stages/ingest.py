@@ -9,12 +9,22 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
+from pydantic import Field
+
+from pipeline.config import Section
 from pipeline.image_refs import allowed_roots
 from pipeline.images import ImageError, load_image
-from pipeline.placeholders import PLACEHOLDER, parse_placeholders
+from schemas.placeholders import PLACEHOLDER, parse_placeholders
 from pipeline.seeds import stable_hash
 from pipeline.stage import Stage, StageContext
 from schemas import ANSWER_TYPES, PROMPT_SCHEMA
+
+
+class IngestConfig(Section):
+    #: questions longer than this are quarantined (a runaway field, not a prompt)
+    max_question_chars: int = Field(20_000, ge=1)
+    #: rows without any image are quarantined (this is a multimodal pipeline)
+    require_image: bool = True
 
 
 def sample_id_for(source: str, row_key: str) -> str:
@@ -48,8 +58,38 @@ def _as_str_list(value: Any, what: str, reason: str, allow_scalar: bool = True) 
 
 class IngestStage(Stage):
     name = "ingest"
+    kind = "source"
+    Config = IngestConfig
+    reads = ("sources", "model.max_images_per_prompt", "run.partition_rows")
     input_schema = None  # raw rows from pipeline.sources
     output_schema = PROMPT_SCHEMA
+
+    def source_partitions(self) -> Iterator[list[dict]]:
+        """Raw rows of every source, ``run.partition_rows`` at a time (read lazily, on the driver)."""
+        from pipeline.sources import iter_source
+
+        chunk: list[dict] = []
+        for src in self.config.sources:
+            seen: set[str] = set()
+            for raw in iter_source(src):
+                if raw["error"] is None:
+                    raw["duplicate"] = raw["row_key"] in seen
+                    seen.add(raw["row_key"])
+                chunk.append(raw)
+                if len(chunk) == self.config.run.partition_rows:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
+
+    @classmethod
+    def summarize(cls, counters: dict) -> dict:
+        # text-only prompts (MMPR prompt files hold them) give correctness pairs only
+        return {"text_only_prompts": counters["text_only"]} if counters.get("text_only") else {}
+
+    @classmethod
+    def summary_line(cls, summary: dict) -> str | None:
+        return f"text-only prompts: {summary['text_only_prompts']}" if summary else None
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
         for raw in rows:

@@ -9,15 +9,44 @@ counted, since a missing score is no evidence against them.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal, Optional
+
+from pydantic import Field, field_validator
 
 from methods.judge import build_judge_prompt, format_facts, parse_score
+from pipeline.config import Section
 from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import Stage, StageContext
 from schemas import PAIR_SCHEMA
 from schemas.records import turn_text, user_turn
+
+
+class JudgeConfig(Section):
+    """Optional LLM/VLM judge (LLaVA-RLHF-style factually augmented scoring)."""
+    #: judge model (local folder or hub id); null = the policy model of this run
+    model: Optional[str] = None
+    #: rubric template with {question}, {facts} and {response} placeholders; null = the built-in one
+    rubric: Optional[str] = None
+    #: what the judge is told as facts: the ground truth and/or the source's facts field
+    facts: list[Literal["ground_truth", "facts"]] = Field(default_factory=lambda: ["ground_truth", "facts"])
+    #: show the image to the judge (VLM judges)
+    with_image: bool = True
+    score_range: tuple[float, float] = (1, 10)
+    #: drop pairs whose chosen scores below this (null = off)
+    min_chosen_score: Optional[float] = None
+    #: drop pairs where chosen does not outscore rejected by this much (null = off)
+    margin: Optional[float] = None
+    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+    @field_validator("rubric")
+    @classmethod
+    def _rubric(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and "{response}" not in v:
+            raise ValueError("rubric must contain a {response} placeholder")
+        return v
 
 
 def threshold_verdict(chosen: float | None, rejected: float | None, min_chosen: float | None,
@@ -32,9 +61,13 @@ def threshold_verdict(chosen: float | None, rejected: float | None, min_chosen: 
 
 class JudgeStage(Stage):
     name = "judge"
+    kind = "engine"
+    after = ("filter",)
+    Config = JudgeConfig
+    #: model: the judge when judge.model is null; sources: their processor settings then
+    reads = ("model", "sources", "run.seed", "engine.batch_invariant")
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
-    uses_engine = True
 
     def engine_config(self):
         j = self.config.judge

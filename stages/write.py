@@ -43,58 +43,63 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
-import yaml
+from pydantic import Field, field_validator
 
 from pipeline import __version__, faults, storage
-from pipeline.config import PipelineConfig
-from pipeline.stage import Stage, StageContext, StageStats
+from pipeline.config import PipelineConfig, Section
+from pipeline.stage import Stage, StageStats
+from publish.card import render_card
+from publish.exports import FORMATS
+from publish.layout import CONFIGS, IMAGE_METHODS, SPLITS
+from publish.parquet import parquet_bytes
+from publish.stats import Stats
 from schemas import PAIR_SCHEMA, with_hf_metadata
 
 log = logging.getLogger("pipeline")
 
-#: methods whose pairs differ in the image, not the text (their own files and config)
-IMAGE_METHODS = ("image_crop",)
-#: dataset configs in the card, in order: (config name, folder under OUT)
-CONFIGS = (("default", "data"), ("image_crop", "data/image_crop"))
-SPLITS = ("train", "test")
-
 OUTPUT_SCHEMA = with_hf_metadata(PAIR_SCHEMA)
 #: bytes of scattered rows held in memory before they are flushed to bucket files
 SCATTER_BUFFER_BYTES = int(os.environ.get("MMPR_WRITE_BUFFER_MB", "64")) << 20
-#: target uncompressed size of one Parquet row group in a shard
-ROW_GROUP_BYTES = 64 << 20
 READ_BATCH_ROWS = 256
 _POS = "__pos"
 
 
-class WriteStage(Stage):
-    """Registry entry for ``write``; the work is :func:`write_dataset`.
+class WriteConfig(Section):
+    shard_rows: int = Field(5000, ge=1)
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    #: trainer layouts written under OUT/exports/ (the formats publish.exports knows)
+    exports: list[str] = Field(default_factory=list)
 
-    ``write`` is a whole-dataset step, not a per-partition map: the seeded
-    shuffle, the dedup and the split by prompt all need every row.  Run it
-    with ``write_dataset(config, input_dirs)`` (what the orchestrator and
-    ``python -m pipeline stage write`` do).
-    """
+    @field_validator("exports")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        unknown = [f for f in v if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
+        return v
+
+
+class WriteStage(Stage):
+    """The final dataset folder: a whole-dataset step, not a per-partition map (the seeded
+    shuffle, the dedup and the split by prompt all need every row)."""
     name = "write"
+    kind = "dataset"
+    after = ("judge",)
+    Config = WriteConfig
+    reads = ("run.seed", "run.name")
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 
-    def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
-        raise NotImplementedError(
-            "write is a whole-dataset step (global shuffle, dedup, split by prompt, manifest); "
-            "call stages.write.write_dataset(config, input_dirs) instead of running it per partition")
-
-    def write(self, input_dirs: list[str], output_dir: str | None = None) -> StageStats:
+    def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:
         return write_dataset(self.config, input_dirs, output_dir)
 
 
@@ -111,16 +116,26 @@ def input_files(input_dirs: list[str]) -> list[str]:
     return files
 
 
-def _conform(batch: pa.RecordBatch | pa.Table, uri: str) -> pa.Table:
-    """A batch as a PAIR_SCHEMA table (column order and metadata normalised)."""
+def _conform(batch: pa.RecordBatch | pa.Table, uri: str, config_hash: str | None = None) -> pa.Table:
+    """A batch as a PAIR_SCHEMA table (column order and metadata normalised), its
+    ``provenance.config_hash`` set to the hash of the config that built the dataset
+    (a stage that did not rerun after a tuning wrote its rows under an older hash)."""
     table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     missing = [n for n in PAIR_SCHEMA.names if n not in table.column_names]
     if missing:
         raise ValueError(f"{uri}: not a pair file (PAIR_SCHEMA), missing column(s) {missing}")
     try:
-        return table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
+        table = table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise ValueError(f"{uri}: rows do not match PAIR_SCHEMA: {e}") from None
+    if config_hash is None or table.num_rows == 0:
+        return table
+    prov = table.column("provenance").combine_chunks()
+    fields = list(prov.type)
+    arrays = [pa.array([config_hash] * len(prov), f.type) if f.name == "config_hash" else prov.field(i)
+              for i, f in enumerate(fields)]
+    prov = pa.StructArray.from_arrays(arrays, fields=fields, mask=prov.is_null())
+    return table.set_column(table.schema.get_field_index("provenance"), table.schema.field("provenance"), prov)
 
 
 # -- keys ---------------------------------------------------------------------
@@ -268,14 +283,14 @@ class _Buckets:
         return pa.Table.from_batches(batches) if batches else None
 
 
-def scatter(files: list[str], plan: Plan, buckets: _Buckets) -> None:
+def scatter(files: list[str], plan: Plan, buckets: _Buckets, config_hash: str | None = None) -> None:
     """Stream the full rows once, appending each (with its position) to its shard's bucket."""
     offset = 0
     for uri, n_file in zip(files, plan.file_rows):
         pf = storage.parquet_file(uri)
         seen = 0
         for batch in pf.iter_batches(batch_size=READ_BATCH_ROWS):
-            table = _conform(batch, uri)
+            table = _conform(batch, uri, config_hash)
             lo, hi = offset + seen, offset + seen + table.num_rows
             seen += table.num_rows
             dest = plan.dest[lo:hi]
@@ -296,61 +311,6 @@ def scatter(files: list[str], plan: Plan, buckets: _Buckets) -> None:
     buckets.flush()
 
 
-def _row_group_rows(table: pa.Table) -> int:
-    if table.num_rows == 0:
-        return 1
-    per_row = max(1, table.nbytes // table.num_rows)
-    return int(max(1, min(table.num_rows, ROW_GROUP_BYTES // per_row)))
-
-
-_IMAGE_BYTES_SUFFIX = ".element.bytes"  # leaf path of the bytes in a list<struct<bytes, path>> image column
-_COMPRESSED_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"RIFF")  # JPEG, PNG, GIF, WebP
-_leaf_paths: dict[str, list[str]] = {}
-
-
-def _parquet_leaf_paths(schema: pa.Schema) -> list[str]:
-    key = schema.remove_metadata().to_string()
-    if key not in _leaf_paths:
-        sink = pa.BufferOutputStream()
-        pq.write_table(schema.empty_table(), sink)
-        ps = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
-        _leaf_paths[key] = [ps.column(i).path for i in range(len(ps))]
-    return _leaf_paths[key]
-
-
-def _images_precompressed(table: pa.Table, columns: list[str]) -> bool:
-    """Every image is JPEG/PNG/GIF/WebP: zstd would only spend time on them."""
-    for name in columns:
-        flat = pc.list_flatten(table.column(name))
-        heads = pc.unique(pc.binary_slice(pc.struct_field(flat, "bytes"), 0, 4)).to_pylist()
-        if any(h is not None and not h.startswith(_COMPRESSED_IMAGE_MAGIC) for h in heads):
-            return False
-    return True
-
-
-def parquet_bytes(table: pa.Table) -> pa.Buffer:
-    """A Parquet file in memory: zstd, no timestamps (the same rows always give the same bytes).
-
-    Image bytes are neither dictionary-encoded (images barely repeat inside a shuffled shard, and
-    trying costs time and a dictionary page as large as a thousand images) nor recompressed when
-    they are all JPEG/PNG/GIF/WebP (zstd gains ~1% on them at 3x the write time).
-    """
-    paths = _parquet_leaf_paths(table.schema)
-    image_paths = {p for p in paths if p.endswith(_IMAGE_BYTES_SUFFIX) and p.split(".")[0] in table.column_names}
-    image_columns = sorted({p.split(".")[0] for p in image_paths})
-    compress_images = not _images_precompressed(table, image_columns)
-    sink = pa.BufferOutputStream()
-    pq.write_table(
-        table, sink, row_group_size=_row_group_rows(table),
-        compression={p: "zstd" if compress_images or p not in image_paths else "none" for p in paths},
-        use_dictionary=[p for p in paths if p not in image_paths],
-    )
-    return sink.getvalue()
-
-
-shard_bytes = parquet_bytes
-
-
 def gather(shard_no: int, shard: Shard, buckets: _Buckets) -> pa.Table:
     table = buckets.read(shard_no)
     if table is None or table.num_rows != shard.rows:
@@ -360,263 +320,6 @@ def gather(shard_no: int, shard: Shard, buckets: _Buckets) -> pa.Table:
     order[table.column(_POS).to_numpy()] = np.arange(table.num_rows)
     table = table.drop_columns([_POS]).take(pa.array(order)).combine_chunks()
     return pa.Table.from_arrays(table.columns, schema=OUTPUT_SCHEMA)  # adds the HF metadata, no copy
-
-
-# -- statistics -------------------------------------------------------------------
-def assistant_chars(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Characters of text in each row's conversation (chosen/rejected: the assistant turns)."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    messages = pc.list_flatten(arr)
-    msg_row = pc.list_parent_indices(arr).to_numpy()
-    content = pc.struct_field(messages, "content")
-    parts = pc.list_flatten(content)
-    if len(parts) == 0:
-        return np.zeros(n, np.int64)
-    part_msg = pc.list_parent_indices(content).to_numpy()
-    is_text = pc.fill_null(pc.equal(pc.struct_field(parts, "type"), "text"), False).to_numpy(zero_copy_only=False)
-    lens = pc.fill_null(pc.utf8_length(pc.struct_field(parts, "text")), 0).to_numpy(zero_copy_only=False)
-    weights = np.where(is_text, lens, 0)
-    return np.bincount(msg_row[part_msg], weights=weights, minlength=n).astype(np.int64)
-
-
-class Stats:
-    """Counts and per-method length/token distributions of the written rows."""
-
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()   # (config, split, source, method) -> rows
-        self.models: Counter = Counter()
-        self.values: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
-
-    def add(self, shard: Shard, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        source = table.column("source").to_pylist()
-        method = table.column("method").to_pylist()
-        for s, m in zip(source, method):
-            self.counts[(shard.config, shard.split, s, m)] += 1
-        prov = table.column("provenance")
-        self.models.update(v for v in pc.struct_field(prov, "model").to_pylist() if v)
-        chosen = assistant_chars(table.column("chosen"))
-        rejected = assistant_chars(table.column("rejected"))
-        ct = pc.struct_field(prov, "chosen_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
-        rt = pc.struct_field(prov, "rejected_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
-        m_arr = np.asarray(method, dtype=object)
-        for m in sorted(set(method)):
-            sel = m_arr == m
-            v = self.values[m]
-            v["chosen_chars"].append(chosen[sel])
-            v["rejected_chars"].append(rejected[sel])
-            v["chosen_tokens"].append(ct[sel])
-            v["rejected_tokens"].append(rt[sel])
-
-    def totals(self, level: int) -> dict[str, int]:
-        out: Counter = Counter()
-        for key, n in self.counts.items():
-            out[key[level]] += n
-        return dict(sorted(out.items()))
-
-    def source_method(self) -> dict[str, dict[str, int]]:
-        out: dict[str, Counter] = defaultdict(Counter)
-        for (_, _, s, m), n in self.counts.items():
-            out[s][m] += n
-        return {s: dict(sorted(c.items())) for s, c in sorted(out.items())}
-
-    def splits(self) -> dict[str, dict[str, int]]:
-        out: dict[str, Counter] = defaultdict(Counter)
-        for (c, sp, _, _), n in self.counts.items():
-            out[c][sp] += n
-        rank = {s: i for i, s in enumerate(SPLITS)}
-        return {c: dict(sorted(v.items(), key=lambda kv: (rank.get(kv[0], len(SPLITS)), kv[0])))
-                for c, v in sorted(out.items())}
-
-    def lengths(self) -> dict[str, dict]:
-        out = {}
-        for m in sorted(self.values):
-            v = {k: np.concatenate(a) for k, a in self.values[m].items()}
-            c, r = v["chosen_chars"].astype(np.float64), v["rejected_chars"].astype(np.float64)
-            ratio = r[c > 0] / c[c > 0]
-            out[m] = {
-                "rows": int(len(c)),
-                "chosen_chars": _describe(c), "rejected_chars": _describe(r),
-                "rejected_over_chosen": _describe(ratio, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9)),
-                "rejected_longer_fraction": round(float(np.mean(r > c)), 4) if len(c) else None,
-                "chosen_tokens": _describe(v["chosen_tokens"]),
-                "rejected_tokens": _describe(v["rejected_tokens"]),
-            }
-        return out
-
-
-def _describe(x: np.ndarray, quantiles=(0.5, 0.9)) -> dict:
-    x = x[~np.isnan(x)] if x.dtype.kind == "f" else x
-    if len(x) == 0:
-        return {"n": 0}
-    d = {"n": int(len(x)), "mean": round(float(np.mean(x)), 2), "min": round(float(np.min(x)), 2),
-         "max": round(float(np.max(x)), 2)}
-    for q in quantiles:
-        name = "median" if q == 0.5 else f"p{int(round(q * 100))}"
-        d[name] = round(float(np.quantile(x, q)), 2)
-    return d
-
-
-# -- card -------------------------------------------------------------------------
-def card_header(shards: list[dict], pretty_name: str | None = None, tags: list[str] | None = None) -> str:
-    """The YAML front matter of a dataset card for shards laid out as ``<folder>/<split>-*.parquet``.
-
-    ``shards``: dicts with ``path``, ``config``, ``split``, ``rows``, ``bytes`` and ``arrow_bytes``.
-    ``configs:`` maps each non-empty config to its split files (the Hugging Face convention);
-    ``dataset_info:`` records the split sizes.  ``datasets`` keys its cache of a local folder on
-    this header, so the sizes also make a rebuilt folder load fresh instead of from a stale cache.
-    """
-    configs, infos = [], []
-    for name, folder in CONFIGS:
-        mine = [s for s in shards if s["config"] == name]
-        splits = sorted({s["split"] for s in mine}, key=lambda sp: (SPLITS.index(sp) if sp in SPLITS else 99, sp))
-        if not splits:
-            continue  # an empty config is left out of the card
-        entry = {"config_name": name}
-        if name == "default":
-            entry["default"] = True
-        entry["data_files"] = [{"split": sp, "path": f"{folder}/{sp}-*.parquet"} for sp in splits]
-        configs.append(entry)
-        infos.append({
-            "config_name": name,
-            "splits": [{"name": sp,
-                        "num_bytes": sum(s["arrow_bytes"] for s in mine if s["split"] == sp),
-                        "num_examples": sum(s["rows"] for s in mine if s["split"] == sp)} for sp in splits],
-            "download_size": sum(s["bytes"] for s in mine),
-            "dataset_size": sum(s["arrow_bytes"] for s in mine),
-        })
-    header: dict = {}
-    if pretty_name:
-        header["pretty_name"] = pretty_name
-    if tags:
-        header["tags"] = tags
-    header["configs"] = configs
-    header["dataset_info"] = infos
-    return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n"
-
-
-def _fmt(d: dict, key: str) -> str:
-    v = d.get(key)
-    return "-" if v is None else (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}")
-
-
-def render_card(config: PipelineConfig, manifest: dict, models: list[str]) -> str:
-    t, lengths = manifest["totals"], manifest["lengths"]
-    lines = [card_header(manifest["shards"], config.run.name, ["dpo", "preference", "multimodal", "mmpr-forge"])]
-    lines += [
-        f"# {config.run.name}",
-        "",
-        "Multimodal preference pairs (image + question, chosen and rejected answer) built by "
-        f"mmpr-forge {manifest['pipeline_version']} (config hash "
-        f"`{manifest['config_hash']}`). Methods: MMPR correctness pairs and format negatives "
-        "(InternVL2.5-MPO, arXiv 2411.10442), DropoutNTP (same paper), and mDPO conditional image "
-        "pairs (arXiv 2406.11839).",
-        "",
-        "## Loading",
-        "",
-        "```python",
-        "from datasets import load_dataset",
-        "pairs = load_dataset(\"<this folder>\")                 # text-contrast pairs (TRL DPOTrainer reads them as is)",
-        "crops = load_dataset(\"<this folder>\", \"image_crop\")   # image-contrast pairs: use `rejected_images`",
-        "```",
-        "",
-        "Columns: `id`, `prompt`/`chosen`/`rejected` (TRL conversational form), `images` and "
-        "`rejected_images` (decoded to PIL), `method`, `source`, `question`, `provenance` (typed struct). "
-        "The `image_crop` pairs have the same text on both sides and differ only in the image; they only "
-        "carry signal for trainers that read `rejected_images` (ms-swift, mDPO-style), which is why they "
-        "are a separate config.",
-        "",
-        "## Contents",
-        "",
-        f"Rows: **{manifest['rows']}** ({manifest['duplicates_dropped']} duplicate ids dropped).",
-        "",
-        "| config | split | rows | shards |",
-        "|---|---|---:|---:|",
-    ]
-    for cfg, splits in manifest["splits"].items():
-        for sp, n in splits.items():
-            k = sum(1 for s in manifest["shards"] if s["config"] == cfg and s["split"] == sp)
-            lines.append(f"| {cfg} | {sp} | {n} | {k} |")
-    lines += ["", "Pairs per method:", "", "| method | rows |", "|---|---:|"]
-    lines += [f"| {m} | {n} |" for m, n in t["method"].items()]
-    methods = list(t["method"])
-    lines += ["", "Pairs per source and method:", "",
-              "| source | " + " | ".join(methods) + " | total |",
-              "|---|" + "---:|" * (len(methods) + 1)]
-    for s, by in t["source_method"].items():
-        lines.append(f"| {s} | " + " | ".join(str(by.get(m, 0)) for m in methods) + f" | {sum(by.values())} |")
-    lines += ["", "## Sources and model", ""]
-    for src in config.sources:
-        lines.append(f"- `{src.name}`: {src.format} `{src.path}` (answer type {src.answer_type}); "
-                     f"{t['source'].get(src.name, 0)} pairs")
-    for s in t["source"]:
-        if not config.source(s):
-            lines.append(f"- `{s}`: {t['source'][s]} pairs")
-    m = config.model
-    lines.append(f"- policy model: `{m.resolved_path}`" + (f" (revision {m.revision})" if m.revision else "")
-                 + (f"; models in provenance: {', '.join(f'`{x}`' for x in models)}" if models else ""))
-    lines += [
-        "",
-        "## Length statistics",
-        "",
-        "Characters of the chosen and rejected answers per method (longer is not better: LLaVA-RLHF, "
-        "RLAIF-V), the rejected/chosen length ratio, and tokens from provenance "
-        "(`chosen_tokens`/`rejected_tokens`).",
-        "",
-        "| method | rows | chosen chars mean / median / p90 | rejected chars mean / median / p90 "
-        "| rejected/chosen p10 / median / p90 | rejected longer | chosen tokens mean / median / p90 "
-        "| rejected tokens mean / median / p90 |",
-        "|---|---:|---|---|---|---:|---|---|",
-    ]
-    for meth, d in lengths.items():
-        c, r, q = d["chosen_chars"], d["rejected_chars"], d["rejected_over_chosen"]
-        ct, rt = d["chosen_tokens"], d["rejected_tokens"]
-        lf = d["rejected_longer_fraction"]
-        lines.append(
-            f"| {meth} | {d['rows']} | {_fmt(c, 'mean')} / {_fmt(c, 'median')} / {_fmt(c, 'p90')} "
-            f"| {_fmt(r, 'mean')} / {_fmt(r, 'median')} / {_fmt(r, 'p90')} "
-            f"| {_fmt(q, 'p10')} / {_fmt(q, 'median')} / {_fmt(q, 'p90')} "
-            f"| {'-' if lf is None else f'{lf:.0%}'} "
-            f"| {_fmt(ct, 'mean')} / {_fmt(ct, 'median')} / {_fmt(ct, 'p90')} "
-            f"| {_fmt(rt, 'mean')} / {_fmt(rt, 'median')} / {_fmt(rt, 'p90')} |")
-    lines += [
-        "",
-        "Ratio quantiles of rejected/chosen characters per method (p10 / p25 / median / p75 / p90):",
-        "",
-    ]
-    for meth, d in lengths.items():
-        q = d["rejected_over_chosen"]
-        lines.append(f"- {meth}: " + " / ".join(_fmt(q, k) for k in ("p10", "p25", "median", "p75", "p90")))
-    lines += [
-        "",
-        "## Files",
-        "",
-        "`manifest.json` lists every shard with its row count and SHA-256, the totals, the pipeline "
-        "version and the resolved config."
-        + (f" Trainer exports: {', '.join(f'`exports/{e}/`' for e in manifest['exports'])}."
-           if manifest["exports"] else ""),
-        "",
-        "## Reproduce",
-        "",
-        "Save the config below as `config.yaml` and run:",
-        "",
-        "```bash",
-        "python -m pipeline run --config config.yaml",
-        "```",
-        "",
-        "The shards are a deterministic function of the inputs and the seed: a rebuild with the same "
-        "config (hash above) and the same model writes byte-identical shards.",
-        "",
-        "```yaml",
-        yaml.safe_dump(config.resolved(), sort_keys=False).rstrip(),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # -- the step -----------------------------------------------------------------------
@@ -662,12 +365,12 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     try:
         buckets = _Buckets(tmp, SCATTER_BUFFER_BYTES)
         t1 = time.perf_counter()
-        scatter(files, plan, buckets)
+        scatter(files, plan, buckets, config.config_hash())
         stats.inc("seconds.scatter", round(time.perf_counter() - t1, 3))
         t1 = time.perf_counter()
         for no, shard in enumerate(plan.shards):
             table = gather(no, shard, buckets)
-            data = shard_bytes(table)
+            data = parquet_bytes(table)
             storage.write_bytes(storage.join(out, shard.relpath), data)
             faults.on_data_written("write")
             row_stats.add(shard, table)
@@ -710,7 +413,8 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     if wc.exports and not rows_out:
         log.warning("write: no pairs, so no trainer exports (%s)", ", ".join(wc.exports))
     elif wc.exports:
-        from pipeline.exports import export
+        from publish.exports import export
+
         for fmt in wc.exports:
             export(fmt, out, storage.join(out, "exports", fmt), name=config.run.name)
     storage.write_json(storage.join(out, "manifest.json"), manifest)  # last: the dataset is complete

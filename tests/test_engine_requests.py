@@ -9,7 +9,8 @@ from conftest import make_config
 from pipeline import storage
 from pipeline.engine import GenRequest, sample_params
 from pipeline.images import to_pil
-from pipeline.orchestrator import run_ingest
+from pipeline.graph import make_stage
+from pipeline.orchestrator import run_source
 from pipeline.seeds import derive_seed
 from stages.generate import user_message
 
@@ -19,7 +20,7 @@ N = 6
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory, sample_data):
     out = tmp_path_factory.mktemp("ingest")
-    run_ingest(make_config(executor={"kind": "local"}, run={"partition_rows": 12}), str(out))
+    run_source(make_stage("ingest", make_config(executor={"kind": "local"}, run={"partition_rows": 12})), str(out))
     first = storage.list_files(str(out / "data"), ".parquet")[0]
     return pq.read_table(first).to_pylist()[:10]
 

@@ -93,7 +93,31 @@ def test_engine_settings_fail_fast_naming_the_keys(tmp_path, yaml_text, words):
     "sources: [{name: nat, format: jsonl, path: x, mm_processor_kwargs: {max_dynamic_patch: 6}}]",
 ])
 def test_valid_engine_settings(tmp_path, yaml_text):
-    _load(tmp_path, yaml_text)
+    """Valid settings load unchanged and every engine setting reaches vllm.LLM's arguments."""
+    import yaml
+
+    cfg = _load(tmp_path, yaml_text)
+    given = yaml.safe_load(yaml_text)
+
+    def contained(want, got, where):
+        if isinstance(want, dict):
+            for k, v in want.items():
+                contained(v, got[k], f"{where}.{k}")
+        elif isinstance(want, list):
+            for i, v in enumerate(want):
+                contained(v, got[i], f"{where}.{i}")
+        else:
+            assert got == want, where
+    contained(given, cfg.resolved(), "config")
+    kw = engine_kwargs(cfg, cpu=False)
+    expected = {**given.get("model", {}).get("engine_kwargs", {}),
+                **{k: v for k, v in given.get("engine", {}).items()
+                   if k in ("max_num_seqs", "enable_prefix_caching", "gpu_memory_utilization", "tensor_parallel_size")}}
+    if "mm_processor_kwargs" in given.get("model", {}):
+        expected["mm_processor_kwargs"] = given["model"]["mm_processor_kwargs"]
+    if "limit_mm_per_prompt" in given.get("model", {}):
+        expected["limit_mm_per_prompt"] = given["model"]["limit_mm_per_prompt"]
+    assert expected and {k: kw.get(k) for k in expected} == expected
 
 
 def test_limit_mm_per_prompt_and_max_images_per_prompt_are_one_setting(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import make_config
 from pipeline import storage
-from pipeline.orchestrator import run_ingest
+from pipeline.orchestrator import run_source
 from pipeline.runner import Task, run_task
 from pipeline.seeds import derive_seed
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
@@ -48,7 +48,7 @@ def _cfg(**over):
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory, sample_data):
     out = tmp_path_factory.mktemp("ingest")
-    run_ingest(_cfg(), str(out))
+    run_source(make_stage("ingest", _cfg()), str(out))
     files = storage.list_files(str(out / "data"), ".parquet")
     # one partition with ground-truth prompts and one with open prompts (the last source)
     return files[0], files[-1]
@@ -91,11 +91,13 @@ def test_generate_writes_n_samples_per_prompt_with_id_seeds(generated, prompts):
 
 
 def test_tiny_model_answers_in_format_and_mixes_right_and_wrong(generated):
-    from stages.correctness import score_responses
+    from methods.scoring import score_responses
+    from pipeline.templates import EXTRACTION_STYLE
 
     _, table, _ = generated["gt"]
     cfg = _cfg()
-    scored = [score_responses(row, cfg) for row in table.to_pylist()]
+    scored = [score_responses(row, cfg.correctness, cfg.source(row["source"]), EXTRACTION_STYLE)
+              for row in table.to_pylist()]
     flat = [s for row in scored for s in row]
     parsed = sum(s.answer is not None for s in flat) / len(flat)
     assert parsed > 0.8, f"only {parsed:.0%} of samples have a parseable final answer"
@@ -202,3 +204,37 @@ def test_dropout_keep_image_switch_sends_the_image(generated, engine, tmp_path):
     _run("dropout_ntp", _cfg(dropout_ntp={"keep_image": True, "ratio": 0.5}), gen_task.data_uri(), tmp_path, spy)
     assert spy.requests and all(len(r.images) == 1 for r in spy.requests)
     assert all("<image>" in r.prompt_text for r in spy.results)
+
+
+def test_a_finish_failure_is_kept_not_regenerated(prompts, engine, tmp_path):
+    """finish() raising after the engine ran: the partition's rows are quarantined with the
+    traceback (quarantine detail and marker), the engine's results are kept in failed/, and
+    nothing is generated again (one engine pass, however many retries are allowed)."""
+    from pipeline.runner import run_engine_tasks
+    from stages.generate import GenerateStage
+
+    class BrokenFinish(GenerateStage, register=False):
+        passes = 0
+
+        def prepare(self, rows, ctx):
+            type(self).passes += 1
+            return super().prepare(rows, ctx)
+
+        def finish(self, todo, results, ctx):
+            raise RuntimeError("a bug in finish")
+
+    cfg = _cfg()
+    stage = BrokenFinish(cfg)
+    task = Task("generate", "part", (prompts[0],), str(tmp_path), cfg.stage_hash("generate"))
+    stats = run_engine_tasks(stage, [task], engine, max_retries=3)
+    n = pq.read_metadata(prompts[0]).num_rows
+    assert BrokenFinish.passes == 1
+    assert stats.rows_in == n and stats.rows_out == 0 and stats.quarantined == {"finish_error": n}
+    quarantined = pq.read_table(task.quarantine_uri()).to_pylist()
+    assert len(quarantined) == n and all("RuntimeError: a bug in finish" in q["detail"] and "Traceback" in q["detail"]
+                                         for q in quarantined)
+    marker = json.loads(open(task.marker_uri()).read())
+    assert "RuntimeError: a bug in finish" in marker["error"] and "in finish" in marker["error"]
+    kept = json.loads((tmp_path / "failed" / "part.json").read_text())
+    assert kept["step"] == "finish" and len(kept["results"]) == n
+    assert all(len(r["completions"]) == N and r["completions"][0]["num_tokens"] > 0 for r in kept["results"])

@@ -12,7 +12,7 @@ from PIL import Image
 
 from pair_data import write_inputs
 from pipeline.config import PipelineConfig
-from pipeline.exports import FORMATS, export
+from publish.exports import FORMATS, export
 from stages.write import write_dataset
 
 TAG = "<image>"

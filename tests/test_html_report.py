@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from pair_data import SOURCES, all_pairs, image
-from pipeline import html_report as hr
+from publish import html_report as hr
 from schemas import PAIR_SCHEMA
 from schemas.arrow import from_rows, with_hf_metadata
 
@@ -120,7 +120,7 @@ def test_no_data_string_becomes_markup(tmp_path):
     assert "<script>window.__pwned" not in page and "<img src=x" not in page  # ...never as markup
     assert html.escape(PAYLOAD) in page
     tags = parse(page)
-    assert len(tags.scripts) == 1 and tags.scripts[0] == hr.SCRIPT
+    assert len(tags.scripts) == 1 and tags.scripts[0] == hr._asset("report.js")
     assert all(not a.startswith("on") for _, attrs in tags.tags for a in attrs), "event handler attribute in page"
     imgs = [attrs for tag, attrs in tags.tags if tag == "img"]
     assert imgs and all(a["src"].startswith("data:image/") for a in imgs)

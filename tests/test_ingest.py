@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import make_config
 from pipeline import storage
-from pipeline.orchestrator import run_ingest
+from pipeline.graph import make_stage
+from pipeline.orchestrator import run_source
 
 
 def _png(size=(32, 24), mode="RGB", color=(200, 30, 30)) -> bytes:
@@ -113,7 +114,7 @@ def _ingest(src: Path, root: Path, out: Path, **model):
         sources=[{"name": "bad", "format": "jsonl", "path": str(src), "image_root": str(root)}],
         model={"max_images_per_prompt": 1, **model}, run={"partition_rows": 7},
     )
-    stats, n, skipped = run_ingest(cfg, str(out))
+    stats, n, skipped = run_source(make_stage("ingest", cfg), str(out))
     rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
     quarantine = [r for f in storage.list_files(str(out / "quarantine"), ".parquet")
                   for r in pq.read_table(f).to_pylist()]
@@ -171,7 +172,7 @@ def test_allowed_image_roots_admit_absolute_references(tmp_path):
         cfg = make_config(sources=[{"name": "s", "format": "jsonl", "path": str(src),
                                     "allowed_image_roots": allowed}])
         out = tmp_path / f"out{len(allowed)}"
-        stats, _, _ = run_ingest(cfg, str(out))
+        stats, _, _ = run_source(make_stage("ingest", cfg), str(out))
         rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
         assert {r["row_key"] for r in rows} == kept
         assert stats.quarantined.get("image_uri_not_allowed", 0) == 2 - len(kept)
@@ -215,10 +216,10 @@ def test_a_bad_image_in_a_multi_image_row_quarantines_the_row(tmp_path):
 
 def test_partitions_follow_partition_rows(sample_data, tmp_path):
     cfg = make_config(run={"partition_rows": 100})
-    stats, n, skipped = run_ingest(cfg, str(tmp_path / "ingest"))
+    stats, n, skipped = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
     files = storage.list_files(str(tmp_path / "ingest" / "data"), ".parquet")
     assert n == len(files) == -(-stats.rows_in // 100)
     assert [pq.read_metadata(f).num_rows for f in files][:-1] == [100] * (n - 1)
     # a rerun finds every partition done and skips it
-    stats2, n2, skipped2 = run_ingest(cfg, str(tmp_path / "ingest"))
+    stats2, n2, skipped2 = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
     assert (n2, skipped2, stats2.rows_in) == (n, n, 0)

@@ -17,7 +17,7 @@ import pytest
 from conftest import make_config
 from pipeline import storage
 from pipeline.internvl_instructions import INSTRUCTIONS
-from pipeline.orchestrator import run_ingest
+from pipeline.orchestrator import run_source
 from pipeline.runner import Task, run_task
 from pipeline.stage import StageContext
 from pipeline.templates import BUILTIN_TEMPLATES
@@ -73,7 +73,7 @@ def generated(mmpr_sources, tiny_model, tmp_path_factory):
 
     cfg = _cfg(mmpr_sources)
     out = tmp_path_factory.mktemp("mmpr_generate")
-    stats, _, _ = run_ingest(cfg, str(out / "ingest"))
+    stats, _, _ = run_source(make_stage("ingest", cfg), str(out / "ingest"))
     (part,) = storage.list_files(str(out / "ingest" / "data"), ".parquet")
     task = Task("generate", "part", (part,), str(out / "generate"), cfg.stage_hash("generate"))
     run_task(make_stage("generate", cfg), task, get_engine(cfg))

@@ -14,7 +14,7 @@ from methods.extract import extract_answer
 from pipeline.config import ConfigError, load_config
 from pipeline.image_refs import ImageError, allowed_roots, resolve_image_ref
 from pipeline.internvl_instructions import INSTRUCTIONS
-from pipeline.placeholders import MARK, interleaved, parse_placeholders, user_content, with_marks
+from schemas.placeholders import MARK, interleaved, parse_placeholders, user_content, with_marks
 from pipeline.templates import BUILTIN_TEMPLATES, render_question, template_for_source
 
 

@@ -17,7 +17,7 @@ from pipeline.stage import Stage, StageContext
 SCHEMA = pa.schema([("sample_id", pa.string()), ("x", pa.int64())])
 
 
-class Doubler(Stage):
+class Doubler(Stage, register=False):
     """A tiny CPU stage: doubles x, quarantines negatives, fails on demand."""
     name = "doubler"
     input_schema = SCHEMA
@@ -86,6 +86,19 @@ def test_failures_are_retried_then_quarantined(tmp_path):
     q = pq.read_table(task.quarantine_uri()).to_pylist()
     assert len(q) == 4 and {r["reason"] for r in q} == {"stage_error"} and "engine died" in q[0]["detail"]
     assert completed(task), "a poisoned partition is finished (quarantined), not retried forever"
+    marker = json.loads(open(task.marker_uri()).read())
+    assert "Traceback" in marker["error"] and "engine died" in marker["error"]  # kept, not just counted
+
+
+def test_an_input_partition_is_checked_against_the_stage_input_schema(tmp_path):
+    from pipeline.runner import InputSchemaError
+
+    src = tmp_path / "wrong.parquet"
+    pq.write_table(pa.table({"sample_id": ["a"], "y": [1]}), src)
+    task = Task("doubler", "w", (str(src),), str(tmp_path / "out"), "h")
+    with pytest.raises(InputSchemaError, match=r"wrong.parquet: missing column\(s\) \['x'\]"):
+        run_task(Doubler(make_config()), task)
+    assert not completed(task)
 
 
 def test_stage_totals_sum_every_completed_partition(tmp_path):

@@ -204,7 +204,8 @@ def test_bad_image_references_on_s3_are_quarantined_per_row(s3, sample_data, tmp
     outside the source's prefix and its allowed_image_roots are that row's quarantine
     reason, never a partition failure, and the other bucket is never asked for its object
     (whose bytes would be readable with the same credentials)."""
-    from pipeline.orchestrator import run_ingest
+    from pipeline.orchestrator import run_source
+    from stages import make_stage
 
     s3.create_bucket(Bucket="other-bucket")
     s3.put_object(Bucket="other-bucket", Key="secret.png", Body=(sample_data / "images/int-0000.png").read_bytes())
@@ -230,7 +231,7 @@ def test_bad_image_references_on_s3_are_quarantined_per_row(s3, sample_data, tmp
     cfg = make_config(run={"partition_rows": 4}, sources=[
         {"name": "corpus", "format": "jsonl", "path": f"s3://{BUCKET}/corpus/prompts.jsonl",
          "allowed_image_roots": ["s3://other-bucket/public"]}])
-    stats, n, _ = run_ingest(cfg, str(tmp_path / "ingest"))
+    stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
     kept = [r for f in storage.list_files(str(tmp_path / "ingest" / "data"), ".parquet")
             for r in pq.read_table(f).to_pylist()]
     quarantine = {r["row_key"]: r["reason"] for f in storage.list_files(str(tmp_path / "ingest" / "quarantine"),

@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import make_config
 from pipeline import storage
-from pipeline.orchestrator import run_ingest
+from pipeline.graph import make_stage
+from pipeline.orchestrator import run_source
 
 
 def _png(color) -> bytes:
@@ -74,7 +75,7 @@ def _source(fmt: str, root: Path) -> dict:
 def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
     src = {"name": f"src_{fmt}", **_source(fmt, tmp_path / "src")}
     cfg = make_config(sources=[src])
-    stats, n, _ = run_ingest(cfg, str(tmp_path / "out"))
+    stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
     rows = [r for f in storage.list_files(str(tmp_path / "out" / "data"), ".parquet")
             for r in pq.read_table(f).to_pylist()]
     assert sum(stats.quarantined.values()) == 0 and len(rows) == 3
@@ -94,7 +95,7 @@ def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
 
 def test_missing_sample_data_is_generated_on_a_fresh_checkout(tmp_path):
     """`make build-mmpr` on a fresh clone: data/sample is not in git, the run makes it."""
-    from pipeline.orchestrator import check_sources
+    from pipeline.preflight import check_sources
 
     sample = tmp_path / "data" / "sample"
     cfg = make_config(sources=[{"name": "gt", "format": "jsonl", "path": str(sample / "gt.jsonl")}])

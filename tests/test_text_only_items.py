@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from conftest import make_config
 from pipeline import storage
-from pipeline.orchestrator import run_ingest
+from pipeline.orchestrator import run_source
 from pipeline.report import derived
 from pipeline.stage import StageContext
 from pipeline.templates import BUILTIN_TEMPLATES
@@ -53,7 +53,10 @@ def test_text_only_rows_yield_correctness_pairs_and_skip_the_image_methods():
     report = derived({"ingest": {"counters": {"text_only": 3}},
                       "dropout_ntp": {"counters": {"skipped.text_only": 3}},
                       "image_crop": {"counters": {"skipped.text_only": 3}}})
-    assert report["text_only"] == {"prompts": 3, "skipped_by_dropout_ntp": 3, "skipped_by_image_crop": 3}
+    # each stage reports its own part (Stage.summarize)
+    assert report["ingest"] == {"text_only_prompts": 3}
+    assert report["dropout_ntp"]["skipped_text_only"] == 3
+    assert report["image_crop"]["skipped_text_only"] == 3
 
 
 def test_ingest_keeps_and_counts_text_only_items_of_mmpr_files(tmp_path):
@@ -63,7 +66,7 @@ def test_ingest_keeps_and_counts_text_only_items_of_mmpr_files(tmp_path):
     for fmt, kept in (("mmpr", 2), ("jsonl", 0)):
         cfg = make_config(sources=[{"name": "m", "format": fmt, "path": str(src)}])
         out = tmp_path / fmt
-        stats, _, _ = run_ingest(cfg, str(out))
+        stats, _, _ = run_source(make_stage("ingest", cfg), str(out))
         rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
         assert len(rows) == kept and stats.counters.get("text_only", 0) == kept
         assert all(r["images"] == [] and r["image_positions"] == [] for r in rows)

@@ -221,11 +221,14 @@ def test_dataset_card(built):
     assert lengths["correctness"]["chosen_tokens"]["n"] == sum(r["method"] == "correctness" for r in rows)
 
 
-def test_write_stage_registry(tmp_path):
-    stage = make_stage("write", config(tmp_path))
-    assert stage.name == "write" and stage.output_schema == PAIR_SCHEMA
-    with pytest.raises(NotImplementedError, match="whole-dataset"):
-        list(stage.run(iter([]), None))
+def test_write_is_a_dataset_stage(inputs, tmp_path):
+    """The registry's write stage consumes whole upstream folders at once (no partitions)."""
+    out = tmp_path / "ds"
+    stage = make_stage("write", config(out))
+    assert stage.name == "write" and stage.kind == "dataset" and stage.input_schema == PAIR_SCHEMA
+    stats = stage.run_dataset(inputs[0], str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert stats.rows_out == manifest["rows"] == sum(s["rows"] for s in manifest["shards"]) > 0
 
 
 def test_single_file_input_without_image_crop_rows(inputs, tmp_path):

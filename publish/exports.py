@@ -37,7 +37,7 @@ image-contrast pairs) one shard at a time and lays them out for a trainer
 Image paths are relative to the export folder, so a copied dataset folder
 keeps working; ``root`` (``--root DIR``) writes them under DIR instead, where
 the export will live on the training machine.  Each export's README says how
-its trainer resolves them (``pipeline.export_docs``).
+its trainer resolves them (``publish.export_docs``).
 
 Every format writes the same ``<image>`` tag count as images in every row
 (a literal ``<image>`` inside a text is rewritten to ``image``).  Images are
@@ -60,16 +60,16 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from pipeline import export_docs, storage
+from pipeline import storage
+from publish import export_docs
+from publish.layout import CONFIGS
 
 log = logging.getLogger("pipeline")
 
 FORMATS = ("trl", "llamafactory", "swift", "internvl")
 IMAGE_TAG = "<image>"
 _SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d+-of-\d+\.parquet$")
-_FOLDERS = (("default", "data"), ("image_crop", "data/image_crop"))
 _BATCH_ROWS = 256
 
 
@@ -84,7 +84,7 @@ class CanonicalShard:
 
 def canonical_shards(input_dir: str) -> list[CanonicalShard]:
     out = []
-    for config, folder in _FOLDERS:
+    for config, folder in CONFIGS:
         for uri in storage.list_files(storage.join(input_dir, folder), ".parquet"):
             name = uri.rsplit("/", 1)[1]
             m = _SHARD_RE.match(name)
@@ -95,9 +95,8 @@ def canonical_shards(input_dir: str) -> list[CanonicalShard]:
 
 
 def iter_rows(uri: str, columns: list[str] | None = None) -> Iterator[dict]:
-    fs, path = storage.resolve(uri)
-    with fs.open_input_file(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+    with storage.parquet_file(uri) as pf:
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
             yield from batch.to_pylist()
 
 
@@ -290,7 +289,8 @@ class _Export:
 # -- formats --------------------------------------------------------------------------
 def _export_trl(ex: _Export, shards: list[CanonicalShard]) -> dict:
     from schemas import PAIR_SCHEMA, with_hf_metadata
-    from stages.write import card_header, parquet_bytes
+    from publish.card import card_header
+    from publish.parquet import parquet_bytes
 
     written = []
     for sh in shards:

@@ -1,0 +1,217 @@
+"""The stage contract: the graph, the config sections and the hashes come from the stage classes.
+
+* the framework (``pipeline/``) imports no stage module: stages are found by a
+  package scan and register themselves;
+* the stage order and each stage's inputs follow the ``after`` declarations,
+  looking through disabled pair-to-pair stages;
+* a stage's hash changes exactly when its own section, a key it reads or an
+  upstream stage changes: tuning one stage never invalidates a sibling;
+* adding a stage is one class: its config section validates, the CLI lists it,
+  the pipeline runs it and the dataset and run report carry its output.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import datasets
+import pytest
+from pydantic import Field
+
+from conftest import ROOT, make_config
+from pipeline import graph
+from pipeline.config import ConfigError, Section, load_config
+
+PIPELINE_STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"]
+
+
+def _imported_modules(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+#: the command line is the application: it may call the product features (never a stage by name)
+ENTRY_POINTS = {"pipeline/cli.py", "pipeline/__main__.py"}
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("pipeline", ("stages", "publish")),   # the framework names no stage and no product feature
+    ("publish", ("stages",)),              # product features work on datasets, not on stages
+    ("methods", ("stages", "pipeline", "publish")),  # methods are pure functions under all of them
+    ("schemas", ("stages", "pipeline", "publish", "methods")),
+])
+def test_dependencies_point_one_way(package, forbidden):
+    offenders = {
+        f"{path.relative_to(ROOT)}: {mod}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if str(path.relative_to(ROOT)) not in ENTRY_POINTS
+        for mod in _imported_modules(path)
+        if mod.split(".")[0] in forbidden
+    }
+    assert not offenders, sorted(offenders)
+    cli = set(_imported_modules(ROOT / "pipeline" / "cli.py"))
+    assert not {m for m in cli if m.split(".")[0] == "stages"}
+
+
+def test_no_stage_imports_another_stage():
+    names = set(graph.load())
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        mods = {m for m in _imported_modules(path) if m.startswith("stages.")}
+        assert not mods, f"{path.name} imports {sorted(mods)}"
+    assert set(PIPELINE_STAGES) <= names
+
+
+def test_order_and_inputs_come_from_the_classes():
+    assert graph.ordered()[:len(PIPELINE_STAGES)] == PIPELINE_STAGES
+    assert graph.upstream("filter") == ("correctness", "dropout_ntp", "image_crop")
+    cfg = make_config()  # sample config: no judge
+    assert graph.input_stages(cfg, "write") == ["filter"]
+    assert graph.input_stages(cfg, "filter") == ["correctness", "dropout_ntp", "image_crop"]
+    no_filter = make_config(run={"stages": ["ingest", "generate", "dropout_ntp", "judge", "write"]})
+    assert graph.input_stages(no_filter, "judge") == ["dropout_ntp"]  # filter is looked through
+    # a disabled stage that changes the schema is not looked through: correctness reads nothing
+    assert graph.input_stages(make_config(run={"stages": ["ingest", "correctness"]}), "correctness") == []
+    kinds = {name: graph.stage_class(name).kind for name in PIPELINE_STAGES}
+    assert kinds == {"ingest": "source", "generate": "engine", "correctness": "row", "dropout_ntp": "engine",
+                     "image_crop": "row", "filter": "row", "judge": "engine", "write": "dataset"}
+
+
+def _downstream(stage: str, enabled: list[str]) -> set[str]:
+    cfg = make_config(run={"stages": enabled})
+    out = {stage}
+    for s in enabled:  # pipeline order: every upstream is decided before s
+        if out & set(graph.input_stages(cfg, s)):
+            out.add(s)
+    return out
+
+
+#: one parameter per stage section (and the keys stages read), with the stages it may change
+CHANGES = [
+    ({"ingest": {"max_question_chars": 99}}, "ingest"),
+    ({"generate": {"temperature": 0.5}}, "generate"),
+    ({"correctness": {"max_pairs_per_prompt": 3}}, "correctness"),
+    ({"dropout_ntp": {"temperature": 0.3}}, "dropout_ntp"),
+    ({"image_crop": {"fraction": 0.9}}, "image_crop"),
+    ({"filter": {"require_final_answer": False}}, "filter"),
+    ({"judge": {"margin": 1.0}}, "judge"),
+    ({"write": {"shard_rows": 3}}, "write"),
+]
+
+
+@pytest.mark.parametrize("change, stage", CHANGES, ids=[s for _, s in CHANGES])
+def test_a_stage_parameter_changes_exactly_that_stage_and_its_downstream(change, stage):
+    enabled = PIPELINE_STAGES
+    base = make_config(run={"stages": enabled})
+    changed = make_config(run={"stages": enabled}, **change)
+    moved = {s for s in enabled if base.stage_hash(s) != changed.stage_hash(s)}
+    assert moved == _downstream(stage, enabled)
+
+
+@pytest.mark.parametrize("change, moved", [
+    # scoring settings decide which responses are right: image_crop's texts depend on them
+    ({"correctness": {"threshold": 0.5}}, {"correctness", "image_crop", "filter", "judge", "write"}),
+    # ... and dropout_ntp's only when it pairs correct responses
+    ({"correctness": {"threshold": 0.5}, "dropout_ntp": {"on_correct": True}},
+     {"correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"}),
+    ({"run": {"seed": 5}}, set(PIPELINE_STAGES) - {"ingest", "filter"} | {"filter"}),
+    ({"run": {"partition_rows": 5}}, set(PIPELINE_STAGES)),
+    ({"model": {"max_model_len": 1024}}, set(PIPELINE_STAGES) - {"ingest"}),
+    ({"engine": {"replicas": 3}, "executor": {"cpu_concurrency": 4}}, set()),
+])
+def test_keys_a_stage_reads_are_part_of_its_hash(change, moved):
+    base = make_config(run={"stages": PIPELINE_STAGES})
+    run = {**{"stages": PIPELINE_STAGES}, **change.pop("run", {})}
+    changed = make_config(run=run, **change)
+    assert {s for s in PIPELINE_STAGES if base.stage_hash(s) != changed.stage_hash(s)} == moved
+
+
+def test_stage_sections_validate_with_the_stage_model(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((ROOT / "configs" / "sample.yaml").read_text() + "\nfilter:\n  rulez: {}\n")
+    with pytest.raises(ConfigError, match=r"filter\.rulez: Extra inputs are not permitted"):
+        load_config(cfg)
+    c = make_config(dropout_ntp={"ratio": 0.25})
+    assert c.dropout_ntp.ratio == 0.25 and c.resolved()["dropout_ntp"]["ratio"] == 0.25
+    again = type(c).model_validate(c.resolved())
+    assert again.resolved() == c.resolved() and again.stage_hash("write") == c.stage_hash("write")
+
+
+# -- adding a stage: one class --------------------------------------------------------
+def _echo_stage():
+    """A new pair method declared in one class: prompt rows in, pairs out, feeding the filter."""
+    from pipeline.stage import Stage, StageContext
+    from schemas import PAIR_SCHEMA, PROMPT_SCHEMA
+    from schemas.records import pair_row, provenance
+
+    class EchoConfig(Section):
+        prefix: str = Field("Not", min_length=1)
+
+    class EchoStage(Stage):
+        """echo: the ground truth as chosen, its negation as rejected (a test method)."""
+        name = "echo"
+        after = ("ingest",)
+        feeds = ("filter",)
+        Config = EchoConfig
+        input_schema = PROMPT_SCHEMA
+        output_schema = PAIR_SCHEMA
+
+        def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+            for row in rows:
+                if not row["answer"]:
+                    continue
+                ctx.stats.inc("pairs.echo")
+                answer = f"Final answer: {row['answer'][0]}"
+                yield pair_row(pair_id=f"echo-{row['sample_id']}", method="echo", source=row["source"],
+                               question=row["question"], user_text=row["question"], images=row["images"],
+                               chosen=answer, rejected=f"{self.section.prefix} {answer}",
+                               prov=provenance(sample_id=row["sample_id"], template_id="mmpr_final_answer"))
+
+        @classmethod
+        def summarize(cls, counters: dict) -> dict:
+            return {"pairs": counters.get("pairs.echo", 0)}
+
+    return EchoStage
+
+
+def test_adding_a_stage_is_one_class(sample_data, tmp_path):
+    from pipeline.orchestrator import run_pipeline
+    from pipeline.stage import REGISTRY
+
+    echo = _echo_stage()
+    try:
+        assert "echo" in graph.ordered() and graph.upstream("filter")[-1] == "echo"
+        with pytest.raises(Exception, match="prefix"):
+            make_config(echo={"prefix": ""})
+        stages = ["ingest", "echo", "filter", "write"]
+        cfg = make_config(run={"stages": stages, "work_dir": str(tmp_path / "w"), "output_dir": str(tmp_path / "o")},
+                          executor={"kind": "local"}, echo={"prefix": "Surely not"},
+                          sources=[{"name": "sample_gt", "format": "jsonl", "path": str(sample_data / "gt.jsonl"),
+                                    "limit": 6}],
+                          write={"shard_rows": 100, "exports": []})
+        assert "  echo         the ground truth as chosen, its negation as rejected" in _stage_help()
+        report = run_pipeline(cfg)
+        rows = datasets.load_dataset("parquet", data_files=str(tmp_path / "o" / "data" / "*.parquet"))["train"]
+        assert len(rows) == 6 and set(rows["method"]) == {"echo"}
+        assert all(r[0]["content"][0]["text"].startswith("Surely not") for r in rows["rejected"])
+        assert report["summary"]["echo"] == {"pairs": 6} and report["stages"]["filter"]["rows_in"] == 6
+        # its section is part of its hash and of its downstream stages' hashes only
+        other = make_config(**{**{k: getattr(cfg, k).model_dump() for k in ("run", "executor")},
+                               "sources": [s.model_dump() for s in cfg.sources],
+                               "write": cfg.write.model_dump(), "echo": {"prefix": "No"}})
+        assert [s for s in stages if other.stage_hash(s) != cfg.stage_hash(s)] == ["echo", "filter", "write"]
+    finally:
+        REGISTRY.pop(echo.name)
+    assert "echo" not in graph.ordered()
+
+
+def _stage_help() -> str:
+    from pipeline.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["stage"].format_help()

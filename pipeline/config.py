@@ -17,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.seeds import stable_hash
 from pipeline.templates import TEMPLATES
+from stages.grounding import GroundingConfig
 from schemas import ANSWER_TYPES
 from schemas import METHODS as METHODS_FOR_FILTER
 
 STAGE_ORDER = ("ingest", "generate", "correctness", "dropout_ntp", "image_crop",
-               "filter", "judge", "write")
+               "grounding", "filter", "judge", "write")
+#: stages that run only when listed in run.stages or enabled in their section
+OPT_IN_STAGES = ("grounding",)
 TINY_MODEL = "tiny-idefics3"
 
 
@@ -50,7 +53,7 @@ class RunConfig(_Section):
     seed: int = 0
     #: rows per partition: the unit of work, of resume and of retry
     partition_rows: int = Field(256, ge=1)
-    stages: list[str] = Field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[str] = Field(default_factory=lambda: [s for s in STAGE_ORDER if s not in OPT_IN_STAGES])
 
     @field_validator("stages")
     @classmethod
@@ -440,6 +443,7 @@ class PipelineConfig(_Section):
     dropout_ntp: DropoutNTPConfig = Field(default_factory=DropoutNTPConfig)
     image_crop: ImageCropConfig = Field(default_factory=ImageCropConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     write: WriteConfig = Field(default_factory=WriteConfig)
 
@@ -449,6 +453,12 @@ class PipelineConfig(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"source names must be unique, duplicated: {dup}")
+        return self
+
+    @model_validator(mode="after")
+    def _opt_in_stages(self) -> "PipelineConfig":
+        if self.grounding.enabled and "grounding" not in self.run.stages:
+            self.run.stages = [*self.run.stages, "grounding"]
         return self
 
     @model_validator(mode="after")

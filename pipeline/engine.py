@@ -35,6 +35,8 @@ class GenRequest:
     #: multimodal processor arguments for this request only (a source's override);
     #: vLLM merges them over the engine's model.mm_processor_kwargs
     mm_processor_kwargs: dict[str, Any] | None = None
+    #: an already rendered prompt (scoring a given text): sent as is, messages unused
+    prompt: str | None = None
 
 
 @dataclass
@@ -52,6 +54,9 @@ class GenResult:
     #: short reason code when the request failed (e.g. "prompt_too_long")
     error: str | None = None
     detail: str = ""
+    #: the prompt as vLLM tokenised it, and its log-probs when the request asked for them
+    prompt_token_ids: list[int] = field(default_factory=list)
+    prompt_logprobs: Any = None
 
 
 def has_cuda() -> bool:
@@ -208,6 +213,8 @@ class Engine:
                             del owner[key]
                         r = batch.results[i]
                         r.prompt_tokens = len(out.prompt_token_ids or [])
+                        if out.prompt_logprobs is not None:  # a scoring request
+                            r.prompt_token_ids, r.prompt_logprobs = list(out.prompt_token_ids), out.prompt_logprobs
                         r.completions = [Completion(c.text, str(c.finish_reason), len(c.token_ids))
                                          for c in out.outputs]
                         batch.outstanding -= 1
@@ -217,7 +224,7 @@ class Engine:
     def _add(self, req: GenRequest, result: GenResult) -> str | None:
         """Render, check and enqueue one request; on refusal fill ``result.error`` and return None."""
         try:
-            text = self.render(req.messages, req.continue_final)
+            text = req.prompt if req.prompt is not None else self.render(req.messages, req.continue_final)
         except Exception as e:  # noqa: BLE001 -- a template that rejects a row
             result.error, result.detail = "chat_template_error", str(e)[:2000]
             return None

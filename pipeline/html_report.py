@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 
 from pipeline import __version__, storage
 from pipeline import svg_plots as plots
+from pipeline.grounding_report import grounding_html
 # the dataset layout: configs and their folders; image-contrast methods live in their own config
 from stages.write import CONFIGS, IMAGE_METHODS, assistant_chars
 
@@ -867,7 +868,7 @@ def render_html(root: str, *, manifest: dict | None, report: dict | None, sample
 <nav><a href="#summary">Run summary</a><a href="#plots">Plots</a><a href="#samples">Sample pairs</a></nav>
 <main>
 <section id="summary"><h2>Run summary</h2>{summary_html(report, manifest)}</section>
-<section id="plots"><h2>Plots</h2>{plots_html(sample, report, prompts)}</section>
+<section id="plots"><h2>Plots</h2>{plots_html(sample, report, prompts)}{grounding_html(dataset_files(root, manifest))}</section>
 <section id="samples"><h2>Sample pairs</h2>
 <p class="note">{len(cards)} pairs, up to {per_method} per method, drawn with seed {seed}
 from {sample.rows_read:,} of {sample.rows_total:,} rows (a seeded sample of row groups), spread over sources.

@@ -28,12 +28,14 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "correctness": ("generate",),
     "dropout_ntp": ("generate",),
     "image_crop": ("generate",),
-    "filter": ("correctness", "dropout_ntp", "image_crop"),
+    "grounding": ("correctness", "dropout_ntp", "image_crop"),
+    "filter": ("grounding",),
     "judge": ("filter",),
     "write": ("judge",),
 }
 #: when an input stage is disabled, read what it would have read instead
-PASSTHROUGH = {"judge": ("filter",), "filter": ("correctness", "dropout_ntp", "image_crop")}
+PASSTHROUGH = {"judge": ("filter",), "filter": ("grounding",),
+               "grounding": ("correctness", "dropout_ntp", "image_crop")}
 
 
 def stage_dir(config: PipelineConfig, stage: str) -> str:

@@ -17,6 +17,7 @@ _MODULES = {
     "correctness": ("stages.correctness", "CorrectnessStage"),
     "dropout_ntp": ("stages.dropout_ntp", "DropoutNTPStage"),
     "image_crop": ("stages.image_crop", "ImageCropStage"),
+    "grounding": ("stages.grounding", "GroundingStage"),
     "filter": ("stages.filter", "FilterStage"),
     "judge": ("stages.judge", "JudgeStage"),
     "write": ("stages.write", "WriteStage"),

@@ -92,20 +92,25 @@ class GroundingStage(EngineStage):
         crop = row["method"] == "image_crop" and bool(row["rejected_images"])
         return [IMAGE, NO_IMAGE] + ([CROP] if crop else [])
 
-    def request(self, row: dict, text: str, condition: str, ctx: StageContext) -> tuple[GenRequest, list[int], bool]:
+    def request(self, row: dict, text: str, condition: str, ctx: StageContext,
+                cache: dict | None = None) -> tuple[GenRequest, list[int], bool]:
         """A scoring request for ``text`` under ``condition``, the answer's token ids, and
-        whether the prompt/answer token boundary is clean."""
+        whether the prompt/answer token boundary is clean.  ``cache`` (one per row) keeps
+        the rendered prompt, its tokens and the decoded images for the row's other texts."""
         from vllm import SamplingParams
 
-        images = {IMAGE: row["images"], NO_IMAGE: [], CROP: row["rejected_images"]}[condition]
-        tok = ctx.engine.tokenizer
-        prompt = ctx.engine.render([user_message(row["prompt"], bool(images))])
-        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tok(prompt + text, add_special_tokens=False)["input_ids"]
+        cache = {} if cache is None else cache
+        if condition not in cache:
+            source = {IMAGE: row["images"], NO_IMAGE: [], CROP: row["rejected_images"]}[condition]
+            images = [to_pil(im) for im in source]
+            prompt = ctx.engine.render([user_message(row["prompt"], bool(images))])
+            cache[condition] = (prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
+        prompt, prompt_ids, images = cache[condition]
+        full_ids = ctx.engine.tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
         k, clean = answer_token_count(prompt_ids, full_ids)
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        req = GenRequest([], [to_pil(im) for im in images], params,
-                         mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]), prompt=prompt + text)
+        req = GenRequest([], images, params, mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                         prompt=prompt + text)
         return req, full_ids[len(full_ids) - k:], clean
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
@@ -114,10 +119,11 @@ class GroundingStage(EngineStage):
         for row in rows:
             texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
             slots: dict[tuple[str, str], tuple[int, list[int]]] = {}
+            cache: dict = {}
             for text in texts.values():
                 for cond in self.conditions(row):
                     if (text, cond) not in slots:
-                        req, answer_ids, clean = self.request(row, text, cond, ctx)
+                        req, answer_ids, clean = self.request(row, text, cond, ctx, cache)
                         ctx.stats.inc("grounding.boundary_merged", not clean)
                         slots[(text, cond)] = (len(requests), answer_ids)
                         requests.append(req)

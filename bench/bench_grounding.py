@@ -65,6 +65,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (the sample config's n)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="cProfile one stage round")
     args = ap.parse_args()
     n_prompts = args.prompts or (64 if args.quick else 128)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -123,6 +124,15 @@ def main() -> int:
             else:
                 stage.append(run_stage(f"r{r}")[0])
             print(f"  round {r + 1} {which}: {(bare if which == 'bare' else stage)[-1]:.2f} s", flush=True)
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        run_stage("profile")
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     shutil.rmtree(work, ignore_errors=True)
 
     share = min(stage) / gen_s

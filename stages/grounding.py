@@ -92,42 +92,55 @@ class GroundingStage(EngineStage):
         crop = row["method"] == "image_crop" and bool(row["rejected_images"])
         return [IMAGE, NO_IMAGE] + ([CROP] if crop else [])
 
+    @staticmethod
+    def view(row: dict, condition: str) -> tuple[list[dict], tuple]:
+        """The images the model sees under ``condition``, and a key for "same prompt, same images"
+        (the pairs of one prompt share it, so their common texts are scored once)."""
+        images = {IMAGE: row["images"], NO_IMAGE: [], CROP: row["rejected_images"]}[condition]
+        user = tuple((p["type"], p["text"]) for p in row["prompt"][-1]["content"])
+        return images, (condition, row["source"], user, tuple(hash(im["bytes"]) for im in images))
+
     def request(self, row: dict, text: str, condition: str, ctx: StageContext,
                 cache: dict | None = None) -> tuple[GenRequest, list[int], bool]:
         """A scoring request for ``text`` under ``condition``, the answer's token ids, and
-        whether the prompt/answer token boundary is clean.  ``cache`` (one per row) keeps
-        the rendered prompt, its tokens and the decoded images for the row's other texts."""
+        whether the prompt/answer token boundary is clean.  ``cache`` keeps the rendered
+        prompt, its tokens and the decoded images per view for the other texts."""
         from vllm import SamplingParams
 
         cache = {} if cache is None else cache
-        if condition not in cache:
-            source = {IMAGE: row["images"], NO_IMAGE: [], CROP: row["rejected_images"]}[condition]
+        source, key = self.view(row, condition)
+        if key not in cache:
             images = [to_pil(im) for im in source]
             prompt = ctx.engine.render([user_message(row["prompt"], bool(images))])
-            cache[condition] = (prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
-        prompt, prompt_ids, images = cache[condition]
+            cache[key] = (prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
+        prompt, prompt_ids, images = cache[key]
         full_ids = ctx.engine.tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
         k, clean = answer_token_count(prompt_ids, full_ids)
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        # flat: a constant number of Python objects per request instead of a dict per prompt position
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
         req = GenRequest([], images, params, mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
                          prompt=prompt + text)
         return req, full_ids[len(full_ids) - k:], clean
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
-        """One request per (text, condition) of a pair: an image_crop pair's shared text is scored once."""
-        jobs, requests = [], []
+        """One request per distinct (prompt, images, answer text) in the partition: the pairs of
+        one prompt reuse its responses (up to 15 correctness pairs from 8 samples), and an
+        image_crop pair's shared text is scored once per image condition."""
+        jobs, requests, cache, index = [], [], {}, {}
         for row in rows:
             texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
             slots: dict[tuple[str, str], tuple[int, list[int]]] = {}
-            cache: dict = {}
             for text in texts.values():
                 for cond in self.conditions(row):
-                    if (text, cond) not in slots:
+                    key = (self.view(row, cond)[1], text)
+                    if key not in index:
                         req, answer_ids, clean = self.request(row, text, cond, ctx, cache)
                         ctx.stats.inc("grounding.boundary_merged", not clean)
-                        slots[(text, cond)] = (len(requests), answer_ids)
+                        index[key] = (len(requests), answer_ids)
                         requests.append(req)
+                    slots[(text, cond)] = index[key]
             jobs.append((row, texts, slots))
+        ctx.stats.inc("grounding.requests", len(requests))
         return jobs, requests
 
     @staticmethod

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 import yaml
+
+from pipeline.terminal import echo, quiet_build
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -41,6 +44,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=["ray", "local"], help="override executor.kind")
     p.add_argument("--ray-address", help="override executor.address (a Ray cluster)")
     p.add_argument("--work-dir", help="override run.work_dir")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and vLLM's output live instead of in <work_dir>/logs/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=["trl", "llamafactory", "swift", "internvl"])
     p.add_argument("--input", required=True, help="dataset folder written by the pipeline")
     p.add_argument("--output", required=True, help="export folder")
+    p.add_argument("--root", metavar="DIR", help="where the export folder will be on the training machine: "
+                                                 "paths are written under DIR (default: relative to the export)")
 
     p = sub.add_parser("report", help="print the run report of a work folder, or (--input) write "
                                       "a dataset folder's HTML report")
@@ -91,9 +98,9 @@ def _html_report(config) -> None:
     if "write" not in config.run.stages or not storage.exists(storage.join(out, "manifest.json")):
         return
     try:
-        print(f"html report: {write_html_report(out)}")
+        echo(f"html report: {write_html_report(out)}")
     except Exception as e:  # noqa: BLE001 -- the dataset is complete; the report is a view of it
-        print(f"html report not written: {type(e).__name__}: {e}", file=sys.stderr)
+        logging.getLogger("pipeline").warning("html report not written: %s: %s", type(e).__name__, e)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,35 +120,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "export":
             from pipeline.exports import export
-            export(args.format, args.input, args.output)
+            print(json.dumps(export(args.format, args.input, args.output, root=args.root)["rows"]))
             return 0
         if args.command == "report" and args.input:
             from pipeline.html_report import write_html_report
             print(f"report: {write_html_report(args.input, args.html, seed=args.seed, per_method=args.per_method)}")
             return 0
         config = load_config(args.config, _overrides(args))
-        if args.command == "run":
-            from pipeline.orchestrator import run_pipeline
-            from pipeline.report import format_summary
-            report = run_pipeline(config, restart=args.restart)
-            print(format_summary(report))
-            print(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
-            _html_report(config)
-        elif args.command == "stage":
-            from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
-            from pipeline.config import STAGE_ORDER
-            from stages import stage_class
-            if args.name not in STAGE_ORDER:
-                raise ConfigError(f"stage: unknown stage {args.name!r}; known: {list(STAGE_ORDER)}")
-            cls = stage_class(args.name)
-            if args.name == "ingest":
-                check_sources(config)
-            elif not args.input:
-                raise ConfigError(f"--input is required for stage {args.name}")
-            check_ray_address(config)
-            if cls.uses_engine:
-                ensure_model(config)
-            run_stage(config, args.name, args.input, args.output)
+        if args.command in ("run", "stage"):
+            with quiet_build(config.run.work_dir, verbose=args.verbose, discard_on=(ConfigError,)):
+                _run_or_stage(args, config)
         elif args.command == "report":
             from pipeline.report import build_report, format_summary
             report = build_report(config)
@@ -150,4 +138,39 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 -- a quiet build's traceback is in its log file
+        if args.command not in ("run", "stage") or args.verbose:
+            raise
+        print(f"error: {type(e).__name__}: {e}\n(the traceback is in the log named above)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _run_or_stage(args: argparse.Namespace, config) -> None:
+    from pipeline.config import ConfigError
+
+    if args.command == "run":
+        from pipeline.orchestrator import run_pipeline
+        from pipeline.report import format_summary
+        report = run_pipeline(config, restart=args.restart)
+        for line in format_summary(report).splitlines():
+            echo(line)
+        echo(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
+        _html_report(config)
+    else:
+        from pipeline.orchestrator import check_ray_address, check_sources, ensure_model, run_stage
+        from pipeline.config import STAGE_ORDER
+        from stages import stage_class
+        if args.name not in STAGE_ORDER:
+            raise ConfigError(f"stage: unknown stage {args.name!r}; known: {list(STAGE_ORDER)}")
+        cls = stage_class(args.name)
+        if args.name == "ingest":
+            check_sources(config)
+        elif not args.input:
+            raise ConfigError(f"--input is required for stage {args.name}")
+        check_ray_address(config)
+        if cls.uses_engine:
+            from pipeline.preflight import check_model
+            ensure_model(config)
+            check_model(config)
+        run_stage(config, args.name, args.input, args.output)

@@ -136,6 +136,11 @@ class ModelConfig(_Section):
     #: image part is rendered as this placeholder and the parts joined by newlines;
     #: null = pass content parts ({"type": "image"}) to the template (Idefics3, Qwen2.5-VL)
     image_placeholder: Optional[str] = None
+    #: stop strings and stop tokens (ids or token strings such as "<|im_end|>") for every
+    #: request to this model: needed when the chat template's end-of-turn marker is not the
+    #: tokenizer's EOS (InternVL: "<|im_end|>" vs "</s>"); the pre-flight check enforces it
+    stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[Union[int, str]] = Field(default_factory=list)
     #: other keyword arguments for vllm.LLM (e.g. enforce_eager, max_num_batched_tokens);
     #: keys with a typed field belong in that field
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -227,6 +232,16 @@ class EngineConfig(_Section):
     #: fraction of each GPU's memory vLLM may take (null = vLLM's default, 0.92); not
     #: passed on CPU, where VLLM_CPU_KVCACHE_SPACE sizes the KV cache
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
+    #: prompts admitted into one engine at once (each holds its processed images in the
+    #: engine process until it finishes); null = image_memory_gib / the model's worst-case
+    #: image bytes per prompt (pipeline.image_budget)
+    max_prompts_in_flight: Optional[int] = Field(None, ge=1)
+    #: host memory one engine may spend on the processed images of admitted prompts
+    image_memory_gib: float = Field(8.0, gt=0)
+    #: vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): on GPU a response no longer
+    #: depends on what it was batched with (a retried or resumed partition gives the same
+    #: responses), at some speed cost; part of the stage hashes when on
+    batch_invariant: bool = False
 
     @property
     def world_size(self) -> int:
@@ -497,6 +512,13 @@ class PipelineConfig(_Section):
                         "and lower it for the sources that need less")
         return self
 
+    @model_validator(mode="after")
+    def _images_fit_context(self) -> "PipelineConfig":
+        from pipeline.image_budget import check_context
+
+        check_context(self)
+        return self
+
     def source(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
 
@@ -534,6 +556,8 @@ class PipelineConfig(_Section):
         part["seed"] = resolved["run"]["seed"]
         part["stages"] = [s for s in resolved["run"]["stages"] if s in upstream]
         part["partition_rows"] = resolved["run"]["partition_rows"]
+        if self.engine.batch_invariant:  # other kernels on GPU: other responses
+            part["batch_invariant"] = True
         return stable_hash(json.dumps(part, sort_keys=True))[:16]
 
 

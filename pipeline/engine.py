@@ -2,16 +2,33 @@
 
 Stages build ``GenRequest`` objects; the engine renders them through the
 model's own chat template (so the exact prompt text is known and recorded),
-keeps the engine busy by feeding it batch after batch (``generate_stream``:
-the next partition's requests go in while the last one's tail finishes), and
+keeps the engine busy by feeding it prompt after prompt (``generate_stream``:
+the next partition's prompts go in while the last one's tail finishes), and
 isolates failures: a request vLLM refuses (e.g. longer than the context) is
 reported on its own ``GenResult`` instead of failing its batch.
+
+A prompt's N samples go in as N requests with ``n=1`` and seeds seed+i, not as
+one ``n=N`` request: vLLM fans an n-request out into children that each carry
+their own copy of the processed image into the engine process (measured:
+``bench/bench_engine_memory.py``), while separate requests for the same image
+hit vLLM's multimodal cache and share one.  vLLM gives child i of an
+n-request the seed ``seed + i`` (``v1/engine/parallel_sampling.py``), so the
+responses are the same.  Prompts enter the engine only while it has fewer
+unfinished sequences than it can schedule (``max_num_seqs`` x pipeline
+stages) and fewer than ``engine.max_prompts_in_flight`` prompts
+(``pipeline.image_budget``): queued images never pile up in memory.
+
+A dead engine (vLLM's ``EngineDeadError``: its core process died of a CUDA
+OOM, an NCCL timeout, a kill) is raised as ``EngineDead`` and never turned
+into quarantined rows: the executor rebuilds the engine or ends the actor,
+and the partition is retried.
 """
 from __future__ import annotations
 
 import logging
 import os
 from collections import deque
+from copy import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -23,6 +40,50 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PipelineConfig
 
 log = logging.getLogger("pipeline.engine")
+
+
+class EngineDead(RuntimeError):
+    """vLLM's engine core is gone: no request can succeed on this engine any more.
+
+    Not a property of the rows: runners re-raise it instead of quarantining, and
+    executors rebuild the engine (local) or end the actor so Ray restarts it."""
+
+
+def engine_dead_cause(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is vLLM's EngineDeadError."""
+    try:
+        from vllm.v1.engine.exceptions import EngineDeadError
+    except Exception:  # noqa: BLE001 -- no vLLM here: nothing can be a dead vLLM engine
+        return False
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (EngineDeadError, EngineDead)):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def refill_threshold(vllm_config: Any) -> int:
+    """Sequences the engine runs at once: ``max_num_seqs`` per batch, and with pipeline
+    parallelism every stage holds a batch of its own in flight."""
+    return vllm_config.scheduler_config.max_num_seqs * vllm_config.parallel_config.pipeline_parallel_size
+
+
+def sample_params(params: Any) -> list:
+    """The n=1 requests that replace one ``SamplingParams(n=N)``: child i gets the
+    seed ``seed + i``, exactly as vLLM's own fan-out does (ParentRequest
+    ``_get_child_sampling_params``), so the responses are the same."""
+    if params.n == 1:
+        return [params]
+    out = []
+    for i in range(params.n):
+        child = copy(params)
+        child.n = 1
+        if params.seed is not None:
+            child.seed = params.seed + i
+        out.append(child)
+    return out
 
 
 @dataclass
@@ -135,29 +196,34 @@ class Engine:
     def __init__(self, config: "PipelineConfig") -> None:
         from vllm import LLM
 
+        from pipeline.image_budget import prompts_in_flight
+
         self.config = config
         self.kwargs = engine_kwargs(config)
         # a model on a store (s3://...) is copied to this node's disk once
         self.kwargs["model"] = storage.localize_dir(model_location(config))
+        if config.engine.batch_invariant:
+            # read by vLLM (envs.VLLM_BATCH_INVARIANT) here and in its workers
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"
         log.info("starting vLLM engine for %s", self.kwargs["model"])
         self.llm = LLM(**self.kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = config.model.path
         self.revision = config.model.revision or ""
         self.max_model_len = config.model.max_model_len
-        #: sequences the scheduler runs at once: below this, feed the next batch
-        self.max_num_seqs = self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        vllm_config = self.llm.llm_engine.vllm_config
+        self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
+        #: unfinished sequences below which the next prompts are admitted
+        self.low_water = refill_threshold(vllm_config)
+        #: prompts (with their images) admitted into the engine at once
+        self.max_prompts = prompts_in_flight(config, self.low_water)
+        #: the model's configured stops, for every SamplingParams built for this engine
+        self.stop_kwargs = stop_kwargs(config, self.tokenizer)
+        _wake_on_death(self.llm.llm_engine)
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict], continue_final: bool = False) -> str:
-        placeholder = self.config.model.image_placeholder
-        if placeholder is not None:
-            messages = [_as_string_content(m, placeholder) for m in messages]
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False,
-            add_generation_prompt=not continue_final,
-            continue_final_message=continue_final,
-        )
+        return render_chat(self.tokenizer, messages, self.config.model.image_placeholder, continue_final)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -170,83 +236,201 @@ class Engine:
     def generate_stream(self, batches: Iterable[Sequence[GenRequest]]) -> Iterator[list[GenResult]]:
         """Results batch by batch, in order, with the engine fed across batch boundaries.
 
-        The next batch is submitted as soon as the engine has fewer unfinished
-        sequences than it can schedule at once, so the long tail of one
-        partition overlaps the start of the next instead of idling the engine.
-        Each request is added on its own: one that vLLM refuses (too long for
-        the context, a bad image) fails alone with a reason.
+        Prompts are admitted one at a time while the engine has fewer unfinished
+        sequences than it schedules at once (``low_water``) and fewer than
+        ``max_prompts`` prompts in flight, so the long tail of one partition
+        overlaps the start of the next without queueing a partition's images.
+        Each prompt is added on its own: one that vLLM refuses (too long for
+        the context, a bad image) fails alone with a reason.  A dead engine
+        raises ``EngineDead``.
         """
         engine = self.llm.llm_engine
-        low_water = self.max_num_seqs
         feed = iter(batches)
-        pending: deque[_Batch] = deque()
-        owner: dict[str, tuple[_Batch, int, tuple[str, ...]]] = {}
+        pending: deque[_Batch] = deque()  # batches not yet returned, in order
+        queued: deque[tuple[_Batch, int, GenRequest]] = deque()  # prompts not yet admitted
+        owner: dict[str, tuple[_Prompt, int, tuple[str, ...]]] = {}
+        in_flight = [0]
+        exhausted = False
 
-        def submit() -> bool:
+        def pull() -> bool:
             reqs = next(feed, None)
             if reqs is None:
                 return False
-            batch = _Batch([GenResult() for _ in reqs])
-            for i, req in enumerate(reqs):
-                req_id = self._add(req, batch.results[i])
-                if req_id is not None:
-                    # outputs carry the id we were given, or its external part
-                    # (vLLM appends "-<random>" internally)
-                    keys = tuple({req_id, req_id.rsplit("-", 1)[0]})
-                    for key in keys:
-                        owner[key] = (batch, i, keys)
-                    batch.outstanding += 1
+            batch = _Batch([GenResult() for _ in reqs], unsubmitted=len(reqs))
             pending.append(batch)
+            queued.extend((batch, i, r) for i, r in enumerate(reqs))
             return True
 
-        exhausted = not submit()
-        while pending:
-            while not exhausted and engine.get_num_unfinished_requests() < low_water:
-                exhausted = not submit()
-            if not engine.has_unfinished_requests() and pending[0].outstanding:
-                raise RuntimeError("vLLM has no unfinished requests but results are missing")
-            if engine.has_unfinished_requests():
+        def admit() -> None:
+            batch, i, req = queued.popleft()
+            batch.unsubmitted -= 1
+            ids = self._add(req, batch.results[i])
+            if not ids:
+                return
+            prompt = _Prompt(batch, batch.results[i], [None] * len(ids))
+            for k, req_id in enumerate(ids):
+                # outputs carry the id we were given, or its external part
+                # (vLLM appends "-<random>" internally)
+                keys = tuple({req_id, req_id.rsplit("-", 1)[0]})
+                for key in keys:
+                    owner[key] = (prompt, k, keys)
+            prompt.left = len(ids)
+            batch.outstanding += 1
+            in_flight[0] += 1
+
+        try:
+            while True:
+                while (engine.get_num_unfinished_requests() < self.low_water
+                       and in_flight[0] < self.max_prompts):
+                    if not queued and (exhausted or not pull()):
+                        exhausted = True
+                        break
+                    if queued:
+                        admit()
+                while pending and pending[0].done:
+                    yield pending.popleft().results
+                if not pending and exhausted and not queued:
+                    return
+                if not engine.has_unfinished_requests():
+                    if queued or not exhausted:
+                        continue  # nothing running: admit more (the loop above ran dry only on a full cap)
+                    raise RuntimeError("vLLM has no unfinished requests but results are missing")
                 for out in engine.step():
                     if out.finished and out.request_id in owner:
-                        batch, i, keys = owner[out.request_id]
+                        prompt, k, keys = owner.pop(out.request_id)
                         for key in keys:
-                            del owner[key]
-                        r = batch.results[i]
-                        r.prompt_tokens = len(out.prompt_token_ids or [])
-                        if out.prompt_logprobs is not None:  # a scoring request
-                            r.prompt_token_ids, r.prompt_logprobs = list(out.prompt_token_ids), out.prompt_logprobs
-                        r.completions = [Completion(c.text, str(c.finish_reason), len(c.token_ids))
-                                         for c in out.outputs]
-                        batch.outstanding -= 1
-            while pending and pending[0].outstanding == 0:
-                yield pending.popleft().results
+                            owner.pop(key, None)
+                        if self._collect(prompt, k, out):
+                            in_flight[0] -= 1
+        except Exception as e:
+            if engine_dead_cause(e) or self.dead():
+                raise EngineDead(f"vLLM engine died: {e}") from e
+            raise
 
-    def _add(self, req: GenRequest, result: GenResult) -> str | None:
-        """Render, check and enqueue one request; on refusal fill ``result.error`` and return None."""
+    @staticmethod
+    def _collect(prompt: "_Prompt", k: int, out: Any) -> bool:
+        """File sample k's output; True when the prompt has all its samples."""
+        prompt.samples[k] = [Completion(c.text, str(c.finish_reason), len(c.token_ids)) for c in out.outputs]
+        prompt.result.prompt_tokens = len(out.prompt_token_ids or [])
+        if out.prompt_logprobs is not None:  # a scoring request
+            prompt.result.prompt_token_ids = list(out.prompt_token_ids)
+            prompt.result.prompt_logprobs = out.prompt_logprobs
+        prompt.left -= 1
+        if prompt.left:
+            return False
+        prompt.result.completions = [c for sample in prompt.samples for c in sample]
+        prompt.batch.outstanding -= 1
+        return True
+
+    def dead(self) -> bool:
+        """Whether vLLM has seen its engine core process die."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
+    def _add(self, req: GenRequest, result: GenResult) -> list[str]:
+        """Render, check and enqueue one prompt as one n=1 request per sample (``sample_params``);
+        on refusal fill ``result.error`` and return no ids."""
         try:
             text = req.prompt if req.prompt is not None else self.render(req.messages, req.continue_final)
         except Exception as e:  # noqa: BLE001 -- a template that rejects a row
             result.error, result.detail = "chat_template_error", str(e)[:2000]
-            return None
+            return []
         result.prompt_text = text
         n_text = self.count_tokens(text)
         if n_text >= self.max_model_len:
             result.error = "prompt_too_long"
             result.detail = f"{n_text} text tokens >= max_model_len {self.max_model_len}"
-            return None
+            return []
         prompt: dict[str, Any] = {"prompt": text}
         if req.images:
             prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
             if req.mm_processor_kwargs:
                 prompt["mm_processor_kwargs"] = dict(req.mm_processor_kwargs)
+        ids: list[str] = []
         try:
-            return self.llm.enqueue([prompt], [req.params], use_tqdm=False)[0]
+            for params in sample_params(req.params):
+                ids += self.llm.enqueue([prompt], [params], use_tqdm=False)
+            return ids
         except Exception as e:  # noqa: BLE001 -- vLLM validates at add time, before any decoding
+            if engine_dead_cause(e) or self.dead():
+                raise EngineDead(f"vLLM engine died: {e}") from e
+            if ids:
+                self.llm.llm_engine.abort_request(ids)
             msg = str(e)
             too_long = "longer than" in msg or "max_model_len" in msg or "too long" in msg
             result.error = "prompt_too_long" if too_long else "engine_error"
             result.detail = msg[:2000]
-            return None
+            return []
+
+
+def _wake_on_death(llm_engine: Any, poll_s: float = 0.5) -> None:
+    """Make a dead engine core raise instead of hang.
+
+    vLLM 0.32's synchronous client (``SyncMPClient``) marks the engine dead when
+    its core process exits, but then shuts its output thread down without
+    putting anything on ``outputs_queue``: a ``step()`` already waiting there
+    (or the next one) blocks forever.  This watcher puts the ``EngineDeadError``
+    there itself once vLLM has seen the death.
+    """
+    import threading
+    import time
+    import weakref
+
+    core = getattr(llm_engine, "engine_core", None)
+    if core is None or not hasattr(core, "outputs_queue") or not hasattr(core, "resources"):
+        return  # in-process engine core: its errors raise directly
+    ref = weakref.ref(core)
+
+    def watch() -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        while (c := ref()) is not None:
+            if c.resources.engine_dead:
+                c.outputs_queue.put_nowait(EngineDeadError())
+                return
+            del c
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="mmpr-engine-death-watch", daemon=True).start()
+
+
+def render_chat(tokenizer: Any, messages: list[dict], placeholder: str | None,
+                continue_final: bool = False) -> str:
+    """The prompt text of ``messages`` through the model's chat template (also used by the
+    driver's pre-flight check, before any engine exists)."""
+    if placeholder is not None:
+        messages = [_as_string_content(m, placeholder) for m in messages]
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False,
+        add_generation_prompt=not continue_final,
+        continue_final_message=continue_final,
+    )
+
+
+def stop_kwargs(config: "PipelineConfig", tokenizer: Any) -> dict[str, list]:
+    """``stop``/``stop_token_ids`` SamplingParams arguments from ``model.stop`` and
+    ``model.stop_token_ids`` (token strings such as "<|im_end|>" resolved to ids)."""
+    m = config.model
+    out: dict[str, list] = {}
+    if m.stop:
+        out["stop"] = list(m.stop)
+    if m.stop_token_ids:
+        out["stop_token_ids"] = resolve_token_ids(m.stop_token_ids, tokenizer)
+    return out
+
+
+def resolve_token_ids(tokens: Sequence[int | str], tokenizer: Any) -> list[int]:
+    """Token ids for ids or token strings; an unknown token string raises ValueError."""
+    ids = []
+    for t in tokens:
+        if isinstance(t, int):
+            ids.append(t)
+            continue
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if tid is None or tid == getattr(tokenizer, "unk_token_id", None):
+            raise ValueError(f"model.stop_token_ids: {t!r} is not a token of this tokenizer")
+        ids.append(int(tid))
+    return ids
 
 
 def _as_string_content(message: dict, placeholder: str) -> dict:
@@ -262,7 +446,22 @@ def _as_string_content(message: dict, placeholder: str) -> dict:
 @dataclass
 class _Batch:
     results: list[GenResult]
+    #: prompts not yet admitted into the engine, and admitted ones not yet complete
+    unsubmitted: int = 0
     outstanding: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.unsubmitted == 0 and self.outstanding == 0
+
+
+@dataclass
+class _Prompt:
+    """One admitted prompt: its samples' completions arrive one request at a time."""
+    batch: _Batch
+    result: GenResult
+    samples: list
+    left: int = 0
 
 
 _ENGINES: dict[str, Engine] = {}
@@ -274,3 +473,13 @@ def get_engine(config: "PipelineConfig") -> Engine:
     if key not in _ENGINES:
         _ENGINES[key] = Engine(config)
     return _ENGINES[key]
+
+
+def drop_engine(engine: Engine) -> None:
+    """Forget a (dead) engine so ``get_engine`` builds a new one, and release what is left of it."""
+    for key in [k for k, v in _ENGINES.items() if v is engine]:
+        del _ENGINES[key]
+    try:
+        engine.llm.llm_engine.engine_core.shutdown()
+    except Exception:  # noqa: BLE001 -- it is dead already; nothing more to free
+        pass

@@ -10,25 +10,21 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import sys
+import warnings
 from typing import TYPE_CHECKING, Sequence
 
 from pipeline.runner import Task, run_engine_tasks, run_task
 from pipeline.stage import StageStats
+from pipeline.terminal import is_quiet
+from pipeline.terminal import progress as _progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PipelineConfig
 
 log = logging.getLogger("pipeline")
-
-
-def _progress(iterable, total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="part", file=sys.stderr,
-                disable=os.environ.get("MMPR_NO_PROGRESS") == "1")
 
 
 class LocalExecutor:
@@ -47,13 +43,35 @@ class LocalExecutor:
             # one engine, fed partition after partition without draining in between
             bar = _progress(None, len(tasks), stage_name)
             try:
-                return run_engine_tasks(stage, list(tasks), get_engine(stage.engine_config()), retries,
-                                        on_done=lambda _task: bar.update(1))
+                return self._run_engine(stage, list(tasks), retries, on_done=lambda _task: bar.update(1))
             finally:
                 bar.close()
         total = StageStats()
         for task in _progress(tasks, len(tasks), stage_name):
             total.merge(run_task(stage, task, None, retries))
+        return total
+
+    def _run_engine(self, stage, tasks: list[Task], retries: int, on_done) -> StageStats:
+        """Stream the tasks through the engine; when the engine dies, build a new one and
+        redo the partitions not yet written (at most ``retries`` times, then fail the run:
+        a rerun resumes).  A dead engine never quarantines rows."""
+        from pipeline.engine import EngineDead, drop_engine, get_engine
+        from pipeline.runner import completed
+
+        total = StageStats()
+        for attempt in range(retries + 1):
+            engine = get_engine(stage.engine_config())
+            try:
+                total.merge(run_engine_tasks(stage, tasks, engine, retries, on_done=on_done))
+                return total
+            except EngineDead as e:
+                drop_engine(engine)
+                tasks = [t for t in tasks if not completed(t)]
+                log.error("stage %s: the vLLM engine died (%s); %d partition(s) left, starting a new "
+                          "engine (attempt %d of %d)", stage.name, e, len(tasks), attempt + 1, retries + 1)
+                if attempt == retries:
+                    raise RuntimeError(f"stage {stage.name}: the vLLM engine died {retries + 1} times; "
+                                       "rerun to resume") from e
         return total
 
     def close(self) -> None:
@@ -79,10 +97,19 @@ class _EngineWorker:
 
         from pipeline.runner import record_attempt
 
+        from pipeline.engine import EngineDead
+
         tasks = [Task.from_dict(json.loads(raw)) for raw in batch["task"]]
-        stats = run_engine_tasks(self.stage, tasks, self.engine, self.config.executor.max_retries,
-                                 on_start=record_attempt)
-        return {"stats": [json.dumps(stats.to_dict())]}
+        try:
+            stats = run_engine_tasks(self.stage, tasks, self.engine, self.config.executor.max_retries,
+                                     on_start=record_attempt)
+        except EngineDead as e:
+            # end the actor the way an OOM kill would: Ray restarts it (max_restarts) with a
+            # new engine and retries this call (max_task_retries); the rows are not quarantined
+            logging.getLogger("pipeline").error("the vLLM engine died (%s): ending this actor", e)
+            logging.shutdown()
+            os._exit(1)
+        return {"stats": [json.dumps(stats.to_dict())], "tasks": [len(tasks)]}
 
 
 def _cpu_worker(batch: dict, stage_name: str, config: dict) -> dict:
@@ -105,7 +132,7 @@ def _run_batch(stage, batch: dict, engine, max_retries: int) -> dict:
         task = Task.from_dict(json.loads(raw))
         record_attempt(task)
         stats.append(json.dumps(run_task(stage, task, engine, max_retries).to_dict()))
-    return {"stats": stats}
+    return {"stats": stats, "tasks": [1] * len(stats)}
 
 
 class RayExecutor:
@@ -127,7 +154,9 @@ class RayExecutor:
                      logging_level=logging.WARNING, configure_logging=True,
                      runtime_env=runtime_env)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = os.environ.get("MMPR_NO_PROGRESS") != "1"
+        # the terminal gets one bar per stage (ours, in _run_once); Ray Data's own bars and
+        # progress log lines go with the rest of Ray's output (pipeline.terminal)
+        ctx.enable_progress_bars = not is_quiet() and os.environ.get("MMPR_NO_PROGRESS") != "1"
         ctx.print_on_execution_start = False
 
     def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
@@ -183,22 +212,27 @@ class RayExecutor:
                     groups, replicas)
                 num_gpus = 0
             else:
-                num_gpus = eng.gpus_per_replica
-            ds = ds.map_batches(
-                _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
-                batch_size=eng.partitions_per_call,
-                concurrency=replicas,
-                num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
+                num_gpus = replica_gpus(eng.gpus_per_replica, ray.cluster_resources().get("GPU", 0))
+            with _remote_args_without_replacement():
+                ds = ds.map_batches(
+                    _EngineWorker, fn_constructor_kwargs={"stage_name": stage_name, "config": resolved},
+                    batch_size=eng.partitions_per_call,
+                    compute=ray.data.ActorPoolStrategy(size=replicas),
+                    num_gpus=num_gpus, num_cpus=eng.cpus_per_replica, **remote)
         else:
-            ds = ds.map_batches(
-                _cpu_worker, fn_kwargs={"stage_name": stage_name, "config": resolved},
-                batch_size=1, concurrency=cfg.executor.cpu_concurrency, num_cpus=1,
-                max_retries=cfg.executor.max_retries)
+            with _remote_args_without_replacement():
+                ds = ds.map_batches(
+                    _cpu_worker, fn_kwargs={"stage_name": stage_name, "config": resolved},
+                    batch_size=1, compute=ray.data.TaskPoolStrategy(size=cfg.executor.cpu_concurrency),
+                    num_cpus=1, max_retries=cfg.executor.max_retries)
         ray.data.DataContext.get_current().max_errored_blocks = 0
+        bar = _progress(total=len(tasks), desc=stage_name)
         try:
-            for row in ds.take_all():
+            for row in ds.iter_rows():
                 total.merge(StageStats.from_dict(json.loads(row["stats"])))
+                bar.update(row["tasks"])
         finally:
+            bar.close()
             # the groups outlive their actors (they belong to this driver): free the GPUs
             # for the next engine stage
             for pg in groups:
@@ -209,31 +243,78 @@ class RayExecutor:
         pass
 
 
-def _placement_group_fn(world: int, cpus: float, strategy: str, groups: list, replicas: int):
+@contextlib.contextmanager
+def _remote_args_without_replacement():
+    """Silence Ray 2.60's deprecation of ``**ray_remote_args``/``ray_remote_args_fn`` for our calls.
+
+    Bounded ``max_restarts``/``max_task_retries``/``max_retries`` (the partition attempt
+    accounting of ``RayExecutor.run`` relies on them; Ray Data's defaults retry forever) and
+    the placement-group scheduling strategy have no named parameter in Ray 2.60; the warning
+    says they go in Ray 2.64, so revisit this when the pin moves.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args(_fn)?` is deprecated")
+        yield
+
+
+def replica_gpus(configured: float, cluster_gpus: float) -> float:
+    """GPUs a single-GPU engine actor reserves.  ``gpus_per_replica: 0`` means CPU, but on a
+    cluster with GPUs Ray 2.60 no longer hides them from zero-GPU actors (no
+    CUDA_VISIBLE_DEVICES is set), so every such engine would land on GPU 0: use 1 there."""
+    if configured == 0 and cluster_gpus > 0:
+        log.warning("engine.gpus_per_replica is 0 but the cluster has %g GPU(s): each engine reserves 1 "
+                    "(set engine.gpus_per_replica to silence this)", cluster_gpus)
+        return 1
+    return configured
+
+
+def _placement_group_fn(world: int, cpus: float, strategy: str, groups: list, replicas: int,
+                        bundle_gpus: float = 1, grace_s: float = 60.0):
     """Ray remote args for the engine replicas with TP*PP = ``world`` > 1 (as ray.data.llm does).
 
     Each replica's placement group has one GPU bundle per vLLM worker; the first also
     carries the actor's CPUs.  The actor reserves no GPU itself (num_gpus=0) and lands
     in bundle 0; vLLM finds the group (ray.util.get_current_placement_group(), hence
     capture_child_tasks) and its Ray executor starts one worker with 1 GPU and 0 CPUs
-    on each GPU bundle.  Ray Data calls this in the driver for each actor it starts,
-    but also to inspect the remote args (its memory issue detector, every 30 s): so at
-    most ``replicas`` groups are made, later calls get an existing one, and the groups
-    (collected in ``groups``) are removed when the stage ends.
+    on each GPU bundle.  At most ``replicas`` groups are made (collected in ``groups``,
+    removed when the stage ends).
+
+    Ray Data calls this for every actor it starts -- replacements of dead actors too --
+    but also just to inspect the remote args (its memory issue detector).  So a group
+    is handed out only when it is free: no actor holds its bundle-0 CPUs (Ray's
+    ``CPU_group_0_<id>`` resource is fully available) and it was not handed out in the
+    last ``grace_s`` seconds (an actor handed a group takes a moment to be placed).
+    Failing that, a new group while fewer than ``replicas`` exist; failing that, the
+    free group handed out longest ago, else the group handed out longest ago (an
+    inspection call, or every replica alive).
     """
-    calls = [0]
+    import time
+
+    handed: dict[int, float] = {}
+
+    def free(i: int, available: dict) -> bool:
+        pg = groups[i]
+        return available.get(f"CPU_group_0_{pg.id.hex()}", 0) >= cpus
 
     def fn() -> dict:
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        if len(groups) < replicas:
+        now = time.monotonic()
+        available = ray.available_resources()
+        idle = [i for i in range(len(groups)) if free(i, available)]
+        settled = [i for i in idle if now - handed.get(i, -1e18) > grace_s]
+        if settled:
+            pick = settled[0]
+        elif len(groups) < replicas:
             groups.append(ray.util.placement_group(
-                [{"GPU": 1, "CPU": cpus}] + [{"GPU": 1}] * (world - 1), strategy=strategy))
-        pg = groups[calls[0] % replicas]
-        calls[0] += 1
+                [{"GPU": bundle_gpus, "CPU": cpus}] + [{"GPU": bundle_gpus}] * (world - 1), strategy=strategy))
+            pick = len(groups) - 1
+        else:
+            pick = min(idle or range(len(groups)), key=lambda i: handed.get(i, -1e18))
+        handed[pick] = now
         return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-            pg, placement_group_capture_child_tasks=True)}
+            groups[pick], placement_group_capture_child_tasks=True)}
     return fn
 
 

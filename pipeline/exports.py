@@ -12,26 +12,32 @@ image-contrast pairs) one shard at a time and lays them out for a trainer
     ``data/image_crop/`` layout and a card with the ``configs:`` header.
 ``llamafactory``
     sharegpt ranking rows (``conversations``/``chosen``/``rejected``/``images``)
-    in jsonl, images as files with paths relative to the export folder (where
-    LLaMA-Factory resolves them: its ``media_dir`` defaults to ``dataset_dir``),
+    in jsonl, images as files (LLaMA-Factory resolves them against its
+    ``media_dir``, which defaults to ``dataset_dir``),
     and ``dataset_info.json`` entries with ``"ranking": true``.  Image-crop
     rows go to their own files/entries and carry an extra ``rejected_images``
     column that LLaMA-Factory itself does not read.
 ``swift``
     ms-swift rows: ``messages`` (user turn with ``<image>`` tags, then the
     chosen assistant turn), ``rejected_response``, ``images`` and, for
-    image-crop pairs only, ``rejected_images``.  ms-swift resolves relative
-    media paths against the working directory, so paths are absolute.
+    text-contrast pairs (a row whose rejected equals its chosen is left out
+    and counted: ms-swift would delete it), or ``rejected_images`` and no
+    ``rejected_response`` for image-contrast pairs (ms-swift then builds the
+    rejected side from the same messages with the rejected images).
 ``internvl``
     InternVL MPO jsonl, one file per (source, method): ``image`` (a path, or a
     list for several images), ``question`` (``<image>\\n`` placeholder, or
     ``Image-1: <image>\\n...`` for several), ``chosen``, ``rejected``; images under
     ``images/``; ``meta.json`` maps each subset to ``{root, annotation,
-    data_augment, repeat_time, length}`` (absolute paths: the trainer opens
-    them from its working directory).  ``meta.json`` holds the train split of
+    data_augment, repeat_time, length}``.  ``meta.json`` holds the train split of
     the text-contrast pairs; test subsets go to ``meta_test.json`` and
     image-crop subsets (rows with an extra ``rejected_image``) to
     ``meta_image_crop.json``, since the MPO trainer has no rejected image.
+
+Image paths are relative to the export folder, so a copied dataset folder
+keeps working; ``root`` (``--root DIR``) writes them under DIR instead, where
+the export will live on the training machine.  Each export's README says how
+its trainer resolves them (``pipeline.export_docs``).
 
 Every format writes the same ``<image>`` tag count as images in every row
 (a literal ``<image>`` inside a text is rewritten to ``image``).  Images are
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -55,7 +62,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import storage
+from pipeline import export_docs, storage
+
+log = logging.getLogger("pipeline")
 
 FORMATS = ("trl", "llamafactory", "swift", "internvl")
 IMAGE_TAG = "<image>"
@@ -205,22 +214,20 @@ class _Sink:
 class _Export:
     """Files of one export folder; stale files of a previous export are removed at the end."""
 
-    def __init__(self, fmt: str, input_dir: str, root: str) -> None:
-        self.fmt, self.input_dir, self.root = fmt, input_dir, root
+    def __init__(self, fmt: str, input_dir: str, root: str, image_root: str | None = None) -> None:
+        self.fmt, self.input_dir, self.root, self.image_root = fmt, input_dir, root, image_root
         self.files: set[str] = set()
         self.images: dict[str, str] = {}  # content hash -> relative path
         self.sinks: dict[str, _Sink] = {}
         self.text = _Text()
         self.rows: Counter = Counter()
-        fs, path = storage.resolve(root)
-        self.local_root = os.path.abspath(path) if isinstance(fs, pafs.LocalFileSystem) else None
 
     def uri(self, rel: str) -> str:
         return storage.join(self.root, rel)
 
-    def absolute(self, rel: str) -> str:
-        """A path the trainers can open from any working directory."""
-        return os.path.join(self.local_root, rel) if self.local_root else self.uri(rel)
+    def ref(self, rel: str) -> str:
+        """How an export file names another: relative to the export folder, or under ``image_root``."""
+        return f"{self.image_root.rstrip('/')}/{rel}" if self.image_root else rel
 
     def write_bytes(self, rel: str, data: bytes | pa.Buffer) -> None:
         storage.write_bytes(self.uri(rel), data)
@@ -269,7 +276,8 @@ class _Export:
                 fs, path = storage.resolve(self.uri(rel))
                 fs.delete_file(path)
         summary = {
-            "format": self.fmt, "source": self.input_dir,
+            "format": self.fmt, "source": os.path.basename(self.input_dir.rstrip("/")),
+            "root": self.image_root,
             "rows": dict(sorted(self.rows.items())), "images": len(self.images),
             "rewritten_image_tags": self.text.rewritten_tags,
             **(extra or {}),
@@ -334,37 +342,36 @@ def _export_llamafactory(ex: _Export, shards: list[CanonicalShard], name: str) -
         }
     ex.write_json("dataset_info.json", info)
     first = f"{name}_train" if f"{name}_train" in info else next(iter(sorted(info)), f"{name}_train")
-    ex.write_bytes("README.md", (
-        "# LLaMA-Factory export\n\nsharegpt preference rows (`ranking: true`) registered in `dataset_info.json`; "
-        "image paths are relative to this folder, which is the `dataset_dir`:\n\n```yaml\n"
-        f"dataset_dir: {ex.local_root or ex.root}\ndataset: {first}\nstage: dpo\n```\n\n"
-        "The `*_image_crop_*` datasets have the same text on both sides and an extra `rejected_images` column "
-        "that LLaMA-Factory does not read: plain DPO gets no signal from them.\n").encode())
+    ex.write_bytes("README.md", export_docs.llamafactory_readme(first, ex.image_root).encode())
     return {"datasets": sorted(info)}
 
 
 def _export_swift(ex: _Export, shards: list[CanonicalShard]) -> dict:
+    left_out: Counter = Counter()  # text-contrast rows whose rejected text equals the chosen
     for sh in shards:
         sink = ex.sink(f"{sh.split}.jsonl" if sh.config == "default" else f"image_crop_{sh.split}.jsonl")
         for row in iter_rows(sh.uri, ["prompt", "chosen", "rejected", "images", "rejected_images", "id"]):
-            images = [ex.absolute(ex.image(im)) for im in row["images"] or []]
+            images = [ex.ref(ex.image(im)) for im in row["images"] or []]
             system, turns = ex.text.prompt_turns(row["prompt"], len(images))
             messages = ([{"role": "system", "content": system}] if system else []) + \
                 [{"role": r, "content": t} for r, t in turns] + \
                 [{"role": "assistant", "content": ex.text.reply(row["chosen"])}]
-            out: dict[str, Any] = {"messages": messages, "rejected_response": ex.text.reply(row["rejected"]),
-                                   "images": images}
-            if sh.config == "image_crop":
-                out["rejected_images"] = [ex.absolute(ex.image(im)) for im in row["rejected_images"] or []]
+            out: dict[str, Any] = {"messages": messages, "images": images}
+            if sh.config == "image_crop":  # same text on both sides: ms-swift wants no rejected_response
+                out["rejected_images"] = [ex.ref(ex.image(im)) for im in row["rejected_images"] or []]
+            else:
+                out["rejected_response"] = ex.text.reply(row["rejected"])
+                if out["rejected_response"] == messages[-1]["content"]:  # ms-swift deletes such rows
+                    left_out[sh.split] += 1
+                    continue
             out["id"] = row["id"]
             sink.write_json(out)
             ex.rows[f"{sh.config}.{sh.split}"] += 1
-    ex.write_bytes("README.md", (
-        "# ms-swift export\n\n`messages` (user turn with `<image>` tags, then the chosen answer), "
-        "`rejected_response` and `images` (absolute paths: ms-swift opens relative paths from its working "
-        "directory); rows of `image_crop_*.jsonl` add `rejected_images` (mDPO-style conditional pairs).\n\n"
-        f"```bash\nswift rlhf --rlhf_type dpo --dataset {ex.absolute('train.jsonl')} ...\n```\n").encode())
-    return {}
+    ex.write_bytes("README.md", export_docs.swift_readme(ex.image_root).encode())
+    if left_out:
+        log.warning("swift export: left out %d pair(s) whose rejected text equals the chosen (ms-swift "
+                    "deletes them): %s", sum(left_out.values()), dict(left_out))
+    return {"left_out_rejected_equals_chosen": dict(sorted(left_out.items()))}
 
 
 def internvl_question(text: str, n_images: int) -> str:
@@ -413,29 +420,26 @@ def _export_internvl(ex: _Export, shards: list[CanonicalShard]) -> dict:
     for subset in sorted(subsets):
         meta, rel = subsets[subset]
         metas.setdefault(meta, {})[subset] = {
-            "root": ex.absolute("images"), "annotation": ex.absolute(rel),
+            "root": ex.ref("images"), "annotation": ex.ref(rel),
             "data_augment": False, "repeat_time": 1, "length": ex.sinks[rel].lines,
         }
     for meta, content in metas.items():
         ex.write_json(meta, content)
-    ex.write_bytes("README.md", (
-        "# InternVL MPO export\n\nOne jsonl per (source, method) under `annotations/`. `meta.json` (for "
-        "`--meta_path`) lists the train subsets of the text-contrast pairs; `meta_test.json` holds the test "
-        "split and `meta_image_crop.json` the image-contrast pairs (same text, plus a `rejected_image` the MPO "
-        "trainer does not read). Paths are absolute: the trainer opens them from its working directory.\n"
-    ).encode())
+    ex.write_bytes("README.md", export_docs.internvl_readme(list(metas), ex.image_root).encode())
     return {"subsets": {m: sorted(c) for m, c in metas.items()}}
 
 
-def export(fmt: str, input_dir: str, output_dir: str, name: str | None = None) -> dict:
+def export(fmt: str, input_dir: str, output_dir: str, name: str | None = None, root: str | None = None) -> dict:
     """Lay the dataset folder ``input_dir`` out for trainer ``fmt`` under ``output_dir``; returns a summary.
 
-    ``name`` prefixes the LLaMA-Factory dataset names (default: the manifest's ``name``).
+    ``name`` prefixes the LLaMA-Factory dataset names (default: the manifest's ``name``).  ``root``:
+    where the export folder will be on the training machine; paths are written under it instead
+    of relative to the export folder.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {list(FORMATS)}")
     shards = canonical_shards(input_dir)
-    ex = _Export(fmt, input_dir, output_dir)
+    ex = _Export(fmt, input_dir, output_dir, root)
     try:
         if fmt == "trl":
             extra = _export_trl(ex, shards)

@@ -6,7 +6,9 @@ point, the way a preempted node or an OOM kill would:
 * ``<when>`` is a number N: die after the N-th partition (or shard) of the
   stage has written its data but *before* its marker -- the most adversarial
   moment for resume; or a partition name: die whenever that partition starts.
-* ``group`` kills the whole process group (the CLI and its engine process).
+* ``group`` kills the whole process group (the CLI and its engine process);
+  ``engine_core`` kills only vLLM's engine core process (a child of this
+  one), as a CUDA OOM or an Xid error would: the run must go on.
 
 ``MMPR_FAULT_ONCE=<path>`` makes the fault fire once: the file is created
 just before dying, and its existence disarms the fault.
@@ -20,21 +22,24 @@ from collections import Counter
 _counts: Counter = Counter()
 
 
-def _spec() -> tuple[str, str, bool] | None:
+def _spec() -> tuple[str, str, str] | None:
     raw = os.environ.get("MMPR_FAULT")
     if not raw:
         return None
     parts = raw.split(":")
-    return parts[0], parts[1], len(parts) > 2 and parts[2] == "group"
+    return parts[0], parts[1], parts[2] if len(parts) > 2 else ""
 
 
-def _die(group: bool) -> None:
+def _die(target: str) -> None:
     once = os.environ.get("MMPR_FAULT_ONCE")
     if once:
         if os.path.exists(once):
             return
         open(once, "w").close()
-    if group:
+    if target == "engine_core":
+        kill_engine_core()
+        return
+    if target == "group":
         os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -52,3 +57,18 @@ def on_data_written(stage: str) -> None:
     _counts[stage] += 1
     if _counts[stage] == int(spec[1]):
         _die(spec[2])
+
+
+def kill_engine_core() -> list[int]:
+    """SIGKILL vLLM's engine core process(es) among this process's descendants; their pids."""
+    import psutil
+
+    pids = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+                child.send_signal(signal.SIGKILL)
+                pids.append(child.pid)
+        except psutil.Error:
+            continue
+    return pids

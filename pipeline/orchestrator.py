@@ -17,8 +17,10 @@ from typing import Iterator
 
 from pipeline import storage
 from pipeline.config import PipelineConfig
+from pipeline.preflight import check_model
 from pipeline.runner import Task, completed, invalidate_if_changed, run_rows_task, stage_totals
 from pipeline.stage import StageStats
+from pipeline.terminal import echo
 
 log = logging.getLogger("pipeline")
 
@@ -249,6 +251,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     check_storage(config)
     check_ray_address(config)
     ensure_model(config)
+    check_model(config)
     if restart:
         storage.remove_tree(config.run.work_dir)
     executor = None
@@ -275,7 +278,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
                 ran = StageStats()
         timings[stage] = time.perf_counter() - t0
         total = stage_totals(out_dir) if stage != "write" else ran
-        print(summarize(stage, total, ran, n_tasks, n_skipped, timings[stage]), flush=True)
+        echo(summarize(stage, total, ran, n_tasks, n_skipped, timings[stage]))
     return write_report(config, timings)
 
 
@@ -302,6 +305,6 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
     pending = [t for t in tasks if not completed(t)]
     t0 = time.perf_counter()
     ran = make_executor(config).run(stage, pending) if pending else StageStats()
-    print(summarize(stage, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
-                    time.perf_counter() - t0), flush=True)
+    echo(summarize(stage, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
+                   time.perf_counter() - t0))
     return ran

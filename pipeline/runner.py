@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from pipeline import faults, storage
+from pipeline.engine import EngineDead
 from pipeline.stage import EngineStage, Stage, StageContext, StageStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,6 +126,8 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
             out = list(stage.run(iter(rows), ctx))
             table = pa.Table.from_pylist(out, schema=stage.output_schema)
             break
+        except EngineDead:
+            raise  # not the rows' fault: the executor gets a new engine and retries the partition
         except Exception as e:  # noqa: BLE001 -- anything a stage raises is contained here
             if attempt >= max_retries:
                 log.error("stage %s partition %s failed %d time(s), quarantining its rows: %s",
@@ -190,8 +193,10 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
     sequences finish (``Engine.generate_stream``); each partition is still
     written and marked on its own as soon as its results are complete.  A
     partition whose ``prepare``/``finish`` raises falls back to
-    ``run_rows_task`` (retries, then quarantine); if the engine itself fails,
-    the partitions not yet written go the same way.
+    ``run_rows_task`` (retries, then quarantine); if the stream fails otherwise,
+    the partitions not yet written go the same way.  A dead engine
+    (``EngineDead``) is raised: its partitions are retried on a new engine by
+    the executor, never quarantined.
     """
     total = StageStats()
     if not isinstance(stage, EngineStage):
@@ -237,7 +242,9 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
                 total.merge(_commit(stage, task, ctx, table))
             if on_done:
                 on_done(task)
-    except Exception as e:  # noqa: BLE001 -- the engine failed mid-stream
+    except EngineDead:
+        raise
+    except Exception as e:  # noqa: BLE001 -- the stream failed mid-way (not a dead engine)
         log.error("stage %s: engine stream failed (%s); finishing partitions one by one", stage.name, e)
         for task in tasks:
             if not completed(task):

@@ -376,6 +376,7 @@ def _build(out_dir: Path, data_dir: Path, params: dict, fingerprint: str, log) -
 
 
 def _build_seeded(out_dir: Path, data_dir: Path, params: dict, fingerprint: str, log) -> None:
+    import torch
     from transformers import GenerationConfig, Idefics3ForConditionalGeneration
 
     t0 = time.perf_counter()
@@ -394,7 +395,9 @@ def _build_seeded(out_dir: Path, data_dir: Path, params: dict, fingerprint: str,
         model.generation_config = GenerationConfig(
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id)
-        model.save_pretrained(tmp)
+        # saved in the dtype its config and configs/sample.yaml declare (bfloat16), so vLLM loads
+        # the weights as they are instead of warning once per float32 tensor it converts
+        model.to(torch.bfloat16).save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / STAMP_FILE).write_text(json.dumps({
             "fingerprint": fingerprint,

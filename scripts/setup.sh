@@ -14,7 +14,11 @@ if [[ "$PROFILE" == auto ]]; then
 fi
 case "$PROFILE" in
   cpu) REQ=requirements/cpu.lock.txt ;;
-  gpu) REQ=requirements/gpu.in ;;
+  # the locked closure (scripts/lock-gpu.sh: linux x86_64, CUDA 13.0) when present, so every
+  # node of a cluster installs the same files; the unlocked list only until it is generated
+  gpu) if [[ -f requirements/gpu.lock.txt ]]; then REQ=requirements/gpu.lock.txt; else REQ=requirements/gpu.in
+         echo "setup: requirements/gpu.lock.txt missing: installing the unlocked requirements/gpu.in" \
+              "(run scripts/lock-gpu.sh where PyPI and download.pytorch.org are reachable)" >&2; fi ;;
   *) echo "setup: PROFILE must be cpu, gpu or auto (got $PROFILE)" >&2; exit 2 ;;
 esac
 
@@ -32,6 +36,9 @@ if [[ "$PROFILE" == cpu ]]; then
   # builds of torchvision/torchaudio/torchcodec (they break the CPU torch)
   "${PIP[@]}" install --no-deps -r "$REQ"
   "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+elif [[ "$REQ" == *.lock.txt ]]; then
+  # the lock is the full closure with hashes (and PyTorch's CUDA index): nothing else resolves
+  "${PIP[@]}" install --no-deps --require-hashes -r "$REQ"
 else
   "${PIP[@]}" install -r "$REQ"
 fi

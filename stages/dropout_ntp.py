@@ -81,7 +81,7 @@ class DropoutNTPStage(EngineStage):
                 images = [to_pil(im) for im in row["images"]] if cfg.keep_image else []
                 s = derive_seed(seed, row["sample_id"], "dropout_ntp", chosen["index"])
                 params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                        max_tokens=cfg.max_tokens, seed=s)
+                                        max_tokens=cfg.max_tokens, seed=s, **ctx.engine.stop_kwargs)
                 messages = continuation_messages(user_text, len(row["images"]), cut.prefix, cfg.keep_image)
                 requests.append(GenRequest(messages, images, params, continue_final=True,
                                            mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))

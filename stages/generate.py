@@ -6,11 +6,13 @@ belongs to the template, not to the answer).
 
 The question is wrapped in the configured CoT template (short-answer suffixes
 stripped) and rendered through the model's chat template with its image(s).
-All N samples of a prompt come from one request (``SamplingParams(n=N)``)
-seeded from the prompt's ``sample_id`` (vLLM gives sample i the seed
-``seed + i``, recorded per response; seeds are hashed, so two prompts never
-share a random stream), so the same config gives the same
-responses regardless of batching, partitioning or which engine ran it.
+The N samples of a prompt are described by one ``SamplingParams(n=N)``
+seeded from the prompt's ``sample_id``; the engine sends them as N requests
+with seeds ``seed + i`` (what vLLM's own n-fan-out gives sample i; recorded
+per response; seeds are hashed, so two prompts never share a random stream),
+so the same config gives the same responses regardless of partitioning or
+which engine ran it -- and regardless of batching on CPU, or on GPU with
+``engine.batch_invariant`` (README, "Reproducibility").
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ class GenerateStage(EngineStage):
             has_gt = bool(row["answer"])
             text = render_question(row["question"], row["choices"], template, has_gt)
             sampling = self.sampling(row["sample_id"])
-            requests.append(GenRequest([user_message(text, len(images))], images, SamplingParams(**sampling),
+            stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
+            requests.append(GenRequest([user_message(text, len(images))], images, SamplingParams(**sampling, **stops),
                                        mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))
             todo.append((row, sampling, template if has_gt else "plain"))
         return todo, requests

@@ -40,9 +40,11 @@ class JudgeStage(Stage):
         j = self.config.judge
         if not j.model:
             return self.config
-        return self.config.model_copy(update={"model": self.config.model.model_copy(update={"path": j.model})})
+        # the policy model's stops are its chat template's: another model brings its own EOS
+        judge_model = self.config.model.model_copy(update={"path": j.model, "stop": [], "stop_token_ids": []})
+        return self.config.model_copy(update={"model": judge_model})
 
-    def requests_for(self, row: dict, target: str, attempt: int) -> GenRequest:
+    def requests_for(self, row: dict, target: str, attempt: int, stops: dict | None = None) -> GenRequest:
         from vllm import SamplingParams
 
         j = self.config.judge
@@ -53,7 +55,7 @@ class JudgeStage(Stage):
         images = [to_pil(im) for im in row["images"]] if j.with_image else []
         seed = derive_seed(self.config.run.seed, row["id"], "judge", target, attempt)
         params = SamplingParams(n=1, temperature=j.temperature if attempt == 0 else max(j.temperature, 0.7),
-                                max_tokens=j.max_tokens, seed=seed)
+                                max_tokens=j.max_tokens, seed=seed, **(stops or {}))
         msg = user_turn(prompt, len(images))
         msg["content"] = [{"type": "image"} if p["type"] == "image" else p for p in msg["content"]]
         # a source's processor settings are tuned for the policy model: a separate judge model gets none
@@ -72,7 +74,8 @@ class JudgeStage(Stage):
         for attempt in (0, 1):
             if not jobs:
                 break
-            results = ctx.engine.generate([self.requests_for(rows[i], t, attempt) for i, t in jobs])
+            results = ctx.engine.generate([self.requests_for(rows[i], t, attempt, ctx.engine.stop_kwargs)
+                                           for i, t in jobs])
             retry = []
             for job, res in zip(jobs, results):
                 text = res.completions[0].text if res.completions else None

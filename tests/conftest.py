@@ -6,6 +6,7 @@ The engine and the Ray build are the expensive parts (tens of seconds each on
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -75,16 +76,34 @@ def engine(tiny_model):
     return get_engine(make_config(executor={"kind": "local"}))
 
 
+def run_on_terminal(cmd: list[str], transcript: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` on a real pseudo-terminal (util-linux ``script``), as a user at a shell would,
+    with progress bars on; ``transcript`` gets what the terminal showed (``terminal_lines``)."""
+    run_env = {**os.environ, "MMPR_NO_PROGRESS": "0", **env}
+    shell = f"stty cols 120 rows 40; exec {shlex.join(cmd)}"
+    return subprocess.run(["script", "-qec", shell, str(transcript)], cwd=ROOT, env=run_env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def terminal_lines(transcript: Path) -> list[str]:
+    """The lines a terminal scrolled through (a progress bar redrawn with \\r stays one line)."""
+    text = transcript.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n")  # no universal newlines
+    return [ln for ln in text.split("\n")[:-1] if not ln.startswith(("Script started", "Script done"))]
+
+
 @pytest.fixture(scope="session")
 def sample_build(tiny_model, tmp_path_factory) -> Path:
-    """`python -m pipeline run` on the sample config through Ray; returns the dataset folder."""
+    """`python -m pipeline run` on the sample config through Ray, on a terminal (the transcript
+    is ``<base>/terminal.txt``, for tests/test_terminal.py); returns the dataset folder."""
     base = tmp_path_factory.mktemp("sample_build")
     out = base / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml",
            "--work-dir", str(base / "work"), "--output", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    (base / "run.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    assert proc.returncode == 0, f"sample build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    proc = run_on_terminal(cmd, base / "terminal.txt", timeout=1200)
+    (base / "run.log").write_text(proc.stdout)  # what the terminal showed (summaries included)
+    logs = sorted((base / "work" / "logs").glob("build-*.log"))
+    tail = logs[-1].read_text(errors="replace")[-5000:] if logs else ""
+    assert proc.returncode == 0, f"sample build failed:\n{proc.stdout[-3000:]}\n--- log ---\n{tail}"
     return out
 
 

@@ -263,6 +263,7 @@ def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):
 
     class NoEngine:  # words-unit truncation needs no tokenizer
         tokenizer = None
+        stop_kwargs: dict = {}
 
     row = {"sample_id": "s1", "source": "sample_gt", "row_key": "0", "question": "Describe it.", "images": image,
            "answer": [], "answer_type": "open", "choices": [], "facts": None, "template_id": "plain",

@@ -88,13 +88,17 @@ def test_swift(dataset):
         for r in jsonl(f):
             canon = rows[r["id"]]
             seen.add(r["id"])
-            assert ("rejected_images" in r) == (canon["method"] == "image_crop")
+            crop = canon["method"] == "image_crop"
+            # image-contrast rows: rejected_images and no rejected_response (ms-swift would delete
+            # a row whose rejected_response equals the chosen answer)
+            assert ("rejected_images" in r) == crop and ("rejected_response" in r) == (not crop)
             roles = [m["role"] for m in r["messages"]]
             assert roles == ["user", "assistant"]
             assert sum(m["content"].count(TAG) for m in r["messages"]) == len(r["images"]) == len(canon["images"])
-            assert TAG not in r["rejected_response"]
+            if not crop:
+                assert TAG not in r["rejected_response"] and r["rejected_response"] != r["messages"][-1]["content"]
             for p in r["images"] + r.get("rejected_images", []):
-                assert os.path.isabs(p) and os.path.isfile(p)
+                assert not os.path.isabs(p) and (root / p).is_file()
             if "rejected_images" in r:
                 assert len(r["rejected_images"]) == len(r["images"])
     assert seen == set(rows)
@@ -113,8 +117,10 @@ def test_internvl(dataset):
         for name, m in subsets.items():
             assert set(m) == {"root", "annotation", "data_augment", "repeat_time", "length"}
             assert m["data_augment"] is False and m["repeat_time"] == 1
-            assert os.path.isabs(m["annotation"]) and m["annotation"].endswith(".jsonl")
-            lines = jsonl(m["annotation"])
+            # relative to the export folder (InternVL opens them from its working directory)
+            assert not os.path.isabs(m["annotation"]) and m["annotation"].endswith(".jsonl")
+            assert m["root"] == "images"
+            lines = jsonl(root / m["annotation"])
             assert m["length"] == len(lines) > 0
             for r in lines:
                 canon = rows[r["id"]]
@@ -130,7 +136,7 @@ def test_internvl(dataset):
                 if len(paths) == 1:
                     assert r["question"].startswith(TAG + "\n")
                 for p in paths:
-                    Image.open(os.path.join(m["root"], p)).verify()
+                    Image.open(root / os.path.join(m["root"], p)).verify()
                 assert set(r) >= {"image", "question", "chosen", "rejected"}
     assert seen == set(rows)
 
@@ -183,3 +189,71 @@ def test_cli_export(dataset, tmp_path):
     meta = json.loads((tmp_path / "ivl" / "meta.json").read_text())
     assert sum(m["length"] for m in meta.values()) == sum(
         r["method"] != "image_crop" and r["split"] == "train" for r in rows.values())
+
+
+def test_no_build_paths_in_any_export_file(dataset):
+    """A copied dataset folder must not point back at the build machine: no export file or
+    README names the folder it was built in."""
+    out, _ = dataset
+    for fmt in FORMATS:
+        for f in (out / "exports" / fmt).rglob("*"):
+            if f.is_file() and f.suffix in (".json", ".jsonl", ".md", ".parquet"):
+                assert str(out).encode() not in f.read_bytes(), f
+    readme = (out / "exports" / "swift" / "README.md").read_text()
+    assert "ROOT_IMAGE_DIR" in readme
+    assert "dataset_dir: <this folder>" in (out / "exports" / "llamafactory" / "README.md").read_text()
+    ivl = (out / "exports" / "internvl" / "README.md").read_text()
+    assert "`meta_test.json`" in ivl and "os.path.join(root, image)" in ivl
+
+
+def test_readme_names_only_meta_files_that_exist(tmp_path):
+    dirs, _ = write_inputs(tmp_path / "in")
+    write_dataset(PipelineConfig.model_validate({"run": {"seed": 3}}), dirs, output_dir=str(tmp_path / "out"))
+    summary = export("internvl", str(tmp_path / "out"), str(tmp_path / "ivl"))
+    assert "meta_test.json" not in summary["subsets"]
+    readme = (tmp_path / "ivl" / "README.md").read_text()
+    assert "meta_test" not in readme and "`meta_image_crop.json`" in readme
+
+
+def test_root_writes_paths_for_the_target_machine(dataset, tmp_path):
+    """``--root DIR``: every path under DIR, which is where the export is copied before training."""
+    from pipeline.cli import main
+
+    out, rows = dataset
+    target = tmp_path / "elsewhere"
+    for fmt in ("swift", "internvl"):
+        assert main(["export", "--format", fmt, "--input", str(out), "--output", str(tmp_path / fmt),
+                     "--root", str(target / fmt)]) == 0
+    target.mkdir()
+    for fmt in ("swift", "internvl"):
+        (tmp_path / fmt).rename(target / fmt)
+    n = 0
+    for f in (target / "swift").glob("*.jsonl"):
+        for r in jsonl(f):
+            for p in r["images"] + r.get("rejected_images", []):
+                assert p.startswith(str(target / "swift") + "/") and os.path.isfile(p)
+            n += 1
+    assert n == len(rows)
+    assert str(target / "swift") in (target / "swift" / "README.md").read_text()
+    for name, m in json.loads((target / "internvl" / "meta.json").read_text()).items():
+        assert m["root"] == str(target / "internvl" / "images")
+        first = jsonl(m["annotation"])[0]
+        Image.open(os.path.join(m["root"], first["image"])).verify()
+
+
+def test_swift_leaves_out_pairs_whose_rejected_equals_chosen(tmp_path):
+    """ms-swift deletes such a row (and crashes on a file it empties): the export leaves it out
+    and counts it instead."""
+    from pair_data import make_pair
+    from schemas import PAIR_SCHEMA
+    from schemas.arrow import from_rows
+
+    good = make_pair("src_a", 1, "correctness")
+    same = make_pair("src_a", 2, "correctness")
+    same["rejected"] = same["chosen"]
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    pq.write_table(from_rows([good, same], PAIR_SCHEMA), tmp_path / "ds" / "data" / "train-00000-of-00001.parquet")
+    summary = export("swift", str(tmp_path / "ds"), str(tmp_path / "swift"))
+    assert summary["rows"] == {"default.train": 1}
+    assert summary["left_out_rejected_equals_chosen"] == {"train": 1}
+    assert [r["id"] for r in jsonl(tmp_path / "swift" / "train.jsonl")] == [good["id"]]

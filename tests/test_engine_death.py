@@ -1,0 +1,62 @@
+"""A dead vLLM engine core (CUDA OOM, NCCL timeout, Xid error on a GPU node; here a
+SIGKILL of the EngineCore process in the middle of a generate) is retried on a new
+engine -- never turned into quarantined rows -- and the output equals an undisturbed run."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT
+from test_resume import SMALL, _env
+
+# part-00001 starts while part-00000 is generating (the engine is fed across partitions)
+KILL = "generate:part-00001:engine_core"
+
+
+def _generate(inp: Path, out: Path, executor: str, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline", "stage", "generate", "--config", "configs/sample.yaml",
+           "--executor", executor, "--input", str(inp), "--output", str(out), *SMALL]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=900)
+
+
+def _outputs(out: Path) -> dict:
+    data = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "data").glob("*.parquet"))}
+    quarantined = sum(pq.read_metadata(p).num_rows for p in (out / "quarantine").glob("*.parquet")) \
+        if (out / "quarantine").exists() else 0
+    return {"data": data, "quarantined": quarantined}
+
+
+@pytest.fixture(scope="module")
+def ingest(tiny_model, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("ingest")
+    cmd = [sys.executable, "-m", "pipeline", "stage", "ingest", "--config", "configs/sample.yaml",
+           "--output", str(base / "ingest"), *SMALL]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((base / "ingest" / "data").glob("*.parquet"))) >= 3
+    return base / "ingest"
+
+
+@pytest.fixture(scope="module")
+def undisturbed(ingest, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("clean") / "gen"
+    proc = _generate(ingest, out, "local")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = _outputs(out)
+    assert got["quarantined"] == 0 and got["data"]
+    return got
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_killed_engine_core_is_retried_not_quarantined(ingest, undisturbed, tmp_path, executor):
+    flag = tmp_path / "killed-once"
+    proc = _generate(ingest, tmp_path / "gen", executor, MMPR_FAULT=KILL, MMPR_FAULT_ONCE=str(flag))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert flag.exists(), "the engine core was never killed"
+    assert "engine died" in proc.stderr, proc.stderr[-3000:]
+    assert _outputs(tmp_path / "gen") == undisturbed

@@ -27,6 +27,10 @@ Styles (``style=``), one per prompt template:
     there is no ``</think>``).  In that tail, whichever of a ``\\boxed{}`` or an
     answer label comes *last* wins; with neither, the whole tail is the answer
     when it is short (<= 200 characters), else ``None``.
+``"final_answer_zh"``
+    For InternVL's Chinese instruction (``答案: ...``): the later of the last
+    ``答案:`` / ``答案：`` label and the last English answer label (the
+    reference accepts both).
 ``"any"``
     ``"think"`` rules when the text has ``</think>``; otherwise whichever of
     the last box and the last answer label comes later, and as a last resort a
@@ -58,7 +62,7 @@ import re
 
 __all__ = ["extract_answer", "extract_answers", "last_boxed", "clean_answer", "STYLES", "MAX_BARE_TAIL_CHARS"]
 
-STYLES = ("final_answer", "boxed", "think", "any")
+STYLES = ("final_answer", "boxed", "think", "any", "final_answer_zh")
 
 #: the longest bare (unlabelled) text after ``</think>`` still taken as an answer
 MAX_BARE_TAIL_CHARS = 200
@@ -80,6 +84,7 @@ _ANSWER_IS = re.compile(
     re.IGNORECASE,
 )
 _BRACES = re.compile(r"[{}]")
+_ZH_LABEL = re.compile("答案[ \t]*[:：]")
 # what may precede a label's "answer" and belongs to the label, not to the text before it
 _GLUED_LABEL_LEAD = re.compile(r"(?:(?:the|my)[ \t]+)?(?:final[ \t]+)?[*_#]*[ \t]*\Z", re.IGNORECASE)
 # a label counts as a final-answer *statement* when it starts a line or says "final"/"the answer is"
@@ -279,6 +284,16 @@ def _extract_think(text: str) -> str | None:
     return tail
 
 
+def _extract_final_answer_zh(text: str) -> str | None:
+    zh = None
+    for zh in _ZH_LABEL.finditer(text):
+        pass
+    lpos, lans = _from_label(text)
+    if zh is None or lpos > zh.start():
+        return lans
+    return _line_answer(text, zh.end())
+
+
 def _extract_any(text: str) -> str | None:
     if _THINK_CLOSE in text:
         return _extract_think(text)
@@ -354,6 +369,7 @@ _EXTRACTORS = {
     "boxed": _extract_boxed,
     "think": _extract_think,
     "any": _extract_any,
+    "final_answer_zh": _extract_final_answer_zh,
 }
 
 

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.seeds import stable_hash
-from pipeline.templates import TEMPLATES
+from pipeline.image_refs import READABLE_SCHEMES, uri_scheme
+from pipeline.templates import BUILTIN_TEMPLATES, pick_template, template_table
 from stages.grounding import GroundingConfig
 from schemas import ANSWER_TYPES
 from schemas import METHODS as METHODS_FOR_FILTER
@@ -266,12 +267,45 @@ class EngineConfig(_Section):
         return self
 
 
+class TemplateConfig(_Section):
+    """A prompt template as data (e.g. the exact instruction a reference pipeline used)."""
+    id: str
+    #: the user-turn text; {question} is replaced by the question (other braces stay as they are)
+    text: str
+    #: an optional system turn sent before the user turn
+    system: Optional[str] = None
+    #: how answers to this prompt are read back (methods.extract styles)
+    extraction: Literal["final_answer", "boxed", "think", "any", "final_answer_zh"] = "final_answer"
+    #: language of the text (en, zh, ...); "any" = every language
+    language: str = "en"
+    #: templates sharing a group are language variants of one prompt (default: the id)
+    group: Optional[str] = None
+
+    @field_validator("text")
+    @classmethod
+    def _has_question(cls, v: str) -> str:
+        if v.count("{question}") != 1:
+            raise ValueError("text must contain {question} exactly once")
+        return v
+
+
 class SourceConfig(_Section):
     name: str
     format: Literal["jsonl", "parquet", "hf", "mmpr", "image_folder"]
     path: str
     #: images referenced by relative paths are resolved against this root (default: the file's folder)
     image_root: Optional[str] = None
+    #: further roots absolute image references (paths, file://, s3://bucket/prefix, gs://...)
+    #: may point into; any reference outside image_root and these is quarantined as
+    #: image_uri_not_allowed before anything is read
+    allowed_image_roots: list[str] = Field(default_factory=list)
+    #: prompt template id or group for this source's ground-truth prompts (null = generate.template)
+    template: Optional[str] = None
+    #: picks the template's language variant: auto = zh when the file name contains "_zh_", else en
+    language: str = "auto"
+    #: quarantine rows without an image (null = ingest.require_image; false for format mmpr,
+    #: whose prompt files hold text-only items)
+    require_image: Optional[bool] = None
     split: str = "train"
     answer_type: str = "auto"
     #: ChartQA-style 5% relaxed numeric accuracy
@@ -294,6 +328,23 @@ class SourceConfig(_Section):
         if v not in ANSWER_TYPES:
             raise ValueError(f"unknown answer_type {v!r}; use one of {list(ANSWER_TYPES)}")
         return v
+
+    @field_validator("allowed_image_roots")
+    @classmethod
+    def _roots(cls, v: list[str]) -> list[str]:
+        for root in v:
+            scheme = uri_scheme(root)
+            if scheme is not None and scheme not in READABLE_SCHEMES:
+                raise ValueError(f"{root!r}: images are never fetched over {scheme}; list local folders or "
+                                 f"URIs of {list(READABLE_SCHEMES)} (download web images first)")
+            if scheme is not None and ("?" in root or "#" in root or root.rstrip("/").endswith(":/")):
+                raise ValueError(f"{root!r}: give a bucket or folder prefix without query or fragment")
+        return v
+
+    def image_required(self, default: bool) -> bool:
+        if self.require_image is not None:
+            return self.require_image
+        return False if self.format == "mmpr" else default
 
     @field_validator("fields")
     @classmethod
@@ -319,13 +370,6 @@ class GenerateConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(50, ge=-1)
     max_tokens: int = Field(1024, ge=1)
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        if v not in TEMPLATES:
-            raise ValueError(f"unknown template {v!r}; known: {sorted(TEMPLATES)}")
-        return v
 
 
 class CorrectnessConfig(_Section):
@@ -452,6 +496,8 @@ class PipelineConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
+    #: prompt templates as data, besides the built-in ones (pipeline.templates)
+    templates: list[TemplateConfig] = Field(default_factory=list)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     correctness: CorrectnessConfig = Field(default_factory=CorrectnessConfig)
@@ -474,6 +520,23 @@ class PipelineConfig(_Section):
     def _opt_in_stages(self) -> "PipelineConfig":
         if self.grounding.enabled and "grounding" not in self.run.stages:
             self.run.stages = [*self.run.stages, "grounding"]
+        return self
+
+    @model_validator(mode="after")
+    def _templates_known(self) -> "PipelineConfig":
+        ids = [t.id for t in self.templates]
+        clash = sorted({i for i in ids if ids.count(i) > 1 or i in BUILTIN_TEMPLATES})
+        if clash:
+            raise ValueError(f"templates: id(s) {clash} are duplicated or built-in; give each template its own id")
+        table = template_table(self.templates)
+        uses = [("generate.template", self.generate.template, "auto")]
+        uses += [(f"sources.{i}.template", s.template or self.generate.template, s.language)
+                 for i, s in enumerate(self.sources)]
+        for key, wanted, language in uses:
+            try:
+                pick_template(table, wanted, None if language == "auto" else language, strict=language != "auto")
+            except KeyError as e:
+                raise ValueError(f"{key}: {e.args[0]}") from None
         return self
 
     @model_validator(mode="after")
@@ -551,7 +614,9 @@ class PipelineConfig(_Section):
         """
         resolved = self.resolved()
         upstream = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
-        keys = ["model", "sources"] + [s for s in upstream if s in resolved]
+        # templates are read from generate on: tuning one never redoes ingest
+        keys = ["model", "sources"] + (["templates"] if stage != "ingest" else []) + [
+            s for s in upstream if s in resolved]
         part = {k: resolved[k] for k in keys}
         part["seed"] = resolved["run"]["seed"]
         part["stages"] = [s for s in resolved["run"]["stages"] if s in upstream]

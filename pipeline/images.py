@@ -9,13 +9,15 @@ well-formed RGB/L images keep their original bytes (so a JPEG stays a JPEG).
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline import storage
+from pipeline.image_refs import ImageError, resolve_image_ref
+
+__all__ = ["ImageError", "load_image", "decode_checked", "to_pil"]
 
 #: PIL's decompression-bomb guard, enforced as an error (not a warning)
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -23,35 +25,7 @@ _KEEP_MODES = {"RGB", "L"}
 _KEEP_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 
 
-class ImageError(ValueError):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def resolve_path(ref: str, root: str | None) -> str:
-    """Resolve a relative image path under ``root``, refusing paths that escape it.
-
-    ``ref`` or ``root`` may be a URI (``s3://bucket/images``): the result is then
-    a URI on the same store."""
-    if storage.is_uri(ref):
-        return ref
-    if root is not None and storage.is_uri(root):
-        parts = [p for p in ref.replace("\\", "/").split("/") if p not in ("", ".")]
-        if ".." in parts or ref.startswith("/"):
-            raise ImageError("image_path_escapes_root", f"{ref!r} resolves outside {root!r}")
-        return storage.join(root, *parts)
-    if root is None:
-        return os.path.abspath(ref)
-    root_abs = os.path.realpath(root)
-    full = os.path.realpath(os.path.join(root_abs, ref))
-    if os.path.commonpath([root_abs, full]) != root_abs:
-        raise ImageError("image_path_escapes_root", f"{ref!r} resolves outside {root!r}")
-    return full
-
-
-def _read_ref(ref: Any, root: str | None) -> tuple[bytes, str]:
+def _read_ref(ref: Any, root: str | None, roots: tuple[str, ...]) -> tuple[bytes, str]:
     if isinstance(ref, Image.Image):
         buf = io.BytesIO()
         ref.save(buf, format="PNG")
@@ -69,7 +43,7 @@ def _read_ref(ref: Any, root: str | None) -> tuple[bytes, str]:
         raise ImageError("bad_image_reference", f"image reference of type {type(ref).__name__}")
     if not ref.strip():
         raise ImageError("missing_image", "empty image path")
-    path = resolve_path(ref, root)
+    path = resolve_image_ref(ref.strip(), root, roots)
     if not storage.is_file(path):
         raise ImageError("missing_image_file", ref)
     return storage.read_bytes(path), ref
@@ -113,9 +87,16 @@ def decode_checked(data: bytes) -> Image.Image:
     return img
 
 
-def load_image(ref: Any, root: str | None = None) -> dict:
-    """An image reference -> ``{"bytes": ..., "path": ...}`` or ``ImageError``."""
-    data, path = _read_ref(ref, root)
+def load_image(ref: Any, root: str | None = None, roots: tuple[str, ...] | None = None) -> dict:
+    """An image reference -> ``{"bytes": ..., "path": ...}`` or ``ImageError``.
+
+    ``roots``: the canonical roots the reference may point into
+    (``image_refs.allowed_roots``); default: ``root`` alone."""
+    if roots is None:
+        from pipeline.image_refs import allowed_roots
+
+        roots = allowed_roots(root)
+    data, path = _read_ref(ref, root, roots)
     img = decode_checked(data)
     fixed = _normalise(img)
     rotated = img.getexif().get(0x0112, 1) not in (1, None)

@@ -68,6 +68,11 @@ def derived(stages: dict) -> dict:
             "length_ratio_before": _prefixed(f, "length_ratio.before."),
             "length_ratio_after": _prefixed(f, "length_ratio.after."),
         }
+    text_only = stages.get("ingest", {}).get("counters", {}).get("text_only", 0)
+    if text_only:  # kept for correctness pairs; the image methods skip them
+        out["text_only"] = {"prompts": text_only, **{
+            f"skipped_by_{m}": stages.get(m, {}).get("counters", {}).get("skipped.text_only", 0)
+            for m in ("dropout_ntp", "image_crop") if m in stages}}
     out["quarantined"] = {s: v["quarantined"] for s, v in stages.items() if v.get("quarantined")}
     return out
 
@@ -114,6 +119,8 @@ def format_summary(report: dict) -> str:
         f = s["filter"]
         lines.append(f"filter removed {sum(f['removed_pairs'].values())} pairs; failed rules {f['failed_rules']}; "
                      f"rejected/chosen length ratio after: {f['length_ratio_after']}")
+    if "text_only" in s:
+        lines.append(f"text-only prompts: {s['text_only']}")
     if s.get("quarantined"):
         lines.append(f"quarantined: {s['quarantined']}")
     return "\n".join(lines)

@@ -52,6 +52,9 @@ _PROMPT_FIELDS = [
     pa.field("row_key", pa.string(), nullable=False),
     pa.field("question", pa.string(), nullable=False),
     pa.field("images", IMAGES_TYPE),
+    # where each image's <image> placeholder stood in the question (character offsets
+    # into "question", which is stored without them); empty = images before the text
+    pa.field("image_positions", pa.list_(pa.int32())),
     # acceptable ground truths; empty list = no ground truth (open prompt)
     pa.field("answer", pa.list_(pa.string())),
     pa.field("answer_type", pa.string()),
@@ -65,6 +68,8 @@ PROMPT_SCHEMA = pa.schema(_PROMPT_FIELDS)
 
 RESPONSE_SCHEMA = pa.schema(_PROMPT_FIELDS + [
     pa.field("template_id", pa.string()),
+    # hash of the template's text (and system prompt): a changed text is a changed prompt
+    pa.field("template_hash", pa.string()),
     pa.field("prompt_text", pa.string()),
     pa.field("prompt_tokens", pa.int32()),
     pa.field("model", pa.string()),
@@ -94,6 +99,7 @@ PROVENANCE_TYPE = pa.struct([
     ("model", pa.string()),
     ("model_revision", pa.string()),
     ("template_id", pa.string()),
+    ("template_hash", pa.string()),
     ("sampling", SAMPLING_TYPE),
     ("chosen_index", pa.int32()),
     ("rejected_index", pa.int32()),

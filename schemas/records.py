@@ -14,10 +14,14 @@ PROVENANCE_FIELDS = tuple(f.name for f in PROVENANCE_TYPE)
 
 
 def user_turn(text: str, n_images: int) -> dict:
-    """TRL's conversational user turn: one ``{"type": "image"}`` part per image, then the text."""
-    parts = [{"type": "image", "text": None} for _ in range(n_images)]
-    parts.append({"type": "text", "text": text})
-    return {"role": "user", "content": parts}
+    """TRL's conversational user turn: one ``{"type": "image"}`` part per image, then the text,
+    or the images interleaved where ``text`` marks them (``pipeline.placeholders``)."""
+    from pipeline.placeholders import user_content
+
+    content = user_content(text, n_images)
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    return {"role": "user", "content": [{"type": p["type"], "text": p.get("text")} for p in content]}
 
 
 def assistant_turn(text: str) -> dict:

@@ -23,7 +23,7 @@ from methods.pairs import Scored, select_pairs
 from pipeline import __version__
 from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import Stage, StageContext
-from pipeline.templates import EXTRACTION_STYLE, render_question
+from pipeline.templates import extraction_style, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, provenance
 
@@ -32,7 +32,7 @@ def score_responses(row: dict, config) -> list[Scored]:
     """Extract and match every sample of a response row."""
     cc = config.correctness
     src = config.source(row["source"])
-    style = cc.extraction or EXTRACTION_STYLE.get(row["template_id"] or "", "final_answer")
+    style = cc.extraction or extraction_style(config, row["template_id"])
     answer_type = row["answer_type"] or "auto"
     if answer_type == "auto":
         answer_type = infer_answer_type(row["answer"], row["choices"])
@@ -98,7 +98,7 @@ class CorrectnessStage(Stage):
                                        cc.length_balance_ratio)]
             ctx.stats.inc(f"pairs_per_prompt.{len(pairs)}")
             by_index = {r["index"]: r for r in row["responses"]}
-            user_text = render_question(row["question"], row["choices"], row["template_id"] or "plain")
+            user_text = render_user_text(self.config, row)
             for method, c, r in pairs:
                 ctx.stats.inc(f"pairs.{method}")
                 rc, rr = by_index[c.index], by_index[r.index]
@@ -111,6 +111,7 @@ class CorrectnessStage(Stage):
                     prov=provenance(
                         sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
                         model_revision=row["model_revision"], template_id=row["template_id"],
+                        template_hash=row.get("template_hash"),
                         sampling=row["sampling"], chosen_index=c.index, rejected_index=r.index,
                         chosen_seed=rc["seed"], rejected_seed=rr["seed"],
                         chosen_tokens=rc["num_tokens"], rejected_tokens=rr["num_tokens"],

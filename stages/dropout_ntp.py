@@ -17,7 +17,7 @@ from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import EngineStage, StageContext
-from pipeline.templates import render_question
+from pipeline.templates import render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import assistant_turn, pair_row, provenance, user_turn
 
@@ -68,6 +68,9 @@ class DropoutNTPStage(EngineStage):
         cfg, seed = self.config.dropout_ntp, self.config.run.seed
         jobs, requests = [], []
         for row in rows:
+            if not row["images"]:  # text-only: no image to drop, so no hard negative
+                ctx.stats.inc("skipped.text_only")
+                continue
             chosen_list = self._candidates(row)
             if not chosen_list and (not row["answer"] or cfg.on_correct):
                 ctx.stats.inc("dropped.no_usable_chosen")
@@ -76,8 +79,7 @@ class DropoutNTPStage(EngineStage):
                 if cut is None:
                     ctx.stats.inc("dropped.too_short_to_cut")
                     continue
-                user_text = render_question(row["question"], row["choices"], row["template_id"] or "plain",
-                                            bool(row["answer"]))
+                user_text = render_user_text(self.config, row)
                 images = [to_pil(im) for im in row["images"]] if cfg.keep_image else []
                 s = derive_seed(seed, row["sample_id"], "dropout_ntp", chosen["index"])
                 params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
@@ -114,6 +116,7 @@ class DropoutNTPStage(EngineStage):
                 prov=provenance(
                     sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
                     model_revision=row["model_revision"], template_id=row["template_id"],
+                    template_hash=row.get("template_hash"),
                     sampling=row["sampling"], chosen_index=chosen["index"], chosen_seed=chosen["seed"],
                     rejected_seed=s, chosen_tokens=chosen["num_tokens"],
                     rejected_tokens=self._prefix_tokens(ctx, cut.prefix) + cont.num_tokens,

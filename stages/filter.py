@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 from methods.extract import extract_answer
 from methods.quality import check_pair, check_text, same_text
 from pipeline.stage import Stage, StageContext
-from pipeline.templates import EXTRACTION_STYLE
+from pipeline.templates import extraction_style
 from schemas import PAIR_SCHEMA
 from schemas.records import turn_text
 
@@ -63,7 +63,7 @@ class FilterStage(Stage):
             chosen_rules = dict(rules)
             extractor = None
             if fc.require_final_answer and method in ("correctness", "format"):
-                style = EXTRACTION_STYLE.get(prov.get("template_id") or "", "final_answer")
+                style = extraction_style(self.config, prov.get("template_id"))
                 chosen_rules["missing_final_answer"] = True
                 extractor = partial(extract_answer, style=style)
             vc = check_text(chosen, chosen_rules, prov.get("chosen_finish_reason"), prov.get("chosen_tokens"),

@@ -22,13 +22,22 @@ from pipeline.engine import GenRequest
 from pipeline.images import to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import EngineStage, StageContext
-from pipeline.templates import render_question
+from pipeline.placeholders import user_content
+from pipeline.templates import BUILTIN_TEMPLATES, prompt_text, template_for_source
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 
-def user_message(text: str, n_images: int) -> dict:
-    """A user turn: image parts first, then the text (the order MMPR prompts use)."""
-    return {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
+def user_message(text: str, n_images: int, placeholder: str | None = None) -> dict:
+    """A user turn: image parts first, then the text (the order MMPR prompts use), or
+    interleaved where ``text`` marks them (``pipeline.placeholders``)."""
+    return {"role": "user", "content": user_content(text, n_images, placeholder)}
+
+
+def prompt_messages(row: dict, template, placeholder: str | None) -> list[dict]:
+    """The chat sent for a prompt row: the template's system turn, then the user turn with
+    each image once, where its ``<image>`` placeholder stood (several) or first (one)."""
+    system = [{"role": "system", "content": [{"type": "text", "text": template.system}]}] if template.system else []
+    return system + [user_message(prompt_text(row, template), len(row["images"] or []), placeholder)]
 
 
 class GenerateStage(EngineStage):
@@ -44,7 +53,7 @@ class GenerateStage(EngineStage):
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
         from vllm import SamplingParams
 
-        template = self.config.generate.template
+        plain, placeholder = BUILTIN_TEMPLATES["plain"], self.config.model.image_placeholder
         todo, requests = [], []
         for row in rows:
             try:
@@ -52,17 +61,17 @@ class GenerateStage(EngineStage):
             except Exception as e:  # noqa: BLE001 -- a stored image that no longer decodes
                 ctx.quarantine(row, "image_decode_error", str(e))
                 continue
-            has_gt = bool(row["answer"])
-            text = render_question(row["question"], row["choices"], template, has_gt)
+            template = template_for_source(self.config, row["source"]) if row["answer"] else plain
             sampling = self.sampling(row["sample_id"])
             stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
-            requests.append(GenRequest([user_message(text, len(images))], images, SamplingParams(**sampling, **stops),
+            requests.append(GenRequest(prompt_messages(row, template, placeholder), images,
+                                       SamplingParams(**sampling, **stops),
                                        mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))
-            todo.append((row, sampling, template if has_gt else "plain"))
+            todo.append((row, sampling, template))
         return todo, requests
 
     def finish(self, todo: list, results: list, ctx: StageContext) -> Iterator[dict]:
-        for (row, sampling, template_id), res in zip(todo, results):
+        for (row, sampling, template), res in zip(todo, results):
             if res.error:
                 ctx.quarantine(row, res.error, res.detail)
                 continue
@@ -75,7 +84,7 @@ class GenerateStage(EngineStage):
             ctx.stats.inc("tokens_generated", sum(r["num_tokens"] for r in responses))
             ctx.stats.inc("prompt_tokens", res.prompt_tokens)
             ctx.stats.inc("finish_length", sum(r["finish_reason"] == "length" for r in responses))
-            yield {**row, "template_id": template_id, "prompt_text": res.prompt_text,
+            yield {**row, "template_id": template.id, "template_hash": template.hash, "prompt_text": res.prompt_text,
                    "prompt_tokens": res.prompt_tokens, "model": ctx.engine.model_name,
                    "model_revision": ctx.engine.revision, "sampling": sampling,
                    "responses": responses}

@@ -75,12 +75,13 @@ class GroundingConfig(BaseModel):
 IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
 
 
-def user_message(prompt: list[dict], keep_images: bool) -> dict:
-    """The stored user turn as a chat-template message; image parts dropped unless kept."""
-    user = prompt[-1]
-    parts = [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
-             for p in user["content"] if keep_images or p["type"] != "image"]
-    return {"role": "user", "content": parts}
+def prompt_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
+    """The stored prompt turns (system, user) as chat-template messages, each image part
+    where generation had it, or dropped unless kept."""
+    return [{"role": m["role"],
+             "content": [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
+                         for p in m["content"] if keep_images or p["type"] != "image"]}
+            for m in prompt]
 
 
 class GroundingStage(EngineStage):
@@ -97,7 +98,7 @@ class GroundingStage(EngineStage):
         """The images the model sees under ``condition``, and a key for "same prompt, same images"
         (the pairs of one prompt share it, so their common texts are scored once)."""
         images = {IMAGE: row["images"], NO_IMAGE: [], CROP: row["rejected_images"]}[condition]
-        user = tuple((p["type"], p["text"]) for p in row["prompt"][-1]["content"])
+        user = tuple((m["role"], p["type"], p["text"]) for m in row["prompt"] for p in m["content"])
         return images, (condition, row["source"], user, tuple(hash(im["bytes"]) for im in images))
 
     def request(self, row: dict, text: str, condition: str, ctx: StageContext,
@@ -111,7 +112,7 @@ class GroundingStage(EngineStage):
         source, key = self.view(row, condition)
         if key not in cache:
             images = [to_pil(im) for im in source]
-            prompt = ctx.engine.render([user_message(row["prompt"], bool(images))])
+            prompt = ctx.engine.render(prompt_messages(row["prompt"], bool(images)))
             cache[key] = (prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
         prompt, prompt_ids, images = cache[key]
         full_ids = ctx.engine.tokenizer(prompt + text, add_special_tokens=False)["input_ids"]

@@ -22,7 +22,7 @@ from methods.crop_signal import first_distinct
 from pipeline import __version__
 from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import Stage, StageContext
-from pipeline.templates import render_question
+from pipeline.templates import render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, provenance
 
@@ -64,7 +64,10 @@ class ImageCropStage(Stage):
         cfg, seed = self.config.image_crop, self.config.run.seed
         chash = self.config.config_hash()
         for row in rows:
-            if not row["images"] or not selected(seed, row["sample_id"], cfg.fraction):
+            if not row["images"]:  # text-only: no image to corrupt
+                ctx.stats.inc("skipped.text_only")
+                continue
+            if not selected(seed, row["sample_id"], cfg.fraction):
                 continue
             texts = self._texts(row)
             if texts is None:
@@ -93,8 +96,7 @@ class ImageCropStage(Stage):
                 ctx.stats.inc("dropped.near_identical_crop")
                 continue
             ctx.stats.inc("pairs.image_crop")
-            user_text = render_question(row["question"], row["choices"], row["template_id"] or "plain",
-                                        bool(row["answer"]))
+            user_text = render_user_text(self.config, row)
             yield pair_row(
                 pair_id=stable_hash(row["sample_id"], "image_crop", chosen["text"], rejected["text"], boxes),
                 method="image_crop", source=row["source"], question=row["question"], user_text=user_text,
@@ -103,6 +105,7 @@ class ImageCropStage(Stage):
                 prov=provenance(
                     sample_id=row["sample_id"], source_row_id=row["row_key"], facts=row["facts"], model=row["model"],
                     model_revision=row["model_revision"], template_id=row["template_id"],
+                    template_hash=row.get("template_hash"),
                     sampling=row["sampling"], chosen_index=chosen["index"], rejected_index=rejected["index"],
                     chosen_seed=chosen["seed"], rejected_seed=rejected["seed"],
                     chosen_tokens=chosen["num_tokens"], rejected_tokens=rejected["num_tokens"],

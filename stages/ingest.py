@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
+from pipeline.image_refs import allowed_roots
 from pipeline.images import ImageError, load_image
+from pipeline.placeholders import PLACEHOLDER, parse_placeholders
 from pipeline.seeds import stable_hash
 from pipeline.stage import Stage, StageContext
 from schemas import ANSWER_TYPES, PROMPT_SCHEMA
@@ -60,6 +62,8 @@ class IngestStage(Stage):
                 continue
             ctx.stats.inc(f"source.{out['source']}")
             ctx.stats.inc("with_ground_truth" if out["answer"] else "without_ground_truth")
+            if not out["images"]:
+                ctx.stats.inc("text_only")
             yield out
 
     def _normalise(self, raw: dict) -> dict:
@@ -83,7 +87,13 @@ class IngestStage(Stage):
         if len(question) > limit:
             raise RowError("question_too_long", f"{len(question)} chars > ingest.max_question_chars={limit}")
 
-        images = self._images(data, fields, raw.get("root"))
+        question, positions = parse_placeholders(question)
+        if not question.strip():
+            raise RowError("empty_question", "only image placeholders")
+        images = self._images(data, fields, raw.get("root"), src)
+        if positions and len(positions) != len(images):
+            raise RowError("image_placeholder_mismatch",
+                           f"{len(positions)} {PLACEHOLDER} placeholder(s) for {len(images)} image(s)")
         answers = _as_str_list(data.get(fields["answer"]), "answer", "bad_answer_type")
         choices = _as_str_list(data.get(fields["choices"]), "choices", "bad_choices", allow_scalar=False)
         answer_type = data.get(fields["answer_type"]) or src.answer_type
@@ -97,16 +107,16 @@ class IngestStage(Stage):
         return {
             "sample_id": sample_id_for(raw["source"], raw["row_key"]),
             "source": raw["source"], "row_key": raw["row_key"], "question": question,
-            "images": images, "answer": answers, "answer_type": answer_type,
+            "images": images, "image_positions": positions, "answer": answers, "answer_type": answer_type,
             "choices": choices, "facts": facts,
         }
 
-    def _images(self, data: dict, fields: dict, root: str | None) -> list[dict]:
+    def _images(self, data: dict, fields: dict, root: str | None, src) -> list[dict]:
         refs = data.get(fields["images"])
         if refs is None:
             refs = data.get(fields["image"])
-        if refs is None or (isinstance(refs, (list, tuple)) and not refs):
-            if self.config.ingest.require_image:
+        if refs is None or (isinstance(refs, (list, tuple)) and not refs) or refs == "":
+            if src.image_required(self.config.ingest.require_image):
                 raise RowError("missing_image", "row has no image")
             return []
         if not isinstance(refs, (list, tuple)):
@@ -114,10 +124,10 @@ class IngestStage(Stage):
         limit = self.config.model.max_images_per_prompt
         if len(refs) > limit:
             raise RowError("too_many_images", f"{len(refs)} images > model.max_images_per_prompt={limit}")
-        images = []
+        images, roots = [], allowed_roots(root, src.allowed_image_roots)
         for i, ref in enumerate(refs):
             try:
-                images.append(load_image(ref, root))
+                images.append(load_image(ref, root, roots))
             except ImageError as e:
                 suffix = f" (image {i + 1} of {len(refs)})" if len(refs) > 1 else ""
                 raise ImageError(e.reason, f"{e.detail}{suffix}") from None

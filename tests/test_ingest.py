@@ -70,6 +70,16 @@ def corpus(tmp_path: Path):
     add("weird-type", "unknown_answer_type", image=f"imgs/{ok}", question="q", answer="a",
         answer_type="haiku")
     add("bad-choices", "bad_choices", image=f"imgs/{ok}", question="q", answer="A", choices="ABCD")
+    # references outside the source's root, whatever the scheme: refused per row, before any read
+    add("metadata-url", "image_uri_not_allowed", image="http://169.254.169.254/latest/meta-data",
+        question="q", answer="a")
+    add("other-bucket", "image_uri_not_allowed", image="s3://other-bucket/secret.png", question="q", answer="a")
+    add("file-uri", "image_uri_not_allowed", image="file:///etc/hostname", question="q", answer="a")
+    add("abs-path", "image_uri_not_allowed", image="/etc/hostname", question="q", answer="a")
+    add("endpoint-query", "image_uri_not_allowed", image=f"file://{img / ok}?endpoint_override=evil",
+        question="q", answer="a")
+    add("placeholders", "image_placeholder_mismatch", image=f"imgs/{ok}", question="<image>\n<image>\nq",
+        answer="a")
     add("good-1", "duplicate_sample_id", image=f"imgs/{ok}", question="dup", answer="red")
     rows.append(b'{"id": "bad-utf8", "question": "caf\xe9", "image": "x.png"}')
     expect["#bad-utf8"] = "invalid_utf8"
@@ -132,6 +142,39 @@ def test_every_bad_row_is_quarantined_with_its_reason(corpus, tmp_path):
     assert sum(stats.quarantined.values()) == len(quarantine) == len(expect)
     kept = {r["row_key"] for r in rows}
     assert kept == {"good-1", "good-open", "exif", *converted}, kept
+
+
+def test_disallowed_references_are_never_opened(corpus, tmp_path, monkeypatch):
+    """The allowlist is checked before storage is asked anything: no request reaches
+    the metadata endpoint, the other bucket or /etc, and no partition fails."""
+    touched = []
+    resolve = storage.resolve
+    monkeypatch.setattr(storage, "resolve", lambda uri: (touched.append(uri), resolve(uri))[1])
+    src, root, expect, _ = corpus
+    stats, rows, quarantine = _ingest(src, root, tmp_path / "out")
+    assert not [u for u in touched if "169.254" in u or "other-bucket" in u or "hostname" in u], touched
+    assert "stage_error" not in stats.quarantined and stats.retries == 0
+    assert {q["row_key"] for q in quarantine if q["reason"] == "image_uri_not_allowed"} == {
+        "metadata-url", "other-bucket", "file-uri", "abs-path", "endpoint-query"}
+
+
+def test_allowed_image_roots_admit_absolute_references(tmp_path):
+    """Absolute paths and file:// URIs load when their folder is allowlisted, and only then."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "a.png").write_bytes(_png())
+    (tmp_path / "prompts").mkdir()
+    src = tmp_path / "prompts" / "src.jsonl"
+    src.write_text(json.dumps({"id": "abs", "image": str(shared / "a.png"), "question": "q"}) + "\n"
+                   + json.dumps({"id": "uri", "image": f"file://{shared}/a.png", "question": "q"}) + "\n")
+    for allowed, kept in (([], set()), ([str(shared)], {"abs", "uri"})):
+        cfg = make_config(sources=[{"name": "s", "format": "jsonl", "path": str(src),
+                                    "allowed_image_roots": allowed}])
+        out = tmp_path / f"out{len(allowed)}"
+        stats, _, _ = run_ingest(cfg, str(out))
+        rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
+        assert {r["row_key"] for r in rows} == kept
+        assert stats.quarantined.get("image_uri_not_allowed", 0) == 2 - len(kept)
 
 
 def test_convertible_images_are_converted_not_rejected(corpus, tmp_path):

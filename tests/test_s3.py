@@ -197,3 +197,54 @@ def test_model_folder_on_s3_is_copied_once_per_node(s3, tiny_model, tmp_path):
     assert storage.localize_dir(str(tiny_model)) == str(tiny_model)  # local paths are used in place
     with pytest.raises(FileNotFoundError, match="not a folder or is empty"):
         storage.localize_dir(f"s3://{BUCKET}/models/none", cache)
+
+
+def test_bad_image_references_on_s3_are_quarantined_per_row(s3, sample_data, tmp_path, monkeypatch):
+    """The bad-input corpus's reference rows, read from a prompt file on S3: references
+    outside the source's prefix and its allowed_image_roots are that row's quarantine
+    reason, never a partition failure, and the other bucket is never asked for its object
+    (whose bytes would be readable with the same credentials)."""
+    from pipeline.orchestrator import run_ingest
+
+    s3.create_bucket(Bucket="other-bucket")
+    s3.put_object(Bucket="other-bucket", Key="secret.png", Body=(sample_data / "images/int-0000.png").read_bytes())
+    s3.put_object(Bucket="other-bucket", Key="public/ok.png", Body=(sample_data / "images/int-0001.png").read_bytes())
+    s3.put_object(Bucket=BUCKET, Key="corpus/images/ok.png", Body=(sample_data / "images/int-0002.png").read_bytes())
+    rows = {
+        "relative": "images/ok.png",
+        "absolute-in-prefix": f"s3://{BUCKET}/corpus/images/ok.png",
+        "allowlisted-bucket": "s3://other-bucket/public/ok.png",
+        "metadata-url": "http://169.254.169.254/latest/meta-data",
+        "other-bucket": "s3://other-bucket/secret.png",
+        "file-uri": "file:///etc/hostname",
+        "same-bucket-outside-prefix": f"s3://{BUCKET}/inputs/gt.jsonl",
+        "dot-dot": f"s3://{BUCKET}/corpus/../inputs/images/int-0000.png",
+        "relative-escape": "../inputs/images/int-0000.png",
+    }
+    body = "".join(json.dumps({"id": k, "image": v, "question": "How many circles?", "answer": "3"}) + "\n"
+                   for k, v in rows.items())
+    s3.put_object(Bucket=BUCKET, Key="corpus/prompts.jsonl", Body=body.encode())
+    touched = []
+    resolve = storage.resolve
+    monkeypatch.setattr(storage, "resolve", lambda uri: (touched.append(uri), resolve(uri))[1])
+    cfg = make_config(run={"partition_rows": 4}, sources=[
+        {"name": "corpus", "format": "jsonl", "path": f"s3://{BUCKET}/corpus/prompts.jsonl",
+         "allowed_image_roots": ["s3://other-bucket/public"]}])
+    stats, n, _ = run_ingest(cfg, str(tmp_path / "ingest"))
+    kept = [r for f in storage.list_files(str(tmp_path / "ingest" / "data"), ".parquet")
+            for r in pq.read_table(f).to_pylist()]
+    quarantine = {r["row_key"]: r["reason"] for f in storage.list_files(str(tmp_path / "ingest" / "quarantine"),
+                                                                         ".parquet")
+                  for r in pq.read_table(f).to_pylist()}
+    assert {r["row_key"] for r in kept} == {"relative", "absolute-in-prefix", "allowlisted-bucket"}
+    assert quarantine == {"metadata-url": "image_uri_not_allowed", "other-bucket": "image_uri_not_allowed",
+                          "file-uri": "image_uri_not_allowed", "same-bucket-outside-prefix": "image_uri_not_allowed",
+                          "dot-dot": "image_uri_not_allowed", "relative-escape": "image_path_escapes_root"}
+    assert n == 3 and stats.retries == 0 and "stage_error" not in stats.quarantined
+    assert not [u for u in touched if "secret" in u or "169.254" in u or "hostname" in u or "gt.jsonl" in u]
+    allowed = next(r for r in kept if r["row_key"] == "allowlisted-bucket")
+    from PIL import Image
+
+    def pixels(data: bytes) -> bytes:
+        return Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+    assert pixels(allowed["images"][0]["bytes"]) == pixels((sample_data / "images/int-0001.png").read_bytes())

@@ -53,7 +53,8 @@ class RunConfig(_Section):
     seed: int = 0
     #: rows per partition: the unit of work, of resume and of retry
     partition_rows: int = Field(256, ge=1)
-    stages: list[str] = Field(default_factory=lambda: _stage_order())
+    #: the stages to run (default: every stage but the opt-in ones); always run in pipeline order
+    stages: list[str] = Field(default_factory=lambda: _default_stages())
 
     @field_validator("stages")
     @classmethod
@@ -69,6 +70,12 @@ def _stage_order() -> list[str]:
     from pipeline import graph
 
     return graph.ordered()
+
+
+def _default_stages() -> list[str]:
+    from pipeline import graph
+
+    return [s for s in graph.ordered() if not graph.stage_class(s).opt_in]
 
 
 class ExecutorConfig(_Section):
@@ -384,6 +391,16 @@ class PipelineConfig(StageSections):
 
         check_context(self)  # needs the stage sections (generate/dropout_ntp token budgets)
         self._templates_known()
+        self._enable_opt_in_stages()
+
+    def _enable_opt_in_stages(self) -> None:
+        """An opt-in stage whose section says ``enabled: true`` runs without editing run.stages."""
+        from pipeline import graph
+
+        wanted = [s for s in graph.ordered() if graph.stage_class(s).opt_in
+                  and getattr(getattr(self, s, None), "enabled", False) and s not in self.run.stages]
+        if wanted:
+            self.run.stages = [*self.run.stages, *wanted]
 
     def _templates_known(self) -> "PipelineConfig":
         ids = [t.id for t in self.templates]

@@ -96,6 +96,8 @@ class GenRequest:
     #: multimodal processor arguments for this request only (a source's override);
     #: vLLM merges them over the engine's model.mm_processor_kwargs
     mm_processor_kwargs: dict[str, Any] | None = None
+    #: an already rendered prompt (scoring a given text): sent as is, messages unused
+    prompt: str | None = None
 
 
 @dataclass
@@ -113,6 +115,9 @@ class GenResult:
     #: short reason code when the request failed (e.g. "prompt_too_long")
     error: str | None = None
     detail: str = ""
+    #: the prompt as vLLM tokenised it, and its log-probs when the request asked for them
+    prompt_token_ids: list[int] = field(default_factory=list)
+    prompt_logprobs: Any = None
 
 
 def has_cuda() -> bool:
@@ -307,6 +312,9 @@ class Engine:
         """File sample k's output; True when the prompt has all its samples."""
         prompt.samples[k] = [Completion(c.text, str(c.finish_reason), len(c.token_ids)) for c in out.outputs]
         prompt.result.prompt_tokens = len(out.prompt_token_ids or [])
+        if out.prompt_logprobs is not None:  # a scoring request
+            prompt.result.prompt_token_ids = list(out.prompt_token_ids)
+            prompt.result.prompt_logprobs = out.prompt_logprobs
         prompt.left -= 1
         if prompt.left:
             return False
@@ -323,7 +331,7 @@ class Engine:
         """Render, check and enqueue one prompt as one n=1 request per sample (``sample_params``);
         on refusal fill ``result.error`` and return no ids."""
         try:
-            text = self.render(req.messages, req.continue_final)
+            text = req.prompt if req.prompt is not None else self.render(req.messages, req.continue_final)
         except Exception as e:  # noqa: BLE001 -- a template that rejects a row
             result.error, result.detail = "chat_template_error", str(e)[:2000]
             return []

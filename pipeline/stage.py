@@ -150,6 +150,8 @@ class Stage:
     Config: ClassVar[type | None] = None
     #: config keys outside the section that change this stage's output (part of its hash)
     reads: ClassVar[tuple[str, ...]] = ()
+    #: off unless listed in ``run.stages`` or its section sets ``enabled: true``
+    opt_in: ClassVar[bool] = False
     input_schema: ClassVar[pa.Schema | None] = None
     output_schema: ClassVar[pa.Schema]
 

@@ -85,6 +85,14 @@ FILTER_VERDICT_TYPE = pa.struct([
     ("reason", pa.string()),
 ])
 
+#: visual grounding (stages/grounding.py): summed log-probs of the assistant text with the
+#: image, without it and (image_crop) with the cropped image; token counts; derived signals
+GROUNDING_TYPE = pa.struct([
+    (f"{side}_{key}", typ) for side in ("chosen", "rejected")
+    for key, typ in (("tokens", pa.int32()), ("logp_image", pa.float64()), ("logp_no_image", pa.float64()),
+                     ("logp_crop", pa.float64()), ("image_gain", pa.float64()), ("crop_gain", pa.float64()))
+] + [("policy_margin", pa.float64()), ("grounding_margin", pa.float64())])
+
 PROVENANCE_TYPE = pa.struct([
     ("sample_id", pa.string()),
     ("source_row_id", pa.string()),
@@ -125,6 +133,7 @@ PROVENANCE_TYPE = pa.struct([
     ("filters", pa.list_(FILTER_VERDICT_TYPE)),
     ("judge_chosen_score", pa.float64()),
     ("judge_rejected_score", pa.float64()),
+    ("grounding", GROUNDING_TYPE),
     # build
     ("pipeline_version", pa.string()),
     ("config_hash", pa.string()),
@@ -141,6 +150,10 @@ PAIR_SCHEMA = pa.schema([
     pa.field("source", pa.string(), nullable=False),
     pa.field("question", pa.string()),
     pa.field("provenance", PROVENANCE_TYPE),
+    # trainer-readable margins (null unless the grounding stage ran): chosen minus rejected
+    # summed log-prob under the policy, and chosen minus rejected image gain per token
+    pa.field("policy_margin", pa.float64()),
+    pa.field("grounding_margin", pa.float64()),
 ])
 
 QUARANTINE_SCHEMA = pa.schema([

@@ -76,7 +76,8 @@ def _verdicts(target: str, verdicts) -> list[dict]:
 
 class FilterStage(Stage):
     name = "filter"
-    after = ("correctness", "dropout_ntp", "image_crop")
+    #: the pair stages, through grounding when it runs (a disabled grounding is looked through)
+    after = ("grounding",)
     Config = FilterConfig
     reads = ("templates",)  # the extraction style of a pair's template (require_final_answer)
     input_schema = PAIR_SCHEMA

@@ -68,8 +68,11 @@ def test_no_stage_imports_another_stage():
 
 
 def test_order_and_inputs_come_from_the_classes():
-    assert graph.ordered()[:len(PIPELINE_STAGES)] == PIPELINE_STAGES
-    assert graph.upstream("filter") == ("correctness", "dropout_ntp", "image_crop")
+    default_on = [s for s in graph.ordered() if not graph.stage_class(s).opt_in]
+    assert default_on[:len(PIPELINE_STAGES)] == PIPELINE_STAGES
+    # the opt-in grounding stage sits between the pair stages and filter, which looks through it
+    assert graph.ordered().index("grounding") == graph.ordered().index("filter") - 1
+    assert graph.upstream("filter") == ("grounding",)
     cfg = make_config()  # sample config: no judge
     assert graph.input_stages(cfg, "write") == ["filter"]
     assert graph.input_stages(cfg, "filter") == ["correctness", "dropout_ntp", "image_crop"]

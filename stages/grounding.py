@@ -1,0 +1,209 @@
+"""grounding: does the answer need the image?  One prefill per text, no decoding.
+
+mDPO's finding is that preference optimisation lets a VLM learn from the text
+alone; a pair whose chosen answer is as likely without the image teaches it
+nothing about looking.  For every pair this stage asks vLLM for the prompt
+log-probabilities (``prompt_logprobs=0``, ``max_tokens=1``) of the chosen and
+the rejected assistant text after the rendered prompt:
+
+- with the image, without it (image parts removed from the user turn, as
+  DropoutNTP does), and for image_crop pairs with the cropped image too;
+- only the assistant tokens count: the prompt is rendered with the
+  generation prompt (exactly what the policy saw when it sampled) and the
+  answer text appended; the span is found by tokenising both
+  (``methods.grounding.answer_token_count``) and checked against the tokens
+  vLLM really scored.
+
+The values and the derived signals (image gain, crop gain, policy and
+grounding margins; ``methods.grounding``) go into ``provenance.grounding``,
+the two margins into top-level columns.  Threshold rules (per method and per
+source) remove pairs; a missing value never removes one.
+
+The stage is optional: it runs when listed in ``run.stages`` or when
+``grounding.enabled`` is set.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from methods.grounding import Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, verdict
+from pipeline.engine import GenRequest
+from pipeline.images import to_pil
+from pipeline.config import Section
+from pipeline.stage import EngineStage, StageContext, prefixed
+from schemas import METHODS, PAIR_SCHEMA
+from schemas.records import turn_text
+
+
+class GroundingThresholds(BaseModel):
+    """Removal thresholds; null = rule off.  Gains are mean log-prob per token (nats)."""
+    model_config = ConfigDict(extra="forbid")
+    #: every pair with an image: chosen's image gain (with minus without) at least this
+    min_chosen_image_gain: Optional[float] = None
+    #: dropout_ntp: chosen's image gain minus rejected's at least this (0 = rejected less grounded)
+    min_grounding_margin: Optional[float] = None
+    #: image_crop: chosen's gain from the original image to the crop at least this
+    min_crop_gain: Optional[float] = None
+
+
+class GroundingConfig(Section):
+    """The grounding stage's config section (``grounding:``)."""
+    #: run the stage even when run.stages does not list it (an opt-in stage)
+    enabled: bool = False
+    thresholds: GroundingThresholds = Field(default_factory=GroundingThresholds)
+    #: overrides per method / per source (source wins), e.g. {image_crop: {min_crop_gain: 0.05}}
+    per_method: dict[str, GroundingThresholds] = Field(default_factory=dict)
+    per_source: dict[str, GroundingThresholds] = Field(default_factory=dict)
+
+    @field_validator("per_method")
+    @classmethod
+    def _known_methods(cls, v: dict) -> dict:
+        bad = sorted(set(v) - set(METHODS))
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; known: {list(METHODS)}")
+        return v
+
+    def thresholds_for(self, method: str, source: str) -> dict[str, float | None]:
+        dump = lambda layers: {k: v.model_dump(exclude_unset=True) for k, v in layers.items()}  # noqa: E731
+        return resolve_thresholds(self.thresholds.model_dump(), dump(self.per_method), dump(self.per_source),
+                                  method, source)
+
+
+#: the image conditions a text is scored under
+IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
+
+
+def prompt_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
+    """The stored prompt turns (system, user) as chat-template messages, each image part
+    where generation had it, or dropped unless kept."""
+    return [{"role": m["role"],
+             "content": [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
+                         for p in m["content"] if keep_images or p["type"] != "image"]}
+            for m in prompt]
+
+
+class GroundingStage(EngineStage):
+    name = "grounding"
+    kind = "engine"
+    #: scores every pair method's rows; filter reads its output (or looks through it when off)
+    after = ("correctness", "dropout_ntp", "image_crop")
+    opt_in = True
+    Config = GroundingConfig
+    #: model: the policy model scores; sources: their processor settings
+    reads = ("model", "sources", "run.seed", "engine.batch_invariant")
+    input_schema = PAIR_SCHEMA
+    output_schema = PAIR_SCHEMA
+
+    @classmethod
+    def summarize(cls, c: dict) -> dict:
+        if not c.get("grounding.requests"):
+            return {}
+        return {"scored_pairs": c.get("grounding.scored_pairs", 0), "requests": c["grounding.requests"],
+                "failed": prefixed(c, "grounding.failed."), "unchecked": prefixed(c, "grounding.unchecked."),
+                "removed": prefixed(c, "removed.grounding.")}
+
+    @classmethod
+    def summary_line(cls, s: dict) -> str | None:
+        return (f"grounding: {s['scored_pairs']} pairs scored, removed {sum(s['removed'].values())} "
+                f"{s['removed'] or ''}".rstrip()) if s else None
+
+    def conditions(self, row: dict) -> list[str]:
+        crop = row["method"] == "image_crop" and bool(row["rejected_images"])
+        return [IMAGE, NO_IMAGE] + ([CROP] if crop else [])
+
+    @staticmethod
+    def view(row: dict, condition: str) -> tuple[list[dict], tuple]:
+        """The images the model sees under ``condition``, and a key for "same prompt, same images"
+        (the pairs of one prompt share it, so their common texts are scored once)."""
+        images = {IMAGE: row["images"], NO_IMAGE: [], CROP: row["rejected_images"]}[condition]
+        user = tuple((m["role"], p["type"], p["text"]) for m in row["prompt"] for p in m["content"])
+        return images, (condition, row["source"], user, tuple(hash(im["bytes"]) for im in images))
+
+    def request(self, row: dict, text: str, condition: str, ctx: StageContext,
+                cache: dict | None = None) -> tuple[GenRequest, list[int], bool]:
+        """A scoring request for ``text`` under ``condition``, the answer's token ids, and
+        whether the prompt/answer token boundary is clean.  ``cache`` keeps the rendered
+        prompt, its tokens and the decoded images per view for the other texts."""
+        from vllm import SamplingParams
+
+        cache = {} if cache is None else cache
+        source, key = self.view(row, condition)
+        if key not in cache:
+            images = [to_pil(im) for im in source]
+            prompt = ctx.engine.render(prompt_messages(row["prompt"], bool(images)))
+            cache[key] = (prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
+        prompt, prompt_ids, images = cache[key]
+        full_ids = ctx.engine.tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+        k, clean = answer_token_count(prompt_ids, full_ids)
+        # flat: a constant number of Python objects per request instead of a dict per prompt position
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
+        req = GenRequest([], images, params, mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                         prompt=prompt + text)
+        return req, full_ids[len(full_ids) - k:], clean
+
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
+        """One request per distinct (prompt, images, answer text) in the partition: the pairs of
+        one prompt reuse its responses (up to 15 correctness pairs from 8 samples), and an
+        image_crop pair's shared text is scored once per image condition."""
+        jobs, requests, cache, index = [], [], {}, {}
+        for row in rows:
+            texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
+            slots: dict[tuple[str, str], tuple[int, list[int]]] = {}
+            for text in texts.values():
+                for cond in self.conditions(row):
+                    key = (self.view(row, cond)[1], text)
+                    if key not in index:
+                        req, answer_ids, clean = self.request(row, text, cond, ctx, cache)
+                        ctx.stats.inc("grounding.boundary_merged", not clean)
+                        index[key] = (len(requests), answer_ids)
+                        requests.append(req)
+                    slots[(text, cond)] = index[key]
+            jobs.append((row, texts, slots))
+        ctx.stats.inc("grounding.requests", len(requests))
+        return jobs, requests
+
+    @staticmethod
+    def _score(res, answer_ids: list[int], ctx: StageContext) -> float | None:
+        """The answer's summed log-prob, None (counted) when the request failed or the
+        tokens vLLM scored do not end with the answer's tokens."""
+        if res.error or res.prompt_logprobs is None:
+            ctx.stats.inc(f"grounding.failed.{res.error or 'no_logprobs'}")
+            return None
+        k = len(answer_ids)
+        if list(res.prompt_token_ids[len(res.prompt_token_ids) - k:]) != list(answer_ids):
+            ctx.stats.inc("grounding.failed.token_mismatch")
+            return None
+        return tail_logprob(res.prompt_logprobs, res.prompt_token_ids, k)
+
+    def finish(self, jobs: list, results: list, ctx: StageContext) -> Iterator[dict]:
+        cfg = self.config.grounding
+        for row, texts, slots in jobs:
+            scores = {}
+            for side, text in texts.items():
+                values = {}
+                for cond in self.conditions(row):
+                    i, answer_ids = slots[(text, cond)]
+                    values[cond] = self._score(results[i], answer_ids, ctx)
+                scores[side] = Scores(len(answer_ids), values[IMAGE], values[NO_IMAGE], values.get(CROP))
+            sig = signals(scores["chosen"], scores["rejected"], row["method"] == "image_crop")
+            if not row["images"]:  # nothing to remove: no evidence either way
+                sig.update(chosen_image_gain=None, rejected_image_gain=None, grounding_margin=None)
+            g = {"policy_margin": sig["policy_margin"], "grounding_margin": sig["grounding_margin"]}
+            for side, s in scores.items():
+                g.update({f"{side}_tokens": s.tokens, f"{side}_logp_image": s.image,
+                          f"{side}_logp_no_image": s.no_image, f"{side}_logp_crop": s.crop,
+                          f"{side}_image_gain": sig[f"{side}_image_gain"],
+                          f"{side}_crop_gain": sig[f"{side}_crop_gain"]})
+            ctx.stats.inc("grounding.scored_pairs")
+            ctx.stats.inc("grounding.answer_tokens", scores["chosen"].tokens + scores["rejected"].tokens)
+            removed_by, unchecked = verdict(sig, cfg.thresholds_for(row["method"], row["source"]), row["method"])
+            for rule in unchecked:
+                ctx.stats.inc(f"grounding.unchecked.{rule}")
+            if removed_by:
+                ctx.stats.inc(f"removed.grounding.{removed_by}")
+                continue
+            ctx.stats.inc(f"kept.{row['method']}")
+            yield {**row, "provenance": {**row["provenance"], "grounding": g},
+                   "policy_margin": g["policy_margin"], "grounding_margin": g["grounding_margin"]}

@@ -1,0 +1,336 @@
+"""The grounding stage: arithmetic, config, and numbers checked against transformers.
+
+The engine tests run a real vLLM engine in float32 (the sample config loads
+the tiny model in bfloat16; a float32 comparison needs float32 on both sides)
+and compare with a plain transformers forward pass of the same checkpoint.
+"""
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+
+from methods.grounding import Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, verdict
+from conftest import make_config
+
+#: |vLLM - transformers| per answer token, float32 on CPU (summed log-probs compare
+#: within TOL_PER_TOKEN * tokens).  Measured: 0.8e-7 to 5e-7 per token; one token too
+#: many or too few in the span moves the sum by several nats
+TOL_PER_TOKEN = 1e-5
+
+
+# -- arithmetic ------------------------------------------------------------------
+@pytest.mark.parametrize("prompt, full, k, clean", [
+    ([1, 2, 3], [1, 2, 3, 4, 5], 2, True),     # clean boundary
+    ([1, 2, 3], [1, 2, 9, 5], 2, False),       # last prompt token merged with the answer's start
+    ([1, 2, 3], [1, 2, 3], 0, True),           # empty answer
+    ([], [7, 8], 2, True),
+])
+def test_answer_token_count(prompt, full, k, clean):
+    assert answer_token_count(prompt, full) == (k, clean)
+
+
+class _LP:
+    def __init__(self, v):
+        self.logprob = v
+
+
+def test_tail_logprob_sums_only_the_answer_positions():
+    ids = [5, 6, 7, 8]
+    plp = [None, {6: _LP(-1.0)}, {7: _LP(-0.5), 1: _LP(-0.1)}, {8: _LP(-0.25)}]
+    assert tail_logprob(plp, ids, 2) == pytest.approx(-0.75)
+    assert tail_logprob(plp, ids, 3) == pytest.approx(-1.75)
+    assert tail_logprob(plp, ids, 4) is None        # position 0 has no log-prob
+    assert tail_logprob(plp, ids, 0) is None
+    assert tail_logprob([None, {1: _LP(0.0)}], [5, 6], 1) is None  # the scored token is missing
+
+
+def test_signals_gains_are_per_token_and_margins_are_sums():
+    chosen = Scores(tokens=4, image=-4.0, no_image=-8.0, crop=-6.0)   # means -1, -2, -1.5
+    rejected = Scores(tokens=2, image=-4.0, no_image=-4.2, crop=-5.0)  # means -2, -2.1, -2.5
+    s = signals(chosen, rejected, image_crop=False)
+    assert s["chosen_image_gain"] == pytest.approx(1.0)
+    assert s["rejected_image_gain"] == pytest.approx(0.1)
+    assert s["grounding_margin"] == pytest.approx(0.9)
+    assert s["policy_margin"] == pytest.approx(0.0)          # -4 - (-4): sums, not means
+    assert s["chosen_crop_gain"] is None
+    c = signals(chosen, rejected, image_crop=True)
+    assert c["chosen_crop_gain"] == pytest.approx(0.5)
+    assert c["rejected_crop_gain"] == pytest.approx(0.5)
+    assert c["policy_margin"] == pytest.approx(1.0)          # rejected side = its text with the crop
+    missing = signals(Scores(3, None, -1.0), rejected, image_crop=False)
+    assert missing["chosen_image_gain"] is None and missing["policy_margin"] is None
+
+
+@pytest.mark.parametrize("method, sig, thresholds, removed, unchecked", [
+    ("correctness", {"chosen_image_gain": 0.01}, {"min_chosen_image_gain": 0.05}, "min_chosen_image_gain", []),
+    ("correctness", {"chosen_image_gain": 0.06}, {"min_chosen_image_gain": 0.05}, None, []),
+    ("correctness", {"chosen_image_gain": None}, {"min_chosen_image_gain": 0.05}, None, ["min_chosen_image_gain"]),
+    # the grounding-margin rule is DropoutNTP's: other methods ignore it
+    ("dropout_ntp", {"grounding_margin": -0.2}, {"min_grounding_margin": 0.0}, "min_grounding_margin", []),
+    ("correctness", {"grounding_margin": -0.2}, {"min_grounding_margin": 0.0}, None, []),
+    ("image_crop", {"chosen_crop_gain": 0.001}, {"min_crop_gain": 0.01}, "min_crop_gain", []),
+    ("dropout_ntp", {"chosen_crop_gain": None}, {"min_crop_gain": 0.01}, None, []),
+    ("image_crop", {"chosen_image_gain": 1.0, "chosen_crop_gain": 0.5}, {"min_chosen_image_gain": None}, None, []),
+])
+def test_verdict_table(method, sig, thresholds, removed, unchecked):
+    assert verdict(sig, thresholds, method) == (removed, unchecked)
+
+
+def test_thresholds_source_overrides_method_overrides_default():
+    d = {"min_chosen_image_gain": 0.1, "min_crop_gain": None}
+    got = resolve_thresholds(d, {"image_crop": {"min_crop_gain": 0.2}}, {"charts": {"min_chosen_image_gain": 0.3}},
+                             "image_crop", "charts")
+    assert got == {"min_chosen_image_gain": 0.3, "min_crop_gain": 0.2}
+    assert resolve_thresholds(d, {}, {}, "format", "x") == d
+
+
+# -- config ------------------------------------------------------------------------
+def test_grounding_is_opt_in_and_placed_before_filter():
+    from pipeline.config import ConfigError, PipelineConfig, load_config  # noqa: F401
+    from pipeline.graph import input_stages
+
+    cfg = PipelineConfig()
+    assert "grounding" not in cfg.run.stages
+    assert input_stages(cfg, "filter") == ["correctness", "dropout_ntp", "image_crop"]
+    on = PipelineConfig.model_validate({"grounding": {"enabled": True}})
+    assert on.run.stages.index("grounding") == on.run.stages.index("filter") - 1
+    assert input_stages(on, "filter") == ["grounding"]
+    assert input_stages(on, "grounding") == ["correctness", "dropout_ntp", "image_crop"]
+    listed = PipelineConfig.model_validate({"run": {"stages": ["grounding", "write", "filter"]}})
+    assert listed.run.stages == ["grounding", "filter", "write"]
+
+
+@pytest.mark.parametrize("section, needle", [
+    ({"thresholds": {"min_gain": 0.1}}, "grounding.thresholds.min_gain"),
+    ({"per_method": {"dropout": {"min_grounding_margin": 0}}}, "unknown method(s) ['dropout']"),
+    ({"per_source": {"s": {"min_crop_gain": "high"}}}, "grounding.per_source.s.min_crop_gain"),
+])
+def test_config_mistakes_name_the_key(section, needle):
+    from pydantic import ValidationError
+
+    from pipeline.config import PipelineConfig
+
+    with pytest.raises(ValidationError) as e:
+        PipelineConfig.model_validate({"grounding": section})
+    assert needle in str(e.value)
+
+
+def test_every_threshold_has_a_rule():
+    from methods.grounding import RULES
+    from stages.grounding import GroundingThresholds
+
+    assert set(GroundingThresholds.model_fields) == set(RULES)
+
+
+# -- real engine ---------------------------------------------------------------------
+def _sample_rows(sample_data, n):
+    import json
+
+    rows = [json.loads(line) for line in (sample_data / "gt.jsonl").read_text().splitlines()[:n]]
+    return [(r, (sample_data / r["image"]).read_bytes() if not str(r["image"]).startswith("/")
+             else open(r["image"], "rb").read()) for r in rows]
+
+
+def make_pairs(sample_data):
+    """Pairs like the pair stages make: two with an image, one image_crop, one text-only."""
+    from methods.crop import corrupt_image
+    from schemas.records import pair_row, provenance
+
+    pairs = []
+    for i, (r, data) in enumerate(_sample_rows(sample_data, 3)):
+        img = [{"bytes": data, "path": None}]
+        q = r["question"]
+        if i < 2:
+            pairs.append(pair_row(pair_id=f"p{i}", method="correctness" if i == 0 else "dropout_ntp",
+                                  source="sample_gt", question=q, user_text=q, images=img,
+                                  chosen=f"There are {r['answer']} circles.\nFinal answer: {r['answer']}",
+                                  rejected="There are 7 circles.\nFinal answer: 7", prov=provenance()))
+        else:
+            crop, _ = corrupt_image(data, seed=11, area=(0.01, 0.2), aspect=(0.75, 1.33), jpeg_quality=95)
+            text = f"I count {r['answer']} circles.\nFinal answer: {r['answer']}"
+            pairs.append(pair_row(pair_id="crop", method="image_crop", source="sample_gt", question=q,
+                                  user_text=q, images=img, rejected_images=[{"bytes": crop, "path": None}],
+                                  chosen=text, rejected=text, prov=provenance()))
+    pairs.append(pair_row(pair_id="text", method="correctness", source="sample_gt", question="What is 2 + 2?",
+                          user_text="What is 2 + 2?", images=[], chosen="Final answer: 4",
+                          rejected="Final answer: 5", prov=provenance()))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def f32_config(tiny_model):
+    return make_config(executor={"kind": "local"}, model={"dtype": "float32"},
+                       run={"stages": ["grounding"]})
+
+
+@pytest.fixture(scope="module")
+def f32_engine(f32_config):
+    from pipeline.engine import get_engine
+
+    return get_engine(f32_config)
+
+
+def run_stage(config, engine, rows):
+    from pipeline.stage import StageContext
+    from stages import make_stage
+
+    ctx = StageContext("grounding", "part-0", config, engine)
+    out = list(make_stage("grounding", config).run(rows, ctx))
+    return out, ctx.finish()
+
+
+@pytest.fixture(scope="module")
+def scored(f32_config, f32_engine, sample_data):
+    return run_stage(f32_config, f32_engine, make_pairs(sample_data))
+
+
+def hf_answer_logprob(model_dir, prompt_ids, image_bytes, k):
+    """Summed log-prob of the last k tokens, from a transformers forward pass in float32."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, Idefics3ForConditionalGeneration
+
+    model = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt_ids])
+    kwargs = {}
+    if image_bytes is not None:
+        proc = AutoProcessor.from_pretrained(model_dir)
+        img = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+        enc = proc(text=["<image>"], images=[[img]], return_tensors="pt")
+        kwargs = {"pixel_values": enc["pixel_values"].float(), "pixel_attention_mask": enc["pixel_attention_mask"]}
+    with torch.no_grad():
+        logits = model(input_ids=ids, **kwargs).logits.float()
+    logp = torch.log_softmax(logits[0, :-1], dim=-1)
+    targets = ids[0, 1:]
+    per_token = logp.gather(1, targets[:, None])[:, 0]
+    return float(per_token[-k:].sum())
+
+
+def test_logprobs_equal_a_transformers_forward_pass(f32_config, f32_engine, sample_data, tiny_model):
+    """The stage's number for chosen-with-image and chosen-without-image equals
+    transformers' on exactly the token ids vLLM scored (image tokens expanded by the
+    same processor), within TOL_PER_TOKEN per answer token."""
+    from stages.grounding import IMAGE, NO_IMAGE, GroundingStage
+
+    pair = make_pairs(sample_data)[0]
+    stage = GroundingStage(f32_config)
+    from pipeline.stage import StageContext
+    ctx = StageContext("grounding", "p", f32_config, f32_engine)
+    for cond, image in ((IMAGE, pair["images"][0]["bytes"]), (NO_IMAGE, None)):
+        from schemas.records import turn_text
+        req, answer_ids, clean = stage.request(pair, turn_text(pair["chosen"]), cond, ctx)
+        res = f32_engine.generate([req])[0]
+        assert res.error is None and clean
+        assert res.prompt_token_ids[-len(answer_ids):] == answer_ids
+        n_image_tokens = res.prompt_token_ids.count(f32_engine.tokenizer.convert_tokens_to_ids("<image>"))
+        assert (n_image_tokens > 0) == (image is not None)
+        ours = stage._score(res, answer_ids, ctx)
+        ref = hf_answer_logprob(str(tiny_model), res.prompt_token_ids, image, len(answer_ids))
+        assert math.isfinite(ours) and ours < 0
+        assert abs(ours - ref) <= TOL_PER_TOKEN * len(answer_ids), (cond, ours, ref)
+
+
+def test_removing_the_image_changes_image_values_only(scored):
+    out, stats = scored
+    by_id = {r["id"]: r for r in out}
+    assert set(by_id) == {"p0", "p1", "crop", "text"}
+    for pid in ("p0", "p1", "crop"):
+        g = by_id[pid]["provenance"]["grounding"]
+        assert abs(g["chosen_logp_image"] - g["chosen_logp_no_image"]) > 1e-3, g
+        assert g["chosen_image_gain"] == pytest.approx(
+            (g["chosen_logp_image"] - g["chosen_logp_no_image"]) / g["chosen_tokens"])
+    text = by_id["text"]["provenance"]["grounding"]
+    assert text["chosen_logp_image"] == pytest.approx(text["chosen_logp_no_image"], abs=1e-5)
+    assert text["rejected_logp_image"] == pytest.approx(text["rejected_logp_no_image"], abs=1e-5)
+    assert text["chosen_image_gain"] is None and text["grounding_margin"] is None
+    assert text["policy_margin"] == pytest.approx(text["chosen_logp_image"] - text["rejected_logp_image"])
+    crop = by_id["crop"]["provenance"]["grounding"]
+    assert crop["chosen_logp_crop"] is not None and abs(crop["chosen_logp_crop"] - crop["chosen_logp_image"]) > 1e-3
+    assert crop["policy_margin"] == pytest.approx(crop["chosen_logp_image"] - crop["rejected_logp_crop"])
+    assert by_id["p0"]["provenance"]["grounding"]["chosen_logp_crop"] is None
+    assert stats.counters["grounding.scored_pairs"] == 4
+    assert not [k for k in stats.counters if k.startswith("grounding.failed")]
+
+
+def test_token_counts_are_the_answer_tokens(scored, f32_engine):
+    out, _ = scored
+    for row in out:
+        g = row["provenance"]["grounding"]
+        for side in ("chosen", "rejected"):
+            from schemas.records import turn_text
+            n = len(f32_engine.tokenizer(turn_text(row[side]), add_special_tokens=False)["input_ids"])
+            assert abs(g[f"{side}_tokens"] - n) <= 1, (side, g[f"{side}_tokens"], n)  # boundary space token
+
+
+def test_rows_read_back_with_datasets(scored, tmp_path):
+    import datasets
+    import pyarrow.parquet as pq
+
+    from schemas import PAIR_SCHEMA, with_hf_metadata
+    from schemas.arrow import from_rows
+
+    out, _ = scored
+    table = from_rows(out, PAIR_SCHEMA)
+    pq.write_table(table.cast(with_hf_metadata(PAIR_SCHEMA)), tmp_path / "g.parquet")
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "g.parquet"), split="train")
+    got = {r["id"]: r for r in ds}
+    assert got["p0"]["policy_margin"] == pytest.approx(out[0]["policy_margin"])
+    assert got["p0"]["provenance"]["grounding"]["chosen_tokens"] == out[0]["provenance"]["grounding"]["chosen_tokens"]
+    assert got["text"]["grounding_margin"] is None
+
+
+def test_thresholds_remove_pairs_per_method_and_count_them(f32_config, f32_engine, sample_data, scored):
+    out, _ = scored
+    gain = {r["id"]: r["provenance"]["grounding"]["chosen_image_gain"] for r in out}
+    crop_gain = next(r for r in out if r["id"] == "crop")["provenance"]["grounding"]["chosen_crop_gain"]
+    cfg = f32_config.model_copy(update={"grounding": f32_config.grounding.model_validate({
+        "thresholds": {"min_chosen_image_gain": gain["p0"] + 1e-6},   # removes p0, keeps what is above
+        "per_method": {"image_crop": {"min_chosen_image_gain": None, "min_crop_gain": crop_gain + 1e-6}},
+    })})
+    kept, stats = run_stage(cfg, f32_engine, make_pairs(sample_data))
+    kept_ids = {r["id"] for r in kept}
+    expect = {"text"} | ({"p1"} if gain["p1"] > gain["p0"] + 1e-6 else set())
+    assert kept_ids == expect
+    assert stats.counters["removed.grounding.min_crop_gain"] == 1
+    assert stats.counters["removed.grounding.min_chosen_image_gain"] == 3 - len(expect)
+    assert stats.counters["grounding.unchecked.min_chosen_image_gain"] == 1  # the text-only pair
+
+
+# -- report section -------------------------------------------------------------------
+def _scored_pair(i: int, method: str, source: str, gain: float | None):
+    from schemas.arrow import GROUNDING_TYPE
+    from schemas.records import pair_row, provenance
+
+    row = pair_row(pair_id=f"id{i}", method=method, source=source, question=f"q{i}", user_text=f"q{i}",
+                   images=[], chosen="a", rejected="b", prov=provenance())
+    g = {f.name: None for f in GROUNDING_TYPE}
+    g.update(chosen_image_gain=gain, policy_margin=0.5, grounding_margin=gain)
+    row["provenance"]["grounding"] = g
+    row["policy_margin"], row["grounding_margin"] = 0.5, gain
+    return row
+
+
+def test_report_section_shows_distributions_and_both_ends(tmp_path):
+    import pyarrow.parquet as pq
+
+    from publish.grounding_report import ENDS, grounding_html
+    from schemas import PAIR_SCHEMA
+    from schemas.arrow import from_rows
+
+    rows = [_scored_pair(i, "correctness" if i % 2 else "dropout_ntp", f"src{i % 3}", i / 10) for i in range(20)]
+    rows.append(_scored_pair(99, "correctness", "src0", None))  # scored, but no gain (no image)
+    pq.write_table(from_rows(rows, PAIR_SCHEMA), tmp_path / "a.parquet")
+    unscored = [{**r, "policy_margin": None, "grounding_margin": None,
+                 "provenance": {**r["provenance"], "grounding": None}} for r in rows]
+    pq.write_table(from_rows(unscored, PAIR_SCHEMA), tmp_path / "b.parquet")
+    page = grounding_html([(str(tmp_path / "a.parquet"), "default")])
+    assert "21 scored rows read" in page
+    assert page.count("<svg") == 6   # 3 signals with values x (per method, per source); no crop gains
+    lowest, highest = page.split("Most grounded")
+    assert "<code>id0</code>" in lowest and "<code>id19</code>" not in lowest
+    assert "<code>id19</code>" in highest and "<code>id0</code>" not in highest
+    assert highest.count("<code>id") == ENDS
+    assert "dropout_ntp</td><td>src0</td>" in page
+    assert grounding_html([(str(tmp_path / "b.parquet"), "default")]) == ""

@@ -394,11 +394,12 @@ class PipelineConfig(StageSections):
         self._enable_opt_in_stages()
 
     def _enable_opt_in_stages(self) -> None:
-        """An opt-in stage whose section says ``enabled: true`` runs without editing run.stages."""
+        """An opt-in stage that its config asks for (``Stage.enabled_by``: e.g. its section says
+        ``enabled: true``) runs without editing run.stages."""
         from pipeline import graph
 
         wanted = [s for s in graph.ordered() if graph.stage_class(s).opt_in
-                  and getattr(getattr(self, s, None), "enabled", False) and s not in self.run.stages]
+                  and graph.stage_class(s).enabled_by(self) and s not in self.run.stages]
         if wanted:
             self.run.stages = [*self.run.stages, *wanted]
 

@@ -186,6 +186,12 @@ class Stage:
         return cls.name
 
     @classmethod
+    def enabled_by(cls, config: "PipelineConfig") -> bool:
+        """Whether an opt-in stage joins ``run.stages`` without being listed there
+        (default: its section says ``enabled: true``)."""
+        return bool(getattr(getattr(config, cls.name, None), "enabled", False))
+
+    @classmethod
     def hash_keys(cls, config: "PipelineConfig") -> tuple[str, ...]:
         """The config keys outside its section this stage's output depends on (default: ``reads``)."""
         return cls.reads

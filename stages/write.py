@@ -7,7 +7,7 @@ Reads every pair row the upstream stages made and writes::
     OUT/data/image_crop/train-...parquet         image-contrast pairs (mDPO crops), their own config
     OUT/manifest.json                            shards + SHA-256, totals, version, resolved config + hash
     OUT/README.md                                dataset card: HF ``configs:`` header, statistics, how to rebuild
-    OUT/exports/<format>/                        trainer layouts listed in write.exports
+    OUT/exports/<format>/                        trainer layouts in write.exports (the export stage, after write)
 
 Writing is a whole-dataset step (global seeded shuffle, exact dedup, split by
 prompt), done with memory bounded by one shard plus a few dozen bytes per row:
@@ -410,13 +410,6 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         manifest["splits"][cfg].update(splits)
     storage.write_bytes(storage.join(out, "README.md"),
                         render_card(config, manifest, sorted(row_stats.models)).encode())
-    if wc.exports and not rows_out:
-        log.warning("write: no pairs, so no trainer exports (%s)", ", ".join(wc.exports))
-    elif wc.exports:
-        from publish.exports import export
-
-        for fmt in wc.exports:
-            export(fmt, out, storage.join(out, "exports", fmt), name=config.run.name)
     storage.write_json(storage.join(out, "manifest.json"), manifest)  # last: the dataset is complete
 
     stats.rows_in = plan.rows_in

@@ -13,6 +13,7 @@ from PIL import Image
 from pair_data import write_inputs
 from pipeline.config import PipelineConfig
 from publish.exports import FORMATS, export
+from stages import make_stage
 from stages.write import write_dataset
 
 TAG = "<image>"
@@ -33,6 +34,7 @@ def dataset(tmp_path_factory):
         "write": {"shard_rows": 10, "test_fraction": 0.25, "exports": list(FORMATS)},
     })
     write_dataset(cfg, dirs)
+    make_stage("export", cfg).run_dataset([], str(out))  # the stage after write in a run
     rows = {}
     for f in glob.glob(str(out / "data" / "*.parquet")) + glob.glob(str(out / "data/image_crop/*.parquet")):
         split = os.path.basename(f).split("-")[0]
@@ -41,9 +43,12 @@ def dataset(tmp_path_factory):
     return out, rows
 
 
-def test_every_format_is_written_by_the_write_stage(dataset):
+def test_every_format_is_written_by_the_export_stage(dataset):
     out, _ = dataset
+    index = json.loads((out / "exports" / "export.json").read_text())
+    assert sorted(index["formats"]) == sorted(FORMATS)
     for fmt in FORMATS:
+        assert index["formats"][fmt]["rows"] == json.loads((out / "exports" / fmt / "export.json").read_text())["rows"]
         summary = json.loads((out / "exports" / fmt / "export.json").read_text())
         assert summary["format"] == fmt
         for rel in summary["files"]:
@@ -257,3 +262,15 @@ def test_swift_leaves_out_pairs_whose_rejected_equals_chosen(tmp_path):
     assert summary["rows"] == {"default.train": 1}
     assert summary["left_out_rejected_equals_chosen"] == {"train": 1}
     assert [r["id"] for r in jsonl(tmp_path / "swift" / "train.jsonl")] == [good["id"]]
+
+
+def test_the_export_stage_runs_after_write_when_formats_are_listed():
+    from pipeline.graph import input_stages
+
+    on = PipelineConfig.model_validate({"write": {"exports": ["swift"]}})
+    assert on.run.stages[-2:] == ["write", "export"] and input_stages(on, "export") == ["write"]
+    assert "export" not in PipelineConfig.model_validate({"write": {"exports": []}}).run.stages
+    no_write = PipelineConfig.model_validate({"run": {"stages": ["ingest", "generate"]}, "write": {"exports": ["swift"]}})
+    assert "export" not in no_write.run.stages
+    with pytest.raises(ValueError, match="unknown export format"):
+        PipelineConfig.model_validate({"write": {"exports": ["axolotl"]}})

@@ -256,6 +256,8 @@ def test_cli_stage_write(inputs, tmp_path):
     assert main(["stage", "write", "--config", str(cfg), "--input", inputs[0][0], "--output", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["rows"] == m["totals"]["method"]["correctness"] + m["totals"]["method"]["format"]
+    assert not (out / "exports").exists()  # exports are the export stage's, after write
+    assert main(["stage", "export", "--config", str(cfg), "--input", str(out), "--output", str(out)]) == 0
     assert (out / "exports" / "swift" / "train.jsonl").exists()
 
 

@@ -14,6 +14,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_serializer, model_validator
 
 
+class Section(BaseModel):
+    """The base of every config section, stages' own included: unknown keys fail, assignments are checked."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
 class StageSections(BaseModel):
     """Base of ``PipelineConfig``: the stage sections, validated and dumped with it."""
 

@@ -22,17 +22,11 @@ Target: per-sample stays within 8x of n=1 (the fan-out is ~N x; measured 3.8x).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MMPR_NO_PROGRESS", "1")
-os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from bench_env import ROOT  # first: the repository on sys.path, the engine env defaults
 
 MIB = 2**20
 TARGET_RATIO = 8.0

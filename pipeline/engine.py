@@ -98,6 +98,9 @@ class GenRequest:
     mm_processor_kwargs: dict[str, Any] | None = None
     #: an already rendered prompt (scoring a given text): sent as is, messages unused
     prompt: str | None = None
+    #: ``prompt``'s token ids when the caller has them already (scoring requests): sent as
+    #: vLLM token input, so neither the length check nor vLLM tokenises the text again
+    prompt_token_ids: list[int] | None = None
 
 
 @dataclass
@@ -336,12 +339,13 @@ class Engine:
             result.error, result.detail = "chat_template_error", str(e)[:2000]
             return []
         result.prompt_text = text
-        n_text = self.count_tokens(text)
+        token_ids = req.prompt_token_ids
+        n_text = len(token_ids) if token_ids is not None else self.count_tokens(text)
         if n_text >= self.max_model_len:
             result.error = "prompt_too_long"
             result.detail = f"{n_text} text tokens >= max_model_len {self.max_model_len}"
             return []
-        prompt: dict[str, Any] = {"prompt": text}
+        prompt: dict[str, Any] = {"prompt": text} if token_ids is None else {"prompt_token_ids": list(token_ids)}
         if req.images:
             prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
             if req.mm_processor_kwargs:

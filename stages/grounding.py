@@ -96,6 +96,8 @@ class GroundingStage(EngineStage):
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 
+    _params = None  # the SamplingParams of every scoring request (scoring_params)
+
     @classmethod
     def summarize(cls, c: dict) -> dict:
         if not c.get("grounding.requests"):
@@ -121,13 +123,21 @@ class GroundingStage(EngineStage):
         user = tuple((m["role"], p["type"], p["text"]) for m in row["prompt"] for p in m["content"])
         return images, (condition, row["source"], user, tuple(hash(im["bytes"]) for im in images))
 
+    def scoring_params(self):
+        """One prefill, no decoding: the prompt's log-probs (built once; vLLM copies it per request)."""
+        if self._params is None:
+            from vllm import SamplingParams
+
+            # flat: a constant number of Python objects per request instead of a dict per prompt position
+            self._params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                          flat_logprobs=True)
+        return self._params
+
     def request(self, row: dict, text: str, condition: str, ctx: StageContext,
                 cache: dict | None = None) -> tuple[GenRequest, list[int], bool]:
         """A scoring request for ``text`` under ``condition``, the answer's token ids, and
         whether the prompt/answer token boundary is clean.  ``cache`` keeps the rendered
         prompt, its tokens and the decoded images per view for the other texts."""
-        from vllm import SamplingParams
-
         cache = {} if cache is None else cache
         source, key = self.view(row, condition)
         if key not in cache:
@@ -137,10 +147,9 @@ class GroundingStage(EngineStage):
         prompt, prompt_ids, images = cache[key]
         full_ids = ctx.engine.tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
         k, clean = answer_token_count(prompt_ids, full_ids)
-        # flat: a constant number of Python objects per request instead of a dict per prompt position
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
-        req = GenRequest([], images, params, mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
-                         prompt=prompt + text)
+        req = GenRequest([], images, self.scoring_params(),
+                         mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                         prompt=prompt + text, prompt_token_ids=full_ids)  # tokenised once, here
         return req, full_ids[len(full_ids) - k:], clean
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:

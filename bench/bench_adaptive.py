@@ -13,9 +13,11 @@ at ``--n``).  Printed per mode:
   of ground-truth prompts, tokens per pair, pairs per distinct chosen response
   (how often adaptive reuses a response);
 * no ground truth: tokens per DropoutNTP pair (generation + continuation);
-* the engine's idle share during generate: the share of ``generate_stream``'s
-  time not spent waiting in ``engine.step()`` (rendering, admitting, scoring
-  rounds: when the engine core gets nothing new).
+* the engine's idle share during generate: 1 - the time-weighted share of the
+  engine's batch (``max_num_seqs``) held by unfinished sequences, sampled at
+  every engine step (``Engine.occupied_s``); and the share of generate's time
+  spent scoring rounds (``Engine.rounds_s``), the work adaptive sampling adds
+  between engine steps.
 
 Targets (issue "Adaptive sampling"): >= 2x fewer tokens per correctness pair
 with >= 0.95x the prompts covered; >= 5x fewer tokens per DropoutNTP pair;
@@ -32,10 +34,10 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from bench_generate import ROOT, make_config  # noqa: E402  (sets the bench environment defaults)
+from bench_generate import make_config, prepare_inputs  # noqa: E402  (sets the bench environment defaults)
 
 #: adaptive settings of configs/mmpr.yaml
-ADAPTIVE = {"enabled": True, "rounds": [4, 8, 16, 32], "stop": "pairs", "max_reuse": 8,
+ADAPTIVE = {"enabled": True, "rounds": [4, 8, 12, 16, 24, 32], "stop": "pairs", "max_reuse": 8,
             "all_right_after": 8, "no_gt_max": 4}
 
 
@@ -51,9 +53,9 @@ def run_mode(config, prompts_dir: str, work: str, engine) -> dict:
         return [Task(stage, os.path.basename(u)[:-8], (u,), os.path.join(work, stage), config.stage_hash(stage))
                 for u in storage.list_files(os.path.join(in_dir, "data"), ".parquet")]
 
-    stream0, step0 = engine.stream_s, engine.step_s
+    stream0, busy0, rounds0 = engine.stream_s, engine.occupied_s, engine.rounds_s
     gen = run_engine_tasks(make_stage("generate", config), tasks("generate", prompts_dir), engine)
-    stream, step = engine.stream_s - stream0, engine.step_s - step0
+    stream, busy = engine.stream_s - stream0, engine.occupied_s - busy0
     corr = StageStats()
     for t in tasks("correctness", os.path.join(work, "generate")):
         corr.merge(run_task(make_stage("correctness", config), t))
@@ -73,7 +75,8 @@ def run_mode(config, prompts_dir: str, work: str, engine) -> dict:
         "gt_tokens": gt_tokens, "tokens_per_pair": gt_tokens / max(len(corr_pairs), 1),
         "pairs_per_chosen": len(corr_pairs) / max(len(chosen), 1),
         "dnt_pairs": dnt_pairs, "dnt_tokens_per_pair": no_gt_tokens / max(dnt_pairs, 1),
-        "idle_share": 1 - step / max(stream, 1e-9), "generate_s": stream,
+        "idle_share": 1 - busy / max(stream, 1e-9), "generate_s": stream,
+        "rounds_share": (engine.rounds_s - rounds0) / max(stream, 1e-9),
         "stops": {k.removeprefix("adaptive.stop."): v for k, v in sorted(g.items()) if k.startswith("adaptive.stop.")},
     }
 
@@ -83,31 +86,34 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--quick", action="store_true", help="n=16 (rounds capped at 16)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="the sample prompts this many times (new ids, so new samples): a longer stream, "
+                         "whose start and end weigh less in the idle share")
+    ap.add_argument("--rounds", help="adaptive rounds, comma-separated (default: configs/mmpr.yaml's)")
     args = ap.parse_args()
     n = 16 if args.quick else args.n
+    adaptive = {**ADAPTIVE, **({"rounds": [int(r) for r in args.rounds.split(",")]} if args.rounds else {})}
 
     from pipeline.engine import get_engine
-    from pipeline.graph import make_stage
-    from pipeline.orchestrator import run_source
     from pipeline.preflight import ensure_model
 
     work = tempfile.mkdtemp(prefix="bench-adaptive-")
     try:
         base = make_config(work, 64, n, args.max_tokens)
         ensure_model(base)
-        run_source(make_stage("ingest", base), os.path.join(work, "ingest"))
+        prompts_dir, _ = prepare_inputs(base, work, None, 64, repeat=args.repeat)
         engine = get_engine(base)
         results = {}
         for mode in ("fixed", "adaptive"):
             cfg = make_config(os.path.join(work, mode), 64, n, args.max_tokens)
             cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(
-                update={"adaptive": type(cfg.generate.adaptive)(**(ADAPTIVE if mode == "adaptive" else {}))})})
-            results[mode] = run_mode(cfg, os.path.join(work, "ingest"), os.path.join(work, mode), engine)
+                update={"adaptive": type(cfg.generate.adaptive)(**(adaptive if mode == "adaptive" else {}))})})
+            results[mode] = run_mode(cfg, prompts_dir, os.path.join(work, mode), engine)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     f, a = results["fixed"], results["adaptive"]
-    print(f"\nsample prompts, tiny model, n={n}, max_tokens={args.max_tokens}, max_pairs_per_prompt="
+    print(f"\nsample prompts x{args.repeat}, tiny model, n={n}, max_tokens={args.max_tokens}, max_pairs_per_prompt="
           f"{base.correctness.max_pairs_per_prompt}")
     print(f"{'':28}{'fixed-N':>12}{'adaptive':>12}")
     for key, label, fmt in (("samples", "samples drawn", "{:,.0f}"), ("pairs", "correctness pairs", "{:,.0f}"),
@@ -118,7 +124,8 @@ def main() -> None:
                             ("dnt_pairs", "dropout_ntp pairs", "{:,.0f}"),
                             ("dnt_tokens_per_pair", "tokens per dropout pair", "{:,.1f}"),
                             ("generate_s", "generate seconds", "{:.1f}"),
-                            ("idle_share", "engine idle share", "{:.1%}")):
+                            ("idle_share", "engine idle share", "{:.1%}"),
+                            ("rounds_share", "time scoring rounds", "{:.1%}")):
         print(f"{label:28}{fmt.format(f[key]):>12}{fmt.format(a[key]):>12}")
     print(f"adaptive stopped: {a['stops']}")
     saving = f["tokens_per_pair"] / max(a["tokens_per_pair"], 1e-9)

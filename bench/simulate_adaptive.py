@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    rule = StopRule(rounds=tuple(r for r in (4, 8, 16, 32) if r < args.n) + (args.n,), stop="pairs",
+    rule = StopRule(rounds=tuple(r for r in (4, 8, 12, 16, 24, 32) if r < args.n) + (args.n,), stop="pairs",
                     max_pairs=args.max_pairs, max_reuse=args.max_reuse,
                     all_right_after=args.all_right_after or None)
     dists = dict(DISTRIBUTIONS)

@@ -4,7 +4,7 @@ Fixed-N sampling (MMPR: 32 per prompt) pays for every sample of every prompt,
 then throws most of them away: at most 15 pairs are kept, and prompts whose
 samples are all right or all wrong give no correctness pair at all.  A
 ``PromptSampler`` draws a prompt's samples in rounds (cumulative counts such
-as 4, 8, 16, 32) and looks at them after each round:
+as 4, 8, 12, 16, 24, 32) and looks at them after each round:
 
 * with ground truth, the responses are scored (the correctness scorer, handed
   in as ``score``) and the prompt stops as soon as its pairs have what they

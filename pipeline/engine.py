@@ -228,11 +228,12 @@ class Engine:
         #: the model's configured stops, for every SamplingParams built for this engine
         self.stop_kwargs = stop_kwargs(config, self.tokenizer)
         _wake_on_death(self.llm.llm_engine)
-        #: seconds spent in ``generate_stream`` and, of those, waiting in ``engine.step()`` for
-        #: outputs: the rest is this process's own work (rendering, admitting, scoring
-        #: sampling rounds), when the engine core gets nothing new (``bench/bench_adaptive.py``)
+        #: time accounting of ``generate_stream`` (``bench/bench_adaptive.py``): seconds streaming;
+        #: seconds x the share of the engine's batch held by unfinished sequences (1 - this /
+        #: stream_s is the engine's idle share); seconds spent deciding sampling rounds
         self.stream_s = 0.0
-        self.step_s = 0.0
+        self.occupied_s = 0.0
+        self.rounds_s = 0.0
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict], continue_final: bool = False) -> str:
@@ -297,7 +298,7 @@ class Engine:
             batch.outstanding += 1
             in_flight[0] += 1
 
-        t_stream = time.perf_counter()
+        t_stream = last = time.perf_counter()
         try:
             while True:
                 while (engine.get_num_unfinished_requests() < self.low_water
@@ -315,9 +316,12 @@ class Engine:
                     if queued or not exhausted:
                         continue  # nothing running: admit more (the loop above ran dry only on a full cap)
                     raise RuntimeError("vLLM has no unfinished requests but results are missing")
-                t_step = time.perf_counter()
+                running = engine.get_num_unfinished_requests()
                 outputs = engine.step()
-                self.step_s += time.perf_counter() - t_step
+                now = time.perf_counter()
+                # the engine core works on what it holds until the next step: count that as busy
+                self.occupied_s += min(running, self.low_water) / self.low_water * (now - last)
+                last = now
                 for out in outputs:
                     if out.finished and out.request_id in owner:
                         prompt, k, keys = owner.pop(out.request_id)
@@ -363,7 +367,9 @@ class Engine:
         if req is None or req.more is None:
             return []
         so_far = [c for sample in prompt.samples for c in sample]
+        t0 = time.perf_counter()
         count = req.more(so_far)
+        self.rounds_s += time.perf_counter() - t0
         if count <= 0:
             return []
         engine_prompt = self._engine_prompt(req, prompt.result.prompt_text)

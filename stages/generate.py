@@ -44,7 +44,7 @@ class AdaptiveConfig(Section):
     """Sampling in rounds (``methods.adaptive``); off = every prompt draws ``generate.n``."""
     enabled: bool = False
     #: cumulative samples after each round; the last is capped at (and extended to) generate.n
-    rounds: list[int] = Field(default_factory=lambda: [4, 8, 16, 32])
+    rounds: list[int] = Field(default_factory=lambda: [4, 8, 12, 16, 24, 32])
     #: "pairs": stop once correctness.max_pairs_per_prompt distinct right x wrong pairs exist
     #: with every response in at most max_reuse of them; "both": at least min_each right and
     #: min_each wrong answers
@@ -64,7 +64,7 @@ class AdaptiveConfig(Section):
         if not self.rounds or any(r < 1 for r in self.rounds) or any(
                 b <= a for a, b in zip(self.rounds, self.rounds[1:])):
             raise ValueError(f"generate.adaptive.rounds must be increasing positive sample counts "
-                             f"(cumulative, e.g. [4, 8, 16, 32]); got {self.rounds}")
+                             f"(cumulative, e.g. [4, 8, 12, 16, 24, 32]); got {self.rounds}")
         return self
 
 

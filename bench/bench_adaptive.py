@@ -1,6 +1,6 @@
 """Benchmark: adaptive sampling against fixed-N sampling on the sample prompts.
 
-    python bench/bench_adaptive.py [--n 32] [--max-tokens 96] [--quick]
+    python bench/bench_adaptive.py [--n 32] [--max-tokens 96] [--repeat 3] [--rounds 4,8,...] [--quick]
 
 One process, one engine (the tiny model), both modes over the same ingested
 sample prompts, each through the project's own code path: ``generate``
@@ -85,13 +85,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=96)
-    ap.add_argument("--quick", action="store_true", help="n=16 (rounds capped at 16)")
-    ap.add_argument("--repeat", type=int, default=1,
+    ap.add_argument("--quick", action="store_true", help="n=16 (rounds capped at 16), the sample prompts once")
+    ap.add_argument("--repeat", type=int, default=3,
                     help="the sample prompts this many times (new ids, so new samples): a longer stream, "
                          "whose start and end weigh less in the idle share")
     ap.add_argument("--rounds", help="adaptive rounds, comma-separated (default: configs/mmpr.yaml's)")
     args = ap.parse_args()
     n = 16 if args.quick else args.n
+    args.repeat = 1 if args.quick else args.repeat
     adaptive = {**ADAPTIVE, **({"rounds": [int(r) for r in args.rounds.split(",")]} if args.rounds else {})}
 
     from pipeline.engine import get_engine

@@ -60,6 +60,14 @@ class Stats:
             v["chosen_tokens"].append(ct[sel])
             v["rejected_tokens"].append(rt[sel])
 
+    def merge(self, other: "Stats") -> None:
+        """Add ``other``'s rows (another shard's statistics) after this one's."""
+        self.counts.update(other.counts)
+        self.models.update(other.models)
+        for m, cols in other.values.items():
+            for k, arrays in cols.items():
+                self.values[m][k].extend(arrays)
+
     def totals(self, level: int) -> dict[str, int]:
         out: Counter = Counter()
         for key, n in self.counts.items():

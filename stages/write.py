@@ -11,7 +11,7 @@ Reads every pair row the upstream stages made and writes::
 
 Writing is a whole-dataset step (global seeded shuffle, exact dedup, split by
 prompt).  The driver only plans; the bytes move in tasks (``publish.shard_tasks``:
-Ray tasks under the Ray executor, ``write.workers`` at once, in-process otherwise):
+Ray tasks under the Ray executor, ``executor.write_workers`` at once, in-process otherwise):
 
 1. *Plan* (driver): stream only ``id``, ``method`` and ``provenance.sample_id``
    from the inputs, a few dozen bytes per row.  Each row gets a 128-bit key
@@ -45,7 +45,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -77,8 +76,6 @@ class WriteConfig(Section):
     test_fraction: float = Field(0.0, ge=0, lt=1)
     #: trainer layouts written under OUT/exports/ (the formats publish.exports knows)
     exports: list[str] = Field(default_factory=list)
-    #: scatter/gather tasks at once (Ray tasks under the Ray executor); null = executor.cpu_concurrency
-    workers: Optional[int] = Field(None, ge=1)
 
     @field_validator("exports")
     @classmethod
@@ -233,7 +230,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     t0 = time.perf_counter()
     out = output_dir or config.run.output_dir
     wc = config.write
-    workers = wc.workers or config.executor.cpu_concurrency
+    workers = config.executor.write_workers or config.executor.cpu_concurrency
     files = input_files(input_dirs)
     stats = StageStats()
 

@@ -29,10 +29,9 @@ def config(out: Path, seed: int = 7, shard_rows: int = 7, test_fraction: float =
            executor: str = "local", workers: int | None = None) -> PipelineConfig:
     return PipelineConfig.model_validate({
         "run": {"name": "write-test", "seed": seed, "output_dir": str(out), "work_dir": str(out) + "-work"},
-        "executor": {"kind": executor},
+        "executor": {"kind": executor, "write_workers": workers},
         "sources": [{"name": s, "format": "jsonl", "path": f"{s}.jsonl"} for s in SOURCES],
-        "write": {"shard_rows": shard_rows, "test_fraction": test_fraction, "exports": list(exports),
-                  "workers": workers},
+        "write": {"shard_rows": shard_rows, "test_fraction": test_fraction, "exports": list(exports)},
     })
 
 

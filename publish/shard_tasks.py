@@ -55,7 +55,12 @@ class Shard:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS in MB: VmHWM (ru_maxrss would carry a parent's peak over exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def conform(batch: pa.RecordBatch | pa.Table, uri: str, config_hash: str | None = None) -> pa.Table:
@@ -78,6 +83,12 @@ def conform(batch: pa.RecordBatch | pa.Table, uri: str, config_hash: str | None 
               for i, f in enumerate(fields)]
     prov = pa.StructArray.from_arrays(arrays, fields=fields, mask=prov.is_null())
     return table.set_column(table.schema.get_field_index("provenance"), table.schema.field("provenance"), prov)
+
+
+#: spill files are zstd-compressed: a prompt's pairs sit next to each other in a shard's
+#: batch, so zstd's window stores their shared image about once (15x less temp disk at
+#: 15 pairs per image; ~30% slower spilling when no image repeats)
+_SPILL_OPTIONS = ipc.IpcWriteOptions(compression="zstd")
 
 
 class _Buckets:
@@ -105,7 +116,7 @@ class _Buckets:
         self.files += 1
         fs, path = storage.resolve(uri)
         schema = next(iter(self.buffers.values()))[0].schema
-        with fs.open_output_stream(path) as sink, ipc.new_file(sink, schema) as writer:
+        with fs.open_output_stream(path) as sink, ipc.new_file(sink, schema, options=_SPILL_OPTIONS) as writer:
             for i, (shard, tables) in enumerate(sorted(self.buffers.items())):
                 batch = pa.concat_tables(tables).combine_chunks().to_batches()
                 writer.write_batch(batch[0] if len(batch) == 1 else pa.concat_batches(batch))

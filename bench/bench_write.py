@@ -10,7 +10,7 @@ source, with 0.5% duplicated ids.  Every row's JPEG is distinct (spliced from
 restart-marker segments of 1,024 encoded images, see ``JpegMixer``), so image
 bytes never repeat and compress like real photos.
 
-Measured, each in its own subprocess (so ``ru_maxrss`` is that step's driver peak):
+Measured, each in its own subprocess (its VmHWM is that step's driver peak):
 
 * ``baseline``: the floor for moving the same bytes -- read the same input
   files and write them with ``pyarrow.parquet.ParquetWriter`` (zstd, same
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -54,12 +53,9 @@ TARGET_SCALING, TARGET_DRIVER_MB, TARGET_SIZE_RATIO = 1.6, 1024, 1.3
 
 
 def _peak_mb() -> float:
-    """This process's peak RSS in MB: VmHWM (ru_maxrss would carry a parent's peak over exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    from publish.shard_tasks import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 # -- input ------------------------------------------------------------------------

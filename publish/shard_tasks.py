@@ -54,7 +54,7 @@ class Shard:
         return f"{self.folder}/{self.name}"
 
 
-def _peak_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's peak RSS in MB: VmHWM (ru_maxrss would carry a parent's peak over exec)."""
     try:
         with open("/proc/self/status") as f:
@@ -147,7 +147,7 @@ def scatter_partition(uri: str, planned_rows: int, dest: np.ndarray, config_hash
     if seen != planned_rows:
         raise RuntimeError(f"{uri} changed while writing: {seen} rows, planned {planned_rows}")
     buckets.flush()
-    return {"index": dict(buckets.index), "peak_mb": _peak_mb()}
+    return {"index": dict(buckets.index), "peak_mb": peak_rss_mb()}
 
 
 def _read_pieces(pieces: list[tuple[str, int]]) -> pa.Table | None:
@@ -177,7 +177,7 @@ def gather_shard(shard: Shard, pieces: list[tuple[str, int]], seed: int, out: st
         "index": shard.index, "count": shard.count, "rows": table.num_rows,
         "bytes": data.size, "arrow_bytes": table.nbytes, "sha256": hashlib.sha256(data).hexdigest(),
     }
-    return {"entry": entry, "stats": stats, "peak_mb": _peak_mb()}
+    return {"entry": entry, "stats": stats, "peak_mb": peak_rss_mb()}
 
 
 def run_tasks(fn: Callable[..., dict], calls: Sequence[tuple], config: Any, workers: int,

@@ -114,28 +114,6 @@ def input_files(input_dirs: list[str]) -> list[str]:
     return files
 
 
-def _conform(batch: pa.RecordBatch | pa.Table, uri: str, config_hash: str | None = None) -> pa.Table:
-    """A batch as a PAIR_SCHEMA table (column order and metadata normalised), its
-    ``provenance.config_hash`` set to the hash of the config that built the dataset
-    (a stage that did not rerun after a tuning wrote its rows under an older hash)."""
-    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    missing = [n for n in PAIR_SCHEMA.names if n not in table.column_names]
-    if missing:
-        raise ValueError(f"{uri}: not a pair file (PAIR_SCHEMA), missing column(s) {missing}")
-    try:
-        table = table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise ValueError(f"{uri}: rows do not match PAIR_SCHEMA: {e}") from None
-    if config_hash is None or table.num_rows == 0:
-        return table
-    prov = table.column("provenance").combine_chunks()
-    fields = list(prov.type)
-    arrays = [pa.array([config_hash] * len(prov), f.type) if f.name == "config_hash" else prov.field(i)
-              for i, f in enumerate(fields)]
-    prov = pa.StructArray.from_arrays(arrays, fields=fields, mask=prov.is_null())
-    return table.set_column(table.schema.get_field_index("provenance"), table.schema.field("provenance"), prov)
-
-
 # -- plan -----------------------------------------------------------------------
 @dataclass
 class Plan:

@@ -242,6 +242,7 @@ def test_dataset_card(built):
         assert re.search(rf"^\| {method} \| \d+ \|", card, re.M), method
     assert "rejected/chosen" in card and "chosen tokens" in card
     assert "python -m pipeline run --config" in card
+    assert "dictionary-encoded" in card and "expands the images again in its cache" in card
     resolved = yaml.safe_load(card.rsplit("```yaml\n", 1)[1].split("```")[0])
     assert resolved == config(out).resolved()
     m = json.loads((out / "manifest.json").read_text())

@@ -187,12 +187,13 @@ def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", 
         from pipeline.executors import RayExecutor
 
         RayExecutor(cfg)  # Ray is up before the clock starts, as in a build
-    t0 = time.perf_counter()
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
     stats = write_dataset(cfg, dirs)
     secs = time.perf_counter() - t0
     res = {"secs": secs, "rows_in": stats.rows_in, "rows_out": stats.rows_out,
            "bytes_out": int(stats.counters["bytes_written"]), "shards": int(stats.counters["shards"]),
            "dups": int(stats.counters["duplicates_dropped"]), "peak_mb": _peak_mb(),
+           "load": [round(load0, 1), round(os.getloadavg()[0], 1)],  # others' processes on the same cores
            "task_peak_mb": {k.removeprefix("peak_task_mb."): v for k, v in stats.counters.items()
                             if k.startswith("peak_task_mb.")},
            "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")}}
@@ -239,7 +240,8 @@ def _verdict(ok: bool) -> str:
 def _describe(label: str, rows: int, res: dict) -> str:
     tasks = ", ".join(f"{k} task {v:,.0f} MB" for k, v in res["task_peak_mb"].items())
     return (f"{label}: {res['secs']:.1f} s, {rows / res['secs']:,.0f} rows/s, driver peak {res['peak_mb']:,.0f} MB"
-            f" (peak RSS per task: {tasks}); {res['rows_out']:,} rows out in {res['shards']} shards, "
+            f" (peak RSS per task: {tasks}); load average {res['load'][0]} -> {res['load'][1]} on {os.cpu_count()} cores;"
+            f" {res['rows_out']:,} rows out in {res['shards']} shards, "
             f"{res['bytes_out'] / 1e6:,.0f} MB; phases " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items()))
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from pipeline import storage
@@ -85,10 +86,11 @@ def conform(batch: pa.RecordBatch | pa.Table, uri: str, config_hash: str | None 
     return table.set_column(table.schema.get_field_index("provenance"), table.schema.field("provenance"), prov)
 
 
-#: spill files are zstd-compressed: a prompt's pairs sit next to each other in a shard's
-#: batch, so zstd's window stores their shared image about once (15x less temp disk at
-#: 15 pairs per image; ~30% slower spilling when no image repeats)
-_SPILL_OPTIONS = ipc.IpcWriteOptions(compression="zstd")
+#: spill files of a partition whose prompts have several pairs are zstd-compressed: a prompt's
+#: pairs sit next to each other in a shard's batch, so zstd's window stores their shared image
+#: about once (15x less temp disk at 15 pairs per image); with one pair per prompt nothing
+#: repeats and compressing would only cost ~30% of the write's CPU
+_SPILL_OPTIONS = {False: ipc.IpcWriteOptions(), True: ipc.IpcWriteOptions(compression="zstd")}
 
 
 class _Buckets:
@@ -102,6 +104,7 @@ class _Buckets:
         self.buffered = 0
         self.files = 0
         self.index: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        self.compress = False
 
     def add(self, shard: int, table: pa.Table) -> None:
         self.buffers[shard].append(table)
@@ -116,7 +119,7 @@ class _Buckets:
         self.files += 1
         fs, path = storage.resolve(uri)
         schema = next(iter(self.buffers.values()))[0].schema
-        with fs.open_output_stream(path) as sink, ipc.new_file(sink, schema, options=_SPILL_OPTIONS) as writer:
+        with fs.open_output_stream(path) as sink, ipc.new_file(sink, schema, options=_SPILL_OPTIONS[self.compress]) as writer:
             for i, (shard, tables) in enumerate(sorted(self.buffers.items())):
                 batch = pa.concat_tables(tables).combine_chunks().to_batches()
                 writer.write_batch(batch[0] if len(batch) == 1 else pa.concat_batches(batch))
@@ -132,6 +135,9 @@ def scatter_partition(uri: str, planned_rows: int, dest: np.ndarray, config_hash
     seen = 0
     for batch in storage.parquet_file(uri).iter_batches(batch_size=batch_rows):
         table = conform(batch, uri, config_hash)
+        if not buckets.compress and table.num_rows > 1:
+            sample_ids = pc.struct_field(table.column("provenance"), "sample_id")
+            buckets.compress = pc.count_distinct(sample_ids).as_py() < table.num_rows
         d = dest[seen:seen + table.num_rows]
         seen += table.num_rows
         order = np.argsort(d, kind="stable")

@@ -59,7 +59,7 @@ from publish.card import render_card
 from publish.exports import FORMATS
 from publish.layout import CONFIGS, IMAGE_METHODS, SPLITS
 from publish.parquet import parquet_bytes  # noqa: F401  (bench_report encodes shards as the stage does)
-from publish.shard_order import prompt_keys, prompts_of, row_keys, shard_cuts, split_draw  # noqa: F401
+from publish.shard_order import prompt_keys, prompts_of, row_keys, shard_cuts, split_draw
 from publish.shard_tasks import OUTPUT_SCHEMA, Shard, gather_shard, run_tasks, scatter_partition
 from publish.stats import Stats
 from schemas import PAIR_SCHEMA

@@ -44,15 +44,17 @@ def _images_precompressed(table: pa.Table, columns: list[str]) -> bool:
     return True
 
 
-def parquet_bytes(table: pa.Table, row_groups: list[int] | None = None) -> pa.Buffer:
+def parquet_bytes(table: pa.Table, row_groups: list[int] | None = None, dictionary_images: bool = True) -> pa.Buffer:
     """A Parquet file in memory: zstd, no timestamps (the same rows always give the same bytes).
 
     ``row_groups``: the rows of each row group in order (``publish.shard_order``
     packs a prompt's pairs into one); default: row groups of about ``ROW_GROUP_BYTES``.
     Image bytes are dictionary-encoded with a raised dictionary page limit, so
     a row group holding a prompt's 15 pairs stores its image once (readers get
-    the plain bytes back); they are not recompressed when they are all
-    JPEG/PNG/GIF/WebP (zstd gains ~1% on them at 3x the write time).
+    the plain bytes back); ``dictionary_images=False`` (one pair per prompt:
+    nothing repeats) saves the dictionary's time and memory.  Images are not
+    recompressed when they are all JPEG/PNG/GIF/WebP (zstd gains ~1% on them
+    at 3x the write time).
     """
     paths = _parquet_leaf_paths(table.schema)
     image_paths = {p for p in paths if p.endswith(_IMAGE_BYTES_SUFFIX) and p.split(".")[0] in table.column_names}
@@ -62,8 +64,9 @@ def parquet_bytes(table: pa.Table, row_groups: list[int] | None = None) -> pa.Bu
         step = _row_group_rows(table)
         row_groups = [min(step, table.num_rows - lo) for lo in range(0, table.num_rows, step)] or [0]
     sink = pa.BufferOutputStream()
+    dictionary = True if dictionary_images else [p for p in paths if p not in image_paths]
     with pq.ParquetWriter(
-        sink, table.schema, use_dictionary=True, dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES,
+        sink, table.schema, use_dictionary=dictionary, dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES,
         compression={p: "zstd" if compress_images or p not in image_paths else "none" for p in paths},
     ) as writer:
         lo = 0

@@ -84,8 +84,8 @@ def _image_bytes(column: pa.ChunkedArray) -> np.ndarray:
     return np.bincount(pc.list_parent_indices(arr).to_numpy(), weights=lengths, minlength=n).astype(np.int64)
 
 
-def shard_layout(table: pa.Table, seed: int, row_group_bytes: int) -> tuple[np.ndarray, list[int]]:
-    """(row order, row-group sizes) for one shard's rows.
+def shard_layout(table: pa.Table, seed: int, row_group_bytes: int) -> tuple[np.ndarray, list[int], bool]:
+    """(row order, row-group sizes, whether any prompt has several pairs) for one shard's rows.
 
     Prompts in prompt-key order are packed into row groups of about
     ``row_group_bytes`` counting a prompt's ``images`` once (its pairs repeat
@@ -93,7 +93,7 @@ def shard_layout(table: pa.Table, seed: int, row_group_bytes: int) -> tuple[np.n
     """
     n = table.num_rows
     if n == 0:
-        return np.zeros(0, np.int64), []
+        return np.zeros(0, np.int64), [], False
     ids = table.column("id").to_pylist()
     rk = row_keys(seed, ids)
     pk = prompt_keys(seed, prompts_of(table))
@@ -114,4 +114,4 @@ def shard_layout(table: pa.Table, seed: int, row_group_bytes: int) -> tuple[np.n
     for lo, hi in groups:
         rows = by_prompt[lo:hi]
         order.append(rows[np.lexsort((rk[rows, 1], rk[rows, 0]))])
-    return np.concatenate(order), [hi - lo for lo, hi in groups]
+    return np.concatenate(order), [hi - lo for lo, hi in groups], len(starts) < n

@@ -171,10 +171,10 @@ def gather_shard(shard: Shard, pieces: list[tuple[str, int]], seed: int, out: st
     if table is None or table.num_rows != shard.rows:
         got = 0 if table is None else table.num_rows
         raise RuntimeError(f"{shard.relpath}: gathered {got} rows, planned {shard.rows}")
-    order, row_groups = shard_layout(table, seed, ROW_GROUP_BYTES)
+    order, row_groups, repeats = shard_layout(table, seed, ROW_GROUP_BYTES)
     table = table.take(pa.array(order)).combine_chunks()
     table = pa.Table.from_arrays(table.columns, schema=OUTPUT_SCHEMA)  # adds the HF metadata, no copy
-    data = parquet_bytes(table, row_groups)
+    data = parquet_bytes(table, row_groups, dictionary_images=repeats)
     storage.write_bytes(storage.join(out, shard.relpath), data)
     stats = Stats()
     stats.add(shard, table)

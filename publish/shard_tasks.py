@@ -187,10 +187,12 @@ def gather_shard(shard: Shard, pieces: list[tuple[str, int]], seed: int, out: st
 
 
 def run_tasks(fn: Callable[..., dict], calls: Sequence[tuple], config: Any, workers: int,
-              on_done: Callable[[int, dict], None] | None = None) -> list[dict]:
+              on_done: Callable[[int, dict], None] | None = None, on_driver_node: bool = False) -> list[dict]:
     """``fn(*call)`` for every call, results in call order: Ray tasks (at most ``workers``
     at once) when ``config.executor.kind == "ray"``, this process otherwise.
-    ``on_done(i, result)`` runs in the driver as each call finishes."""
+    ``on_done(i, result)`` runs in the driver as each call finishes.  ``on_driver_node``:
+    the tasks share local paths with the driver (a local output or spill folder), so on a
+    cluster they run on the driver's node."""
     results: list[dict | None] = [None] * len(calls)
     if config.executor.kind != "ray":
         for i, call in enumerate(calls):
@@ -204,7 +206,13 @@ def run_tasks(fn: Callable[..., dict], calls: Sequence[tuple], config: Any, work
         from pipeline.executors import RayExecutor
 
         RayExecutor(config)  # starts (or joins) Ray the way the stages' executor does
-    remote = ray.remote(num_cpus=1, max_retries=config.executor.max_retries)(fn)
+    options: dict[str, Any] = {"num_cpus": 1, "max_retries": config.executor.max_retries}
+    if on_driver_node:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+            ray.get_runtime_context().get_node_id(), soft=False)
+    remote = ray.remote(**options)(fn)
     pending: dict[Any, int] = {}
     todo = iter(enumerate(calls))
     while True:

@@ -218,13 +218,14 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     plan = plan_shards(files, config.run.seed, wc.shard_rows, wc.test_fraction)
     stats.inc("seconds.plan", round(time.perf_counter() - t0, 3))
     tmp = _spill_root(config, out)
+    local = not storage.is_uri(tmp)  # a local spill folder: the tasks run where the driver is
     try:
         t1 = time.perf_counter()
         offsets = np.concatenate(([0], np.cumsum(plan.file_rows))).astype(np.int64)
         scattered = run_tasks(scatter_partition, [
             (uri, n, plan.dest[offsets[i]:offsets[i] + n], config.config_hash(), tmp, f"part-{i:06d}",
              SCATTER_BUFFER_BYTES, READ_BATCH_ROWS) for i, (uri, n) in enumerate(zip(files, plan.file_rows))
-        ], config, workers)
+        ], config, workers, on_driver_node=local)
         stats.inc("seconds.scatter", round(time.perf_counter() - t1, 3))
         pieces: dict[int, list] = {no: [] for no in range(len(plan.shards))}
         for res in scattered:
@@ -233,7 +234,8 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         t1 = time.perf_counter()
         gathered = run_tasks(gather_shard, [(shard, pieces[no], config.run.seed, out)
                                             for no, shard in enumerate(plan.shards)],
-                             config, workers, on_done=lambda i, res: faults.on_data_written("write"))
+                             config, workers, on_done=lambda i, res: faults.on_data_written("write"),
+                             on_driver_node=local)
         stats.inc("seconds.gather", round(time.perf_counter() - t1, 3))
     finally:
         if storage.is_uri(tmp):

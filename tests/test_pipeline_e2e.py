@@ -119,3 +119,20 @@ def test_quarantine_and_all_wrong_side_output_are_written(work):
     assert len(all_wrong) == c.get("prompts.all_wrong", 0)
     for row in all_wrong:
         assert row["answer"] and len(row["responses"]) == CFG["generate"]["n"]
+
+
+def test_write_shards_store_each_image_about_once(sample_build):
+    """Compact shards: ``data/`` is at most 1.3x "each distinct image once plus the text columns"
+    (a prompt's 8 samples make up to 15 pairs, each once stored the image), and every prompt's
+    pairs are in one shard."""
+    from publish.shard_size import compactness
+
+    files = sorted(str(p) for p in (sample_build / "data").rglob("*.parquet"))
+    size = compactness(files)
+    assert size["distinct_image_bytes"] > 0 and size["ratio"] <= 1.3, size
+    shard_of: dict[tuple, set] = {}
+    for f in files:
+        for r in pq.read_table(f, columns=["method", "provenance"]).to_pylist():
+            key = (r["method"] == "image_crop", r["provenance"]["sample_id"])
+            shard_of.setdefault(key, set()).add(f)
+    assert max(len(v) for v in shard_of.values()) == 1

@@ -81,15 +81,20 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     check_sources(config)
     check_storage(config)
     check_ray_address(config)
-    if any(make_stage(s, config).kind == "engine" for s in config.run.stages):
+    engine = any(make_stage(s, config).kind == "engine" for s in config.run.stages)
+    on_ray = config.executor.kind == "ray"
+    if engine:
         ensure_model(config)
-        check_model(config)
+        if not on_ray:
+            check_model(config)
     if restart:
         storage.remove_tree(config.run.work_dir)
     for name in config.run.stages:
         invalidate_if_changed(stage_dir(config, name), config.stage_hash(name))
-    run = run_graph if config.executor.kind == "ray" else run_stages
-    timings = run(config)
+    if on_ray:  # the model pre-flight runs while the engines load (a failure still ends the run)
+        timings = run_graph(config, check_model if engine else None)
+    else:
+        timings = run_stages(config)
     return write_report(config, timings, started=started)
 
 
@@ -117,19 +122,23 @@ def run_stages(config: PipelineConfig) -> dict[str, float]:
     return timings
 
 
-def run_graph(config: PipelineConfig) -> dict[str, float]:
+def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
     """On Ray: source stages first, then every row and engine partition as soon as its input
     is done (``pipeline.scheduler``), engine stages sharing a model fed by one pool, then the
-    dataset stages.  Wall time per stage (first partition dispatched -> last one done)."""
+    dataset stages.  Wall time per stage: first partition dispatched -> last one done; for
+    the stage whose engines start first, from when this starts Ray, as a stage-by-stage run
+    counts its first engine stage.  ``preflight(config)`` runs while those engines load."""
     from pipeline.executors import RayExecutor
     from pipeline.scheduler import GraphScheduler, plan_graph, start_pools
 
+    began = time.monotonic()
     RayExecutor(config)  # connects to (or starts) Ray
     stages = {name: make_stage(name, config) for name in config.run.stages}
-    # a stage with no output yet will surely run: its model loads while the sources are read
+    # the first engine stage with no output yet will surely run: its model loads while the
+    # sources are read (later ones, e.g. a judge on another model, start when work is ready)
     fresh = [n for n, s in stages.items() if s.kind == "engine"
              and not storage.list_files(storage.join(stage_dir(config, n), "markers"), ".json")]
-    pools = start_pools(config, fresh)
+    pools = start_pools(config, fresh[:1], began)
     timings: dict[str, float] = {}
     lines: list[str] = []  # summaries wait for the progress bar to close: they would break its line
 
@@ -139,6 +148,8 @@ def run_graph(config: PipelineConfig) -> dict[str, float]:
                                len(run.tasks), run.skipped, timings[run.name]))
 
     try:
+        if preflight:
+            preflight(config)
         sources = [s for s in stages.values() if s.kind == "source"]
         for stage in sources:
             timings[stage.name] = _run_whole(config, stage)

@@ -40,8 +40,9 @@ def stage_span(out_dir: str, since: float) -> float | None:
 def run_timing(config: PipelineConfig, started: float, timings: dict[str, float]) -> dict:
     """The run's wall time against its first engine stage (generate in the usual graph).
 
-    ``stage_s`` is that stage's wall time as the run measured it: from the moment its
-    engines started loading to its last partition's end.  ``span_s`` is its partitions
+    ``stage_s`` is that stage's wall time as the run measured it: from starting Ray and
+    its engines (the model load included, as a stage-by-stage run always counted it) to
+    its last partition's end.  ``span_s`` is its partitions
     alone (first start to last end, from this run's markers), without the model load.
     With no stage barrier and one model load, the rest of the build hides behind the
     generating: wall / stage_s near 1 means everything else cost little extra."""

@@ -305,16 +305,16 @@ def plan_graph(config: "PipelineConfig", source_names: dict[str, list[str]]) -> 
     return runs, deps
 
 
-def start_pools(config: "PipelineConfig", stages: list[str]) -> dict[str, EnginePool]:
-    """Engine pools started before the source stages run, so the model loads while the driver
-    reads the sources: one per model among ``stages`` (full replicas)."""
+def start_pools(config: "PipelineConfig", stages: list[str], began: float | None = None) -> dict[str, EnginePool]:
+    """Engine pools started ahead of their work (full replicas), one per model among ``stages``:
+    the model loads while the driver does something else.  ``began`` (monotonic): when the
+    run started working towards them (their stage's clock starts there)."""
     import ray
 
     pools: dict[str, EnginePool] = {}
-    ref = None
     for name in stages:
         key = model_key(config, name)
         if key not in pools:
-            ref = ref or ray.put(config.resolved())
-            pools[key] = EnginePool(config, name, ref, config.engine.replicas)
+            pools[key] = EnginePool(config, name, ray.put(config.resolved()), config.engine.replicas)
+            pools[key].started = began or pools[key].started
     return pools

@@ -64,6 +64,10 @@ class _EngineWorker:
             self.stages[name] = make_stage(name, self.config)
         return self.stages[name]
 
+    def ready(self) -> bool:
+        """Answers once the actor (and its engine) is up: after a restart, too."""
+        return True
+
     def run(self, stage_name: str, tasks: list[dict]) -> dict:
         """Stream the partitions through the engine; the summed stats of the call."""
         from pipeline.engine import EngineDead
@@ -113,13 +117,31 @@ class EnginePool:
             extra = {**group_for(), "num_gpus": 0} if world > 1 else {}
             self.actors.append(actor.options(**options, **extra).remote(config_ref, stage_name))
         self.calls = [0] * replicas  # calls each actor holds
+        #: actors that died, restarting: the ping that answers when each is back.  A call
+        #: sent to a restarting actor would fail at once (max_task_retries=0), the ping waits
+        self.down: dict[int, object] = {}
         self.max_retries = config.executor.max_retries
         log.info("engine pool: %d replica(s) for %s and every stage on the same model", replicas, stage_name)
 
     def free_actor(self) -> int | None:
-        """The actor holding the fewest calls, if it can take another."""
-        i = min(range(len(self.actors)), key=self.calls.__getitem__)
-        return i if self.calls[i] < CALLS_PER_ACTOR else None
+        """The live actor holding the fewest calls, if it can take another."""
+        up = [i for i in range(len(self.actors)) if i not in self.down]
+        i = min(up, key=self.calls.__getitem__, default=None)
+        return i if i is not None and self.calls[i] < CALLS_PER_ACTOR else None
+
+    def failed(self, i: int) -> None:
+        """A call on actor ``i`` failed (it died): send no more until it answers a ping."""
+        if i not in self.down:
+            self.down[i] = self.actors[i].ready.options(max_task_retries=-1).remote()
+
+    def pings(self) -> dict:
+        """ping ref -> actor index, for the actors coming back."""
+        return {ref: i for i, ref in self.down.items()}
+
+    def answered(self, i: int, ok: bool) -> None:
+        del self.down[i]
+        if not ok:  # the restart failed too: keep waiting for the next one
+            self.failed(i)
 
     def submit(self, i: int, stage_name: str, tasks: list[Task]):
         self.calls[i] += 1

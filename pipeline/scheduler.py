@@ -115,7 +115,8 @@ class GraphScheduler:
                 self._maybe_finished(s)
             while any(s.ended is None for s in self.stages.values()):
                 self._dispatch()
-                refs = list(self.cpu) + list(self.calls)
+                pings = {ref: (key, i) for key, pool in self.pools.items() for ref, i in pool.pings().items()}
+                refs = list(self.cpu) + list(self.calls) + list(pings)
                 if not refs:
                     stuck = {n: len(v) for n, v in self.waiting.items() if v}
                     raise RuntimeError(f"partitions that cannot become ready (inputs missing): {stuck}")
@@ -123,7 +124,10 @@ class GraphScheduler:
                 if finished:  # and whatever else is back by now
                     finished, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in finished:
-                    self._returned(ref)
+                    if ref in pings:
+                        self._pinged(ref, *pings[ref])
+                    else:
+                        self._returned(ref)
                 if time.monotonic() - self.polled >= POLL_S:
                     self._poll_markers()
                     self.polled = time.monotonic()
@@ -183,17 +187,30 @@ class GraphScheduler:
             self.in_flight[t.stage].discard(t.name)
             self.bar.update(1)
 
+    def _pinged(self, ref, key: str, i: int) -> None:
+        try:
+            self.ray.get(ref)
+            ok = True
+        except Exception as e:  # noqa: BLE001 -- its restart failed; Ray tries again
+            log.warning("engine actor %d did not come back yet (%s)", i, str(e).splitlines()[0][:300])
+            ok = False
+        self.pools[key].answered(i, ok)
+
     def _returned(self, ref) -> None:
+        pool = None
         if ref in self.cpu:
             tasks = [self.cpu.pop(ref)]
         else:
             key, i, _stage, tasks = self.calls.pop(ref)
-            self.pools[key].returned(i)
+            pool = self.pools[key]
+            pool.returned(i)
         stage = tasks[0].stage
         try:
             self.stages[stage].ran.merge(StageStats.from_dict(self.ray.get(ref)))
         except Exception as e:  # noqa: BLE001 -- a worker or an engine actor died
             log.error("stage %s: workers failed (%s); checking partitions", stage, str(e).splitlines()[0][:300])
+            if pool is not None:
+                pool.failed(i)
             self._after_failure(tasks, e)
             return
         for t in tasks:

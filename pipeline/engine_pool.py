@@ -88,7 +88,7 @@ class EnginePool:
     """``replicas`` engine actors for one model, started at once (model loads run in the
     background while the driver does other work), ended by ``close``."""
 
-    def __init__(self, config: "PipelineConfig", stage_name: str, config_ref, replicas: int) -> None:
+    def __init__(self, config: "PipelineConfig", stage_name: str, replicas: int) -> None:
         import time
 
         import ray
@@ -115,12 +115,13 @@ class EnginePool:
         self.actors = []
         for _ in range(replicas):
             extra = {**group_for(), "num_gpus": 0} if world > 1 else {}
-            self.actors.append(actor.options(**options, **extra).remote(config_ref, stage_name))
+            # the config goes inline (a few KB), not as an object-store ref: a restart re-reads
+            # its constructor arguments, which must outlive any driver-side reference
+            self.actors.append(actor.options(**options, **extra).remote(config.resolved(), stage_name))
         self.calls = [0] * replicas  # calls each actor holds
         #: actors that died, restarting: the ping that answers when each is back.  A call
         #: sent to a restarting actor would fail at once (max_task_retries=0), the ping waits
         self.down: dict[int, object] = {}
-        self.max_retries = config.executor.max_retries
         log.info("engine pool: %d replica(s) for %s and every stage on the same model", replicas, stage_name)
 
     def free_actor(self) -> int | None:

@@ -177,7 +177,7 @@ class GraphScheduler:
             eng = self.config.engine
             left = sum(len(self.waiting[s]) for s, k in self.pool_of.items() if k == key)
             replicas = max(1, min(eng.replicas, -(-left // eng.partitions_per_call)))
-            self.pools[key] = EnginePool(self.config, stage, self.config_ref, replicas)
+            self.pools[key] = EnginePool(self.config, stage, replicas)
         return self.pools[key]
 
     # -- completion -------------------------------------------------------------
@@ -326,12 +326,10 @@ def start_pools(config: "PipelineConfig", stages: list[str], began: float | None
     """Engine pools started ahead of their work (full replicas), one per model among ``stages``:
     the model loads while the driver does something else.  ``began`` (monotonic): when the
     run started working towards them (their stage's clock starts there)."""
-    import ray
-
     pools: dict[str, EnginePool] = {}
     for name in stages:
         key = model_key(config, name)
         if key not in pools:
-            pools[key] = EnginePool(config, name, ray.put(config.resolved()), config.engine.replicas)
+            pools[key] = EnginePool(config, name, config.engine.replicas)
             pools[key].started = began or pools[key].started
     return pools

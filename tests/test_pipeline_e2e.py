@@ -52,6 +52,21 @@ def test_every_stage_ran_and_printed_a_summary(sample_build):
     assert "policy accuracy" in log and "generated tokens per pair" in log
 
 
+def test_each_replica_loads_the_model_once_and_the_run_is_timed(sample_build):
+    """Generate and dropout_ntp share one engine pool: the model is loaded once per replica
+    per build (it was loaded again for dropout_ntp before), and the report times the run
+    against the generate stage."""
+    logs = sorted((sample_build.parent / "work" / "logs").glob("build-*.log"))
+    loads = logs[-1].read_text(errors="replace").count("starting vLLM engine for")
+    assert loads == CFG["engine"]["replicas"], loads
+    timing = json.loads((sample_build / "report.json").read_text())["timing"]
+    assert timing["engine_stage"] == "generate"
+    assert 0 < timing["span_s"] < timing["stage_s"] <= timing["wall_s"]
+    assert abs(timing["wall_over_stage"] - timing["wall_s"] / timing["stage_s"]) < 0.01
+    log = (sample_build.parent / "run.log").read_text()
+    assert f"{timing['wall_over_stage']:.2f}x the generate stage" in log
+
+
 def test_generate_output_has_n_samples_per_prompt(work):
     table = pq.read_table(sorted((work / "generate" / "data").glob("*.parquet"))[0])
     assert table.schema.equals(RESPONSE_SCHEMA, check_metadata=False)

@@ -263,10 +263,16 @@ def test_ranges_make_what_one_reader_makes(corpus, sample_data, tmp_path, partit
     assert stats.rows_out == len(want_rows)
 
 
-def test_duplicates_across_ranges_keep_the_first_in_file_order(tmp_path):
+def test_duplicates_across_ranges_keep_the_first_in_file_order(tmp_path, monkeypatch):
     """Keys repeated inside a range, across ranges, three times, on a row that fails
     validation anyway, and rows keyed by line: the first occurrence wins, every later one is
-    quarantined as duplicate_sample_id, and a rerun redoes nothing."""
+    quarantined as duplicate_sample_id, a redone range loads no image it kept before, and a
+    rerun redoes nothing."""
+    import stages.ingest
+
+    loads = []
+    real_load = stages.ingest.load_image
+    monkeypatch.setattr(stages.ingest, "load_image", lambda ref, *a: (loads.append(ref), real_load(ref, *a))[1])
     (tmp_path / "a.png").write_bytes(_png())
     ids = ["a", "b", "a", "c", None, "d", "b", "e", "#4", "a", "bad", "f", "bad", "g"]
     lines = [json.dumps({**({"id": i} if i else {}), "image": "missing.png" if i == "bad" else "a.png",
@@ -285,6 +291,9 @@ def test_duplicates_across_ranges_keep_the_first_in_file_order(tmp_path):
     assert stats.quarantined == {"duplicate_sample_id": 5, "missing_image_file": 1} and n == 4
     redone = storage.read_json(str(tmp_path / "out" / "markers" / "part-00002.json"))
     assert json.loads(redone["inputs"][0])["dups"] == [8, 9]
+    # first pass: 13 rows reach their images (not the in-range repeat at line 2); the redo of
+    # ranges 1 and 2 loads only line 10's (quarantined before, so checked again)
+    assert len(loads) == 14 and loads.count("missing.png") == 3
     stats2, n2, skipped2 = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
     assert (n2, skipped2, stats2.rows_in) == (4, 4, 0)
     assert _outputs(tmp_path / "out") == (rows, quarantine)

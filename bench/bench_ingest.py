@@ -60,7 +60,9 @@ def make_source(base: Path, rows: int) -> Path:
     path = base / "prompts.jsonl"
     with path.open("w") as f:
         for i in range(rows):
-            rid = f"row-{i - 7 * DUP_EVERY if i % DUP_EVERY == 99 and i > 7 * DUP_EVERY else i}"
+            # every 100th row from row 750 on repeats the id of the row 750 before it (a row
+            # that repeats nothing), mostly in another range
+            rid = f"row-{i - 750 if i % DUP_EVERY == DUP_EVERY - 1 and i >= 750 else i}"
             f.write(json.dumps({"id": rid, "image": f"images/{i % IMAGES:04d}.jpg",
                                 "question": f"How many objects are in picture {i}?", "answer": str(i % 10)}) + "\n")
     return path

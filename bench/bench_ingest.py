@@ -114,7 +114,8 @@ def main() -> int:
             dups = stats.quarantined.get("duplicate_sample_id", 0)
             rates[workers] = rows / wall
             print(f"ingest {workers} worker{'s' if workers > 1 else ''}: {rows} rows in {wall:.1f} s, "
-                  f"{rates[workers]:.0f} rows/s ({stats.rows_out} kept, {dups} duplicates)", flush=True)
+                  f"{rates[workers]:.0f} rows/s ({stats.rows_out} kept, {dups} duplicates; "
+                  f"machine load average {os.getloadavg()[0]:.1f})", flush=True)
         ratio = rates[2] / rates[1]
         peak = _peak_mb()
         print(f"ingest speedup 2 vs 1 workers: {ratio:.2f}x (target >= {TARGET_RATIO}x) "

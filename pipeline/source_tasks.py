@@ -12,8 +12,8 @@
    writes its output and marker itself (``runner.run_task``).
 3. **Redo.**  With every range done, the stage may name partitions to run
    again with other inputs (``Stage.redo_sources``; ingest: rows whose key an
-   earlier range holds).  Such a partition is done when its marker records
-   those inputs, so a rerun redoes nothing twice.
+   earlier range holds).  Its old marker is removed first; it is done when its
+   marker records those inputs, so a rerun redoes nothing twice.
 """
 from __future__ import annotations
 
@@ -69,7 +69,10 @@ def run_source(stage: Stage, out_dir: str, executor: Callable[[], object] | None
 
     run(pending)
     redo = [Task(stage.name, name, inputs, out_dir, h) for name, inputs in stage.redo_sources(planned, out_dir).items()]
-    run([t for t in redo if not _done_with(t)])
+    redo = [t for t in redo if not _done_with(t)]
+    for t in redo:  # unfinished until redone: the executor's retry and quarantine accounting applies
+        storage.remove(t.marker_uri())
+    run(redo)
     total = StageStats()
     for name in sorted(ran):  # each partition's final stats (a redone one counted once)
         m = read_marker(marker_uri(out_dir, name))

@@ -79,8 +79,10 @@ def make_config(work_dir: str, partition_rows: int, n: int, max_tokens: int, kin
     return PipelineConfig.model_validate(data)
 
 
-def prepare_inputs(config, work: str, n_prompts: int, partition_rows: int) -> tuple[str, list[dict]]:
-    """Ingest the sample data; write ``n_prompts`` prompt rows as partitions. Returns (dir, rows)."""
+def prepare_inputs(config, work: str, n_prompts: int | None, partition_rows: int,
+                   repeat: int = 1) -> tuple[str, list[dict]]:
+    """Ingest the sample data; write ``n_prompts`` prompt rows (None: every sample prompt ``repeat``
+    times) as partitions. Returns (dir, rows)."""
     from pipeline import storage
     from pipeline.graph import make_stage
     from pipeline.orchestrator import run_source
@@ -95,7 +97,7 @@ def prepare_inputs(config, work: str, n_prompts: int, partition_rows: int) -> tu
     if not base:
         raise SystemExit("ingest produced no prompts: is data/sample there?")
     rows = []
-    for i in range(n_prompts):
+    for i in range(len(base) * repeat if n_prompts is None else n_prompts):
         r = dict(base[i % len(base)])
         if i >= len(base):  # a second pass over the sample: new ids, so new seeds
             r["sample_id"] = f"{r['sample_id']}#{i // len(base)}"

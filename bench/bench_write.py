@@ -1,6 +1,6 @@
 """Benchmark: the write stage (global shuffle + dedup + shards + manifest + card) on image rows.
 
-    python bench/bench_write.py [--rows 100000] [--quick] [--shard-rows 5000] [--keep DIR]
+    python bench/bench_write.py [--rows 100000] [--quick] [--shard-rows 5000] [--keep DIR] [--million]
 
 Input: ``--rows`` pair rows (default 100,000; ``MMPR_BENCH_WRITE_ROWS`` also
 sets it, ``--quick`` uses 10,000), each with one 448x448 JPEG (quality 85, a
@@ -10,28 +10,29 @@ source, with 0.5% duplicated ids.  Every row's JPEG is distinct (spliced from
 restart-marker segments of 1,024 encoded images, see ``JpegMixer``), so image
 bytes never repeat and compress like real photos.
 
-Measured, each in its own subprocess (so ``ru_maxrss`` is that step's peak):
+Measured, each in its own subprocess (its VmHWM is that step's driver peak):
 
-* ``write``: ``stages.write.write_dataset`` -- plan, scatter to buckets,
-  gather + sort per shard, zstd Parquet shards with SHA-256, manifest, card.
 * ``baseline``: the floor for moving the same bytes -- read the same input
   files and write them with ``pyarrow.parquet.ParquetWriter`` (zstd, same
-  rows, input order) into one file, batch by batch.  Writing all rows "in one
-  go" with ``pq.write_table`` would need the whole dataset (GBs of JPEG bytes)
-  in memory, so the baseline streams; no shuffle, no dedup, no split.
+  rows, input order) into one file, batch by batch (no shuffle, dedup, split).
+* ``write``: ``stages.write.write_dataset`` in process (the local executor).
+* ``ray x1`` / ``ray x2``: the same under the Ray executor with
+  ``executor.write_workers`` 1 and 2 (Ray started before the clock, as in a
+  build): the scatter/gather tasks' scaling on this machine's cores, and the
+  driver's peak RSS (target: 2 workers >= 1.6x the rows/s of 1, driver < 1 GB).
+* ``15 pairs/image``: a second input where every 15 rows (one prompt) share
+  one JPEG; the shards' size over "each distinct image once plus the text
+  columns" (``publish.shard_size``; target <= 1.3x).
 
-Reported: rows/s and MB/s (input Parquet bytes per second) of both, their
-ratio, and peak memory.  The design target is "shard writing is never the
-bottleneck": generation makes a few pairs per second per GPU, so thousands of
-rows per second on two cores is far more than enough.  The default run takes
-~2-3 minutes on 2 cores (most of it moving ~4 GB of JPEG bytes three times).
+``--million``: only a 1,000,000-pair write (15 pairs per 224x224 JPEG, Ray,
+2 workers), printing rows/s, the driver's peak RSS and each task kind's peak
+RSS (~10 minutes on 2 cores and ~3 GB of disk; not in ``make bench``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -46,10 +47,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 PART_ROWS = 2048
 POOL = 1024
 DUP_FRACTION = 0.005
+PAIRS_PER_IMAGE = 15
+MILLION = 1_000_000
+TARGET_SCALING, TARGET_DRIVER_MB, TARGET_SIZE_RATIO = 1.6, 1024, 1.3
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    from publish.shard_tasks import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 # -- input ------------------------------------------------------------------------
@@ -105,8 +111,20 @@ class JpegMixer:
         return b"".join(parts)
 
 
-def make_inputs(base: Path, rows: int) -> tuple[list[str], int]:
-    """Stage folders of PAIR_SCHEMA part files; returns (dirs, input bytes)."""
+def _with_sample_ids(table, sample_ids):
+    """``table`` with ``provenance.sample_id`` replaced (one prompt per PAIRS_PER_IMAGE rows)."""
+    import pyarrow as pa
+
+    prov = table.column("provenance").combine_chunks()
+    fields = list(prov.type)
+    arrays = [sample_ids if f.name == "sample_id" else prov.field(i) for i, f in enumerate(fields)]
+    i = table.schema.get_field_index("provenance")
+    return table.set_column(i, table.schema.field(i), pa.StructArray.from_arrays(arrays, fields=fields))
+
+
+def make_inputs(base: Path, rows: int, pairs_per_image: int = 1, image_size: int = 448) -> tuple[list[str], int]:
+    """Stage folders of PAIR_SCHEMA part files; returns (dirs, input bytes).  Rows ``i`` and ``j``
+    share a prompt (``sample_id``) and its JPEG when ``i // pairs_per_image == j // pairs_per_image``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -115,7 +133,7 @@ def make_inputs(base: Path, rows: int) -> tuple[list[str], int]:
     from schemas.arrow import from_rows
     from schemas.records import pair_row, provenance
 
-    mixer = JpegMixer(jpeg_pool(POOL))
+    mixer = JpegMixer(jpeg_pool(POOL, image_size))
     methods = ["correctness"] * 7 + ["format"] + ["dropout_ntp"] * 2
     template = from_rows([pair_row(
         pair_id="x", method="correctness", source="s", question=f"How many objects are in image {k}?",
@@ -123,45 +141,67 @@ def make_inputs(base: Path, rows: int) -> tuple[list[str], int]:
         images=[{"bytes": b"", "path": None}],
         chosen=f"I count the objects carefully, one by one, row by row. There are {k % 9}.\nFinal answer: {k % 9}",
         rejected=f"Looking at the image there seem to be {k % 9 + 2} objects.\nFinal answer: {k % 9 + 2}",
-        prov=provenance(sample_id=stable_hash("p", k), model="bench", chosen_tokens=30, rejected_tokens=20),
+        prov=provenance(sample_id="p", model="bench", chosen_tokens=30, rejected_tokens=20),
     ) for k in range(PART_ROWS)], PAIR_SCHEMA)
 
     n_dups = int(rows * DUP_FRACTION)
     unique = rows - n_dups
     dirs = [base / "correctness", base / "dropout_ntp", base / "judge"]
-    total_bytes, part = 0, 0
+    total_bytes, part, cache = 0, 0, {}
     for start in range(0, rows, PART_ROWS):
         n = min(PART_ROWS, rows - start)
         idx = [i if i < unique else (i * 7919) % unique for i in range(start, start + n)]  # tail = duplicates
-        ids = pa.array([stable_hash("pair", i) for i in idx], pa.string())
-        source = pa.array(["src_a" if i < unique // 2 else "src_b" for i in idx], pa.string())
-        method = pa.array([methods[i % len(methods)] for i in idx], pa.string())
-        images = pa.array([[{"bytes": mixer.image(i), "path": None}] for i in idx], IMAGES_TYPE)
+        prompt = [i // pairs_per_image for i in idx]
+        if len(cache) > 4 * PART_ROWS:
+            cache.clear()
+        images = [[{"bytes": cache.get(p) or cache.setdefault(p, mixer.image(p)), "path": None}] for p in prompt]
+        columns = {
+            "id": pa.array([stable_hash("pair", i) for i in idx], pa.string()),
+            "source": pa.array(["src_a" if i < unique // 2 else "src_b" for i in idx], pa.string()),
+            "method": pa.array([methods[i % len(methods)] for i in idx], pa.string()),
+            "images": pa.array(images, IMAGES_TYPE),
+        }
         t = template.slice(0, n)
-        for name, col in (("id", ids), ("source", source), ("method", method), ("images", images)):
+        for name, col in columns.items():
             t = t.set_column(t.schema.get_field_index(name), PAIR_SCHEMA.field(name), col)
+        t = _with_sample_ids(t, pa.array([stable_hash("p", p) for p in prompt], pa.string()))
         out = dirs[part % len(dirs)] / "data" / f"part-{part:05d}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(t, out, compression="zstd")
-        total_bytes += out.stat().st_size
+        pq.write_table(t, out, compression="zstd", dictionary_pagesize_limit=256 << 20)  # a stage's file:
+        total_bytes += out.stat().st_size  # a prompt's pairs are written together, its image once
         part += 1
     return [str(d) for d in dirs], total_bytes
 
 
 # -- measured steps (each in a child process) ---------------------------------------
-def step_write(dirs: list[str], out: str, shard_rows: int) -> dict:
+def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", workers: int = 1,
+               size: bool = False) -> dict:
     from pipeline.config import PipelineConfig
-    from stages.write import write_dataset
+    from stages.write import input_files, write_dataset
 
-    cfg = PipelineConfig.model_validate({"run": {"name": "bench-write", "seed": 0, "output_dir": out},
-                                         "write": {"shard_rows": shard_rows}})
-    t0 = time.perf_counter()
+    cfg = PipelineConfig.model_validate({
+        "run": {"name": "bench-write", "seed": 0, "output_dir": out},
+        "executor": {"kind": kind, "num_cpus": max(2, workers), "cpu_concurrency": workers},
+        "write": {"shard_rows": shard_rows}})
+    if kind == "ray":
+        from pipeline.executors import RayExecutor
+
+        RayExecutor(cfg)  # Ray is up before the clock starts, as in a build
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
     stats = write_dataset(cfg, dirs)
     secs = time.perf_counter() - t0
-    return {"secs": secs, "rows_in": stats.rows_in, "rows_out": stats.rows_out,
-            "bytes_out": int(stats.counters["bytes_written"]), "shards": int(stats.counters["shards"]),
-            "dups": int(stats.counters["duplicates_dropped"]), "peak_mb": _peak_mb(),
-            "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")}}
+    res = {"secs": secs, "rows_in": stats.rows_in, "rows_out": stats.rows_out,
+           "bytes_out": int(stats.counters["bytes_written"]), "shards": int(stats.counters["shards"]),
+           "dups": int(stats.counters["duplicates_dropped"]), "peak_mb": _peak_mb(),
+           "load": [round(load0, 1), round(os.getloadavg()[0], 1)],  # others' processes on the same cores
+           "task_peak_mb": {k.removeprefix("peak_task_mb."): v for k, v in stats.counters.items()
+                            if k.startswith("peak_task_mb.")},
+           "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")}}
+    if size:
+        from publish.shard_size import compactness
+
+        res["size"] = compactness(input_files([out]))
+    return res
 
 
 def step_baseline(dirs: list[str], out: str) -> dict:
@@ -184,13 +224,45 @@ def step_baseline(dirs: list[str], out: str) -> dict:
     return {"secs": secs, "rows_in": rows, "bytes_out": os.path.getsize(out), "peak_mb": _peak_mb()}
 
 
-def child(step: str, args: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--child", step, *args]
+def child(step: str, **kw) -> dict:
+    cmd = [sys.executable, __file__, "--child", json.dumps({"step": step, **kw})]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"{step} failed (exit {proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISSED"
+
+
+def _describe(label: str, rows: int, res: dict) -> str:
+    tasks = ", ".join(f"{k} task {v:,.0f} MB" for k, v in res["task_peak_mb"].items())
+    return (f"{label}: {res['secs']:.1f} s, {rows / res['secs']:,.0f} rows/s, driver peak {res['peak_mb']:,.0f} MB"
+            f" (peak RSS per task: {tasks}); load average {res['load'][0]} -> {res['load'][1]} on {os.cpu_count()} cores;"
+            f" {res['rows_out']:,} rows out in {res['shards']} shards, "
+            f"{res['bytes_out'] / 1e6:,.0f} MB; phases " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items()))
+
+
+def million(base: Path, shard_rows: int) -> dict:
+    """1M pairs, 15 per 224x224 JPEG (~12 KB; 448 px would make the run 3x longer for the same
+    code paths).  With ``--keep DIR`` the inputs are made once and reused."""
+    t0 = time.perf_counter()
+    ready = base / "in" / "READY"
+    if ready.exists():
+        dirs, in_bytes = json.loads(ready.read_text())
+    else:
+        dirs, in_bytes = make_inputs(base / "in", MILLION, PAIRS_PER_IMAGE, image_size=224)
+        ready.write_text(json.dumps([dirs, in_bytes]))
+    print(f"input: {MILLION:,} rows, {PAIRS_PER_IMAGE} per 224x224 JPEG, {in_bytes / 1e6:,.0f} MB "
+          f"({time.perf_counter() - t0:.0f} s to make or find)", flush=True)
+    res = child("write", dirs=dirs, out=str(base / "out"), shard_rows=shard_rows, kind="ray", workers=2, size=True)
+    print(_describe("write 1M pairs, ray x2", MILLION, res))
+    print(f"write 1M pairs: {MILLION / res['secs']:,.0f} rows/s, driver peak {res['peak_mb']:,.0f} MB, "
+          + ", ".join(f"{k} task peak {v:,.0f} MB" for k, v in res["task_peak_mb"].items())
+          + f"; shards {res['size']['ratio']:.2f}x distinct images + text")
+    return res
 
 
 def main() -> int:
@@ -199,50 +271,68 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="10,000 rows")
     ap.add_argument("--shard-rows", type=int, default=5000)
     ap.add_argument("--keep", help="keep the inputs and outputs in this folder")
+    ap.add_argument("--million", action="store_true", help="only the 1,000,000-pair write")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
-        step, *rest = args.child
-        if step == "write":
-            res = step_write(rest[:-2], rest[-2], int(rest[-1]))
-        else:
-            res = step_baseline(rest[:-1], rest[-1])
-        print(json.dumps(res))
+        kw = json.loads(args.child)
+        step = kw.pop("step")
+        print(json.dumps(step_write(**kw) if step == "write" else step_baseline(**kw)))
         return 0
 
     rows = 10_000 if args.quick else args.rows
     base = Path(args.keep or tempfile.mkdtemp(prefix="bench-write-"))
     base.mkdir(parents=True, exist_ok=True)
     try:
+        if args.million:
+            res = million(base, args.shard_rows)
+            if args.json:
+                print(json.dumps({"million": res}))
+            return 0
         t0 = time.perf_counter()
         dirs, in_bytes = make_inputs(base / "in", rows)
         print(f"input: {rows} rows, one 448x448 JPEG each, {in_bytes / 1e6:.0f} MB in "
               f"{len(list((base / 'in').rglob('*.parquet')))} files ({time.perf_counter() - t0:.1f} s to make)",
               flush=True)
-        base_res = child("baseline", [*dirs, str(base / "baseline.parquet")])
+        base_res = child("baseline", dirs=dirs, out=str(base / "baseline.parquet"))
         (base / "baseline.parquet").unlink()
-        write_res = child("write", [*dirs, str(base / "out"), str(args.shard_rows)])
+        runs = {}
+        for label, kind, workers in (("write", "local", 1), ("ray x1", "ray", 1), ("ray x2", "ray", 2)):
+            runs[label] = child("write", dirs=dirs, out=str(base / "out"), shard_rows=args.shard_rows,
+                                kind=kind, workers=workers)
+            print(_describe(label, rows, runs[label]), flush=True)
+        shutil.rmtree(base / "in")
+        rows15 = min(rows, 30_000)
+        dirs15, _ = make_inputs(base / "in15", rows15, PAIRS_PER_IMAGE)
+        size_res = child("write", dirs=dirs15, out=str(base / "out15"), shard_rows=args.shard_rows, size=True)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
     mb = in_bytes / 1e6
+    write_res = runs["write"]
     w_rows, b_rows = rows / write_res["secs"], rows / base_res["secs"]
-    w_mbs, b_mbs = mb / write_res["secs"], mb / base_res["secs"]
     print(f"baseline (ParquetWriter copy, no shuffle): {base_res['secs']:.1f} s, {b_rows:,.0f} rows/s, "
-          f"{b_mbs:,.0f} MB/s, peak {base_res['peak_mb']:,.0f} MB")
-    print(f"write_dataset: {write_res['secs']:.1f} s, {w_rows:,.0f} rows/s, {w_mbs:,.0f} MB/s, "
-          f"peak {write_res['peak_mb']:,.0f} MB; {write_res['rows_out']} rows out "
-          f"({write_res['dups']} duplicates dropped) in {write_res['shards']} shards, "
-          f"{write_res['bytes_out'] / 1e6:,.0f} MB; phases "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in write_res["phases"].items()))
+          f"{mb / base_res['secs']:,.0f} MB/s, peak {base_res['peak_mb']:,.0f} MB")
     if args.json:
-        print(json.dumps({"rows": rows, "input_mb": mb, "write": write_res, "baseline": base_res}))
-    print(f"write: {w_rows:,.0f} rows/s, {w_mbs:,.0f} MB/s at {rows} rows (peak {write_res['peak_mb']:,.0f} MB); "
-          f"ratio to the plain-copy baseline {write_res['secs'] / base_res['secs']:.2f}x the time "
-          f"({w_rows / b_rows:.2f} of its throughput)")
+        print(json.dumps({"rows": rows, "input_mb": mb, "runs": runs, "baseline": base_res, "size15": size_res}))
+    print(f"write: {w_rows:,.0f} rows/s, {mb / write_res['secs']:,.0f} MB/s at {rows} rows "
+          f"(peak {write_res['peak_mb']:,.0f} MB); ratio to the plain-copy baseline "
+          f"{write_res['secs'] / base_res['secs']:.2f}x the time ({w_rows / b_rows:.2f} of its throughput)")
+    one, two = runs["ray x1"], runs["ray x2"]
+    scaling = one["secs"] / two["secs"]
+    driver = max(one["peak_mb"], two["peak_mb"])
+    print(f"write: 2 Ray workers {rows / two['secs']:,.0f} rows/s = {scaling:.2f}x 1 worker "
+          f"({rows / one['secs']:,.0f} rows/s) at {rows} rows (target >= {TARGET_SCALING}x) {_verdict(scaling >= TARGET_SCALING)}")
+    print(f"write: driver peak RSS {driver:,.0f} MB with Ray workers (target < {TARGET_DRIVER_MB} MB) "
+          f"{_verdict(driver < TARGET_DRIVER_MB)}")
+    size = size_res["size"]
+    print(f"write: {PAIRS_PER_IMAGE} pairs per image, {rows15} rows: shards {size['data_bytes'] / 1e6:,.1f} MB = "
+          f"{size['ratio']:.2f}x distinct images once ({size['distinct_image_bytes'] / 1e6:,.1f} MB) + text "
+          f"columns ({size['text_bytes'] / 1e6:,.1f} MB) (target <= {TARGET_SIZE_RATIO}x) "
+          f"{_verdict(size['ratio'] <= TARGET_SIZE_RATIO)}")
     return 0
 
 

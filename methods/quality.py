@@ -446,3 +446,14 @@ def check_pair(chosen: str, rejected: str,
 def failures(verdicts: Iterable[Verdict]) -> list[Verdict]:
     """The failed verdicts (empty list: the sample passes)."""
     return [v for v in verdicts if not v.passed]
+
+
+#: rules switched off when choosing DropoutNTP's chosen response (``dropout_ntp.selection:
+#: filtered``): every other default single-text rule must pass
+DROPOUT_SELECTION_RULES = {"length_bounds": False, "language_mismatch": False, "bad_characters": False}
+
+
+def usable_as_dropout_chosen(text: str, finish_reason: Optional[str] = None) -> bool:
+    """Whether a response may be DropoutNTP's chosen under ``selection: filtered`` (also what
+    adaptive sampling of a prompt without ground truth waits for)."""
+    return not failures(check_text(text, dict(DROPOUT_SELECTION_RULES), finish_reason=finish_reason))

@@ -61,3 +61,13 @@ def score_responses(row: Mapping[str, Any], settings: Any, source: Any, styles: 
             if n - before.get(key, 0):
                 counters[f"scoring_errors.{key}"] = counters.get(f"scoring_errors.{key}", 0) + n - before.get(key, 0)
     return out
+
+
+def pass_rate(scored: list[Scored]) -> float | None:
+    """The share of a prompt's samples that were right (None: no samples)."""
+    return sum(s.correct for s in scored) / len(scored) if scored else None
+
+
+def pass_rate_bin(rate: float, bins: int = 10) -> int:
+    """The histogram bin of a pass rate: 0 = [0, 0.1), ..., 9 = [0.9, 1.0]."""
+    return min(int(rate * bins), bins - 1)

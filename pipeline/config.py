@@ -88,6 +88,9 @@ class ExecutorConfig(_Section):
     max_retries: int = Field(2, ge=0)
     #: concurrency of CPU-only stages
     cpu_concurrency: int = Field(2, ge=1)
+    #: the write stage's scatter/gather tasks at once (null = cpu_concurrency); here, not in
+    #: write:, because scheduling never changes the data (the executor is outside the config hash)
+    write_workers: Optional[int] = Field(None, ge=1)
     #: Ray runtime_env for the workers, e.g. {working_dir: ".", pip: [...]} on a cluster
     #: whose nodes do not have mmpr-forge installed
     runtime_env: dict[str, Any] = Field(default_factory=dict)

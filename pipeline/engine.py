@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from copy import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from pipeline import storage
 
@@ -70,14 +71,17 @@ def refill_threshold(vllm_config: Any) -> int:
     return vllm_config.scheduler_config.max_num_seqs * vllm_config.parallel_config.pipeline_parallel_size
 
 
-def sample_params(params: Any) -> list:
+def sample_params(params: Any, start: int = 0, count: int | None = None) -> list:
     """The n=1 requests that replace one ``SamplingParams(n=N)``: child i gets the
     seed ``seed + i``, exactly as vLLM's own fan-out does (ParentRequest
-    ``_get_child_sampling_params``), so the responses are the same."""
-    if params.n == 1:
+    ``_get_child_sampling_params``), so the responses are the same.  ``start`` and
+    ``count`` select samples start..start+count-1 (a later sampling round): sample i
+    gets the same seed whichever round draws it."""
+    count = params.n if count is None else count
+    if params.n == 1 and start == 0 and count == 1:
         return [params]
     out = []
-    for i in range(params.n):
+    for i in range(start, start + count):
         child = copy(params)
         child.n = 1
         if params.seed is not None:
@@ -98,6 +102,10 @@ class GenRequest:
     mm_processor_kwargs: dict[str, Any] | None = None
     #: an already rendered prompt (scoring a given text): sent as is, messages unused
     prompt: str | None = None
+    #: adaptive sampling: called with every completion so far each time the samples asked
+    #: for are done; returns how many more to draw (0: the prompt is complete).  Sample i
+    #: always gets the seed ``params.seed + i`` (``methods.adaptive``)
+    more: Callable[[list["Completion"]], int] | None = None
 
 
 @dataclass
@@ -220,6 +228,12 @@ class Engine:
         #: the model's configured stops, for every SamplingParams built for this engine
         self.stop_kwargs = stop_kwargs(config, self.tokenizer)
         _wake_on_death(self.llm.llm_engine)
+        #: time accounting of ``generate_stream`` (``bench/bench_adaptive.py``): seconds streaming;
+        #: seconds x the share of the engine's batch held by unfinished sequences (1 - this /
+        #: stream_s is the engine's idle share); seconds spent deciding sampling rounds
+        self.stream_s = 0.0
+        self.occupied_s = 0.0
+        self.rounds_s = 0.0
 
     # -- prompts ---------------------------------------------------------------
     def render(self, messages: list[dict], continue_final: bool = False) -> str:
@@ -261,23 +275,30 @@ class Engine:
             queued.extend((batch, i, r) for i, r in enumerate(reqs))
             return True
 
-        def admit() -> None:
-            batch, i, req = queued.popleft()
-            batch.unsubmitted -= 1
-            ids = self._add(req, batch.results[i])
-            if not ids:
-                return
-            prompt = _Prompt(batch, batch.results[i], [None] * len(ids))
-            for k, req_id in enumerate(ids):
+        def register(prompt: _Prompt, ids: list[str]) -> None:
+            """Expect samples len(prompt.samples).. under ``ids``."""
+            first = len(prompt.samples)
+            prompt.samples.extend([None] * len(ids))
+            for k, req_id in enumerate(ids, start=first):
                 # outputs carry the id we were given, or its external part
                 # (vLLM appends "-<random>" internally)
                 keys = tuple({req_id, req_id.rsplit("-", 1)[0]})
                 for key in keys:
                     owner[key] = (prompt, k, keys)
             prompt.left = len(ids)
+
+        def admit() -> None:
+            batch, i, req = queued.popleft()
+            batch.unsubmitted -= 1
+            ids = self._add(req, batch.results[i])
+            if not ids:
+                return
+            prompt = _Prompt(batch, batch.results[i], [], req=req)
+            register(prompt, ids)
             batch.outstanding += 1
             in_flight[0] += 1
 
+        t_stream = last = time.perf_counter()
         try:
             while True:
                 while (engine.get_num_unfinished_requests() < self.low_water
@@ -295,37 +316,90 @@ class Engine:
                     if queued or not exhausted:
                         continue  # nothing running: admit more (the loop above ran dry only on a full cap)
                     raise RuntimeError("vLLM has no unfinished requests but results are missing")
-                for out in engine.step():
+                running = engine.get_num_unfinished_requests()
+                outputs = engine.step()
+                now = time.perf_counter()
+                # the engine core works on what it holds until the next step: count that as busy
+                self.occupied_s += min(running, self.low_water) / self.low_water * (now - last)
+                last = now
+                for out in outputs:
                     if out.finished and out.request_id in owner:
                         prompt, k, keys = owner.pop(out.request_id)
                         for key in keys:
                             owner.pop(key, None)
-                        if self._collect(prompt, k, out):
+                        if not self._collect(prompt, k, out):
+                            continue
+                        extra = self._next_round(prompt)
+                        if extra:
+                            register(prompt, extra)
+                        else:
+                            self._complete(prompt)
                             in_flight[0] -= 1
         except Exception as e:
             if engine_dead_cause(e) or self.dead():
                 raise EngineDead(f"vLLM engine died: {e}") from e
             raise
+        finally:
+            self.stream_s += time.perf_counter() - t_stream
 
     @staticmethod
     def _collect(prompt: "_Prompt", k: int, out: Any) -> bool:
-        """File sample k's output; True when the prompt has all its samples."""
+        """File sample k's output; True when the prompt has all the samples asked for so far."""
         prompt.samples[k] = [Completion(c.text, str(c.finish_reason), len(c.token_ids)) for c in out.outputs]
         prompt.result.prompt_tokens = len(out.prompt_token_ids or [])
         if out.prompt_logprobs is not None:  # a scoring request
             prompt.result.prompt_token_ids = list(out.prompt_token_ids)
             prompt.result.prompt_logprobs = out.prompt_logprobs
         prompt.left -= 1
-        if prompt.left:
-            return False
+        return not prompt.left
+
+    @staticmethod
+    def _complete(prompt: "_Prompt") -> None:
         prompt.result.completions = [c for sample in prompt.samples for c in sample]
         prompt.batch.outstanding -= 1
-        return True
+
+    def _next_round(self, prompt: "_Prompt") -> list[str]:
+        """The request ids of a prompt's next sampling round (``GenRequest.more``), or none.
+
+        Runs between engine steps while the engine core goes on with every other
+        prompt in flight: a round's scoring never stops generation."""
+        req = prompt.req
+        if req is None or req.more is None:
+            return []
+        so_far = [c for sample in prompt.samples for c in sample]
+        t0 = time.perf_counter()
+        count = req.more(so_far)
+        self.rounds_s += time.perf_counter() - t0
+        if count <= 0:
+            return []
+        engine_prompt = self._engine_prompt(req, prompt.result.prompt_text)
+        ids: list[str] = []
+        try:
+            for params in sample_params(req.params, start=len(prompt.samples), count=count):
+                ids += self.llm.enqueue([engine_prompt], [params], use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 -- accepted once, so only a dead engine refuses now
+            if engine_dead_cause(e) or self.dead():
+                raise EngineDead(f"vLLM engine died: {e}") from e
+            if ids:
+                self.llm.llm_engine.abort_request(ids)
+            log.warning("a later sampling round was refused (%s); keeping the samples drawn", e)
+            return []
+        return ids
 
     def dead(self) -> bool:
         """Whether vLLM has seen its engine core process die."""
         core = getattr(self.llm.llm_engine, "engine_core", None)
         return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
+    @staticmethod
+    def _engine_prompt(req: GenRequest, text: str) -> dict[str, Any]:
+        """The prompt as ``LLM.enqueue`` takes it: text, images, per-request processor arguments."""
+        prompt: dict[str, Any] = {"prompt": text}
+        if req.images:
+            prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
+            if req.mm_processor_kwargs:
+                prompt["mm_processor_kwargs"] = dict(req.mm_processor_kwargs)
+        return prompt
 
     def _add(self, req: GenRequest, result: GenResult) -> list[str]:
         """Render, check and enqueue one prompt as one n=1 request per sample (``sample_params``);
@@ -341,11 +415,7 @@ class Engine:
             result.error = "prompt_too_long"
             result.detail = f"{n_text} text tokens >= max_model_len {self.max_model_len}"
             return []
-        prompt: dict[str, Any] = {"prompt": text}
-        if req.images:
-            prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
-            if req.mm_processor_kwargs:
-                prompt["mm_processor_kwargs"] = dict(req.mm_processor_kwargs)
+        prompt = self._engine_prompt(req, text)
         ids: list[str] = []
         try:
             for params in sample_params(req.params):
@@ -462,6 +532,7 @@ class _Prompt:
     result: GenResult
     samples: list
     left: int = 0
+    req: GenRequest | None = None
 
 
 _ENGINES: dict[str, Engine] = {}

@@ -8,7 +8,10 @@ point, the way a preempted node or an OOM kill would:
   moment for resume; or a partition name: die whenever that partition starts.
 * ``group`` kills the whole process group (the CLI and its engine process);
   ``engine_core`` kills only vLLM's engine core process (a child of this
-  one), as a CUDA OOM or an Xid error would: the run must go on.
+  one), as a CUDA OOM or an Xid error would: the run must go on; ``hold``
+  kills nothing but stalls there for ``MMPR_FAULT_HOLD_S`` seconds (600), so
+  a test can kill the run from outside at a moment of its choosing (e.g. a
+  generate partition stuck while downstream stages go on).
 
 ``MMPR_FAULT_ONCE=<path>`` makes the fault fire once: the file is created
 just before dying, and its existence disarms the fault.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 _counts: Counter = Counter()
@@ -36,6 +40,9 @@ def _die(target: str) -> None:
         if os.path.exists(once):
             return
         open(once, "w").close()
+    if target == "hold":
+        time.sleep(float(os.environ.get("MMPR_FAULT_HOLD_S", "600")))
+        return
     if target == "engine_core":
         kill_engine_core()
         return

@@ -56,44 +56,121 @@ def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_
 
 
 def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
-    """Run every enabled stage in order; returns the run report."""
-    from pipeline.executors import make_executor
+    """Run every enabled stage; returns the run report.
+
+    Under Ray, partitions flow through the graph without stage barriers (``run_graph``);
+    the local executor, one process with one engine, runs stage after stage."""
     from pipeline.report import write_report
 
+    started = time.time()
     check_sources(config)
     check_storage(config)
     check_ray_address(config)
-    if any(make_stage(s, config).kind == "engine" for s in config.run.stages):
+    engine = any(make_stage(s, config).kind == "engine" for s in config.run.stages)
+    on_ray = config.executor.kind == "ray"
+    if engine:
         ensure_model(config)
-        check_model(config)
+        if not on_ray:
+            check_model(config)
     if restart:
         storage.remove_tree(config.run.work_dir)
+    for name in config.run.stages:
+        invalidate_if_changed(stage_dir(config, name), config.stage_hash(name))
+    if on_ray:  # the model pre-flight runs while the engines load (a failure still ends the run)
+        timings = run_graph(config, check_model if engine else None)
+    else:
+        timings = run_stages(config)
+    return write_report(config, timings, started=started)
+
+
+def run_stages(config: PipelineConfig) -> dict[str, float]:
+    """Stage after stage: each waits for the previous one everywhere.  Wall time per stage."""
+    from pipeline.executors import make_executor
+
     executor = None
     timings: dict[str, float] = {}
     for name in config.run.stages:
         stage = make_stage(name, config)
+        if stage.kind in ("source", "dataset"):
+            timings[name] = _run_whole(config, stage)
+            continue
         t0 = time.perf_counter()
         out_dir = stage_dir(config, name)
-        invalidate_if_changed(out_dir, config.stage_hash(name))
-        inputs = [stage_dir(config, s) for s in input_stages(config, name)]
-        if stage.kind == "source":
-            ran, n_tasks, n_skipped = run_source(stage, out_dir, lambda: make_executor(config))
-        elif stage.kind == "dataset":
-            ran = stage.run_dataset(inputs, config.run.output_dir)
-            n_tasks, n_skipped = int(ran.counters.get("shards", 0)), 0
-        else:
-            tasks = plan(config, name, inputs, out_dir)
-            pending = [t for t in tasks if not completed(t)]
-            n_tasks, n_skipped = len(tasks), len(tasks) - len(pending)
-            if pending:
-                executor = executor or make_executor(config)
-                ran = executor.run(name, pending)
-            else:
-                ran = StageStats()
+        tasks = plan(config, name, [stage_dir(config, s) for s in input_stages(config, name)], out_dir)
+        pending = [t for t in tasks if not completed(t)]
+        ran = StageStats()
+        if pending:
+            executor = executor or make_executor(config)
+            ran = executor.run(name, pending)
         timings[name] = time.perf_counter() - t0
-        total = ran if stage.kind == "dataset" else stage_totals(out_dir)
-        echo(summarize(stage, total, ran, n_tasks, n_skipped, timings[name]))
-    return write_report(config, timings)
+        echo(summarize(stage, stage_totals(out_dir), ran, len(tasks), len(tasks) - len(pending), timings[name]))
+    return timings
+
+
+def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
+    """On Ray: source stages first, then every row and engine partition as soon as its input
+    is done (``pipeline.scheduler``), engine stages sharing a model fed by one pool, then the
+    dataset stages.  Wall time per stage: first partition dispatched -> last one done; for
+    the stage whose engines start first, from when this starts Ray, as a stage-by-stage run
+    counts its first engine stage.  ``preflight(config)`` runs while those engines load."""
+    from pipeline.executors import RayExecutor
+    from pipeline.scheduler import GraphScheduler, plan_graph, start_pools
+
+    began = time.monotonic()
+    RayExecutor(config)  # connects to (or starts) Ray
+    stages = {name: make_stage(name, config) for name in config.run.stages}
+    # the first engine stage with no output yet will surely run: its model loads while the
+    # sources are read (later ones, e.g. a judge on another model, start when work is ready)
+    fresh = [n for n, s in stages.items() if s.kind == "engine"
+             and not storage.list_files(storage.join(stage_dir(config, n), "markers"), ".json")]
+    pools = start_pools(config, fresh[:1], began)
+    timings: dict[str, float] = {}
+    lines: list[str] = []  # summaries wait for the progress bar to close: they would break its line
+
+    def finished(run) -> None:
+        timings[run.name] = run.ended - run.started if run.started else 0.0
+        lines.append(summarize(stages[run.name], stage_totals(stage_dir(config, run.name)), run.ran,
+                               len(run.tasks), run.skipped, timings[run.name]))
+
+    try:
+        if preflight:
+            preflight(config)
+        sources = [s for s in stages.values() if s.kind == "source"]
+        for stage in sources:
+            timings[stage.name] = _run_whole(config, stage)
+        names = {s.name: [os.path.basename(u)[: -len(".parquet")] for u in
+                          storage.list_files(storage.join(stage_dir(config, s.name), "data"), ".parquet")]
+                 for s in sources}
+        runs, deps = plan_graph(config, names)
+        GraphScheduler(config, runs, deps, on_stage_done=finished, pools=pools).run()
+        for line in lines:
+            echo(line)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    for stage in stages.values():
+        if stage.kind == "dataset":
+            timings[stage.name] = _run_whole(config, stage)
+    return timings
+
+
+def _run_whole(config: PipelineConfig, stage: Stage) -> float:
+    """A source stage (planned here, read by the executor's workers) or a dataset stage;
+    prints its summary, returns its wall time."""
+    from pipeline.executors import make_executor
+
+    t0 = time.perf_counter()
+    out_dir = stage_dir(config, stage.name)
+    if stage.kind == "source":
+        ran, n_tasks, n_skipped = run_source(stage, out_dir, lambda: make_executor(config))
+        total = stage_totals(out_dir)
+    else:
+        inputs = [stage_dir(config, s) for s in input_stages(config, stage.name)]
+        ran = total = stage.run_dataset(inputs, config.run.output_dir)
+        n_tasks, n_skipped = int(ran.counters.get("shards", 0)), 0
+    wall = time.perf_counter() - t0
+    echo(summarize(stage, total, ran, n_tasks, n_skipped, wall))
+    return wall
 
 
 def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: str) -> StageStats:

@@ -29,13 +29,17 @@ def assistant_chars(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.bincount(msg_row[part_msg], weights=weights, minlength=n).astype(np.int64)
 
 
+def _per_method() -> defaultdict:
+    return defaultdict(list)  # a named function, not a lambda: a gather task pickles its Stats back
+
+
 class Stats:
     """Counts and per-method length/token distributions of the written rows."""
 
     def __init__(self) -> None:
         self.counts: Counter = Counter()   # (config, split, source, method) -> rows
         self.models: Counter = Counter()
-        self.values: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+        self.values: dict[str, dict[str, list[np.ndarray]]] = defaultdict(_per_method)
 
     def add(self, shard, table: pa.Table) -> None:
         """Count ``table``'s rows under ``shard``'s config and split."""
@@ -59,6 +63,14 @@ class Stats:
             v["rejected_chars"].append(rejected[sel])
             v["chosen_tokens"].append(ct[sel])
             v["rejected_tokens"].append(rt[sel])
+
+    def merge(self, other: "Stats") -> None:
+        """Add ``other``'s rows (another shard's statistics) after this one's."""
+        self.counts.update(other.counts)
+        self.models.update(other.models)
+        for m, cols in other.values.items():
+            for k, arrays in cols.items():
+                self.values[m][k].extend(arrays)
 
     def totals(self, level: int) -> dict[str, int]:
         out: Counter = Counter()

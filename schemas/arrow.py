@@ -35,6 +35,10 @@ SAMPLING_TYPE = pa.struct([
     ("top_k", pa.int32()),
     ("max_tokens", pa.int32()),
     ("seed", pa.int64()),
+    # adaptive sampling (methods.adaptive): samples drawn after each round, and why the
+    # prompt stopped; null under fixed-N sampling (n samples, one round)
+    ("rounds", pa.list_(pa.int32())),
+    ("stop_reason", pa.string()),
 ])
 
 #: one sampled response of the policy model
@@ -119,6 +123,10 @@ PROVENANCE_TYPE = pa.struct([
     ("chosen_score", pa.float64()),
     ("rejected_score", pa.float64()),
     ("match_rule", pa.string()),
+    # the prompt's samples drawn, and the share of them that were right (ground truth only):
+    # filter prompts by difficulty, e.g. MMPR-Tiny's 0.2-0.8 band
+    ("samples_drawn", pa.int32()),
+    ("pass_rate", pa.float64()),
     # dropout_ntp
     ("truncation_ratio", pa.float64()),
     ("truncation_unit", pa.string()),

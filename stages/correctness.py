@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Literal, Optional
 from pydantic import Field
 
 from methods.pairs import select_pairs
-from methods.scoring import score_responses
+from methods.scoring import pass_rate, pass_rate_bin, score_responses
 from pipeline import __version__
 from pipeline.config import Section
 from pipeline.seeds import derive_seed, stable_hash
@@ -69,6 +69,9 @@ class CorrectnessStage(Stage):
             # responses kept out of pairs: several different final answers / the truth in an earlier one
             "set_aside": {k: c.get(f"responses.{k}", 0) for k in ("conflicting_answers", "wrong_states_truth")},
             "pairs_per_prompt": dict(sorted(hist.items())),
+            # prompts per pass-rate decile (0: [0, 0.1) ... 9: [0.9, 1.0])
+            "pass_rate_histogram": {int(k): v for k, v in sorted(prefixed(c, "pass_rate.").items(),
+                                                                 key=lambda kv: int(kv[0]))},
             "mean_chars": {m: {side: round(c.get(f"chars.{m}.{side}", 0) / max(c.get(f"pairs.{m}", 0), 1), 1)
                                for side in ("chosen", "rejected")}
                            for m in ("correctness", "format") if c.get(f"pairs.{m}")},
@@ -105,6 +108,9 @@ class CorrectnessStage(Stage):
             ctx.stats.inc("responses.wrong_states_truth", sum(s.states_truth and not s.correct for s in scored))
             ctx.stats.inc(f"accuracy.{key}.correct", n_correct)
             ctx.stats.inc(f"accuracy.{key}.total", len(scored))
+            rate = pass_rate(scored)
+            if rate is not None:
+                ctx.stats.inc(f"pass_rate.{pass_rate_bin(rate)}")
             if not right:
                 ctx.stats.inc("prompts.all_wrong")
                 ctx.side("all_wrong", RESPONSE_SCHEMA, row)
@@ -133,6 +139,6 @@ class CorrectnessStage(Stage):
                     user_text=user_text, images=row["images"], chosen=c.text, rejected=r.text,
                     prov=response_provenance(
                         row, rc, rr, chosen_answer=c.answer, rejected_answer=r.answer,
-                        chosen_score=c.score, rejected_score=r.score, match_rule=c.rule,
+                        chosen_score=c.score, rejected_score=r.score, match_rule=c.rule, pass_rate=rate,
                         pipeline_version=__version__, config_hash=chash,
                     ))

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Literal
 from pydantic import Field, field_validator
 
 from methods import scoring
-from methods.quality import check_text, failures, same_text
+from methods.quality import same_text, usable_as_dropout_chosen
 from methods.truncate import Truncation, hf_token_spans, truncate_tokens, truncate_words
 from pipeline import __version__
 from pipeline.config import Section
@@ -49,8 +49,6 @@ class DropoutNTPConfig(Section):
 
 #: DropoutNTP cost reported by the MMPR paper, and RLAIF-V's divide-and-conquer labelling
 MMPR_TOKENS_PER_PAIR = {"MMPR paper": 571.2, "RLAIF-V (MMPR paper)": 992.7}
-#: rules a chosen response must pass under ``selection: filtered``
-SELECTION_RULES = {"length_bounds": False, "language_mismatch": False, "bad_characters": False}
 
 
 def continuation_messages(user_text: str, n_images: int, prefix: str, keep_image: bool) -> list[dict]:
@@ -110,11 +108,7 @@ class DropoutNTPStage(EngineStage):
             responses = [r for r in responses if r["index"] in correct]
         if cfg.selection == "first":
             return responses[:1]
-        for r in responses:
-            rules = dict(SELECTION_RULES)
-            if not failures(check_text(r["text"], rules, finish_reason=r["finish_reason"])):
-                return [r]
-        return []
+        return next(([r] for r in responses if usable_as_dropout_chosen(r["text"], r["finish_reason"])), [])
 
     def _truncate(self, text: str, tokenizer) -> Truncation | None:
         cfg = self.config.dropout_ntp

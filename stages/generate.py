@@ -6,6 +6,11 @@ belongs to the template, not to the answer).
 
 The question is wrapped in the configured CoT template (short-answer suffixes
 stripped) and rendered through the model's chat template with its image(s).
+With ``generate.adaptive.enabled`` the samples are drawn in rounds and a
+prompt stops as soon as its pairs have what they need (``methods.adaptive``;
+README "Adaptive sampling"): the rounds of every prompt go through the same
+engine stream, so scoring one prompt's round never idles the engine.
+
 The N samples of a prompt are described by one ``SamplingParams(n=N)``
 seeded from the prompt's ``sample_id``; the engine sends them as N requests
 with seeds ``seed + i`` (what vLLM's own n-fan-out gives sample i; recorded
@@ -16,9 +21,13 @@ which engine ran it -- and regardless of batching on CPU, or on GPU with
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
+
+from methods import scoring
+from methods.adaptive import PromptSampler, StopRule
+from methods.quality import usable_as_dropout_chosen
 
 from pipeline.config import Section
 from pipeline.engine import GenRequest
@@ -26,18 +35,56 @@ from pipeline.images import to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import EngineStage, StageContext
 from schemas.placeholders import user_content
-from pipeline.templates import BUILTIN_TEMPLATES, prompt_text, template_for_source
+from pipeline.stage import prefixed
+from pipeline.templates import BUILTIN_TEMPLATES, extraction_styles, prompt_text, template_for_source
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
+
+
+class AdaptiveConfig(Section):
+    """Sampling in rounds (``methods.adaptive``); off = every prompt draws ``generate.n``."""
+    enabled: bool = False
+    #: cumulative samples after each round; the last is capped at (and extended to) generate.n
+    rounds: list[int] = Field(default_factory=lambda: [4, 8, 12, 16, 24, 32])
+    #: "pairs": stop once correctness.max_pairs_per_prompt distinct right x wrong pairs exist
+    #: with every response in at most max_reuse of them; "both": at least min_each right and
+    #: min_each wrong answers
+    stop: Literal["pairs", "both"] = "pairs"
+    max_reuse: int = Field(8, ge=1)
+    min_each: int = Field(1, ge=1)
+    #: give up on a prompt whose samples are all right after this many (null: never)
+    all_right_after: Optional[int] = Field(8, ge=1)
+    #: give up on a prompt with no right sample after this many (null: the whole budget)
+    all_wrong_after: Optional[int] = Field(None, ge=1)
+    #: prompts without ground truth: samples drawn one at a time until one passes
+    #: DropoutNTP's selection rules, at most this many
+    no_gt_max: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "AdaptiveConfig":
+        if not self.rounds or any(r < 1 for r in self.rounds) or any(
+                b <= a for a, b in zip(self.rounds, self.rounds[1:])):
+            raise ValueError(f"generate.adaptive.rounds must be increasing positive sample counts "
+                             f"(cumulative, e.g. [4, 8, 12, 16, 24, 32]); got {self.rounds}")
+        return self
 
 
 class GenerateConfig(Section):
     #: prompt template id or group (built-in, or one of the config's ``templates``)
     template: str = "mmpr_final_answer"
+    #: samples per prompt (adaptive sampling: at most this many)
     n: int = Field(8, ge=1, le=256)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(50, ge=-1)
     max_tokens: int = Field(1024, ge=1)
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+
+    def stop_rule(self, max_pairs: int) -> StopRule:
+        a = self.adaptive
+        rounds = tuple(r for r in a.rounds if r < self.n) + (self.n,)
+        return StopRule(rounds=rounds, stop=a.stop, max_pairs=max_pairs, max_reuse=a.max_reuse,
+                        min_each=a.min_each, all_right_after=a.all_right_after,
+                        all_wrong_after=a.all_wrong_after, no_gt_max=a.no_gt_max)
 
 
 def user_message(text: str, n_images: int, placeholder: str | None = None) -> dict:
@@ -61,6 +108,45 @@ class GenerateStage(EngineStage):
     input_schema = PROMPT_SCHEMA
     output_schema = RESPONSE_SCHEMA
 
+    @classmethod
+    def hash_keys(cls, config) -> tuple[str, ...]:
+        """Adaptive sampling stops on scored responses: the scoring settings and the pair
+        budget decide which samples are drawn."""
+        if not config.generate.adaptive.enabled:
+            return cls.reads
+        return cls.reads + tuple(f"correctness.{k}" for k in scoring.SETTINGS) + (
+            "correctness.max_pairs_per_prompt",)
+
+    @classmethod
+    def summarize(cls, c: dict) -> dict:
+        if not c.get("adaptive.prompts"):
+            return {}
+        drawn, budget = c.get("responses", 0), c.get("adaptive.budget_samples", 0)
+        per_sample = c.get("tokens_generated", 0) / max(drawn, 1)
+        rounds = {}
+        for key, v in prefixed(c, "adaptive.round.").items():
+            r, what = key.split(".", 1)
+            rounds.setdefault(int(r), {})[what] = v
+        return {
+            "prompts": c["adaptive.prompts"],
+            "samples_drawn": drawn,
+            "fixed_n_samples": budget,
+            "samples_per_prompt": round(drawn / c["adaptive.prompts"], 2),
+            # what the samples not drawn would have cost, at this run's mean tokens per sample
+            "tokens_saved_estimate": round((budget - drawn) * per_sample),
+            "stopped": prefixed(c, "adaptive.stop."),
+            "rounds": [{"round": r, **rounds[r]} for r in sorted(rounds)],
+        }
+
+    @classmethod
+    def summary_line(cls, s: dict) -> str | None:
+        if not s:
+            return None
+        stops = ", ".join(f"{k} {v}" for k, v in s["stopped"].items())
+        return (f"adaptive sampling: {s['samples_drawn']} samples for {s['prompts']} prompts "
+                f"({s['samples_per_prompt']}/prompt, fixed-N: {s['fixed_n_samples']}); "
+                f"~{s['tokens_saved_estimate']} tokens saved; stopped: {stops}")
+
     def preview_messages(self, row: dict) -> list[dict] | None:
         if "question" not in row or "images" not in row:
             return None
@@ -71,6 +157,23 @@ class GenerateStage(EngineStage):
         g = self.config.generate
         return {"n": g.n, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
                 "max_tokens": g.max_tokens, "seed": derive_seed(self.config.run.seed, sample_id, "generate")}
+
+    def sampler(self, row: dict, template) -> PromptSampler | None:
+        """The round-by-round stopping rule of one prompt (None: fixed-N sampling)."""
+        g, cc = self.config.generate, self.config.correctness
+        if not g.adaptive.enabled:
+            return None
+        source, styles = self.config.source(row["source"]), extraction_styles(self.config)
+
+        def score(completions):
+            responses = [{"index": i, "text": c.text.strip()} for i, c in enumerate(completions)]
+            return scoring.score_responses({**row, "template_id": template.id, "responses": responses},
+                                           cc, source, styles)
+
+        def accept(c) -> bool:
+            return usable_as_dropout_chosen(c.text.strip(), c.finish_reason)
+
+        return PromptSampler(g.stop_rule(cc.max_pairs_per_prompt), bool(row["answer"]), score, accept)
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
         from vllm import SamplingParams
@@ -86,17 +189,37 @@ class GenerateStage(EngineStage):
             template = template_for_source(self.config, row["source"]) if row["answer"] else plain
             sampling = self.sampling(row["sample_id"])
             stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
-            requests.append(GenRequest(prompt_messages(row, template, placeholder), images,
-                                       SamplingParams(**sampling, **stops),
-                                       mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))
-            todo.append((row, sampling, template))
+            sampler = self.sampler(row, template)
+            params = SamplingParams(**{**sampling, "n": sampler.first_count() if sampler else sampling["n"]},
+                                    **stops)
+            requests.append(GenRequest(prompt_messages(row, template, placeholder), images, params,
+                                       mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                                       more=sampler.next_count if sampler else None))
+            todo.append((row, sampling, template, sampler))
         return todo, requests
 
+    @staticmethod
+    def _count_rounds(sampler: PromptSampler, ctx: StageContext) -> dict:
+        """The prompt's rounds into the stage counters; its ``sampling`` provenance fields."""
+        o = sampler.outcome
+        ctx.stats.inc("adaptive.prompts")
+        ctx.stats.inc("adaptive.budget_samples", sampler.rule.budget)
+        ctx.stats.inc(f"adaptive.stop.{o.stop_reason or 'refused'}")
+        before = 0
+        for r, (drawn, tokens) in enumerate(zip(o.rounds, o.round_tokens), start=1):
+            ctx.stats.inc(f"adaptive.round.{r}.open")
+            ctx.stats.inc(f"adaptive.round.{r}.samples", drawn - before)
+            ctx.stats.inc(f"adaptive.round.{r}.tokens", tokens)
+            before = drawn
+        return {"rounds": list(o.rounds), "stop_reason": o.stop_reason or "refused"}
+
     def finish(self, todo: list, results: list, ctx: StageContext) -> Iterator[dict]:
-        for (row, sampling, template), res in zip(todo, results):
+        for (row, sampling, template, sampler), res in zip(todo, results):
             if res.error:
                 ctx.quarantine(row, res.error, res.detail)
                 continue
+            if sampler is not None:
+                sampling = {**sampling, **self._count_rounds(sampler, ctx)}
             responses = [
                 {"index": i, "text": c.text.strip(), "finish_reason": c.finish_reason,
                  "num_tokens": c.num_tokens, "seed": sampling["seed"] + i}
@@ -104,6 +227,8 @@ class GenerateStage(EngineStage):
             ]
             ctx.stats.inc("responses", len(responses))
             ctx.stats.inc("tokens_generated", sum(r["num_tokens"] for r in responses))
+            if not row["answer"]:
+                ctx.stats.inc("tokens_generated.no_gt", sum(r["num_tokens"] for r in responses))
             ctx.stats.inc("prompt_tokens", res.prompt_tokens)
             ctx.stats.inc("finish_length", sum(r["finish_reason"] == "length" for r in responses))
             yield {**row, "template_id": template.id, "template_hash": template.hash, "prompt_text": res.prompt_text,

@@ -82,23 +82,25 @@ class ImageCropStage(Stage):
             out["skipped_text_only"] = i["skipped.text_only"]
         return out
 
-    def _texts(self, row: dict) -> tuple[dict, dict] | None:
-        """(chosen, rejected) responses: a good one twice, or a right/wrong pair in "pair" mode."""
+    def _texts(self, row: dict) -> tuple[dict, dict, float | None] | None:
+        """(chosen, rejected, the prompt's pass rate): a good response twice, or a right/wrong
+        pair in "pair" mode."""
         responses = row["responses"]
         if not responses:
             return None
         if not row["answer"]:
             ok = [r for r in responses if r["text"].strip() and r["finish_reason"] != "length"]
-            return (ok[0], ok[0]) if ok else None
+            return (ok[0], ok[0], None) if ok else None
         scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
                                          extraction_styles(self.config))
         right = [responses[i] for i, s in enumerate(scored) if s.usable_chosen]
         wrong = [responses[i] for i, s in enumerate(scored) if not s.correct and not s.states_truth]
         if not right:
             return None  # never teach a wrong answer as chosen
+        rate = scoring.pass_rate(scored)
         if self.config.image_crop.text == "pair" and wrong:
-            return right[0], wrong[0]
-        return right[0], right[0]
+            return right[0], wrong[0], rate
+        return right[0], right[0], rate
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
         cfg, seed = self.config.image_crop, self.config.run.seed
@@ -113,7 +115,7 @@ class ImageCropStage(Stage):
             if texts is None:
                 ctx.stats.inc("dropped.no_usable_response")
                 continue
-            chosen, rejected = texts
+            chosen, rejected, rate = texts
             crop_seed = derive_seed(seed, row["sample_id"], "image_crop")
             corrupt = partial(corrupt_image, area=tuple(cfg.area), aspect=tuple(cfg.aspect),
                               jpeg_quality=cfg.jpeg_quality)
@@ -142,6 +144,6 @@ class ImageCropStage(Stage):
                 method="image_crop", source=row["source"], question=row["question"], user_text=user_text,
                 images=row["images"], rejected_images=corrupted, chosen=chosen["text"],
                 rejected=rejected["text"],
-                prov=response_provenance(row, chosen, rejected, crop_boxes=boxes, crop_seed=crop_seed,
+                prov=response_provenance(row, chosen, rejected, crop_boxes=boxes, crop_seed=crop_seed, pass_rate=rate,
                                          pipeline_version=__version__, config_hash=chash),
             )

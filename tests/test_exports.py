@@ -29,7 +29,7 @@ def dataset(tmp_path_factory):
     dirs, _ = write_inputs(base / "in")
     out = base / "out"
     cfg = PipelineConfig.model_validate({
-        "run": {"name": "export-test", "seed": 3, "output_dir": str(out)},
+        "run": {"name": "export-test", "seed": 3, "output_dir": str(out)}, "executor": {"kind": "local"},
         "write": {"shard_rows": 10, "test_fraction": 0.25, "exports": list(FORMATS)},
     })
     write_dataset(cfg, dirs)
@@ -165,7 +165,8 @@ def test_rerun_removes_stale_files_and_keeps_images(dataset, tmp_path):
     # the same dataset without a test split: test.jsonl of the first export must go
     base = tmp_path / "again"
     dirs, _ = write_inputs(base / "in")
-    cfg = PipelineConfig.model_validate({"run": {"seed": 3}, "write": {"shard_rows": 10}})
+    cfg = PipelineConfig.model_validate({"run": {"seed": 3}, "executor": {"kind": "local"},
+                                         "write": {"shard_rows": 10}})
     write_dataset(cfg, dirs, output_dir=str(base / "out"))
     second = export("llamafactory", str(base / "out"), str(dest))
     assert not (dest / "test.jsonl").exists()
@@ -208,7 +209,8 @@ def test_no_build_paths_in_any_export_file(dataset):
 
 def test_readme_names_only_meta_files_that_exist(tmp_path):
     dirs, _ = write_inputs(tmp_path / "in")
-    write_dataset(PipelineConfig.model_validate({"run": {"seed": 3}}), dirs, output_dir=str(tmp_path / "out"))
+    write_dataset(PipelineConfig.model_validate({"run": {"seed": 3}, "executor": {"kind": "local"}}), dirs,
+                  output_dir=str(tmp_path / "out"))
     summary = export("internvl", str(tmp_path / "out"), str(tmp_path / "ivl"))
     assert "meta_test.json" not in summary["subsets"]
     readme = (tmp_path / "ivl" / "README.md").read_text()

@@ -52,6 +52,21 @@ def test_every_stage_ran_and_printed_a_summary(sample_build):
     assert "policy accuracy" in log and "generated tokens per pair" in log
 
 
+def test_each_replica_loads_the_model_once_and_the_run_is_timed(sample_build):
+    """Generate and dropout_ntp share one engine pool: the model is loaded once per replica
+    per build (it was loaded again for dropout_ntp before), and the report times the run
+    against the generate stage."""
+    logs = sorted((sample_build.parent / "work" / "logs").glob("build-*.log"))
+    loads = logs[-1].read_text(errors="replace").count("starting vLLM engine for")
+    assert loads == CFG["engine"]["replicas"], loads
+    timing = json.loads((sample_build / "report.json").read_text())["timing"]
+    assert timing["engine_stage"] == "generate"
+    assert 0 < timing["span_s"] < timing["stage_s"] <= timing["wall_s"]
+    assert abs(timing["wall_over_stage"] - timing["wall_s"] / timing["stage_s"]) < 0.01
+    log = (sample_build.parent / "run.log").read_text()
+    assert f"{timing['wall_over_stage']:.2f}x the generate stage" in log
+
+
 def test_generate_output_has_n_samples_per_prompt(work):
     table = pq.read_table(sorted((work / "generate" / "data").glob("*.parquet"))[0])
     assert table.schema.equals(RESPONSE_SCHEMA, check_metadata=False)
@@ -119,3 +134,20 @@ def test_quarantine_and_all_wrong_side_output_are_written(work):
     assert len(all_wrong) == c.get("prompts.all_wrong", 0)
     for row in all_wrong:
         assert row["answer"] and len(row["responses"]) == CFG["generate"]["n"]
+
+
+def test_write_shards_store_each_image_about_once(sample_build):
+    """Compact shards: ``data/`` is at most 1.3x "each distinct image once plus the text columns"
+    (a prompt's 8 samples make up to 15 pairs, each once stored the image), and every prompt's
+    pairs are in one shard."""
+    from publish.shard_size import compactness
+
+    files = sorted(str(p) for p in (sample_build / "data").rglob("*.parquet"))
+    size = compactness(files)
+    assert size["distinct_image_bytes"] > 0 and size["ratio"] <= 1.3, size
+    shard_of: dict[tuple, set] = {}
+    for f in files:
+        for r in pq.read_table(f, columns=["method", "provenance"]).to_pylist():
+            key = (r["method"] == "image_crop", r["provenance"]["sample_id"])
+            shard_of.setdefault(key, set()).add(f)
+    assert max(len(v) for v in shard_of.values()) == 1

@@ -123,6 +123,36 @@ def test_killed_runs_resume_to_the_uninterrupted_dataset(uninterrupted, tmp_path
     assert ds.num_rows > 0
 
 
+def test_a_ray_run_killed_with_two_stages_in_flight_resumes(uninterrupted, tmp_path):
+    """Under Ray a partition moves on as soon as it is done (no stage barrier): correctness
+    finishes partitions while generate still runs.  Generate's last partition is held
+    (``hold`` fault) and the run is SIGKILLed once correctness has finished one; the rerun
+    resumes both stages half done and makes the uninterrupted dataset."""
+    ray = ("--executor", "ray", "--set", "engine.partitions_per_call=1")  # scheduling only: same data
+    work = tmp_path / "work"
+    proc = subprocess.Popen(_cmd(tmp_path, *ray), cwd=ROOT, env=_env(MMPR_FAULT="generate:part-00003:hold"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while _markers(work, "correctness") < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_parts = _markers(work, "ingest")
+    assert n_parts >= 4  # part-00003 exists and is held
+    # both stages were in flight: generate not finished, correctness already started
+    assert _markers(work, "generate") < n_parts and _markers(work, "correctness") >= 1
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    proc = subprocess.run(_cmd(tmp_path, *ray), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=900, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _dataset(tmp_path / "out") == uninterrupted
+    report = json.loads((work / "report.json").read_text())
+    assert report["stages"]["generate"]["rows_in"] == sum(
+        pq.read_metadata(p).num_rows for p in (work / "ingest" / "data").glob("*.parquet"))
+
+
 def test_a_rerun_of_a_finished_run_redoes_nothing(clean_run, uninterrupted):
     import re
 

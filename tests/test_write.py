@@ -25,9 +25,11 @@ from stages.write import write_dataset
 TEXT_METHODS = {"correctness", "format", "dropout_ntp"}
 
 
-def config(out: Path, seed: int = 7, shard_rows: int = 7, test_fraction: float = 0.0, exports=()) -> PipelineConfig:
+def config(out: Path, seed: int = 7, shard_rows: int = 7, test_fraction: float = 0.0, exports=(),
+           executor: str = "local", workers: int | None = None) -> PipelineConfig:
     return PipelineConfig.model_validate({
         "run": {"name": "write-test", "seed": seed, "output_dir": str(out), "work_dir": str(out) + "-work"},
+        "executor": {"kind": executor, "write_workers": workers},
         "sources": [{"name": s, "format": "jsonl", "path": f"{s}.jsonl"} for s in SOURCES],
         "write": {"shard_rows": shard_rows, "test_fraction": test_fraction, "exports": list(exports)},
     })
@@ -142,14 +144,43 @@ def test_duplicates_dropped_and_stats(built):
     assert m["duplicates_dropped"] == 1 and m["rows_in"] == len(rows) + 1
 
 
-def test_shard_sizes_and_names(built):
+def test_shard_sizes_names_and_a_prompt_in_one_shard(built):
+    """Shards are cut at prompt boundaries near ``shard_rows``: every prompt's pairs in one file."""
     out, _, rows = built
     n_text = sum(r["method"] in TEXT_METHODS for r in rows)
     files = shard_files(out)
-    count = math.ceil(n_text / 7)
+    count = len(files)
+    assert count >= math.ceil(n_text / 7) - 1
     assert [os.path.basename(f) for f in files] == [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
     sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
-    assert max(sizes) <= 7 and max(sizes) - min(sizes) <= 1 and sum(sizes) == n_text
+    per_prompt = Counter(r["provenance"]["sample_id"] for r in rows if r["method"] in TEXT_METHODS)
+    assert sum(sizes) == n_text and max(sizes) <= 7 + max(per_prompt.values()) and min(sizes) > 0
+    shard_of: dict[str, set] = {}
+    for f in files + shard_files(out, "data/image_crop"):
+        for r in rows_of([f]):
+            shard_of.setdefault((r["method"] == "image_crop", r["provenance"]["sample_id"]), set()).add(f)
+    assert all(len(v) == 1 for v in shard_of.values()), "a prompt's pairs are split over shards"
+    assert max(per_prompt.values()) > 1  # the inputs do have prompts with several pairs
+
+
+def test_shard_cuts_move_to_prompt_boundaries():
+    import numpy as np
+
+    from publish.shard_order import shard_cuts
+
+    cases = [  # (prompt sizes in key order, shard_rows, expected shard sizes)
+        ([1] * 10, 5, [5, 5]),                 # one pair per prompt: the old balanced cut
+        ([3, 3, 3, 3], 5, [3, 6, 3]),          # targets 4 and 8 go to the nearest prompt edge (3, 9)
+        ([4, 1, 1, 4], 5, [5, 5]),             # target 5 is a prompt edge
+        ([9, 1], 5, [9, 1]),                   # 9 is nearer to target 5 than 0
+        ([10, 1, 1], 4, [10, 2]),              # target 4 falls back to 0: two shards, none empty
+        ([15] * 4, 20, [15, 30, 15]),          # 15 pairs per prompt, never cut
+        ([], 5, []),
+    ]
+    for sizes, shard_rows, want in cases:
+        keys = np.repeat(np.arange(len(sizes), dtype=np.uint64), sizes)
+        starts = shard_cuts(keys, shard_rows)
+        assert np.diff(np.append(starts, len(keys))).tolist() == want, (sizes, shard_rows)
 
 
 def test_seeded_shuffle_mixes_sources_and_depends_on_seed(inputs, built, tmp_path):
@@ -211,6 +242,7 @@ def test_dataset_card(built):
         assert re.search(rf"^\| {method} \| \d+ \|", card, re.M), method
     assert "rejected/chosen" in card and "chosen tokens" in card
     assert "python -m pipeline run --config" in card
+    assert "dictionary-encoded" in card and "expands the images again in its cache" in card
     resolved = yaml.safe_load(card.rsplit("```yaml\n", 1)[1].split("```")[0])
     assert resolved == config(out).resolved()
     m = json.loads((out / "manifest.json").read_text())
@@ -251,6 +283,7 @@ def test_cli_stage_write(inputs, tmp_path):
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"run": {"seed": 7, "output_dir": str(tmp_path / "unused")},
+                                   "executor": {"kind": "local"},
                                    "write": {"shard_rows": 7, "exports": ["swift"]}}))
     out = tmp_path / "cli"
     assert main(["stage", "write", "--config", str(cfg), "--input", inputs[0][0], "--output", str(out)]) == 0
@@ -309,3 +342,66 @@ def test_rebuilt_folder_loads_fresh_not_from_the_datasets_cache(inputs, tmp_path
         write_dataset(config(out, seed=seed, shard_rows=100), inputs[0])
         orders.append(load_folder(out)["train"]["id"])
     assert orders[0] != orders[1] and orders[0] == orders[2]
+
+
+def _repeated_image_inputs(base: Path, prompts: int = 80, pairs: int = 15) -> tuple[list[str], dict]:
+    """``prompts`` prompts x ``pairs`` correctness pairs sharing one noise PNG (~28 KB, incompressible),
+    a prompt's pairs spread over two input files; returns (dirs, sample_id -> PNG bytes)."""
+    import io as _io
+
+    import numpy as np
+
+    from pipeline.seeds import stable_hash
+    from schemas.arrow import from_rows
+    from schemas.records import pair_row, provenance
+
+    rng = np.random.default_rng(0)
+    pngs, rows = {}, []
+    for p in range(prompts):
+        buf = _io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), "RGB").save(buf, "PNG")
+        sid = stable_hash("prompt", p)
+        pngs[sid] = buf.getvalue()
+        for k in range(pairs):
+            chosen, rejected = f"Reasoning {k} for {p}.\nFinal answer: {p}", f"Guess {k}.\nFinal answer: {p + k + 1}"
+            rows.append(pair_row(
+                pair_id=stable_hash(sid, k), method="correctness", source="src", question=f"q{p}",
+                user_text=f"q{p}", images=[{"bytes": pngs[sid], "path": None}], chosen=chosen, rejected=rejected,
+                prov=provenance(sample_id=sid, model="tiny", chosen_tokens=5, rejected_tokens=5)))
+    data = base / "correctness" / "data"
+    data.mkdir(parents=True)
+    for k in range(2):
+        pq.write_table(from_rows(rows[k::2], PAIR_SCHEMA), data / f"part-{k:05d}.parquet")
+    return [str(base / "correctness")], pngs
+
+
+def test_a_prompts_repeated_image_is_stored_about_once_and_still_decodes(tmp_path):
+    """15 pairs per image: the shards are at most 1.3x "each distinct image once plus the text"
+    (plain encoding would be ~15x; so would Parquet's default 1 MB dictionary page limit, which
+    these 2 MB of distinct images in a 1,200-row row group pass), rows are shuffled inside a
+    shard, and ``datasets`` decodes every image to the pixels that went in."""
+    import io as _io
+
+    import numpy as np
+
+    from publish.shard_size import compactness
+
+    dirs, pngs = _repeated_image_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    write_dataset(config(out, shard_rows=1200), dirs)
+    files = shard_files(out)
+    size = compactness(files)
+    assert size["distinct_image_bytes"] == sum(map(len, pngs.values()))
+    assert size["ratio"] <= 1.3, size
+    for f in files:
+        sids = [r["provenance"]["sample_id"] for r in rows_of([f])]
+        runs = 1 + sum(a != b for a, b in zip(sids, sids[1:]))
+        assert runs > len(set(sids)), f"{f}: rows are not shuffled inside the shard"
+        meta = pq.ParquetFile(f).metadata
+        leaf = [meta.schema.column(i).path for i in range(meta.num_columns)].index("images.list.element.bytes")
+        assert "RLE_DICTIONARY" in meta.row_group(0).column(leaf).encodings
+    ds = load(files)
+    assert len(ds) == 80 * 15
+    for row in ds.select(range(0, len(ds), 97)):
+        want = Image.open(_io.BytesIO(pngs[row["provenance"]["sample_id"]]))
+        assert np.array_equal(np.asarray(row["images"][0]), np.asarray(want))

@@ -1,0 +1,49 @@
+"""The HTML report's sampling section: adaptive rounds and per-prompt pass rates.
+
+Read from the run report (the generate and correctness stages' summaries), so
+it costs no scan of the dataset.  Under fixed-N sampling only the pass-rate
+histogram is shown.
+"""
+from __future__ import annotations
+
+from publish import svg_plots as plots
+from publish.html_cards import esc
+
+_STOPS = {"enough_pairs": "enough pairs", "all_right": "all right (too easy)", "all_wrong": "all wrong",
+          "budget": "budget spent", "no_gt_chosen": "no-GT chosen found", "no_gt_cap": "no-GT cap reached"}
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th{' class=num' if i else ''}>{esc(h)}</th>" for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f"<td{' class=num' if i else ''}>{esc(c)}</td>" for i, c in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f'<table class="grid"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def sampling_html(summary: dict) -> str:
+    """The section's HTML from the run report's ``summary`` ('' when there is nothing to show)."""
+    adaptive = summary.get("generate") or {}
+    hist = (summary.get("correctness") or {}).get("pass_rate_histogram") or {}
+    parts = []
+    if adaptive:
+        rounds = [[str(r["round"]), f"{r.get('open', 0):,}", f"{r.get('samples', 0):,}", f"{r.get('tokens', 0):,}"]
+                  for r in adaptive["rounds"]]
+        stops = [[_STOPS.get(k, k), f"{v:,}"] for k, v in adaptive["stopped"].items()]
+        parts.append(
+            f'<p class="note">{adaptive["samples_drawn"]:,} samples for {adaptive["prompts"]:,} prompts '
+            f'({adaptive["samples_per_prompt"]} per prompt) where fixed-N sampling draws '
+            f'{adaptive["fixed_n_samples"]:,}: about {adaptive["tokens_saved_estimate"]:,} generated tokens saved '
+            f'(at this run\'s mean tokens per sample).</p>'
+            + _table(["round", "prompts still open", "samples drawn", "tokens"], rounds)
+            + _table(["stopped because", "prompts"], stops))
+    if hist:
+        items = [(f"{int(k) / 10:.1f}", float(v)) for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))]
+        parts.append(plots.column_chart(items, "prompts per pass rate (share of samples right)",
+                                        xlabel="pass rate, from", ylabel="prompts", width=420))
+    if not parts:
+        return ""
+    note = ("Adaptive sampling: samples drawn per round and why prompts stopped; "
+            if adaptive else "Fixed-N sampling. ")
+    return (f'<div class="plotblock"><h3>Sampling</h3><p class="note">{esc(note)}per-prompt pass rate '
+            f'from the correctness stage (provenance.pass_rate filters pairs by it).</p>'
+            f'<div class="plots">{"".join(parts)}</div></div>')

@@ -1,0 +1,73 @@
+"""Kill an adaptive generate in the middle of its sampling rounds, rerun it, get the same responses.
+
+``python -m pipeline stage generate`` runs with adaptive sampling and is
+SIGKILLed (``pipeline.faults``) right after its first partition wrote its data
+and before its marker -- while the other partitions' prompts are between
+rounds in the same engine stream.  The rerun must redo exactly what was not
+marked done and end with the responses an uninterrupted run draws (here: the
+session engine, in process).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+from conftest import ROOT, make_config
+from pipeline import storage
+from pipeline.orchestrator import run_source
+from pipeline.runner import Task, run_engine_tasks
+from stages import make_stage
+
+ADAPTIVE = {"enabled": True, "rounds": [2, 4], "all_right_after": 2, "no_gt_max": 2}
+SETS = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "generate.n=4",
+        "--set", "generate.max_tokens=48", "--set", "run.partition_rows=8", "--set", "correctness.max_pairs_per_prompt=3",
+        "--set", "generate.adaptive={enabled: true, rounds: [2, 4], all_right_after: 2, no_gt_max: 2}",
+        "--set", "model.engine_kwargs={max_num_seqs: 16}"]
+
+
+def _cfg():
+    return make_config(executor={"kind": "local"}, sources=[
+        {"name": "sample_gt", "format": "jsonl", "path": "data/sample/gt.jsonl", "limit": 24},
+        {"name": "sample_open", "format": "jsonl", "path": "data/sample/open.jsonl", "limit": 8}],
+        generate={"n": 4, "max_tokens": 48, "adaptive": ADAPTIVE}, run={"partition_rows": 8},
+        correctness={"max_pairs_per_prompt": 3})
+
+
+def _rows(folder) -> dict:
+    return {r["sample_id"]: r for p in sorted((folder / "data").glob("*.parquet"))
+            for r in pq.read_table(p).to_pylist()}
+
+
+def test_killed_adaptive_generate_resumes_to_the_same_responses(engine, tmp_path):
+    cfg = _cfg()
+    ingest = tmp_path / "ingest"
+    run_source(make_stage("ingest", cfg), str(ingest))
+    parts = storage.list_files(str(ingest / "data"), ".parquet")
+    assert len(parts) >= 3
+    baseline = tmp_path / "baseline"
+    run_engine_tasks(make_stage("generate", cfg), [
+        Task("generate", os.path.basename(u)[:-8], (u,), str(baseline), cfg.stage_hash("generate")) for u in parts],
+        engine)
+
+    out = tmp_path / "gen"
+    cmd = [sys.executable, "-m", "pipeline", "stage", "generate", "--config", "configs/sample.yaml",
+           "--executor", "local", "--input", str(ingest), "--output", str(out), *SETS]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MMPR_FAULT")}, "MMPR_NO_PROGRESS": "1"}
+    killed = subprocess.run(cmd, cwd=ROOT, env={**env, "MMPR_FAULT": "generate:1:group"}, capture_output=True,
+                            text=True, timeout=900, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(list((out / "markers").glob("*.json"))) == 0 and len(list((out / "data").glob("*.parquet"))) == 1
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert len(list((out / "markers").glob("*.json"))) == len(parts)
+    got, want = _rows(out), _rows(baseline)
+    assert got.keys() == want.keys()
+    for sid, row in want.items():
+        assert got[sid]["responses"] == row["responses"], sid
+        assert got[sid]["sampling"] == row["sampling"], sid
+    assert any(len(r["responses"]) < 4 for r in got.values()), "no prompt stopped early: not adaptive"

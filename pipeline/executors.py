@@ -99,7 +99,9 @@ class RayExecutor:
         from pipeline.graph import stage_class
         from pipeline.scheduler import GraphScheduler, StageRun
 
-        run = StageRun(stage_name, stage_class(stage_name).kind, list(tasks))
+        kind = stage_class(stage_name).kind
+        # a source stage's partitions are planned read ranges, run on CPU workers like a row stage's
+        run = StageRun(stage_name, "row" if kind == "source" else kind, list(tasks))
         scheduler = GraphScheduler(self.config, [run], {}, bar=stage_name)
         try:
             scheduler.run()

@@ -15,7 +15,8 @@ from pipeline import storage
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.graph import input_stages, make_stage
 from pipeline.preflight import check_model, check_ray_address, check_sources, check_storage, ensure_model
-from pipeline.runner import Task, completed, invalidate_if_changed, run_rows_task, stage_totals
+from pipeline.runner import Task, completed, invalidate_if_changed, stage_totals
+from pipeline.source_tasks import run_source  # noqa: F401 -- source stages: planned here, read on workers
 from pipeline.stage import Stage, StageStats
 from pipeline.terminal import echo
 
@@ -33,22 +34,6 @@ def plan(config: PipelineConfig, stage: str, input_dirs: list[str], out_dir: str
             name = prefix + os.path.basename(uri)[: -len(".parquet")]
             tasks.append(Task(stage, name, (uri,), out_dir, h))
     return tasks
-
-
-# -- source stages: driver-side, read the sources lazily -------------------------
-def run_source(stage: Stage, out_dir: str) -> tuple[StageStats, int, int]:
-    """Cut the sources into partitions and run each; returns (stats of this run, partitions, skipped)."""
-    config = stage.config
-    h = config.stage_hash(stage.name)
-    total, n, skipped = StageStats(), 0, 0
-    for i, chunk in enumerate(stage.source_partitions()):
-        n += 1
-        task = Task(stage.name, f"part-{i:05d}", (), out_dir, h)
-        if completed(task):
-            skipped += 1
-            continue
-        total.merge(run_rows_task(stage, task, chunk, None, config.executor.max_retries))
-    return total, n, skipped
 
 
 def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_skipped: int,
@@ -170,11 +155,14 @@ def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
 
 
 def _run_whole(config: PipelineConfig, stage: Stage) -> float:
-    """A source or dataset stage in the driver; prints its summary, returns its wall time."""
+    """A source stage (planned here, read by the executor's workers) or a dataset stage;
+    prints its summary, returns its wall time."""
+    from pipeline.executors import make_executor
+
     t0 = time.perf_counter()
     out_dir = stage_dir(config, stage.name)
     if stage.kind == "source":
-        ran, n_tasks, n_skipped = run_source(stage, out_dir)
+        ran, n_tasks, n_skipped = run_source(stage, out_dir, lambda: make_executor(config))
         total = stage_totals(out_dir)
     else:
         inputs = [stage_dir(config, s) for s in input_stages(config, stage.name)]
@@ -191,7 +179,7 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
 
     step = make_stage(stage, config)
     if step.kind == "source":
-        return run_source(step, output_dir)[0]
+        return run_source(step, output_dir, lambda: make_executor(config))[0]
     if step.kind == "dataset":
         return step.run_dataset([input_path], output_dir)
     if os.path.isdir(input_path) or "://" in input_path:

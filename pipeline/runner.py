@@ -117,8 +117,14 @@ def run_task(stage: Stage, task: Task, engine: "Engine | None" = None,
              max_retries: int = 0) -> StageStats:
     """Read a partition's input files and run it (see ``run_rows_task``)."""
     faults.on_partition_start(stage.name, task.name)
-    rows = _read_rows(task.inputs, stage.input_schema)
-    return run_rows_task(stage, task, rows, engine, max_retries)
+    return run_rows_task(stage, task, _task_rows(stage, task), engine, max_retries)
+
+
+def _task_rows(stage: Stage, task: Task, check_schema: bool = True) -> list[dict]:
+    """A partition's input rows: Parquet files, or a source stage's planned read range."""
+    if stage.kind == "source":
+        return stage.read_source(task.inputs)
+    return _read_rows(task.inputs, stage.input_schema if check_schema else None)
 
 
 def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None" = None,
@@ -298,7 +304,7 @@ def attempts(task: Task) -> int:
 
 def quarantine_partition(stage: Stage, task: Task, reason: str, detail: str) -> StageStats:
     """Give up on a partition whose workers kept dying: its rows go to quarantine."""
-    ctx, table = _refuse_all(stage, task, _read_rows(task.inputs), None, reason, detail)
+    ctx, table = _refuse_all(stage, task, _task_rows(stage, task, False), None, reason, detail)
     return _commit(stage, task, ctx, table, inject_faults=False)
 
 

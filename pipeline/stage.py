@@ -219,9 +219,22 @@ class Stage:
         raise NotImplementedError
 
     # -- kind "source" --------------------------------------------------------
-    def source_partitions(self) -> Iterator[list[dict]]:  # pragma: no cover
-        """Raw rows of the configured sources, cut into partitions (source stages only)."""
+    # planned on the driver without reading rows, read and run on workers
+    # (``pipeline.source_tasks``)
+    def plan_sources(self) -> list[tuple[str, tuple[str, ...]]]:  # pragma: no cover
+        """(partition name, task inputs) per read range of the configured sources; the same
+        config gives the same list (source stages only)."""
         raise NotImplementedError
+
+    def read_source(self, inputs: tuple[str, ...]) -> list[dict]:  # pragma: no cover
+        """The rows of one planned partition, read where the partition runs."""
+        raise NotImplementedError
+
+    def redo_sources(self, planned: list[tuple[str, tuple[str, ...]]],
+                     out_dir: str) -> dict[str, tuple[str, ...]]:
+        """Once every planned partition is done: partitions to run again with other inputs
+        (name -> inputs), e.g. for something only the whole source shows.  Default: none."""
+        return {}
 
     # -- kind "dataset" -------------------------------------------------------
     def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:  # pragma: no cover

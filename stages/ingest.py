@@ -64,23 +64,45 @@ class IngestStage(Stage):
     input_schema = None  # raw rows from pipeline.sources
     output_schema = PROMPT_SCHEMA
 
-    def source_partitions(self) -> Iterator[list[dict]]:
-        """Raw rows of every source, ``run.partition_rows`` at a time (read lazily, on the driver)."""
-        from pipeline.sources import iter_source
+    def plan_sources(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Read ranges of about ``run.partition_rows`` rows (``pipeline.source_ranges``)."""
+        from pipeline.source_ranges import plan_partitions
 
-        chunk: list[dict] = []
-        for src in self.config.sources:
-            seen: set[str] = set()
-            for raw in iter_source(src):
-                if raw["error"] is None:
-                    raw["duplicate"] = raw["row_key"] in seen
-                    seen.add(raw["row_key"])
-                chunk.append(raw)
-                if len(chunk) == self.config.run.partition_rows:
-                    yield chunk
-                    chunk = []
-        if chunk:
-            yield chunk
+        return plan_partitions(self.config)
+
+    def read_source(self, inputs: tuple[str, ...]) -> list[dict]:
+        """A range's raw rows; a row whose key came earlier in the range, or at one of the
+        range's ``dups`` positions (an earlier range holds its key), is marked duplicate.
+
+        A redone range (``redo_sources``) also names its own previous output: rows kept
+        there are taken as they are (``kept``) instead of loading their images again."""
+        from pipeline import storage
+        from pipeline.source_ranges import decode, read_range
+
+        rng = decode(inputs[:1])
+        before = inputs[1] if len(inputs) > 1 and storage.exists(inputs[1]) else None
+        kept = {r["row_key"]: r for r in storage.read_table(before).to_pylist()} if before else {}
+        later, seen, rows = set(rng.get("dups", ())), set(), []
+        for raw in read_range(self.config, rng):
+            if raw["error"] is None:
+                raw["duplicate"] = raw["row_key"] in seen or raw["position"] in later
+                seen.add(raw["row_key"])
+                if not raw["duplicate"] and raw["row_key"] in kept:
+                    raw["kept"] = kept[raw["row_key"]]
+            rows.append(raw)
+        return rows
+
+    def redo_sources(self, planned: list[tuple[str, tuple[str, ...]]], out_dir: str) -> dict[str, tuple[str, ...]]:
+        """Ranges holding the first row of a key that an earlier range already holds run again
+        with those rows marked duplicate (``pipeline.duplicate_keys``), reusing their own output."""
+        from pipeline.duplicate_keys import cross_range_duplicates
+        from pipeline.runner import Task
+        from pipeline.source_ranges import decode, encode
+
+        ranges = {name: decode(inputs[:1]) for name, inputs in planned}
+        late = cross_range_duplicates(out_dir, [(name, r["source"]) for name, r in ranges.items()])
+        return {name: (encode({**ranges[name], "dups": positions}), Task(self.name, name, (), out_dir, "").data_uri())
+                for name, positions in late.items()}
 
     @classmethod
     def summarize(cls, counters: dict) -> dict:
@@ -92,9 +114,13 @@ class IngestStage(Stage):
         return f"text-only prompts: {summary['text_only_prompts']}" if summary else None
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+        from pipeline.duplicate_keys import KEYS_SCHEMA, SIDE
+
         for raw in rows:
+            if raw.get("error") is None:  # every readable row's key, for the duplicates across ranges
+                ctx.side(SIDE, KEYS_SCHEMA, {"row_key": raw["row_key"], "position": raw.get("position", 0)})
             try:
-                out = self._normalise(raw)
+                out = raw.get("kept") or self._normalise(raw)
             except (RowError, ImageError) as e:
                 ctx.quarantine({"source": raw["source"], "row_key": raw["row_key"],
                                 "sample_id": sample_id_for(raw["source"], raw["row_key"]),

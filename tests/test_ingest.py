@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -214,12 +215,114 @@ def test_a_bad_image_in_a_multi_image_row_quarantines_the_row(tmp_path):
     assert quarantine[0]["reason"] == "not_an_image" and "image 2 of 2" in quarantine[0]["detail"]
 
 
+def _one_reader(cfg):
+    """What a single reader over every source makes -- the rule ingest keeps whatever its
+    ranges: output rows, and the context holding quarantine and counters."""
+    from pipeline.sources import iter_source
+    from pipeline.stage import StageContext
+
+    raws = []
+    for src in cfg.sources:
+        seen: set[str] = set()
+        for raw in iter_source(src):
+            if raw["error"] is None:
+                raw["duplicate"] = raw["row_key"] in seen
+                seen.add(raw["row_key"])
+            raws.append(raw)
+    ctx = StageContext("ingest", "all", cfg)
+    return list(make_stage("ingest", cfg).run(iter(raws), ctx)), ctx
+
+
+def _outputs(out: Path) -> tuple[list[dict], list[tuple]]:
+    rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
+    quarantine = [_q(q) for f in storage.list_files(str(out / "quarantine"), ".parquet")
+                  for q in pq.read_table(f).to_pylist()]
+    return rows, quarantine
+
+
+def _q(q: dict) -> tuple:
+    """A quarantine row's identity and reason (object addresses in details differ per process)."""
+    return q["source"], q["row_key"], q["sample_id"], q["reason"], re.sub(r"0x[0-9a-f]+", "0x", q["detail"])
+
+
+@pytest.mark.parametrize("partition_rows", [1, 3, 7, 1000])
+def test_ranges_make_what_one_reader_makes(corpus, sample_data, tmp_path, partition_rows):
+    """Sample data plus the bad-row corpus, cut at any size: the same rows in the same order,
+    the same quarantine rows with the same reasons, the same counters as one reader."""
+    src, root, _, _ = corpus
+    cfg = make_config(run={"partition_rows": partition_rows}, model={"max_images_per_prompt": 1},
+                      sources=[*make_config().model_dump()["sources"],
+                               {"name": "bad", "format": "jsonl", "path": str(src), "image_root": str(root)}])
+    want_rows, want = _one_reader(cfg)
+    stats, _, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
+    rows, quarantine = _outputs(tmp_path / "out")
+    assert rows == [{k: r[k] for k in rows[0]} for r in want_rows]
+    want_q = [_q(q) for q in want._quarantine]
+    assert sorted(quarantine) == sorted(want_q) and want.stats.quarantined["duplicate_sample_id"] == 1
+    assert stats.quarantined == want.stats.quarantined and stats.counters == want.stats.counters
+    assert stats.rows_out == len(want_rows)
+
+
+def test_duplicates_across_ranges_keep_the_first_in_file_order(tmp_path, monkeypatch):
+    """Keys repeated inside a range, across ranges, three times, on a row that fails
+    validation anyway, and rows keyed by line: the first occurrence wins, every later one is
+    quarantined as duplicate_sample_id, a redone range loads no image it kept before, and a
+    rerun redoes nothing."""
+    import stages.ingest
+
+    loads = []
+    real_load = stages.ingest.load_image
+    monkeypatch.setattr(stages.ingest, "load_image", lambda ref, *a: (loads.append(ref), real_load(ref, *a))[1])
+    (tmp_path / "a.png").write_bytes(_png())
+    ids = ["a", "b", "a", "c", None, "d", "b", "e", "#4", "a", "bad", "f", "bad", "g"]
+    lines = [json.dumps({**({"id": i} if i else {}), "image": "missing.png" if i == "bad" else "a.png",
+                         "question": f"q{n}", "answer": "1"}) for n, i in enumerate(ids)]
+    src = tmp_path / "dups.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    cfg = make_config(run={"partition_rows": 4}, sources=[{"name": "d", "format": "jsonl", "path": str(src)}])
+    stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
+    rows, quarantine = _outputs(tmp_path / "out")
+    dups = sorted(q[1] for q in quarantine if q[3] == "duplicate_sample_id")
+    # line 2 "a" (same range as line 0), line 6 "b" (range 1), "#4" (the id of line 4's key), line 9 "a"
+    # (third), line 12 "bad" (its first, line 10, is quarantined for its image)
+    assert dups == ["#4", "a", "a", "b", "bad"], quarantine
+    assert [r["row_key"] for r in rows] == ["a", "b", "c", "#4", "d", "e", "f", "g"]
+    assert [r["question"] for r in rows][:2] == ["q0", "q1"]
+    assert stats.quarantined == {"duplicate_sample_id": 5, "missing_image_file": 1} and n == 4
+    redone = storage.read_json(str(tmp_path / "out" / "markers" / "part-00002.json"))
+    assert json.loads(redone["inputs"][0])["dups"] == [8, 9]
+    # first pass: 13 rows reach their images (not the in-range repeat at line 2); the redo of
+    # ranges 1 and 2 loads only line 10's (quarantined before, so checked again)
+    assert len(loads) == 14 and loads.count("missing.png") == 3
+    stats2, n2, skipped2 = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
+    assert (n2, skipped2, stats2.rows_in) == (4, 4, 0)
+    assert _outputs(tmp_path / "out") == (rows, quarantine)
+
+
 def test_partitions_follow_partition_rows(sample_data, tmp_path):
     cfg = make_config(run={"partition_rows": 100})
     stats, n, skipped = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
     files = storage.list_files(str(tmp_path / "ingest" / "data"), ".parquet")
-    assert n == len(files) == -(-stats.rows_in // 100)
-    assert [pq.read_metadata(f).num_rows for f in files][:-1] == [100] * (n - 1)
-    # a rerun finds every partition done and skips it
+    # ranges never cross sources: each source's ranges hold partition_rows rows, its last the rest
+    # (sample_gt has 230 rows, sample_open 64)
+    assert [pq.read_metadata(f).num_rows for f in files] == [100, 100, 30, 64] and n == len(files) == 4
+    assert (skipped, stats.rows_in) == (0, 294)
+
+
+def test_a_rerun_reads_no_source(sample_data, tmp_path, monkeypatch):
+    """Finished ranges are skipped unread: the rerun passes with the source file gone and
+    nothing opened under the source's folder."""
+    copy = tmp_path / "gt.jsonl"
+    copy.write_bytes((sample_data / "gt.jsonl").read_bytes())
+    cfg = make_config(run={"partition_rows": 64}, sources=[
+        {"name": "gt", "format": "jsonl", "path": str(copy), "image_root": str(sample_data)}])
+    stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
+    assert (n, stats.rows_out) == (4, 230)
+    copy.unlink()
+    opened = []
+    for name in ("open_input", "open_input_file", "read_bytes"):
+        real = getattr(storage, name)
+        monkeypatch.setattr(storage, name, lambda uri, real=real: (opened.append(uri), real(uri))[1])
     stats2, n2, skipped2 = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
-    assert (n2, skipped2, stats2.rows_in) == (n, n, 0)
+    assert (n2, skipped2, stats2.rows_in) == (4, 4, 0)
+    assert not [u for u in opened if str(sample_data) in u or str(copy) in u], opened

@@ -74,13 +74,13 @@ def generated(mmpr_sources, tiny_model, tmp_path_factory):
     cfg = _cfg(mmpr_sources)
     out = tmp_path_factory.mktemp("mmpr_generate")
     stats, _, _ = run_source(make_stage("ingest", cfg), str(out / "ingest"))
-    (part,) = storage.list_files(str(out / "ingest" / "data"), ".parquet")
-    task = Task("generate", "part", (part,), str(out / "generate"), cfg.stage_hash("generate"))
+    parts = tuple(storage.list_files(str(out / "ingest" / "data"), ".parquet"))  # one per source
+    task = Task("generate", "part", parts, str(out / "generate"), cfg.stage_hash("generate"))
     run_task(make_stage("generate", cfg), task, get_engine(cfg))
     rows = {(r["source"], r["row_key"]): r for r in pq.read_table(task.data_uri()).to_pylist()}
     quarantine = [r for f in storage.list_files(str(out / "ingest" / "quarantine"), ".parquet")
                   for r in pq.read_table(f).to_pylist()]
-    return cfg, stats, rows, quarantine, pq.read_table(part).to_pylist()
+    return cfg, stats, rows, quarantine, [r for part in parts for r in pq.read_table(part).to_pylist()]
 
 
 def test_ingest_stores_questions_without_placeholders(generated):

@@ -50,7 +50,11 @@ def _read_ref(ref: Any, root: str | None, roots: tuple[str, ...]) -> tuple[bytes
 
 
 def _normalise(img: Image.Image) -> Image.Image:
-    img = ImageOps.exif_transpose(img)
+    """The image as a model should see it: upright, 8-bit, no alpha.  Returns ``img`` itself
+    when nothing changes, so the source bytes are kept (Pillow's ``exif_transpose`` always
+    returns a copy, so it is only called for an orientation that needs it)."""
+    if img.getexif().get(0x0112, 1) not in (1, None):
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: scale to 8 bits instead of clipping to white
         img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("L")

@@ -326,3 +326,18 @@ def test_a_rerun_reads_no_source(sample_data, tmp_path, monkeypatch):
     stats2, n2, skipped2 = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
     assert (n2, skipped2, stats2.rows_in) == (4, 4, 0)
     assert not [u for u in opened if str(sample_data) in u or str(copy) in u], opened
+
+
+@pytest.mark.parametrize("exif_tags", [{}, {0x0132: "2024:01:01 00:00:00"}, {0x0112: 1}])
+def test_an_upright_jpeg_is_stored_as_its_source_bytes(tmp_path, exif_tags):
+    """No orientation to apply: the source JPEG is kept, not re-encoded as a (larger) PNG."""
+    from pipeline.images import load_image
+
+    img = Image.new("RGB", (64, 48), (200, 30, 30))
+    exif = img.getexif()
+    for tag, value in exif_tags.items():
+        exif[tag] = value
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif.tobytes())
+    (tmp_path / "a.jpg").write_bytes(buf.getvalue())
+    assert load_image("a.jpg", str(tmp_path))["bytes"] == buf.getvalue()

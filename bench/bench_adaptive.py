@@ -46,12 +46,12 @@ def run_mode(config, prompts_dir: str, work: str, engine) -> dict:
 
     from pipeline import storage
     from pipeline.graph import make_stage
+    from pipeline.orchestrator import plan
     from pipeline.runner import Task, run_engine_tasks, run_task
     from pipeline.stage import StageStats
 
     def tasks(stage: str, in_dir: str) -> list[Task]:
-        return [Task(stage, os.path.basename(u)[:-8], (u,), os.path.join(work, stage), config.stage_hash(stage))
-                for u in storage.list_files(os.path.join(in_dir, "data"), ".parquet")]
+        return plan(config, stage, [in_dir], os.path.join(work, stage))
 
     stream0, busy0, rounds0 = engine.stream_s, engine.occupied_s, engine.rounds_s
     gen = run_engine_tasks(make_stage("generate", config), tasks("generate", prompts_dir), engine)

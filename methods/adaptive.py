@@ -26,10 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
-#: why a prompt stopped drawing samples
-STOP_REASONS = ("enough_pairs", "all_right", "all_wrong", "budget", "no_gt_chosen", "no_gt_cap")
-
-
 @dataclass(frozen=True)
 class StopRule:
     #: cumulative sample counts after each round; the last one is the budget

@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING, Any
 
 from publish import svg_plots as plots
 from publish.html_cards import _slug, esc
-from publish.sampling_report import sampling_html
 
 if TYPE_CHECKING:  # pragma: no cover
     from publish.html_report import Sample
@@ -202,7 +201,6 @@ def plots_html(sample: Sample, report: dict | None, prompts: dict[str, list[tupl
     for title, note, charts in blocks:
         out.append(f'<div class="plotblock"><h3>{esc(title)}</h3><p class="note">{esc(note)}</p>'
                    f'<div class="plots">{"".join(charts)}</div></div>')
-    out.append(sampling_html(summ))
     return "".join(out)
 
 

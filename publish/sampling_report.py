@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from publish import svg_plots as plots
 from publish.html_cards import esc
+from publish.html_sections import _table
 
 _STOPS = {"enough_pairs": "enough pairs", "all_right": "all right (too easy)", "all_wrong": "all wrong",
           "budget": "budget spent", "no_gt_chosen": "no-GT chosen found", "no_gt_cap": "no-GT cap reached"}
-
-
-def _table(head: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th{' class=num' if i else ''}>{esc(h)}</th>" for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(f"<td{' class=num' if i else ''}>{esc(c)}</td>" for i, c in enumerate(r))
-                   + "</tr>" for r in rows)
-    return f'<table class="grid"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def sampling_html(summary: dict) -> str:
@@ -28,7 +22,7 @@ def sampling_html(summary: dict) -> str:
     if adaptive:
         rounds = [[str(r["round"]), f"{r.get('open', 0):,}", f"{r.get('samples', 0):,}", f"{r.get('tokens', 0):,}"]
                   for r in adaptive["rounds"]]
-        stops = [[_STOPS.get(k, k), f"{v:,}"] for k, v in adaptive["stopped"].items()]
+        stops = [[esc(_STOPS.get(k, k)), f"{v:,}"] for k, v in adaptive["stopped"].items()]
         parts.append(
             f'<p class="note">{adaptive["samples_drawn"]:,} samples for {adaptive["prompts"]:,} prompts '
             f'({adaptive["samples_per_prompt"]} per prompt) where fixed-N sampling draws '

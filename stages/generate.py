@@ -202,16 +202,18 @@ class GenerateStage(EngineStage):
     def _count_rounds(sampler: PromptSampler, ctx: StageContext) -> dict:
         """The prompt's rounds into the stage counters; its ``sampling`` provenance fields."""
         o = sampler.outcome
+        # no reason: a later round was refused by the engine (``Engine._next_round``)
+        reason = o.stop_reason or "refused"
         ctx.stats.inc("adaptive.prompts")
         ctx.stats.inc("adaptive.budget_samples", sampler.rule.budget)
-        ctx.stats.inc(f"adaptive.stop.{o.stop_reason or 'refused'}")
+        ctx.stats.inc(f"adaptive.stop.{reason}")
         before = 0
         for r, (drawn, tokens) in enumerate(zip(o.rounds, o.round_tokens), start=1):
             ctx.stats.inc(f"adaptive.round.{r}.open")
             ctx.stats.inc(f"adaptive.round.{r}.samples", drawn - before)
             ctx.stats.inc(f"adaptive.round.{r}.tokens", tokens)
             before = drawn
-        return {"rounds": list(o.rounds), "stop_reason": o.stop_reason or "refused"}
+        return {"rounds": list(o.rounds), "stop_reason": reason}
 
     def finish(self, todo: list, results: list, ctx: StageContext) -> Iterator[dict]:
         for (row, sampling, template, sampler), res in zip(todo, results):

@@ -323,7 +323,8 @@ def test_report_renders_in_chromium(planted_report, tmp_path):
     assert dom.count('<svg class="plot"') >= 2 * len(per_method) + 2
     for title in ("Chosen vs rejected length per method", "Pairs per prompt",
                   "Policy accuracy per source and answer type", "Filter removals",
-                  "Rows, tokens and time per stage", "Quarantined rows per reason"):
+                  "Rows, tokens and time per stage", "Quarantined rows per reason",
+                  "prompts per pass rate (share of samples right)"):
         assert title in dom
     # the planted <script>/<img onerror> is text in the card's <pre>, and created no element
     assert pair_id in dom

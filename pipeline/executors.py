@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING, Sequence
@@ -85,12 +86,21 @@ class RayExecutor:
         # happens to run on this machine
         address = ex.address or os.environ.get("RAY_ADDRESS") or "local"
         runtime_env = dict(ex.runtime_env)
-        runtime_env["env_vars"] = {**_worker_env(), **runtime_env.get("env_vars", {})}
-        if not ray.is_initialized():
+        env = {**_worker_env(), **runtime_env.pop("env_vars", {})}
+        if ray.is_initialized():
+            return
+        if address != "local":
+            runtime_env["env_vars"] = env
+        # A local Ray's workers inherit the environment of the raylet that ray.init starts
+        # here, so the variables go there rather than into the job's runtime_env: a job
+        # runtime_env, even env_vars alone, makes Ray start fresh workers for the first
+        # tasks and leave the ones it prestarted idle (2 s before a stage's first task runs
+        # on 2 cores, the same for 1 worker or many: most of what kept the write from scaling)
+        with _environ(env if address == "local" else {}):
             ray.init(address=address, num_cpus=ex.num_cpus if address == "local" else None,
                      include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, configure_logging=True,
-                     runtime_env=runtime_env)
+                     runtime_env=runtime_env or None)
 
     def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
         """Run one stage's tasks (``pipeline.scheduler``: an engine pool for an engine stage,
@@ -180,6 +190,21 @@ def _worker_env() -> dict:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return env
+
+
+@contextlib.contextmanager
+def _environ(env: dict):
+    """``env`` set in this process while the block runs (the processes it starts inherit it)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def make_executor(config: "PipelineConfig"):

@@ -75,13 +75,18 @@ def shard_cuts(prompt_key_sorted: np.ndarray, shard_rows: int) -> np.ndarray:
 
 
 def _image_bytes(column: pa.ChunkedArray) -> np.ndarray:
-    arr = column.combine_chunks()
-    n = len(arr)
-    flat = pc.list_flatten(arr)
-    if len(flat) == 0:
-        return np.zeros(n, np.int64)
-    lengths = pc.fill_null(pc.binary_length(pc.struct_field(flat, "bytes")), 0).to_numpy(zero_copy_only=False)
-    return np.bincount(pc.list_parent_indices(arr).to_numpy(), weights=lengths, minlength=n).astype(np.int64)
+    """Image bytes per row, chunk by chunk: a gathered shard has a chunk per scattered piece,
+    and combining them would copy every image once more just to measure them."""
+    parts = [np.zeros(0, np.int64)]
+    for arr in column.chunks:
+        flat = pc.list_flatten(arr)
+        if len(flat) == 0:
+            parts.append(np.zeros(len(arr), np.int64))
+            continue
+        lengths = pc.fill_null(pc.binary_length(pc.struct_field(flat, "bytes")), 0).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(arr).to_numpy()
+        parts.append(np.bincount(parents, weights=lengths, minlength=len(arr)).astype(np.int64))
+    return np.concatenate(parts)
 
 
 def shard_layout(table: pa.Table, seed: int, row_group_bytes: int) -> tuple[np.ndarray, list[int], bool]:

@@ -40,7 +40,7 @@ def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_
               wall_s: float) -> str:
     c = ran.counters
     q = ", ".join(f"{k}: {v}" for k, v in sorted(total.quarantined.items())) or "none"
-    unit = "shards" if stage.kind == "dataset" else "partitions"
+    unit = stage.units if stage.kind == "dataset" else "partitions"
     stage = stage.name
     parts = [f"[{stage}] {unit} {n_tasks} ({n_skipped} already done)",
              f"rows in {total.rows_in} out {total.rows_out}",
@@ -167,7 +167,7 @@ def _run_whole(config: PipelineConfig, stage: Stage) -> float:
     else:
         inputs = [stage_dir(config, s) for s in input_stages(config, stage.name)]
         ran = total = stage.run_dataset(inputs, config.run.output_dir)
-        n_tasks, n_skipped = int(ran.counters.get("shards", 0)), 0
+        n_tasks, n_skipped = int(ran.counters.get(stage.units, 0)), 0
     wall = time.perf_counter() - t0
     echo(summarize(stage, total, ran, n_tasks, n_skipped, wall))
     return wall

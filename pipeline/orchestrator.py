@@ -9,6 +9,7 @@ markers (so a resumed run reports the whole stage, not just what it redid).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 from pipeline import storage
@@ -55,6 +56,21 @@ def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_
     return " | ".join(parts)
 
 
+def clear_work_dir(work_dir: str) -> None:
+    """``--restart``: everything in the work folder goes except ``logs/``, which holds the
+    log this very build is writing (removing it would unlink the open file)."""
+    if storage.is_uri(work_dir) or not os.path.isdir(work_dir):
+        storage.remove_tree(work_dir)
+        return
+    for entry in os.scandir(work_dir):
+        if entry.name == "logs":
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.remove(entry.path)
+
+
 def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     """Run every enabled stage; returns the run report.
 
@@ -73,7 +89,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
         if not on_ray:
             check_model(config)
     if restart:
-        storage.remove_tree(config.run.work_dir)
+        clear_work_dir(config.run.work_dir)
     for name in config.run.stages:
         invalidate_if_changed(stage_dir(config, name), config.stage_hash(name))
     if on_ray:  # the model pre-flight runs while the engines load (a failure still ends the run)

@@ -20,7 +20,20 @@ written as partitions (``bench_generate.prepare_inputs``), then:
   scored per second; target: the stage >= 0.9 of bare.
 
 Rounds alternate (bare, stage / stage, bare, ...) after an untimed warm-up;
-the best round of each is compared.
+the best round of each is compared.  Every timed run starts with vLLM's prefix,
+multimodal and encoder caches empty (in a build, generate's cached prompts may
+still be there; the cold cache is the conservative case).
+
+``--model realsize``: the same on ``bench/realsize_model.py``'s ``cpu`` preset
+(the Idefics3 architecture with the real 128k vocabulary and 169 image tokens
+per image, random weights).  The tiny model's prompts are ~50 tokens, shorter
+than one KV block, and it answers in ~15 tokens, so its generate stage is
+mostly prefill too: it cannot show what scoring costs next to generation.
+Random weights answer at random, so the pair stages would make no pairs; the
+pairs are built from each prompt's responses instead, as a 50% pass rate
+would pair them (even samples "right", odd "wrong", every right x wrong pair
+up to 15) plus one image_crop pair per prompt: the request mix a real
+correctness + image_crop build sends.
 """
 from __future__ import annotations
 
@@ -29,6 +42,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 from bench_generate import ROOT, make_config, prepare_inputs
 
@@ -57,6 +71,37 @@ def bare_inputs(config, engine, pair_dirs: list[str]):
     return rows, prompts, [req.params for req in requests]
 
 
+def tokens_scored(stats) -> int:
+    """Prompt tokens the stage computed itself (scored minus those read from the prefix cache)."""
+    return int(stats.counters["grounding.prompt_tokens"] - stats.counters["grounding.cached_tokens"])
+
+
+def synthetic_pairs(gen_dir: str, out_dir: str, max_pairs: int = 15) -> list[str]:
+    """Pairs from generate's responses for a model without right answers (``--model realsize``)."""
+    from methods.crop import corrupt_image
+    from pipeline import storage
+    from schemas import PAIR_SCHEMA
+    from schemas.arrow import from_rows
+    from schemas.records import pair_row, provenance
+
+    for uri in storage.list_files(storage.join(gen_dir, "data"), ".parquet"):
+        rows = []
+        for r in storage.read_table(uri).to_pylist():
+            texts = [x["text"] for x in r["responses"]]
+            right, wrong = texts[0::2], texts[1::2]
+            common = dict(source=r["source"], question=r["question"], user_text=r["question"], images=r["images"],
+                          prov=provenance(sample_id=r["sample_id"]))
+            combos = [(c, w) for c in right for w in wrong][:max_pairs]
+            rows += [pair_row(pair_id=f"{r['sample_id']}-{i}", method="correctness", chosen=c, rejected=w, **common)
+                     for i, (c, w) in enumerate(combos)]
+            if r["images"]:
+                crop, _ = corrupt_image(r["images"][0]["bytes"], seed=0)
+                rows.append(pair_row(pair_id=f"{r['sample_id']}-crop", method="image_crop", chosen=texts[0],
+                                     rejected=texts[0], rejected_images=[{"bytes": crop, "path": None}], **common))
+        storage.write_table(storage.join(out_dir, "data", uri.rsplit("/", 1)[1]), from_rows(rows, PAIR_SCHEMA))
+    return [out_dir]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=None, help="prompts (default 128; --quick 64)")
@@ -65,6 +110,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (the sample config's n)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", choices=("tiny", "realsize"), default="tiny",
+                    help="the sample config's tiny model, or the real-size architecture (cpu preset, random weights)")
     ap.add_argument("--profile", action="store_true", help="cProfile one stage round")
     args = ap.parse_args()
     n_prompts = args.prompts or (64 if args.quick else 128)
@@ -77,7 +124,14 @@ def main() -> int:
     if not (ROOT / "models" / "tiny-idefics3" / "model.safetensors").exists():
         raise SystemExit("models/tiny-idefics3 is missing: run `make tiny-model` first")
     work = tempfile.mkdtemp(prefix="bench-grounding-")
-    config = make_config(work, args.partition_rows, args.n, args.max_tokens)
+    if args.model == "realsize":
+        from bench_realsize import realsize_config
+        from realsize_model import write_model
+
+        args.engine_kwargs, args.tp = {}, 1
+        config = realsize_config(work, write_model("cpu", Path(work) / "model-cpu"), "cpu", args)
+    else:
+        config = make_config(work, args.partition_rows, args.n, args.max_tokens)
     config.run.stages = [*config.run.stages, "grounding"]
     in_dir, rows = prepare_inputs(config, work, n_prompts, args.partition_rows)
     executor = LocalExecutor(config)
@@ -86,7 +140,10 @@ def main() -> int:
     print(f"grounding benchmark: {len(rows)} prompts, n={args.n}; engine start-up "
           f"{time.perf_counter() - t0:.1f} s (not counted)", flush=True)
 
+    from bench_realsize import reset_caches
+
     def timed(stage: str, inputs: list[str], out: str):
+        reset_caches(engine.llm)
         t = time.perf_counter()
         stats = executor.run(stage, plan(config, stage, inputs, os.path.join(work, out)))
         return time.perf_counter() - t, stats
@@ -94,17 +151,28 @@ def main() -> int:
     gen_s, gstats = timed("generate", [in_dir], "generate")
     gen_dir = os.path.join(work, "generate")
     pair_dirs = []
-    for stage in ("correctness", "dropout_ntp", "image_crop"):
-        timed(stage, [gen_dir], stage)
-        pair_dirs.append(os.path.join(work, stage))
+    if args.model == "realsize":
+        pair_dirs = synthetic_pairs(gen_dir, os.path.join(work, "pairs"))
+    else:
+        for stage in ("correctness", "dropout_ntp", "image_crop"):
+            timed(stage, [gen_dir], stage)
+            pair_dirs.append(os.path.join(work, stage))
     pairs, prompts, params = bare_inputs(config, engine, pair_dirs)
     print(f"generate: {gen_s:.2f} s for {int(gstats.counters['tokens_generated'])} tokens; "
           f"{len(pairs)} pairs -> {len(prompts)} scoring requests", flush=True)
 
-    def run_bare():
+    def run_bare(prompts=prompts, params=params):
+        reset_caches(engine.llm)
         t = time.perf_counter()
         outs = engine.llm.generate(prompts, params, use_tqdm=False)
         return time.perf_counter() - t, sum(len(o.prompt_token_ids) for o in outs)
+
+    # what the same scoring costs with vLLM's defaults: no prefix-cache reads for prompt log-probs,
+    # so every text computes its prompt (and image) again, log-probs included
+    scoring = [(p, sp) for p, sp in zip(prompts, params) if sp.prompt_logprobs is not None]
+    default_params = scoring[0][1].clone() if scoring else None
+    if default_params is not None:
+        default_params.skip_reading_prefix_cache = True
 
     def run_stage(tag: str):
         dt, stats = timed("grounding", pair_dirs, f"grounding-{tag}")
@@ -135,11 +203,16 @@ def main() -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     shutil.rmtree(work, ignore_errors=True)
 
+    uncached_s, uncached_tokens = run_bare([p for p, _ in scoring], [default_params] * len(scoring))
+    cached_share = 1 - tokens_scored(wstats) / max(uncached_tokens, 1)
     share = min(stage) / gen_s
     vs_bare = min(bare) / min(stage)
     print(f"grounding: {len(prompts)} requests, {tokens} prompt tokens; stage {min(stage):.2f} s "
           f"({tokens / min(stage):,.0f} tok/s), bare vLLM {min(bare):.2f} s ({tokens / min(bare):,.0f} tok/s), "
           f"generate {gen_s:.2f} s")
+    print(f"grounding: prefix reuse: vLLM's default (no cache reads for prompt log-probs, no prefix requests) "
+          f"{uncached_s:.2f} s, {uncached_s / min(bare):.2f}x the time of the same scoring with the stage's "
+          f"requests; the stage took {cached_share:.0%} of its scored prompt tokens from the cache")
     print(f"grounding: stage time / generate time = {share:.3f} (target <= {TARGET_SHARE}) "
           f"{'PASS' if share <= TARGET_SHARE else 'MISSED'}")
     print(f"grounding: stage throughput / bare vLLM = {vs_bare:.3f} (target >= {TARGET_BARE}) "

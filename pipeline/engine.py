@@ -112,6 +112,13 @@ class GenRequest:
     #: for are done; returns how many more to draw (0: the prompt is complete).  Sample i
     #: always gets the seed ``params.seed + i`` (``methods.adaptive``)
     more: Callable[[list["Completion"]], int] | None = None
+    #: scoring: how many trailing prompt tokens' log-probs the caller reads.  vLLM computes
+    #: prompt log-probs only for the positions it computes, so a prefix-cache hit reaching
+    #: into them (another request with the same prompt and the same first answer tokens)
+    #: is redone once without reading the cache
+    logprob_tail: int = 0
+    #: vLLM's cache salt: requests share prefix-cache blocks only with requests of the same salt
+    cache_salt: str | None = None
 
 
 @dataclass
@@ -132,6 +139,10 @@ class GenResult:
     #: the prompt as vLLM tokenised it, and its log-probs when the request asked for them
     prompt_token_ids: list[int] = field(default_factory=list)
     prompt_logprobs: Any = None
+    #: prompt tokens vLLM took from its prefix cache (not computed again)
+    cached_tokens: int = 0
+    #: the prefix cache reached into the log-probs asked for: scored again without it
+    rescored: bool = False
 
 
 class Engine:
@@ -157,6 +168,8 @@ class Engine:
         self.max_model_len = config.model.max_model_len
         vllm_config = self.llm.llm_engine.vllm_config
         self.max_num_seqs = vllm_config.scheduler_config.max_num_seqs
+        #: tokens per KV-cache block: the prefix cache shares whole blocks only
+        self.kv_block_size = vllm_config.cache_config.block_size if vllm_config.cache_config.enable_prefix_caching else 0
         #: unfinished sequences below which the next prompts are admitted
         self.low_water = refill_threshold(vllm_config)
         #: prompts (with their images) admitted into the engine at once
@@ -263,6 +276,11 @@ class Engine:
                         prompt, k, keys = owner.pop(out.request_id)
                         for key in keys:
                             owner.pop(key, None)
+                        redo = self._rescore_uncached(prompt, out)
+                        if redo:
+                            keys = tuple({redo, redo.rsplit("-", 1)[0]})
+                            owner.update({key: (prompt, k, keys) for key in keys})
+                            continue
                         if not self._collect(prompt, k, out):
                             continue
                         extra = self._next_round(prompt)
@@ -286,8 +304,23 @@ class Engine:
         if out.prompt_logprobs is not None:  # a scoring request
             prompt.result.prompt_token_ids = list(out.prompt_token_ids)
             prompt.result.prompt_logprobs = out.prompt_logprobs
+            prompt.result.cached_tokens = out.num_cached_tokens or 0
         prompt.left -= 1
         return not prompt.left
+
+    def _rescore_uncached(self, prompt: "_Prompt", out: Any) -> str | None:
+        """The id of a scoring request sent again without reading the prefix cache, when the
+        cache covered positions whose log-probs it asked for (``GenRequest.logprob_tail``)."""
+        req = prompt.req
+        if req is None or not req.logprob_tail or prompt.result.rescored:
+            return None
+        first_needed = len(out.prompt_token_ids or []) - req.logprob_tail  # its log-prob comes from the state before it
+        if (out.num_cached_tokens or 0) <= first_needed - 1:
+            return None
+        params = req.params.clone()
+        params.skip_reading_prefix_cache = True
+        prompt.result.rescored = True
+        return self.llm.enqueue([self._engine_prompt(req, prompt.result.prompt_text)], [params], use_tqdm=False)[0]
 
     @staticmethod
     def _complete(prompt: "_Prompt") -> None:
@@ -333,6 +366,8 @@ class Engine:
         them), images, per-request processor arguments."""
         ids = req.prompt_token_ids
         prompt: dict[str, Any] = {"prompt": text} if ids is None else {"prompt_token_ids": list(ids)}
+        if req.cache_salt is not None:
+            prompt["cache_salt"] = req.cache_salt
         if req.images:
             prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
             if req.mm_processor_kwargs:

@@ -9,6 +9,7 @@ markers (so a resumed run reports the whole stage, not just what it redid).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 from pipeline import storage
@@ -40,7 +41,7 @@ def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_
               wall_s: float) -> str:
     c = ran.counters
     q = ", ".join(f"{k}: {v}" for k, v in sorted(total.quarantined.items())) or "none"
-    unit = "shards" if stage.kind == "dataset" else "partitions"
+    unit = stage.units if stage.kind == "dataset" else "partitions"
     stage = stage.name
     parts = [f"[{stage}] {unit} {n_tasks} ({n_skipped} already done)",
              f"rows in {total.rows_in} out {total.rows_out}",
@@ -53,6 +54,21 @@ def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_
         parts.append("pairs " + ", ".join(f"{k}: {v}" for k, v in sorted(pairs.items())))
     parts.append(f"{ran.rows_in / max(wall_s, 1e-9):.1f} rows/s, {wall_s:.1f} s")
     return " | ".join(parts)
+
+
+def clear_work_dir(work_dir: str) -> None:
+    """``--restart``: everything in the work folder goes except ``logs/``, which holds the
+    log this very build is writing (removing it would unlink the open file)."""
+    if storage.is_uri(work_dir) or not os.path.isdir(work_dir):
+        storage.remove_tree(work_dir)
+        return
+    for entry in os.scandir(work_dir):
+        if entry.name == "logs":
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.remove(entry.path)
 
 
 def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
@@ -73,7 +89,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
         if not on_ray:
             check_model(config)
     if restart:
-        storage.remove_tree(config.run.work_dir)
+        clear_work_dir(config.run.work_dir)
     for name in config.run.stages:
         invalidate_if_changed(stage_dir(config, name), config.stage_hash(name))
     if on_ray:  # the model pre-flight runs while the engines load (a failure still ends the run)
@@ -167,7 +183,7 @@ def _run_whole(config: PipelineConfig, stage: Stage) -> float:
     else:
         inputs = [stage_dir(config, s) for s in input_stages(config, stage.name)]
         ran = total = stage.run_dataset(inputs, config.run.output_dir)
-        n_tasks, n_skipped = int(ran.counters.get("shards", 0)), 0
+        n_tasks, n_skipped = int(ran.counters.get(stage.units, 0)), 0
     wall = time.perf_counter() - t0
     echo(summarize(stage, total, ran, n_tasks, n_skipped, wall))
     return wall

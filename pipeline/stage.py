@@ -237,6 +237,10 @@ class Stage:
         return {}
 
     # -- kind "dataset" -------------------------------------------------------
+    #: what a dataset stage's units of work are called in its summary line; ``run_dataset``
+    #: counts them under this counter
+    units: ClassVar[str] = "shards"
+
     def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:  # pragma: no cover
         """Consume every upstream row at once and write ``output_dir`` (dataset stages only)."""
         raise NotImplementedError

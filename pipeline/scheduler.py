@@ -208,7 +208,12 @@ class GraphScheduler:
         try:
             self.stages[stage].ran.merge(StageStats.from_dict(self.ray.get(ref)))
         except Exception as e:  # noqa: BLE001 -- a worker or an engine actor died
-            log.error("stage %s: workers failed (%s); checking partitions", stage, str(e).splitlines()[0][:300])
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            if pool is not None:  # said here too: the actor's own last log line may not be forwarded
+                log.error("stage %s: engine actor %d failed: its vLLM engine died or the actor process was "
+                          "killed (%s); checking partitions", stage, i, first)
+            else:
+                log.error("stage %s: workers failed (%s); checking partitions", stage, first)
             if pool is not None:
                 pool.failed(i)
             self._after_failure(tasks, e)

@@ -8,11 +8,15 @@ the rejected assistant text after the rendered prompt:
 
 - with the image, without it (image parts removed from the user turn, as
   DropoutNTP does), and for image_crop pairs with the cropped image too;
-- only the assistant tokens count: the prompt is rendered with the
-  generation prompt (exactly what the policy saw when it sampled) and the
-  answer text appended; the span is found by tokenising both
-  (``methods.grounding.answer_token_count``) and checked against the tokens
-  vLLM really scored.
+- only the assistant tokens count: the conversation is rendered by the chat
+  template with the answer as the assistant turn, cut right after the answer
+  (``continue_final_message``, as DropoutNTP continues a cut answer).  That is
+  the text a trainer renders, and what the policy sampled after the generation
+  prompt: a template whose assistant turn reads "Assistant: <answer>" puts
+  back the space the model sampled and the stored answer lost to stripping.
+  The answer's span is what follows the rendered prompt (generation prompt
+  included), found by tokenising both (``methods.grounding.answer_token_count``)
+  and checked against the tokens vLLM really scored.
 
 The values and the derived signals (image gain, crop gain, policy and
 grounding margins; ``methods.grounding``) go into ``provenance.grounding``,
@@ -34,7 +38,7 @@ from pipeline.images import to_pil
 from pipeline.config import Section
 from pipeline.stage import EngineStage, StageContext, prefixed
 from schemas import METHODS, PAIR_SCHEMA
-from schemas.records import turn_text
+from schemas.records import assistant_turn, turn_text
 
 
 class GroundingThresholds(BaseModel):
@@ -189,11 +193,16 @@ class GroundingStage(EngineStage):
             prompt = ctx.engine.render(prompt_messages(row["prompt"], bool(images)))
             cache[key] = (prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
         prompt, prompt_ids, images = cache[key]
-        full_ids = ctx.engine.tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
+        try:
+            full = ctx.engine.render(prompt_messages(row["prompt"], bool(images)) + [assistant_turn(text)],
+                                     continue_final=True)
+        except Exception:  # noqa: BLE001 -- a template that cannot cut after this text (e.g. empty)
+            full = prompt + text
+        full_ids = ctx.engine.tokenizer(full, add_special_tokens=False)["input_ids"]
         k, clean = answer_token_count(prompt_ids, full_ids)
         req = GenRequest([], images, self.scoring_params(),
                          mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
-                         prompt=prompt + text, prompt_token_ids=full_ids,  # tokenised once, here
+                         prompt=full, prompt_token_ids=full_ids,  # tokenised once, here
                          logprob_tail=k, cache_salt=CACHE_SALT)
         return req, full_ids[len(full_ids) - k:], clean
 

@@ -225,6 +225,9 @@ def test_logprobs_equal_a_transformers_forward_pass(f32_config, f32_engine, samp
         req, answer_ids, clean = stage.request(pair, turn_text(pair["chosen"]), cond, ctx)
         res = f32_engine.generate([req])[0]
         assert res.error is None and clean
+        # the answer as the template renders an assistant turn ("Assistant: There are..."): with the
+        # space the model samples after "Assistant:", which the stored (stripped) text lacks
+        assert f32_engine.tokenizer.decode(answer_ids) == " " + turn_text(pair["chosen"])
         assert res.prompt_token_ids[-len(answer_ids):] == answer_ids
         n_image_tokens = res.prompt_token_ids.count(f32_engine.tokenizer.convert_tokens_to_ids("<image>"))
         assert (n_image_tokens > 0) == (image is not None)

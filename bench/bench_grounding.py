@@ -169,9 +169,9 @@ def main() -> int:
     # what the same scoring costs with vLLM's defaults: no prefix-cache reads for prompt log-probs,
     # so every text computes its prompt (and image) again, log-probs included
     scoring = [(p, sp) for p, sp in zip(prompts, params) if sp.prompt_logprobs is not None]
-    default_params = scoring[0][1].clone() if scoring else None
-    if default_params is not None:
-        default_params.skip_reading_prefix_cache = True
+    default_params = scoring[0][1].clone()
+    default_params.skip_reading_prefix_cache = True
+    default_prompts = [p for p, _ in scoring]
 
     def run_stage(tag: str):
         dt, stats = timed("grounding", pair_dirs, f"grounding-{tag}")
@@ -189,7 +189,7 @@ def main() -> int:
             if which == "bare":
                 bare.append(run_bare()[0])
             elif which == "default":
-                uncached.append(run_bare([p for p, _ in scoring], [default_params] * len(scoring))[0])
+                uncached.append(run_bare(default_prompts, [default_params] * len(default_prompts))[0])
             else:
                 stage.append(run_stage(f"r{r}")[0])
             took = {"bare": bare, "stage": stage, "default": uncached}[which][-1]

@@ -229,9 +229,7 @@ class Engine:
             first = len(prompt.samples)
             prompt.samples.extend([None] * len(ids))
             for k, req_id in enumerate(ids, start=first):
-                # outputs carry the id we were given, or its external part
-                # (vLLM appends "-<random>" internally)
-                keys = tuple({req_id, req_id.rsplit("-", 1)[0]})
+                keys = _output_keys(req_id)
                 for key in keys:
                     owner[key] = (prompt, k, keys)
             prompt.left = len(ids)
@@ -278,7 +276,7 @@ class Engine:
                             owner.pop(key, None)
                         redo = self._rescore_uncached(prompt, out)
                         if redo:
-                            keys = tuple({redo, redo.rsplit("-", 1)[0]})
+                            keys = _output_keys(redo)
                             owner.update({key: (prompt, k, keys) for key in keys})
                             continue
                         if not self._collect(prompt, k, out):
@@ -405,6 +403,12 @@ class Engine:
             result.error = "prompt_too_long" if too_long else "engine_error"
             result.detail = msg[:2000]
             return []
+
+
+def _output_keys(req_id: str) -> tuple[str, ...]:
+    """The ids a request's outputs may carry: the one we were given, or its external part
+    (vLLM appends "-<random>" internally)."""
+    return tuple({req_id, req_id.rsplit("-", 1)[0]})
 
 
 def _wake_on_death(llm_engine: Any, poll_s: float = 0.5) -> None:

@@ -212,10 +212,9 @@ class GraphScheduler:
             if pool is not None:  # said here too: the actor's own last log line may not be forwarded
                 log.error("stage %s: engine actor %d failed: its vLLM engine died or the actor process was "
                           "killed (%s); checking partitions", stage, i, first)
+                pool.failed(i)
             else:
                 log.error("stage %s: workers failed (%s); checking partitions", stage, first)
-            if pool is not None:
-                pool.failed(i)
             self._after_failure(tasks, e)
             return
         for t in tasks:

@@ -28,7 +28,7 @@ The stage is optional: it runs when listed in ``run.stages`` or when
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -82,6 +82,14 @@ CACHE_SALT = "grounding"
 
 #: the image conditions a text is scored under
 IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
+
+
+class RenderedView(NamedTuple):
+    """One prompt under one image condition, rendered once for all the texts scored after it."""
+    messages: list[dict]  # chat-template messages (prompt_messages)
+    prompt: str  # rendered with the generation prompt
+    prompt_ids: list[int]
+    images: list  # decoded (PIL)
 
 
 def prompt_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
@@ -185,22 +193,23 @@ class GroundingStage(EngineStage):
                 cache: dict | None = None) -> tuple[GenRequest, list[int], bool]:
         """A scoring request for ``text`` under ``condition``, the answer's token ids, and
         whether the prompt/answer token boundary is clean.  ``cache`` keeps the rendered
-        prompt, its tokens and the decoded images per view for the other texts."""
+        prompt, its tokens and the decoded images per view (``RenderedView``) for the other texts."""
         cache = {} if cache is None else cache
         source, key = self.view(row, condition)
         if key not in cache:
             images = [to_pil(im) for im in source]
-            prompt = ctx.engine.render(prompt_messages(row["prompt"], bool(images)))
-            cache[key] = (prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
-        prompt, prompt_ids, images = cache[key]
+            messages = prompt_messages(row["prompt"], bool(images))
+            prompt = ctx.engine.render(messages)
+            cache[key] = RenderedView(messages, prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                                      images)
+        rendered = cache[key]
         try:
-            full = ctx.engine.render(prompt_messages(row["prompt"], bool(images)) + [assistant_turn(text)],
-                                     continue_final=True)
+            full = ctx.engine.render(rendered.messages + [assistant_turn(text)], continue_final=True)
         except Exception:  # noqa: BLE001 -- a template that cannot cut after this text (e.g. empty)
-            full = prompt + text
+            full = rendered.prompt + text
         full_ids = ctx.engine.tokenizer(full, add_special_tokens=False)["input_ids"]
-        k, clean = answer_token_count(prompt_ids, full_ids)
-        req = GenRequest([], images, self.scoring_params(),
+        k, clean = answer_token_count(rendered.prompt_ids, full_ids)
+        req = GenRequest([], rendered.images, self.scoring_params(),
                          mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
                          prompt=full, prompt_token_ids=full_ids,  # tokenised once, here
                          logprob_tail=k, cache_salt=CACHE_SALT)
@@ -220,8 +229,9 @@ class GroundingStage(EngineStage):
                     if key not in index:
                         new_view = key[0] not in cache
                         req, answer_ids, clean = self.request(row, text, cond, ctx, cache)
-                        if new_view and self.fills_a_block(req, len(cache[key[0]][1]), ctx):
-                            requests.append(self.prefix_request(req, *cache[key[0]][:2]))
+                        rendered = cache[key[0]]
+                        if new_view and self.fills_a_block(req, len(rendered.prompt_ids), ctx):
+                            requests.append(self.prefix_request(req, rendered.prompt, rendered.prompt_ids))
                             ctx.stats.inc("grounding.prefix_requests")
                         ctx.stats.inc("grounding.boundary_merged", not clean)
                         index[key] = (len(requests), answer_ids)

@@ -12,6 +12,8 @@ can be checked on their own.  Conventions, stated once:
 """
 from __future__ import annotations
 
+import hashlib
+from array import array
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -39,12 +41,56 @@ def tail_logprob(prompt_logprobs: Sequence[Mapping[int, Any] | None], token_ids:
         return None
     total = 0.0
     for pos in range(len(token_ids) - k, len(token_ids)):
-        entry = prompt_logprobs[pos]
-        if entry is None or token_ids[pos] not in entry:
+        lp = position_logprob(prompt_logprobs, pos, token_ids[pos])
+        if lp is None:
             return None
-        lp = entry[token_ids[pos]]
-        total += float(getattr(lp, "logprob", lp))
+        total += lp
     return total
+
+
+def position_logprob(logprobs: Any, pos: int, token_id: int) -> float | None:
+    """The log-prob of ``token_id`` at ``pos``: read straight from vLLM's ``FlatLogprobs``
+    arrays (its item access builds a dict of Logprob objects per position), or from a list
+    of ``{token_id: Logprob | float}``.  None when missing."""
+    if hasattr(logprobs, "start_indices"):  # vllm.logprobs.FlatLogprobs
+        if pos >= len(logprobs.start_indices):
+            return None
+        for i in range(logprobs.start_indices[pos], logprobs.end_indices[pos]):
+            if logprobs.token_ids[i] == token_id:
+                return float(logprobs.logprobs[i])
+        return None
+    entry = logprobs[pos]
+    if entry is None or token_id not in entry:
+        return None
+    lp = entry[token_id]
+    return float(getattr(lp, "logprob", lp))
+
+
+def tokens_key(ids: Sequence[int]) -> str:
+    """A short digest of a token sequence: "these are the same model inputs"."""
+    return hashlib.blake2b(array("q", ids).tobytes(), digest_size=12).hexdigest()
+
+
+def sampled_score(prompt_ids: Sequence[int], token_ids: Sequence[int], logprobs: Any,
+                  finish_reason: str) -> tuple[float | None, str | None]:
+    """A sampled response's score, from the log-probs vLLM returned while sampling it.
+
+    Generation already computed, token by token, the log-prob of every sampled
+    token given the prompt with its images (vLLM's raw log-probs, before
+    temperature and top-k/top-p): their sum is the with-image score of the
+    response's text, when scoring would send exactly the same tokens.  The
+    end-of-turn token that stopped it is not part of the text.  Returns the sum
+    and ``tokens_key`` of prompt + text tokens, which the scoring request's
+    tokens must match for the sum to be used ((None, None) when not sampled
+    with log-probs).  ``logprobs``: vLLM's, one position per sampled token.
+    """
+    if logprobs is None:
+        return None, None
+    m = len(token_ids) - (1 if finish_reason == "stop" and token_ids else 0)
+    values = [position_logprob(logprobs, pos, tok) for pos, tok in enumerate(token_ids[:m])]
+    if m <= 0 or None in values:
+        return None, None
+    return float(sum(values)), tokens_key([*prompt_ids, *token_ids[:m]])
 
 
 def mean(total: float | None, tokens: int | None) -> float | None:

@@ -119,6 +119,9 @@ class GenRequest:
     logprob_tail: int = 0
     #: vLLM's cache salt: requests share prefix-cache blocks only with requests of the same salt
     cache_salt: str | None = None
+    #: a content id per image (``pipeline.images.image_uuid``): vLLM's multimodal caches use it
+    #: instead of hashing the pixels of every request again
+    image_uuids: list[str] | None = None
 
 
 @dataclass
@@ -126,12 +129,20 @@ class Completion:
     text: str
     finish_reason: str
     num_tokens: int
+    #: the sampled token ids, and vLLM's log-probs of them when the request asked for them
+    #: (``logprobs=0``: raw log-probs, before temperature and top-k/top-p; one position per
+    #: token, read with ``methods.grounding.position_logprob``)
+    token_ids: Sequence[int] = ()
+    logprobs: Any = None
 
 
 @dataclass
 class GenResult:
     prompt_text: str = ""
     prompt_tokens: int = 0
+    #: the prompt's text token ids as sent (the engine tokenises a rendered prompt once, without
+    #: adding special tokens: the chat template has them), before images are expanded
+    input_ids: list[int] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
     #: short reason code when the request failed (e.g. "prompt_too_long")
     error: str | None = None
@@ -297,7 +308,8 @@ class Engine:
     @staticmethod
     def _collect(prompt: "_Prompt", k: int, out: Any) -> bool:
         """File sample k's output; True when the prompt has all the samples asked for so far."""
-        prompt.samples[k] = [Completion(c.text, str(c.finish_reason), len(c.token_ids)) for c in out.outputs]
+        prompt.samples[k] = [Completion(c.text, str(c.finish_reason), len(c.token_ids), tuple(c.token_ids),
+                                        c.logprobs) for c in out.outputs]
         prompt.result.prompt_tokens = len(out.prompt_token_ids or [])
         if out.prompt_logprobs is not None:  # a scoring request
             prompt.result.prompt_token_ids = list(out.prompt_token_ids)
@@ -318,7 +330,7 @@ class Engine:
         params = req.params.clone()
         params.skip_reading_prefix_cache = True
         prompt.result.rescored = True
-        return self.llm.enqueue([self._engine_prompt(req, prompt.result.prompt_text)], [params], use_tqdm=False)[0]
+        return self.llm.enqueue([self._engine_prompt(req, prompt.result.input_ids)], [params], use_tqdm=False)[0]
 
     @staticmethod
     def _complete(prompt: "_Prompt") -> None:
@@ -339,7 +351,7 @@ class Engine:
         self.rounds_s += time.perf_counter() - t0
         if count <= 0:
             return []
-        engine_prompt = self._engine_prompt(req, prompt.result.prompt_text)
+        engine_prompt = self._engine_prompt(req, prompt.result.input_ids)
         ids: list[str] = []
         try:
             for params in sample_params(req.params, start=len(prompt.samples), count=count):
@@ -359,17 +371,20 @@ class Engine:
         return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
 
     @staticmethod
-    def _engine_prompt(req: GenRequest, text: str) -> dict[str, Any]:
-        """The prompt as ``LLM.enqueue`` takes it: text (or its token ids when the request has
-        them), images, per-request processor arguments."""
-        ids = req.prompt_token_ids
-        prompt: dict[str, Any] = {"prompt": text} if ids is None else {"prompt_token_ids": list(ids)}
+    def _engine_prompt(req: GenRequest, ids: list[int]) -> dict[str, Any]:
+        """The prompt as ``LLM.enqueue`` takes it: its token ids, images, per-request processor
+        arguments.  Token ids, not text: vLLM would tokenise a text prompt again, adding the
+        tokenizer's special tokens (a second BOS after the template's), and the ids sent are
+        what a later scoring request must match (``stages/grounding.py``)."""
+        prompt: dict[str, Any] = {"prompt_token_ids": list(ids)}
         if req.cache_salt is not None:
             prompt["cache_salt"] = req.cache_salt
         if req.images:
             prompt["multi_modal_data"] = {"image": req.images if len(req.images) > 1 else req.images[0]}
             if req.mm_processor_kwargs:
                 prompt["mm_processor_kwargs"] = dict(req.mm_processor_kwargs)
+            if req.image_uuids:
+                prompt["multi_modal_uuids"] = {"image": list(req.image_uuids)}
         return prompt
 
     def _add(self, req: GenRequest, result: GenResult) -> list[str]:
@@ -382,12 +397,15 @@ class Engine:
             return []
         result.prompt_text = text
         token_ids = req.prompt_token_ids
-        n_text = len(token_ids) if token_ids is not None else self.count_tokens(text)
+        if token_ids is None:
+            token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        result.input_ids = list(token_ids)
+        n_text = len(token_ids)
         if n_text >= self.max_model_len:
             result.error = "prompt_too_long"
             result.detail = f"{n_text} text tokens >= max_model_len {self.max_model_len}"
             return []
-        prompt = self._engine_prompt(req, text)
+        prompt = self._engine_prompt(req, result.input_ids)
         ids: list[str] = []
         try:
             for params in sample_params(req.params):

@@ -8,6 +8,7 @@ well-formed RGB/L images keep their original bytes (so a JPEG stays a JPEG).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from typing import Any
@@ -17,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipeline import storage
 from pipeline.image_refs import ImageError, resolve_image_ref
 
-__all__ = ["ImageError", "load_image", "decode_checked", "to_pil"]
+__all__ = ["ImageError", "load_image", "decode_checked", "to_pil", "image_uuid"]
 
 #: PIL's decompression-bomb guard, enforced as an error (not a warning)
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -115,3 +116,10 @@ def to_pil(record: dict) -> Image.Image:
     """Decode a stored image record for a model (RGB)."""
     img = Image.open(io.BytesIO(record["bytes"]))
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def image_uuid(record: dict) -> str:
+    """A stored image's content id, sent to vLLM as the image's ``multi_modal_uuids`` entry:
+    vLLM keys its processor and encoder caches by it instead of hashing the decoded pixels
+    again for every request that shows the image (a prompt's N samples, every text scored)."""
+    return hashlib.blake2b(record["bytes"], digest_size=16).hexdigest()

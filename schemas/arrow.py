@@ -48,6 +48,11 @@ RESPONSE_TYPE = pa.struct([
     ("finish_reason", pa.string()),
     ("num_tokens", pa.int32()),
     ("seed", pa.int64()),
+    # the summed log-prob of the text's tokens as sampled (with the image), and the digest of
+    # the prompt + text tokens it is for (methods.grounding.sampled_score); null unless
+    # generate asked vLLM for log-probs (generate.logprobs)
+    ("logprob", pa.float64()),
+    ("tokens_key", pa.string()),
 ])
 
 _PROMPT_FIELDS = [
@@ -113,6 +118,11 @@ PROVENANCE_TYPE = pa.struct([
     ("rejected_tokens", pa.int32()),
     ("chosen_finish_reason", pa.string()),
     ("rejected_finish_reason", pa.string()),
+    # the sampled response's logprob and tokens_key (RESPONSE_TYPE): grounding reuses them
+    ("chosen_logprob", pa.float64()),
+    ("rejected_logprob", pa.float64()),
+    ("chosen_tokens_key", pa.string()),
+    ("rejected_tokens_key", pa.string()),
     # correctness
     ("answer_type", pa.string()),
     ("ground_truth", pa.list_(pa.string())),

@@ -39,7 +39,8 @@ def response_provenance(row: dict, chosen: dict | None = None, rejected: dict | 
                         **fields: Any) -> dict:
     """Provenance of a pair made from a RESPONSE_SCHEMA ``row``: the fields every pair method
     shares (sample, source row, model, template, sampling, ground truth), the index, seed,
-    tokens and finish reason of the ``chosen``/``rejected`` responses it took, plus ``fields``."""
+    tokens, finish reason and sampled log-prob of the ``chosen``/``rejected`` responses it took,
+    plus ``fields``."""
     shared: dict[str, Any] = {
         "sample_id": row["sample_id"], "source_row_id": row["row_key"], "facts": row["facts"],
         "model": row["model"], "model_revision": row["model_revision"], "template_id": row["template_id"],
@@ -49,7 +50,8 @@ def response_provenance(row: dict, chosen: dict | None = None, rejected: dict | 
     for side, r in (("chosen", chosen), ("rejected", rejected)):
         if r is not None:
             shared.update({f"{side}_index": r["index"], f"{side}_seed": r["seed"],
-                           f"{side}_tokens": r["num_tokens"], f"{side}_finish_reason": r["finish_reason"]})
+                           f"{side}_tokens": r["num_tokens"], f"{side}_finish_reason": r["finish_reason"],
+                           f"{side}_logprob": r.get("logprob"), f"{side}_tokens_key": r.get("tokens_key")})
     return provenance(**{**shared, **fields})
 
 

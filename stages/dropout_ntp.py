@@ -18,7 +18,7 @@ from methods.truncate import Truncation, hf_token_spans, truncate_tokens, trunca
 from pipeline import __version__
 from pipeline.config import Section
 from pipeline.engine import GenRequest
-from pipeline.images import to_pil
+from pipeline.images import image_uuid, to_pil
 from pipeline.seeds import derive_seed, stable_hash
 from pipeline.stage import EngineStage, StageContext, prefixed
 from pipeline.templates import extraction_styles, render_user_text
@@ -140,7 +140,8 @@ class DropoutNTPStage(EngineStage):
                                         max_tokens=cfg.max_tokens, seed=s, **ctx.engine.stop_kwargs)
                 messages = continuation_messages(user_text, len(row["images"]), cut.prefix, cfg.keep_image)
                 requests.append(GenRequest(messages, images, params, continue_final=True,
-                                           mm_processor_kwargs=self.config.source_mm_kwargs(row["source"])))
+                                           mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                                           image_uuids=[image_uuid(im) for im in row["images"]] if images else None))
                 jobs.append((row, chosen, cut, user_text, s))
         return jobs, requests
 

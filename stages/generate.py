@@ -27,11 +27,12 @@ from pydantic import Field, model_validator
 
 from methods import scoring
 from methods.adaptive import PromptSampler, StopRule
+from methods.grounding import sampled_score
 from methods.quality import usable_as_dropout_chosen
 
 from pipeline.config import Section
 from pipeline.engine import GenRequest
-from pipeline.images import to_pil
+from pipeline.images import image_uuid, to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import EngineStage, StageContext
 from schemas.placeholders import user_content
@@ -78,6 +79,10 @@ class GenerateConfig(Section):
     top_k: int = Field(50, ge=-1)
     max_tokens: int = Field(1024, ge=1)
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    #: record each response's summed log-prob as sampled (``RESPONSE_TYPE.logprob``): the
+    #: grounding stage then scores the sampled texts with their image without a request of
+    #: its own.  null = when the run includes the grounding stage
+    logprobs: Optional[bool] = None
 
     def stop_rule(self, max_pairs: int) -> StopRule:
         a = self.adaptive
@@ -158,6 +163,10 @@ class GenerateStage(EngineStage):
         return {"n": g.n, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
                 "max_tokens": g.max_tokens, "seed": derive_seed(self.config.run.seed, sample_id, "generate")}
 
+    def wants_logprobs(self) -> bool:
+        flag = self.config.generate.logprobs
+        return "grounding" in self.config.run.stages if flag is None else flag
+
     def sampler(self, row: dict, template) -> PromptSampler | None:
         """The round-by-round stopping rule of one prompt (None: fixed-N sampling)."""
         g, cc = self.config.generate, self.config.correctness
@@ -179,6 +188,8 @@ class GenerateStage(EngineStage):
         from vllm import SamplingParams
 
         plain, placeholder = BUILTIN_TEMPLATES["plain"], self.config.model.image_placeholder
+        # the sampled token's log-prob only (flat: no dict per token), computed from logits vLLM has
+        logprobs = {"logprobs": 0, "flat_logprobs": True} if self.wants_logprobs() else {}
         todo, requests = [], []
         for row in rows:
             try:
@@ -191,9 +202,10 @@ class GenerateStage(EngineStage):
             stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
             sampler = self.sampler(row, template)
             params = SamplingParams(**{**sampling, "n": sampler.first_count() if sampler else sampling["n"]},
-                                    **stops)
+                                    **stops, **logprobs)
             requests.append(GenRequest(prompt_messages(row, template, placeholder), images, params,
                                        mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                                       image_uuids=[image_uuid(im) for im in row["images"] or []],
                                        more=sampler.next_count if sampler else None))
             todo.append((row, sampling, template, sampler))
         return todo, requests
@@ -222,11 +234,12 @@ class GenerateStage(EngineStage):
                 continue
             if sampler is not None:
                 sampling = {**sampling, **self._count_rounds(sampler, ctx)}
-            responses = [
-                {"index": i, "text": c.text.strip(), "finish_reason": c.finish_reason,
-                 "num_tokens": c.num_tokens, "seed": sampling["seed"] + i}
-                for i, c in enumerate(res.completions)
-            ]
+            responses = []
+            for i, c in enumerate(res.completions):
+                logprob, key = sampled_score(res.input_ids, c.token_ids, c.logprobs, c.finish_reason)
+                responses.append({"index": i, "text": c.text.strip(), "finish_reason": c.finish_reason,
+                                  "num_tokens": c.num_tokens, "seed": sampling["seed"] + i,
+                                  "logprob": logprob, "tokens_key": key})
             ctx.stats.inc("responses", len(responses))
             ctx.stats.inc("tokens_generated", sum(r["num_tokens"] for r in responses))
             if not row["answer"]:

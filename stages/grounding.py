@@ -28,13 +28,16 @@ The stage is optional: it runs when listed in ``run.stages`` or when
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, NamedTuple, Optional
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterable, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from methods.grounding import Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, verdict
+from methods.grounding import (Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, tokens_key,
+                               verdict)
 from pipeline.engine import GenRequest
-from pipeline.images import to_pil
+from pipeline.images import image_uuid, to_pil
 from pipeline.config import Section
 from pipeline.stage import EngineStage, StageContext, prefixed
 from schemas import METHODS, PAIR_SCHEMA
@@ -60,6 +63,10 @@ class GroundingConfig(Section):
     #: overrides per method / per source (source wins), e.g. {image_crop: {min_crop_gain: 0.05}}
     per_method: dict[str, GroundingThresholds] = Field(default_factory=dict)
     per_source: dict[str, GroundingThresholds] = Field(default_factory=dict)
+    #: score a sampled text with its image from the log-probs generation returned while
+    #: sampling it (``generate.logprobs``), when the scoring request would send exactly the
+    #: tokens it was sampled after; false = a prefill request for every text
+    reuse_sampled_logprobs: bool = True
 
     @field_validator("per_method")
     @classmethod
@@ -84,12 +91,50 @@ CACHE_SALT = "grounding"
 IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
 
 
-class RenderedView(NamedTuple):
+#: stands for the answer in a view's one assistant-turn rendering (``answer_head``), and a text
+#: that a template changing answers (trimming, collapsing or escaping characters) would change
+_ANSWER = "\x00mmpr-answer\x00"
+_PROBE = "Step 1:  a\n\n\tb <c> {d} [e] 'f' \"g\" & h\\i \u00e9\u4e2d\nFinal answer: 42"
+
+
+def answer_head(engine, messages: list[dict]) -> str | None:
+    """The rendering of ``messages`` plus an assistant turn, up to where the turn's text starts,
+    when the template copies that text unchanged (a text's rendering is then head + text, no
+    template run per text); None when it changes it or cannot be cut."""
+    try:
+        framed = engine.render(messages + [assistant_turn(_ANSWER)], continue_final=True)
+        if not framed.endswith(_ANSWER) or framed.count(_ANSWER) != 1:
+            return None
+        head = framed[:-len(_ANSWER)]
+        probed = engine.render(messages + [assistant_turn(_PROBE)], continue_final=True)
+    except Exception:  # noqa: BLE001 -- then every text is rendered on its own
+        return None
+    return head if probed == head + _PROBE else None
+
+
+@dataclass
+class RenderedView:
     """One prompt under one image condition, rendered once for all the texts scored after it."""
     messages: list[dict]  # chat-template messages (prompt_messages)
     prompt: str  # rendered with the generation prompt
     prompt_ids: list[int]
-    images: list  # decoded (PIL)
+    source: list[dict]  # the stored images ({bytes, path})
+    image_uuids: list[str]  # their content ids (pipeline.images.image_uuid)
+    head: str | None = None  # answer_head
+
+    @cached_property
+    def images(self) -> list:
+        """Decoded only when a request is sent (texts scored from generation need none)."""
+        return [to_pil(im) for im in self.source]
+
+    def full_text(self, text: str, engine) -> str:
+        """The conversation with ``text`` as the assistant turn, cut right after it."""
+        if self.head is not None and text and text == text.strip():
+            return self.head + text
+        try:
+            return engine.render(self.messages + [assistant_turn(text)], continue_final=True)
+        except Exception:  # noqa: BLE001 -- a template that cannot cut after this text (e.g. empty)
+            return self.prompt + text
 
 
 def prompt_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
@@ -119,9 +164,10 @@ class GroundingStage(EngineStage):
 
     @classmethod
     def summarize(cls, c: dict) -> dict:
-        if not c.get("grounding.requests"):
+        if not c.get("grounding.scored_pairs"):
             return {}
-        return {"scored_pairs": c.get("grounding.scored_pairs", 0), "requests": c["grounding.requests"],
+        return {"scored_pairs": c.get("grounding.scored_pairs", 0), "requests": c.get("grounding.requests", 0),
+                "from_generation": c.get("grounding.from_generation", 0),
                 "failed": prefixed(c, "grounding.failed."), "unchecked": prefixed(c, "grounding.unchecked."),
                 "removed": prefixed(c, "removed.grounding."),
                 "prompt_tokens": c.get("grounding.prompt_tokens", 0), "cached_tokens": c.get("grounding.cached_tokens", 0),
@@ -133,8 +179,9 @@ class GroundingStage(EngineStage):
         if not s:
             return None
         cached = s.get("cached_tokens", 0) / max(s.get("prompt_tokens", 0), 1)
-        return (f"grounding: {s['scored_pairs']} pairs scored ({cached:.0%} of prompt tokens from the prefix cache), "
-                f"removed {sum(s['removed'].values())} {s['removed'] or ''}").rstrip()
+        return (f"grounding: {s['scored_pairs']} pairs scored with {s['requests']} requests "
+                f"(+{s.get('from_generation', 0)} texts from generation's log-probs; "
+                f"{cached:.0%} of prompt tokens from the prefix cache), removed {sum(s['removed'].values())} {s['removed'] or ''}").rstrip()
 
     def conditions(self, row: dict) -> list[str]:
         crop = row["method"] == "image_crop" and bool(row["rejected_images"])
@@ -187,59 +234,101 @@ class GroundingStage(EngineStage):
 
             self._prefix_params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
         return GenRequest([], scoring.images, self._prefix_params, mm_processor_kwargs=scoring.mm_processor_kwargs,
-                          prompt=prompt, prompt_token_ids=prompt_ids, cache_salt=CACHE_SALT)
+                          prompt=prompt, prompt_token_ids=prompt_ids, cache_salt=CACHE_SALT,
+                          image_uuids=scoring.image_uuids)
+
+    def rendered_view(self, row: dict, condition: str, ctx: StageContext, cache: dict) -> tuple[tuple, RenderedView]:
+        """The view's key and its rendering, made once per view (``cache``)."""
+        source, key = self.view(row, condition)
+        if key not in cache:
+            messages = prompt_messages(row["prompt"], bool(source))
+            prompt = ctx.engine.render(messages)
+            head = answer_head(ctx.engine, messages)
+            cache[key] = RenderedView(messages, prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                                      list(source), [image_uuid(im) for im in source], head)
+        return key, cache[key]
+
+    def scoring_request(self, row: dict, view: RenderedView, full: str,
+                        full_ids: list[int]) -> tuple[GenRequest, list[int], bool]:
+        """The scoring request of one rendered and tokenised text (``full``), the answer's token
+        ids, and whether the prompt/answer token boundary is clean."""
+        k, clean = answer_token_count(view.prompt_ids, full_ids)
+        req = GenRequest([], [], self.scoring_params(),  # images: view.images, set when it is sent
+                         mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                         prompt=full, prompt_token_ids=full_ids,  # tokenised once, here
+                         logprob_tail=k, cache_salt=CACHE_SALT, image_uuids=view.image_uuids)
+        return req, full_ids[len(full_ids) - k:], clean
 
     def request(self, row: dict, text: str, condition: str, ctx: StageContext,
                 cache: dict | None = None) -> tuple[GenRequest, list[int], bool]:
-        """A scoring request for ``text`` under ``condition``, the answer's token ids, and
-        whether the prompt/answer token boundary is clean.  ``cache`` keeps the rendered
-        prompt, its tokens and the decoded images per view (``RenderedView``) for the other texts."""
-        cache = {} if cache is None else cache
-        source, key = self.view(row, condition)
-        if key not in cache:
-            images = [to_pil(im) for im in source]
-            messages = prompt_messages(row["prompt"], bool(images))
-            prompt = ctx.engine.render(messages)
-            cache[key] = RenderedView(messages, prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"],
-                                      images)
-        rendered = cache[key]
-        try:
-            full = ctx.engine.render(rendered.messages + [assistant_turn(text)], continue_final=True)
-        except Exception:  # noqa: BLE001 -- a template that cannot cut after this text (e.g. empty)
-            full = rendered.prompt + text
-        full_ids = ctx.engine.tokenizer(full, add_special_tokens=False)["input_ids"]
-        k, clean = answer_token_count(rendered.prompt_ids, full_ids)
-        req = GenRequest([], rendered.images, self.scoring_params(),
-                         mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
-                         prompt=full, prompt_token_ids=full_ids,  # tokenised once, here
-                         logprob_tail=k, cache_salt=CACHE_SALT)
-        return req, full_ids[len(full_ids) - k:], clean
+        """A scoring request for ``text`` under ``condition`` on its own (images decoded)."""
+        _, view = self.rendered_view(row, condition, ctx, {} if cache is None else cache)
+        full = view.full_text(text, ctx.engine)
+        req, answer_ids, clean = self.scoring_request(row, view, full, ctx.engine.tokenizer(
+            full, add_special_tokens=False)["input_ids"])
+        req.images = view.images
+        return req, answer_ids, clean
+
+    def sampled(self, row: dict, text: str, full_ids: list[int], ctx: StageContext) -> float | None:
+        """``text``'s with-image score as generation computed it while sampling it, when the
+        pair carries it (``methods.grounding.sampled_score``) for this model and the tokens
+        scoring would send (prompt + text) are exactly the ones it was sampled after."""
+        prov = row["provenance"]
+        if not self.config.grounding.reuse_sampled_logprobs or prov.get("model") != ctx.engine.model_name \
+                or (prov.get("model_revision") or "") != ctx.engine.revision:
+            return None
+        key = None
+        for side in ("chosen", "rejected"):
+            logprob, sampled_key = prov.get(f"{side}_logprob"), prov.get(f"{side}_tokens_key")
+            if logprob is None or not sampled_key or turn_text(row[side]) != text:
+                continue
+            key = key or tokens_key(full_ids)
+            if key == sampled_key:
+                return logprob
+        return None
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
         """One request per distinct (prompt, images, answer text) in the partition: the pairs of
         one prompt reuse its responses (up to 15 correctness pairs from 8 samples), and an
-        image_crop pair's shared text is scored once per image condition."""
-        jobs, requests, cache, index = [], [], {}, {}
+        image_crop pair's shared text is scored once per image condition.  A sampled text's
+        with-image score comes from generation when it can (``sampled``): no request.  The
+        texts are rendered from their view's head and tokenised in one batch."""
+        jobs, cache, todo = [], {}, {}
         for row in rows:
             texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
-            slots: dict[tuple[str, str], tuple[int, list[int]]] = {}
+            keys = {}
             for text in texts.values():
                 for cond in self.conditions(row):
-                    key = (self.view(row, cond)[1], text)
-                    if key not in index:
-                        new_view = key[0] not in cache
-                        req, answer_ids, clean = self.request(row, text, cond, ctx, cache)
-                        rendered = cache[key[0]]
-                        if new_view and self.fills_a_block(req, len(rendered.prompt_ids), ctx):
-                            requests.append(self.prefix_request(req, rendered.prompt, rendered.prompt_ids))
-                            ctx.stats.inc("grounding.prefix_requests")
-                        ctx.stats.inc("grounding.boundary_merged", not clean)
-                        index[key] = (len(requests), answer_ids)
-                        requests.append(req)
-                    slots[(text, cond)] = index[key]
-            jobs.append((row, texts, slots))
-        ctx.stats.inc("grounding.requests", len(index))  # scoring requests (prefix requests counted apart)
-        return jobs, requests
+                    view_key, view = self.rendered_view(row, cond, ctx, cache)
+                    keys[(text, cond)] = key = (view_key, text)
+                    if key not in todo:
+                        todo[key] = (row, cond, view, view.full_text(text, ctx.engine))
+            jobs.append((row, texts, keys))
+        fulls = [full for _, _, _, full in todo.values()]
+        all_ids = ctx.engine.tokenizer(fulls, add_special_tokens=False)["input_ids"] if fulls else []
+        requests, index, prefixed_views = [], {}, set()
+        for (key, (row, cond, view, full)), full_ids in zip(todo.items(), all_ids):
+            req, answer_ids, clean = self.scoring_request(row, view, full, full_ids)
+            ctx.stats.inc("grounding.boundary_merged", not clean)
+            value = self.sampled(row, key[1], full_ids, ctx) if cond == IMAGE else None
+            if value is not None:
+                ctx.stats.inc("grounding.from_generation")
+                index[key] = (None, answer_ids, value)
+                continue
+            req.images = view.images
+            self._send(req, view, key[0] not in prefixed_views, requests, ctx)
+            prefixed_views.add(key[0])
+            index[key] = (len(requests) - 1, answer_ids, None)
+        return [(row, texts, {tc: index[k] for tc, k in keys.items()}) for row, texts, keys in jobs], requests
+
+    def _send(self, req: GenRequest, rendered: RenderedView, first_of_view: bool, requests: list,
+              ctx: StageContext) -> None:
+        """Queue a scoring request, after its view's prefix request when it is the view's first."""
+        if first_of_view and self.fills_a_block(req, len(rendered.prompt_ids), ctx):
+            requests.append(self.prefix_request(req, rendered.prompt, rendered.prompt_ids))
+            ctx.stats.inc("grounding.prefix_requests")
+        ctx.stats.inc("grounding.requests")  # scoring requests (prefix requests counted apart)
+        requests.append(req)
 
     @staticmethod
     def _score(res, answer_ids: list[int], ctx: StageContext) -> float | None:
@@ -264,8 +353,8 @@ class GroundingStage(EngineStage):
             for side, text in texts.items():
                 values = {}
                 for cond in self.conditions(row):
-                    i, answer_ids = slots[(text, cond)]
-                    values[cond] = self._score(results[i], answer_ids, ctx)
+                    i, answer_ids, value = slots[(text, cond)]
+                    values[cond] = value if i is None else self._score(results[i], answer_ids, ctx)
                 scores[side] = Scores(len(answer_ids), values[IMAGE], values[NO_IMAGE], values.get(CROP))
             sig = signals(scores["chosen"], scores["rejected"], row["method"] == "image_crop")
             if not row["images"]:  # nothing to remove: no evidence either way

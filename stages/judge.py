@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from methods.judge import build_judge_prompt, format_facts, parse_score
 from pipeline.config import Section
 from pipeline.engine import GenRequest
-from pipeline.images import to_pil
+from pipeline.images import image_uuid, to_pil
 from pipeline.seeds import derive_seed
 from pipeline.stage import Stage, StageContext
 from schemas import PAIR_SCHEMA
@@ -93,7 +93,8 @@ class JudgeStage(Stage):
         msg["content"] = [{"type": "image"} if p["type"] == "image" else p for p in msg["content"]]
         # a source's processor settings are tuned for the policy model: a separate judge model gets none
         mm_kwargs = None if j.model else self.config.source_mm_kwargs(row["source"])
-        return GenRequest([msg], images, params, mm_processor_kwargs=mm_kwargs)
+        return GenRequest([msg], images, params, mm_processor_kwargs=mm_kwargs,
+                          image_uuids=[image_uuid(im) for im in row["images"]] if images else None)
 
     def score(self, rows: list[dict], ctx: StageContext) -> dict[tuple[int, str], float | None]:
         """Scores per (row index, target); one retry for unparseable outputs."""

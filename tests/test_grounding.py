@@ -315,6 +315,69 @@ def test_prefix_cache_hits_give_the_uncached_numbers(f32_config, f32_engine, sam
                     assert got[pid][key] == pytest.approx(ref, abs=TOL_PER_TOKEN * 100), (pid, key)
 
 
+@pytest.fixture(scope="module")
+def generated_pairs(f32_config, f32_engine, tmp_path_factory):
+    """The sample's ground-truth prompts through generate (the run includes grounding, so it
+    asks vLLM for the sampled tokens' log-probs), then correctness and image_crop pairs."""
+    import pyarrow.parquet as pq
+
+    from pipeline import storage
+    from pipeline.orchestrator import run_source
+    from pipeline.stage import StageContext
+    from stages import make_stage
+
+    cfg = make_config(executor={"kind": "local"}, model={"dtype": "float32", "engine_kwargs": {"block_size": 32}},
+                      generate={"n": 6, "max_tokens": 40}, run={"stages": ["grounding"], "partition_rows": 16})
+    folder = tmp_path_factory.mktemp("ingest")
+    run_source(make_stage("ingest", cfg), str(folder))
+    prompts = pq.read_table(storage.list_files(str(folder / "data"), ".parquet")[0]).to_pylist()[:12]
+    responses = list(make_stage("generate", cfg).run(prompts, StageContext("generate", "p", cfg, f32_engine)))
+    pairs = []
+    for stage in ("correctness", "image_crop"):
+        pairs += list(make_stage(stage, cfg).run(responses, StageContext(stage, "p", cfg, None)))
+    return responses, pairs
+
+
+def test_sampled_texts_are_scored_from_generation_as_a_prefill_scores_them(f32_config, f32_engine,
+                                                                            generated_pairs):
+    """generate records each response's summed log-prob as sampled; grounding uses it as the
+    with-image score instead of a request when the tokens match, and the number is the one a
+    scoring prefill gives (raw log-probs: generate's top_k 50 must not renormalise them)."""
+    responses, pairs = generated_pairs
+    sampled = [r for row in responses for r in row["responses"]]
+    assert sampled and all(r["logprob"] is not None and r["logprob"] < 0 and r["tokens_key"] for r in sampled)
+    assert {p["method"] for p in pairs} >= {"correctness", "image_crop"}
+    reused, reused_stats = run_stage(f32_config, f32_engine, pairs)
+    fresh_config = f32_config.model_copy(deep=True)
+    fresh_config.grounding.reuse_sampled_logprobs = False
+    fresh, fresh_stats = run_stage(fresh_config, f32_engine, pairs)
+    rc, fc = reused_stats.counters, fresh_stats.counters
+    assert not [k for k in {**rc, **fc} if k.startswith("grounding.failed")]
+    assert "grounding.from_generation" not in fc
+    # every sampled text's with-image score: each pair's texts are sampled responses here
+    assert rc["grounding.from_generation"] == fc["grounding.requests"] - rc["grounding.requests"] > 0
+    got, ref = _values(reused), _values(fresh)
+    assert got.keys() == ref.keys() == {p["id"] for p in pairs}
+    for row in fresh:
+        g = row["provenance"]["grounding"]
+        for side in ("chosen", "rejected"):
+            tol = TOL_PER_TOKEN * 100 * g[f"{side}_tokens"]
+            for key, value in ref[row["id"]].items():
+                if value is not None:
+                    assert got[row["id"]][key] == pytest.approx(value, abs=tol), (row["id"], key)
+
+
+def test_a_sampled_score_is_not_used_for_other_tokens(f32_config, f32_engine, generated_pairs):
+    """A text whose scoring tokens differ from the sampled ones (here: the pair's prompt edited
+    after generation) is scored by a request, not given the sampled number."""
+    _, pairs = generated_pairs
+    edited = [{**p, "prompt": [{**p["prompt"][0], "content": [
+        {"type": c["type"], "text": None if c["text"] is None else c["text"] + " Be brief."}
+        for c in p["prompt"][0]["content"]]}]} for p in pairs[:3]]
+    _, stats = run_stage(f32_config, f32_engine, edited)
+    assert "grounding.from_generation" not in stats.counters and stats.counters["grounding.requests"] > 0
+
+
 def test_token_counts_are_the_answer_tokens(scored, f32_engine):
     out, _ = scored
     for row in out:
@@ -395,3 +458,58 @@ def test_report_section_shows_distributions_and_both_ends(tmp_path):
     assert highest.count("<code>id") == ENDS
     assert "dropout_ntp</td><td>src0</td>" in page
     assert grounding_html([(str(tmp_path / "b.parquet"), "default")]) == ""
+
+
+class _Template:
+    """A chat template as a function: ``change`` is what it does to an assistant text."""
+
+    def __init__(self, change):
+        self.change, self.calls = change, 0
+
+    def render(self, messages, continue_final=False):
+        self.calls += 1
+        head = "User: q\nAssistant:"
+        return head + (" " + self.change(messages[-1]["content"][0]["text"]) if continue_final else "")
+
+
+@pytest.mark.parametrize("change, renders_each", [
+    (lambda t: t, False),  # the text as it is (the tiny model's template): head + text
+    (str.upper, True),  # templates that change the text: every text rendered
+    (lambda t: t.replace("\n", " "), True),
+    (lambda t: t.replace("  ", " "), True),
+    (lambda t: t.replace("<", "&lt;"), True),
+])
+def test_view_head_is_used_only_for_templates_that_copy_the_text(change, renders_each):
+    from stages.grounding import RenderedView, answer_head
+
+    tpl = _Template(change)
+    head = answer_head(tpl, [])
+    assert (head is None) == renders_each
+    view = RenderedView([{"role": "user", "content": []}], "User: q\nAssistant:", [], [], [], head)
+    texts = ["Final answer: 4", "It is  4 <ok>.\nFinal answer: 4", "five"]
+    tpl.calls = 0
+    got = [view.full_text(t, tpl) for t in texts]
+    assert got == [tpl.render([{"content": [{"text": t}]}], continue_final=True) for t in texts]
+    assert tpl.calls - len(texts) == (len(texts) if renders_each else 0)
+
+
+@pytest.mark.parametrize("finish, token_ids, expect_sum, expect_tokens", [
+    ("stop", [5, 6, 2], -0.75, [5, 6]),  # the stop token (EOS) is not part of the text
+    ("length", [5, 6, 7], -1.0, [5, 6, 7]),  # cut by max_tokens: every token is text
+    ("stop", [2], None, None),  # only the stop token: no text to score
+])
+def test_sampled_score_sums_the_text_tokens(finish, token_ids, expect_sum, expect_tokens):
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    from methods.grounding import sampled_score, tokens_key
+
+    values = {5: -0.5, 6: -0.25, 7: -0.25, 2: -3.0}
+    flat, plain = FlatLogprobs(), []
+    for t in token_ids:
+        flat.append({t: Logprob(values[t], rank=1)})
+        plain.append({t: Logprob(values[t], rank=1)})
+    for container in (flat, plain):
+        got, key = sampled_score([1, 9], token_ids, container, finish)
+        assert got == expect_sum
+        assert key == (None if expect_tokens is None else tokens_key([1, 9, *expect_tokens]))
+    assert sampled_score([1, 9], token_ids, None, finish) == (None, None)

@@ -206,8 +206,10 @@ class GroundingStage(EngineStage):
             # one prompt share its rendered prompt and image, so only the first computes them and
             # the others compute their answer; the engine redoes a request whose cache hit reached
             # into the answer (GenRequest.logprob_tail)
+            # skip_clone: vLLM copies the params of every request; a shallow copy suffices for these
+            # (nothing per request in them: no stop lists, no logits processors)
             self._params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
-                                          flat_logprobs=True, skip_reading_prefix_cache=False)
+                                          flat_logprobs=True, skip_reading_prefix_cache=False, skip_clone=True)
         return self._params
 
     def fills_a_block(self, scoring: GenRequest, text_tokens: int, ctx: StageContext) -> bool:
@@ -232,7 +234,7 @@ class GroundingStage(EngineStage):
         if self._prefix_params is None:
             from vllm import SamplingParams
 
-            self._prefix_params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False)
+            self._prefix_params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, skip_clone=True)
         return GenRequest([], scoring.images, self._prefix_params, mm_processor_kwargs=scoring.mm_processor_kwargs,
                           prompt=prompt, prompt_token_ids=prompt_ids, cache_salt=CACHE_SALT,
                           image_uuids=scoring.image_uuids)

@@ -274,7 +274,10 @@ def test_text_only_requests_carry_no_processor_kwargs(engine, monkeypatch):
     req = GenRequest([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], [],
                      SamplingParams(n=1, max_tokens=2, seed=1), mm_processor_kwargs=SPLIT)
     (res,) = engine.generate([req])
-    assert res.error is None and sent == [{"prompt": res.prompt_text}]
+    # the rendered prompt's own token ids (no second BOS from a tokeniser adding special tokens)
+    assert res.error is None and sent == [{"prompt_token_ids": res.input_ids}]
+    assert res.input_ids == engine.tokenizer(res.prompt_text, add_special_tokens=False)["input_ids"]
+    assert engine.tokenizer.decode(res.input_ids) == res.prompt_text
 
 
 def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):

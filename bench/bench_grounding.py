@@ -159,8 +159,8 @@ def main() -> int:
     # tokens' log-probs asked for: grounding scores sampled texts with their image from them); the
     # difference is grounding's cost too
     gen_plain, gen_lp = [], []
-    for r in range(2):
-        for lp in ((False, True) if r == 0 else (True, False)):
+    for r in range(3):
+        for lp in ((False, True) if r % 2 == 0 else (True, False)):
             config.generate.logprobs = lp
             dt, st = timed("generate", [in_dir], f"generate-{r}-{int(lp)}")
             (gen_lp if lp else gen_plain).append(dt)

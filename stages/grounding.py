@@ -299,9 +299,9 @@ class GroundingStage(EngineStage):
         for row in rows:
             texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
             keys = {}
-            for text in texts.values():
-                for cond in self.conditions(row):
-                    view_key, view = self.rendered_view(row, cond, ctx, cache)
+            for cond in self.conditions(row):
+                view_key, view = self.rendered_view(row, cond, ctx, cache)
+                for text in texts.values():
                     keys[(text, cond)] = key = (view_key, text)
                     if key not in todo:
                         todo[key] = (row, cond, view, view.full_text(text, ctx.engine))

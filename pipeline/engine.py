@@ -18,10 +18,8 @@ unfinished sequences than it can schedule (``max_num_seqs`` x pipeline
 stages) and fewer than ``engine.max_prompts_in_flight`` prompts
 (``pipeline.image_budget``): queued images never pile up in memory.
 
-A dead engine (vLLM's ``EngineDeadError``: its core process died of a CUDA
-OOM, an NCCL timeout, a kill) is raised as ``EngineDead`` and never turned
-into quarantined rows: the executor rebuilds the engine or ends the actor,
-and the partition is retried.
+A dead engine is raised as ``EngineDead`` (``pipeline.engine_death``), never
+turned into quarantined rows.
 """
 from __future__ import annotations
 
@@ -34,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from pipeline import storage
+from pipeline.engine_death import EngineDead, engine_dead_cause, wake_on_death
 from pipeline.engine_setup import (  # noqa: F401 -- re-exported: callers import them from here
     _as_string_content, engine_kwargs, has_cuda, model_location, on_cpu, render_chat, resolve_token_ids,
     stop_kwargs)
@@ -44,28 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config import PipelineConfig
 
 log = logging.getLogger("pipeline.engine")
-
-
-class EngineDead(RuntimeError):
-    """vLLM's engine core is gone: no request can succeed on this engine any more.
-
-    Not a property of the rows: runners re-raise it instead of quarantining, and
-    executors rebuild the engine (local) or end the actor so Ray restarts it."""
-
-
-def engine_dead_cause(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is vLLM's EngineDeadError."""
-    try:
-        from vllm.v1.engine.exceptions import EngineDeadError
-    except Exception:  # noqa: BLE001 -- no vLLM here: nothing can be a dead vLLM engine
-        return False
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, (EngineDeadError, EngineDead)):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def refill_threshold(vllm_config: Any) -> int:
@@ -187,7 +164,7 @@ class Engine:
         self.max_prompts = prompts_in_flight(config, self.low_water)
         #: the model's configured stops, for every SamplingParams built for this engine
         self.stop_kwargs = stop_kwargs(config, self.tokenizer)
-        _wake_on_death(self.llm.llm_engine)
+        wake_on_death(self.llm.llm_engine)
         #: time accounting of ``generate_stream`` (``bench/bench_adaptive.py``): seconds streaming;
         #: seconds x the share of the engine's batch held by unfinished sequences (1 - this /
         #: stream_s is the engine's idle share); seconds spent deciding sampling rounds
@@ -427,37 +404,6 @@ def _output_keys(req_id: str) -> tuple[str, ...]:
     """The ids a request's outputs may carry: the one we were given, or its external part
     (vLLM appends "-<random>" internally)."""
     return tuple({req_id, req_id.rsplit("-", 1)[0]})
-
-
-def _wake_on_death(llm_engine: Any, poll_s: float = 0.5) -> None:
-    """Make a dead engine core raise instead of hang.
-
-    vLLM 0.32's synchronous client (``SyncMPClient``) marks the engine dead when
-    its core process exits, but then shuts its output thread down without
-    putting anything on ``outputs_queue``: a ``step()`` already waiting there
-    (or the next one) blocks forever.  This watcher puts the ``EngineDeadError``
-    there itself once vLLM has seen the death.
-    """
-    import threading
-    import time
-    import weakref
-
-    core = getattr(llm_engine, "engine_core", None)
-    if core is None or not hasattr(core, "outputs_queue") or not hasattr(core, "resources"):
-        return  # in-process engine core: its errors raise directly
-    ref = weakref.ref(core)
-
-    def watch() -> None:
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        while (c := ref()) is not None:
-            if c.resources.engine_dead:
-                c.outputs_queue.put_nowait(EngineDeadError())
-                return
-            del c
-            time.sleep(poll_s)
-
-    threading.Thread(target=watch, name="mmpr-engine-death-watch", daemon=True).start()
 
 
 @dataclass

@@ -70,7 +70,7 @@ class _EngineWorker:
 
     def run(self, stage_name: str, tasks: list[dict]) -> dict:
         """Stream the partitions through the engine; the summed stats of the call."""
-        from pipeline.engine import EngineDead
+        from pipeline.engine_death import EngineDead
 
         try:
             stats = run_engine_tasks(self._stage(stage_name), [Task.from_dict(t) for t in tasks], self.engine,

@@ -54,7 +54,8 @@ class LocalExecutor:
         """Stream the tasks through the engine; when the engine dies, build a new one and
         redo the partitions not yet written (at most ``retries`` times, then fail the run:
         a rerun resumes).  A dead engine never quarantines rows."""
-        from pipeline.engine import EngineDead, drop_engine, get_engine
+        from pipeline.engine import drop_engine, get_engine
+        from pipeline.engine_death import EngineDead
         from pipeline.runner import completed
 
         total = StageStats()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from pipeline import faults, storage
-from pipeline.engine import EngineDead
+from pipeline.engine_death import EngineDead
 from pipeline.stage import EngineStage, Stage, StageContext, StageStats
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -23,6 +23,7 @@ turned into quarantined rows.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import time
@@ -435,8 +436,18 @@ def get_engine(config: "PipelineConfig") -> Engine:
     """One engine per process and model configuration (tests share it per session)."""
     key = repr(sorted(engine_kwargs(config).items(), key=lambda kv: kv[0]))
     if key not in _ENGINES:
+        if not _ENGINES:
+            atexit.register(drop_engines)
         _ENGINES[key] = Engine(config)
     return _ENGINES[key]
+
+
+def drop_engines() -> None:
+    """Shut every engine of this process down (at exit: an engine core still attached when the
+    interpreter tears down can abort the process, "terminate called without an active
+    exception", after all its work succeeded)."""
+    for engine in list(_ENGINES.values()):
+        drop_engine(engine)
 
 
 def drop_engine(engine: Engine) -> None:

@@ -68,18 +68,6 @@ def tiny_model(sample_data) -> Path:
     return Path(build_tiny_model(ROOT / "models" / "tiny-idefics3", sample_data))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _engines_shut_down():
-    """Shut every engine the session built down before the interpreter exits: an engine core
-    still attached at exit can abort the process ("terminate called without an active
-    exception") after every test passed, and the run then fails."""
-    yield
-    engines = sys.modules.get("pipeline.engine")
-    if engines is not None:
-        for engine in list(engines._ENGINES.values()):
-            engines.drop_engine(engine)
-
-
 @pytest.fixture(scope="session")
 def engine(tiny_model):
     """The one in-process vLLM engine of the session (local executor tests)."""

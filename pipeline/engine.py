@@ -443,18 +443,37 @@ def get_engine(config: "PipelineConfig") -> Engine:
 
 
 def drop_engines() -> None:
-    """Shut every engine of this process down (at exit: an engine core still attached when the
-    interpreter tears down can abort the process, "terminate called without an active
-    exception", after all its work succeeded)."""
+    """Shut every engine of this process down, at exit (registered by ``get_engine``).
+
+    The work is done by then, so there is no grace period: vLLM's graceful teardown takes
+    ~5 s on CPU (its worker tears torch down) before it force-kills anyway, and every
+    process with an engine -- a CLI stage, a test run -- paid that at exit.  vLLM's
+    shutdown log lines are kept off the terminal: they came after the run's summary."""
+    logging.getLogger("vllm").setLevel(logging.ERROR)
     for engine in list(_ENGINES.values()):
-        drop_engine(engine)
+        drop_engine(engine, grace_s=0.0)
 
 
-def drop_engine(engine: Engine) -> None:
-    """Forget a (dead) engine so ``get_engine`` builds a new one, and release what is left of it."""
+#: how long ``drop_engine`` waits for vLLM's output thread to finish after the shutdown signal
+OUTPUT_THREAD_JOIN_S = 10.0
+
+
+def drop_engine(engine: Engine, grace_s: float | None = None) -> None:
+    """Forget a (dead) engine so ``get_engine`` builds a new one, and release what is left of it
+    (``grace_s``: how long its processes may take to exit before they are killed; None: vLLM's 5 s).
+
+    vLLM's client reads the engine core's outputs on a daemon thread that the shutdown only
+    signals.  The thread then still frees its last outputs; with log-probs those hold torch
+    tensors.  If the interpreter is finalising meanwhile, Python ends the thread inside the
+    tensor's C++ destructor and the process aborts ("terminate called without an active
+    exception", exit 134) after all its work succeeded.  So the thread is waited for."""
     for key in [k for k, v in _ENGINES.items() if v is engine]:
         del _ENGINES[key]
+    core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
     try:
-        engine.llm.llm_engine.engine_core.shutdown()
+        core.shutdown(timeout=grace_s)
     except Exception:  # noqa: BLE001 -- it is dead already; nothing more to free
         pass
+    thread = getattr(core, "output_queue_thread", None)  # SyncMPClient's; in-process cores have none
+    if thread is not None and thread.is_alive():
+        thread.join(OUTPUT_THREAD_JOIN_S)

@@ -170,9 +170,16 @@ def f32_config(tiny_model):
 
 @pytest.fixture(scope="module")
 def f32_engine(f32_config):
-    from pipeline.engine import get_engine
+    from pipeline.engine import drop_engine, get_engine
 
-    return get_engine(f32_config)
+    engine = get_engine(f32_config)
+    yield engine
+    # its memory goes back for the modules after this one.  Dropping an engine waits for vLLM's
+    # output thread: left running while the interpreter exits, it is ended inside a log-prob
+    # tensor's destructor and the process aborts ("terminate called", exit 134)
+    thread = engine.llm.llm_engine.engine_core.output_queue_thread
+    drop_engine(engine)
+    assert not thread.is_alive(), "drop_engine returned with vLLM's output thread still running"
 
 
 def run_stage(config, engine, rows):

@@ -179,6 +179,12 @@ def _run_or_stage(args: argparse.Namespace, config) -> None:
             check_sources(config)
         elif not args.input:
             raise ConfigError(f"--input is required for stage {args.name}")
+        else:
+            from pipeline import storage
+            if not storage.is_uri(args.input) and not os.path.exists(args.input):
+                # before the model is built or an engine started (a minute on CPU), not after
+                raise ConfigError(f"--input: {args.input} does not exist (give a stage's output folder "
+                                  "or a .parquet file)")
         check_ray_address(config)
         if cls.kind == "engine":
             from pipeline.preflight import check_model

@@ -146,3 +146,25 @@ def test_batch_invariant_is_part_of_the_stage_hash_only_when_on():
     on = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"batch_invariant": True})})
     assert cfg.stage_hash("generate") != on.stage_hash("generate")
     assert PipelineConfig.model_validate(cfg.resolved()).stage_hash("generate") == cfg.stage_hash("generate")
+
+
+@pytest.mark.parametrize("stage", ["generate", "correctness"])
+def test_a_missing_stage_input_fails_in_one_line_before_the_model(stage, tmp_path, monkeypatch, capsys):
+    """``stage generate --input <typo>`` used to start the engine (a minute on CPU), then fail
+    every partition with FileNotFoundError."""
+    import pipeline.preflight
+    from pipeline.cli import main
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was prepared before the input was checked")
+
+    monkeypatch.setattr(pipeline.preflight, "ensure_model", no_model)
+    monkeypatch.chdir(ROOT)
+    missing = tmp_path / "no-such-ingest"
+    rc = main(["stage", stage, "--config", "configs/sample.yaml", "--executor", "local", "--input", str(missing),
+               "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert [ln for ln in err.splitlines() if ln.startswith("config error:")] == [
+        f"config error: --input: {missing} does not exist (give a stage's output folder or a .parquet file)"], err
+    assert not (tmp_path / "out").exists()

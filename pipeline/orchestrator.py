@@ -211,6 +211,11 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
     pending = [t for t in tasks if not completed(t)]
     t0 = time.perf_counter()
     ran = make_executor(config).run(stage, pending) if pending else StageStats()
-    echo(summarize(step, stage_totals(output_dir), ran, len(tasks), len(tasks) - len(pending),
-                   time.perf_counter() - t0))
+    totals = stage_totals(output_dir)
+    echo(summarize(step, totals, ran, len(tasks), len(tasks) - len(pending), time.perf_counter() - t0))
+    # the stage's own line, as a whole run's summary has it (policy accuracy, grounding requests, ...)
+    summary = step.summarize(totals.counters)
+    line = step.summary_line(summary) if summary else None
+    if line:
+        echo(line)
     return ran

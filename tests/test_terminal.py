@@ -66,3 +66,20 @@ def test_a_failing_stage_shows_its_error(sample_build, tmp_path):
     assert re.search(r"^\[correctness\] .*quarantined [1-9]\d* \(worker_died: ", text, re.M), text
     assert len(lines) < 25, text
     assert _log_named(lines).parent == tmp_path / "work" / "logs"
+
+
+def test_one_stage_ends_with_its_summary_lines(sample_build, tmp_path):
+    """``stage correctness`` alone (README: run one stage) shows the partition summary and the
+    stage's own line, as a whole run's summary has it."""
+    work = sample_build.parent / "work"
+    cmd = [sys.executable, "-m", "pipeline", "stage", "correctness", "--config", "configs/sample.yaml",
+           "--executor", "local", "--input", str(work / "generate"), "--output", str(tmp_path / "pairs"),
+           "--work-dir", str(tmp_path / "work")]
+    proc = run_on_terminal(cmd, tmp_path / "terminal.txt", timeout=600)
+    lines = terminal_lines(tmp_path / "terminal.txt")
+    text = "\n".join(lines)
+    assert proc.returncode == 0, text
+    assert sum(ln.startswith("[correctness] partitions ") for ln in lines) == 1, text
+    whole_run = [ln for ln in (sample_build.parent / "run.log").read_text().splitlines()
+                 if ln.startswith("policy accuracy: ")]
+    assert [ln for ln in lines if ln.startswith("policy accuracy: ")] == whole_run and whole_run, text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import unicodedata
 import warnings
 from typing import Any
 
@@ -44,10 +45,30 @@ def _read_ref(ref: Any, root: str | None, roots: tuple[str, ...]) -> tuple[bytes
         raise ImageError("bad_image_reference", f"image reference of type {type(ref).__name__}")
     if not ref.strip():
         raise ImageError("missing_image", "empty image path")
-    path = resolve_image_ref(ref.strip(), root, roots)
-    if not storage.is_file(path):
-        raise ImageError("missing_image_file", ref)
-    return storage.read_bytes(path), ref
+    return storage.read_bytes(_find_file(ref.strip(), root, roots)), ref
+
+
+#: the spellings one name has (macOS writes names decomposed, NFD; most text is composed, NFC)
+_UNICODE_FORMS = ("NFC", "NFD")
+
+
+def _find_file(ref: str, root: str | None, roots: tuple[str, ...]) -> str:
+    """The file ``ref`` names: its exact name, else the same name in another Unicode
+    normalisation form -- a file named on a Mac and listed in a prompt file typed elsewhere
+    differ only so.  Every spelling tried passes the root check first."""
+    path = resolve_image_ref(ref, root, roots)
+    if storage.is_file(path):
+        return path
+    others = [o for o in dict.fromkeys(unicodedata.normalize(f, ref) for f in _UNICODE_FORMS) if o != ref]
+    for other in others:
+        try:
+            path = resolve_image_ref(other, root, roots)
+        except ImageError:  # this spelling leaves the roots (a root named in the other form)
+            continue
+        if storage.is_file(path):
+            return path
+    raise ImageError("missing_image_file", f"{ref} (nor in Unicode {' or '.join(_UNICODE_FORMS)} form)"
+                     if others else ref)
 
 
 def _normalise(img: Image.Image) -> Image.Image:
@@ -85,8 +106,10 @@ def decode_checked(data: bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("image_too_large", str(e)) from None
-    except UnidentifiedImageError as e:
-        raise ImageError("not_an_image", str(e)) from None
+    except UnidentifiedImageError:
+        # Pillow's message names the BytesIO it was given ("<_io.BytesIO object at 0x...>");
+        # load_image names the file
+        raise ImageError("not_an_image", "cannot identify image file") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError("corrupt_image", str(e)) from None
     return img
@@ -102,7 +125,11 @@ def load_image(ref: Any, root: str | None = None, roots: tuple[str, ...] | None 
 
         roots = allowed_roots(root)
     data, path = _read_ref(ref, root, roots)
-    img = decode_checked(data)
+    try:
+        img = decode_checked(data)
+    except ImageError as e:  # which of a source's million files it was
+        name = repr(path) if path else f"image bytes in the row ({len(data)} bytes)"
+        raise ImageError(e.reason, f"{name}: {e.detail}") from None
     fixed = _normalise(img)
     rotated = img.getexif().get(0x0112, 1) not in (1, None)
     if fixed is img and not rotated and img.format in _KEEP_FORMATS:

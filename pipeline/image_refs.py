@@ -8,8 +8,10 @@ that may be published.  So every reference is turned into one canonical
 location *before anything is opened*, and that location must lie under the
 source's image root or one of its ``allowed_image_roots`` -- whatever the
 scheme.  Anything else raises ``ImageError("image_uri_not_allowed")`` (or
-``image_path_escapes_root`` for a relative path with ``..``), which ingest
-quarantines for that row alone.
+``image_path_escapes_root`` for a relative path with ``..`` or a link that
+leaves the root), which ingest quarantines for that row alone.  Every other
+file a source makes the pipeline open passes the same check (an image
+folder's captions: ``pipeline.sources``).
 
 Only schemes ``pipeline.storage`` reads are ever allowed (local files, s3, gs,
 hdfs); http(s) is never fetched.  URIs with a query, fragment, user info or

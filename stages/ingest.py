@@ -1,12 +1,16 @@
 """ingest: validate raw source rows and normalise them to ``PROMPT_SCHEMA``.
 
 Every problem with a row becomes a quarantine entry with a specific reason
-(missing_image_file, corrupt_image, empty_question, bad_answer_type, ...);
-the rest of the source goes on.  The ``sample_id`` is a hash of the source
-name and the row's key, so it is stable across runs and machines.
+(missing_image_file, corrupt_image, empty_question, bad_answer_type,
+non_finite_number, ...); the rest of the source goes on.  Whatever else
+reading or normalising one row raises quarantines that row alone, as
+``unreadable_row`` (``pipeline.sources``) or ``ingest_error``, with the file and
+line or entry in the detail.  The ``sample_id`` is a hash of the source name
+and the row's key, so it is stable across runs and machines.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Iterator
 
 from pydantic import Field
@@ -50,6 +54,10 @@ def _as_str_list(value: Any, what: str, reason: str, allow_scalar: bool = True) 
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, float, str)):
             raise RowError(reason, f"{what} item of type {type(v).__name__}")
+        if isinstance(v, float) and not math.isfinite(v):
+            # JSON's NaN/Infinity and float columns' NaN: as text "nan" and "inf" they would be
+            # ground truth that correctness pairs are scored against
+            raise RowError("non_finite_number", f"{what} holds {v!r}")
         out.append(str(v).strip())
     if any(not v for v in out):
         raise RowError(reason, f"{what} contains an empty string")
@@ -122,15 +130,25 @@ class IngestStage(Stage):
             try:
                 out = raw.get("kept") or self._normalise(raw)
             except (RowError, ImageError) as e:
-                ctx.quarantine({"source": raw["source"], "row_key": raw["row_key"],
-                                "sample_id": sample_id_for(raw["source"], raw["row_key"]),
-                                **(raw["data"] or {})}, e.reason, e.detail)
+                self._refuse(raw, ctx, e.reason, e.detail)
+                continue
+            except Exception as e:  # noqa: BLE001 -- one row's problem, not its range's
+                self._refuse(raw, ctx, "ingest_error", f"{raw.get('where') or raw['row_key']}: "
+                                                       f"{type(e).__name__}: {e}")
                 continue
             ctx.stats.inc(f"source.{out['source']}")
             ctx.stats.inc("with_ground_truth" if out["answer"] else "without_ground_truth")
             if not out["images"]:
                 ctx.stats.inc("text_only")
             yield out
+
+    @staticmethod
+    def _refuse(raw: dict, ctx: StageContext, reason: str, detail: str) -> None:
+        """Quarantine one raw row.  An exception escaping ``run`` would refuse the whole range
+        (``stage_error``) after retrying it, though the next row may be fine."""
+        ctx.quarantine({"source": raw["source"], "row_key": raw["row_key"],
+                        "sample_id": sample_id_for(raw["source"], raw["row_key"]),
+                        **(raw["data"] or {})}, reason, detail)
 
     def _normalise(self, raw: dict) -> dict:
         if raw.get("error"):

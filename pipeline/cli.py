@@ -46,6 +46,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", help="override run.work_dir")
     p.add_argument("--verbose", action="store_true",
                    help="show Ray's and vLLM's output live instead of in <work_dir>/logs/")
+    p.add_argument("--adopt", action="store_true",
+                   help="write into non-empty folders mmpr-forge did not create (their files are never "
+                        "touched; a file the pipeline would replace stops it instead)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--input", required=True, help="dataset folder written by the pipeline")
     p.add_argument("--output", required=True, help="export folder")
+    p.add_argument("--adopt", action="store_true",
+                   help="write into a non-empty folder mmpr-forge did not create (its files are never touched)")
     p.add_argument("--root", metavar="DIR", help="where the export folder will be on the training machine: "
                                                  "paths are written under DIR (default: relative to the export)")
 
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "export":
             from publish.exports import export
-            print(json.dumps(export(args.format, args.input, args.output, root=args.root)["rows"]))
+            print(json.dumps(export(args.format, args.input, args.output, root=args.root, adopt=args.adopt)["rows"]))
             return 0
         if args.command == "report" and args.input:
             from publish.html_report import write_html_report
@@ -139,15 +144,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.config, _overrides(args))
         if args.command in ("run", "stage"):
-            with quiet_build(config.run.work_dir, verbose=args.verbose, discard_on=(ConfigError,)):
+            from pipeline.run_folders import claim_folders
+
+            stage = _stage_name(args.name) if args.command == "stage" else None
+            # before anything is written, the log included: folders checked, locked and claimed
+            with claim_folders(config, stage, args.output if stage else None, adopt=args.adopt), \
+                    quiet_build(config.run.work_dir, verbose=args.verbose, discard_on=(ConfigError,)):
                 _run_or_stage(args, config)
         elif args.command == "report":
             from pipeline.report import build_report, format_summary
             report = build_report(config)
             print(json.dumps(report, indent=2))
             print(format_summary(report))
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    except ConfigError as e:  # a folder refusal (pipeline.ownership) is no config mistake: "error:"
+        print(f"{getattr(e, 'label', 'config error')}: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 -- a quiet build's traceback is in its log file
         if args.command not in ("run", "stage") or args.verbose:
@@ -155,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(e).__name__}: {e}\n(the traceback is in the log named above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _stage_name(name: str) -> str:
+    from pipeline.config import ConfigError
+    from pipeline.graph import ordered
+
+    if name not in ordered():
+        raise ConfigError(f"stage: unknown stage {name!r}; known: {ordered()}")
+    return name
 
 
 def _run_or_stage(args: argparse.Namespace, config) -> None:
@@ -169,12 +188,10 @@ def _run_or_stage(args: argparse.Namespace, config) -> None:
         echo(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
         _html_report(config)
     else:
-        from pipeline.graph import ordered, stage_class
+        from pipeline.graph import stage_class
         from pipeline.orchestrator import run_stage
         from pipeline.preflight import check_ray_address, check_sources, ensure_model
-        if args.name not in ordered():
-            raise ConfigError(f"stage: unknown stage {args.name!r}; known: {ordered()}")
-        cls = stage_class(args.name)
+        cls = stage_class(_stage_name(args.name))
         if cls.kind == "source":
             check_sources(config)
         elif not args.input:

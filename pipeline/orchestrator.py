@@ -9,13 +9,14 @@ markers (so a resumed run reports the whole stage, not just what it redid).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 from pipeline import storage
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.graph import input_stages, make_stage
+from pipeline.ownership import Folder
 from pipeline.preflight import check_model, check_ray_address, check_sources, check_storage, ensure_model
+from pipeline.run_folders import claim_targets
 from pipeline.runner import Task, completed, invalidate_if_changed, stage_totals
 from pipeline.source_tasks import run_source  # noqa: F401 -- source stages: planned here, read on workers
 from pipeline.stage import Stage, StageStats
@@ -57,18 +58,15 @@ def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_
 
 
 def clear_work_dir(work_dir: str) -> None:
-    """``--restart``: everything in the work folder goes except ``logs/``, which holds the
-    log this very build is writing (removing it would unlink the open file)."""
-    if storage.is_uri(work_dir) or not os.path.isdir(work_dir):
-        storage.remove_tree(work_dir)
+    """``--restart``: what the pipeline wrote in the work folder goes, except ``logs/``, which
+    holds the log this very build is writing (removing it would unlink the open file).  Files
+    it did not write stay where they are (``pipeline.ownership``)."""
+    if not storage.exists(work_dir):
         return
-    for entry in os.scandir(work_dir):
-        if entry.name == "logs":
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path)
-        else:
-            os.remove(entry.path)
+    folder = Folder.claim(work_dir, "work", "run.work_dir")
+    for rel in sorted(folder.entries):
+        if rel != "logs/":
+            folder.remove(rel)
 
 
 def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
@@ -82,6 +80,7 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
     check_sources(config)
     check_storage(config)
     check_ray_address(config)
+    claim_targets(config)  # a no-op after the CLI's claim; callers from Python get the same checks
     engine = any(make_stage(s, config).kind == "engine" for s in config.run.stages)
     on_ray = config.executor.kind == "ray"
     if engine:
@@ -194,6 +193,7 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
     from pipeline.executors import make_executor
 
     step = make_stage(stage, config)
+    claim_targets(config, stage, output_dir)  # a no-op after the CLI's claim
     if step.kind == "source":
         return run_source(step, output_dir, lambda: make_executor(config))[0]
     if step.kind == "dataset":

@@ -10,6 +10,7 @@ import time
 
 from pipeline import __version__, graph, storage
 from pipeline.config import PipelineConfig
+from pipeline.ownership import open_folder
 from pipeline.runner import read_marker, stage_totals
 
 
@@ -113,5 +114,6 @@ def write_report(config: PipelineConfig, timings: dict[str, float] | None = None
     storage.write_json(storage.join(config.run.work_dir, "report.json"), report)
     if any(graph.stage_class(s).kind == "dataset" for s in config.run.stages) \
             and storage.exists(config.run.output_dir):
+        open_folder(config.run.output_dir, "dataset", "run.output_dir").reserve("report.json")
         storage.write_json(storage.join(config.run.output_dir, "report.json"), report)
     return report

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from pipeline import faults, storage
 from pipeline.engine_death import EngineDead
+from pipeline.ownership import STAGE_ENTRIES
 from pipeline.stage import EngineStage, Stage, StageContext, StageStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,12 +86,20 @@ def completed(task: Task) -> bool:
 
 
 def invalidate_if_changed(out_dir: str, stage_hash: str) -> bool:
-    """Drop a stage's output written under another config hash.  True if dropped."""
+    """Drop a stage's output written under another config hash.  True if dropped.
+
+    Only what a stage run writes goes (``STAGE_ENTRIES``: data, markers, quarantine, ...):
+    ``stage NAME --output DIR`` may name a folder that holds other files too."""
     for uri in storage.list_files(storage.join(out_dir, "markers"), ".json"):
         m = read_marker(uri)
         if m is not None and m.get("stage_hash") != stage_hash:
             log.warning("config of %s changed since its output was written: redoing it", out_dir)
-            storage.remove_tree(out_dir)
+            for rel in STAGE_ENTRIES:
+                target = storage.join(out_dir, rel)
+                if rel.endswith("/"):
+                    storage.remove_tree(target)
+                else:
+                    storage.remove(target)
             return True
     return False
 

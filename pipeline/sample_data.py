@@ -382,7 +382,11 @@ def build_sample_data(out_dir: Path, seed: int = 0, per_type: int = 46, n_open: 
     ``out_dir/images`` is replaced; ``gt.jsonl``, ``open.jsonl`` and
     ``README.md`` are overwritten.
     """
+    from pipeline.ownership import SAMPLE_ENTRIES, Folder  # the demo stays importable on its own
+
     out_dir = Path(out_dir)
+    # a folder of someone else's is refused, and nothing of theirs is replaced (pipeline.ownership)
+    Folder.claim(str(out_dir), "sample", "--out").reserve(*SAMPLE_ENTRIES)
     img_dir = out_dir / "images"
     if img_dir.exists():
         shutil.rmtree(img_dir)

@@ -347,6 +347,12 @@ def build_tiny_model(out_dir: Path, data_dir: Path, seed: int = 0, steps: int = 
     if not force and _stamp_matches(out_dir, fingerprint):
         log(f"{out_dir}: up to date ({fingerprint[:12]})")
         return out_dir
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / STAMP_FILE).exists():
+        # a rebuild replaces the folder whole: only one this builder made (it has the stamp)
+        from pipeline.ownership import NotOwned
+
+        raise NotOwned(f"--out: {out_dir} is not empty and holds no tiny model built by mmpr-forge "
+                       f"(no {STAMP_FILE}); give a new or empty folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # one builder at a time per folder (parallel test sessions share models/)
     with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:

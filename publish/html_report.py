@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import __version__, storage
+from pipeline.ownership import open_folder
 # the dataset layout: configs and their folders; image-contrast methods live in their own config
 from publish.html_cards import THUMB_PX, _slug, card_html, esc, image_html, thumbnail  # noqa: F401 -- tests use them
 from publish.grounding_report import grounding_html
@@ -333,6 +334,8 @@ def write_html_report(root: str, output: str | None = None, seed: int = 0,
                       per_method: int = PER_METHOD, stats_rows: int = STATS_ROWS) -> str:
     """Write ``root/report.html`` (or ``output``); returns where it was written."""
     page = build_report_html(root, seed=seed, per_method=per_method, stats_rows=stats_rows)
+    if output is None:  # in the dataset folder: only over a report the pipeline wrote (an explicit --html is the user's call)
+        open_folder(root, "dataset", "--input").reserve(REPORT_NAME)
     dest = output or storage.join(root, REPORT_NAME)
     storage.write_bytes(dest, page.encode("utf-8"))
     return dest

@@ -38,12 +38,12 @@ whatever the number of workers.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,7 @@ from pydantic import Field, field_validator
 
 from pipeline import __version__, faults, storage
 from pipeline.config import PipelineConfig, Section
+from pipeline.ownership import Folder, open_folder
 from pipeline.stage import Stage, StageStats
 from publish.card import render_card
 from publish.exports import FORMATS
@@ -69,6 +70,8 @@ log = logging.getLogger("pipeline")
 #: bytes of scattered rows held in memory before they are flushed to bucket files
 SCATTER_BUFFER_BYTES = int(os.environ.get("MMPR_WRITE_BUFFER_MB", "64")) << 20
 READ_BATCH_ROWS = 256
+#: spill folders beside the output (each reserved in the output's ledger before it is made)
+TMP_PREFIX = ".write-tmp-"
 
 
 class WriteConfig(Section):
@@ -170,37 +173,39 @@ def plan_shards(files: list[str], seed: int, shard_rows: int, test_fraction: flo
 
 
 # -- the step -----------------------------------------------------------------------
-def _local_tmp_dir(out: str) -> str:
-    fs, path = storage.resolve(out)
-    parent = None
-    if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(path, exist_ok=True)
-        for stale in glob.glob(os.path.join(path, ".write-tmp-*")):
-            shutil.rmtree(stale, ignore_errors=True)
-        parent = path
-    return tempfile.mkdtemp(prefix=".write-tmp-", dir=parent)
+def _local_tmp_dir(folder: Folder) -> tuple[str, str | None]:
+    """A new spill folder beside a local output (the same disk), reserved in its ledger first,
+    and its ledger entry; spill folders an interrupted write left behind are removed (only
+    those the ledger names).  For a remote output, a local temp folder (no entry)."""
+    fs, path = storage.resolve(folder.uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return tempfile.mkdtemp(prefix=TMP_PREFIX), None
+    for stale in sorted(e for e in folder.entries if e.startswith(TMP_PREFIX)):
+        folder.remove(stale, forget=True)
+    name = f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}/"
+    folder.reserve(name)
+    os.makedirs(folder.path(name))
+    return folder.path(name), name
 
 
-def _remove_stale(out: str, keep: set[str]) -> int:
-    removed = 0
-    for _, folder in CONFIGS:
-        for uri in storage.list_files(storage.join(out, folder), ".parquet"):
-            rel = f"{folder}/{uri.rsplit('/', 1)[1]}"
-            if rel not in keep:
-                fs, path = storage.resolve(uri)
-                fs.delete_file(path)
-                removed += 1
-    return removed
+def _remove_stale(folder: Folder, keep: set[str]) -> int:
+    """Shards an earlier write made that this one does not (a shard count that changed).  Only
+    shards the folder's ledger names go: a ``data/*.parquet`` of someone else's stays."""
+    stale = sorted(e for e in folder.entries if e.startswith("data/") and e.endswith(".parquet") and e not in keep)
+    return sum(folder.remove(rel, forget=True) for rel in stale)
 
 
-def _spill_root(config: PipelineConfig, out: str) -> str:
-    """Where scatter tasks spill: beside a local output (or a local temp dir); under the output
-    store itself when Ray workers on other nodes must read it back."""
-    fs, _ = storage.resolve(out)
+def _spill_root(config: PipelineConfig, folder: Folder) -> tuple[str, str | None]:
+    """Where scatter tasks spill (and its entry in the output's ledger, if there): beside a local
+    output (or a local temp dir); under the output store itself when Ray workers on other
+    nodes must read it back."""
+    fs, _ = storage.resolve(folder.uri)
     cluster = config.executor.kind == "ray" and (config.executor.address or os.environ.get("RAY_ADDRESS"))
     if isinstance(fs, pafs.LocalFileSystem) or not cluster:
-        return _local_tmp_dir(out)
-    return storage.join(out, f".write-tmp-{config.config_hash()[:12]}")
+        return _local_tmp_dir(folder)
+    name = f"{TMP_PREFIX}{config.config_hash()[:12]}/"
+    folder.reserve(name)
+    return folder.path(name), name
 
 
 def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str | None = None) -> StageStats:
@@ -212,12 +217,17 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     files = input_files(input_dirs)
     stats = StageStats()
 
+    # only files this pipeline wrote are replaced or removed (pipeline.ownership): the card and
+    # the manifest are reserved before anything is written, every shard once it is planned
+    folder = open_folder(out, "dataset", "run.output_dir" if out == config.run.output_dir else "--output")
+    folder.reserve("README.md", "manifest.json")
     # the manifest is the dataset's completion marker (object stores have no
     # rename): while shards are rewritten, no manifest describes the folder
     storage.remove(storage.join(out, "manifest.json"))
     plan = plan_shards(files, config.run.seed, wc.shard_rows, wc.test_fraction)
+    folder.reserve(*(s.relpath for s in plan.shards))
     stats.inc("seconds.plan", round(time.perf_counter() - t0, 3))
-    tmp = _spill_root(config, out)
+    tmp, tmp_entry = _spill_root(config, folder)
     local = not storage.is_uri(tmp)  # a local spill folder: the tasks run where the driver is
     try:
         t1 = time.perf_counter()
@@ -238,11 +248,11 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
                              on_driver_node=local)
         stats.inc("seconds.gather", round(time.perf_counter() - t1, 3))
     finally:
-        if storage.is_uri(tmp):
-            storage.remove_tree(tmp)
+        if tmp_entry:
+            folder.remove(tmp_entry, forget=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    removed = _remove_stale(out, {s.relpath for s in plan.shards})
+    removed = _remove_stale(folder, {s.relpath for s in plan.shards})
     shard_entries = [g["entry"] for g in gathered]
     row_stats = Stats()
     for g in gathered:  # in shard order: the statistics do not depend on which task finished first

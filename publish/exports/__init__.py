@@ -16,6 +16,7 @@ import os
 import pkgutil
 
 from pipeline import storage
+from pipeline.ownership import open_folder
 from publish.exports.common import REGISTRY, ExportFolder, canonical_shards, dataset_name
 
 for _info in pkgutil.iter_modules(__path__):
@@ -25,17 +26,19 @@ for _info in pkgutil.iter_modules(__path__):
 FORMATS: tuple[str, ...] = tuple(sorted(REGISTRY))
 
 
-def export(fmt: str, input_dir: str, output_dir: str, name: str | None = None, root: str | None = None) -> dict:
+def export(fmt: str, input_dir: str, output_dir: str, name: str | None = None, root: str | None = None,
+           adopt: bool = False) -> dict:
     """Lay the dataset folder ``input_dir`` out for trainer ``fmt`` under ``output_dir``; returns a summary.
 
     ``name`` prefixes the LLaMA-Factory dataset names (default: the manifest's ``name``).  ``root``:
     where the export folder will be on the training machine; paths are written under it instead
-    of relative to the export folder.
+    of relative to the export folder.  ``adopt``: write into a non-empty folder mmpr-forge did not
+    create (its files are never touched; one in the way stops the export).
     """
     if fmt not in REGISTRY:
         raise ValueError(f"unknown export format {fmt!r}; known: {list(FORMATS)}")
     shards = canonical_shards(input_dir)
-    ex = ExportFolder(fmt, input_dir, output_dir, root)
+    ex = ExportFolder(fmt, input_dir, output_dir, root, adopt)
     try:
         extra = REGISTRY[fmt]().write(ex, shards, dataset_name(input_dir, name))
     except BaseException:
@@ -47,6 +50,7 @@ def export(fmt: str, input_dir: str, output_dir: str, name: str | None = None, r
 def export_dataset(dataset_dir: str, formats: list[str], out_dir: str, name: str | None = None) -> dict:
     """Every format of ``formats`` under ``out_dir/exports/<format>``, and ``exports/export.json``
     listing them (format -> its export summary without the file list)."""
+    open_folder(out_dir, "dataset", "run.output_dir").reserve("exports/")
     summaries = {}
     for fmt in formats:
         summary = export(fmt, dataset_dir, storage.join(out_dir, "exports", fmt), name=name)

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline import storage
+from pipeline.ownership import Folder
 from publish.layout import CONFIGS
 
 log = logging.getLogger("pipeline")
@@ -185,10 +186,16 @@ class Sink:
 
 
 class ExportFolder:
-    """Files of one export folder; stale files of a previous export are removed at the end."""
+    """Files of one export folder; stale files of a previous export are removed at the end.
 
-    def __init__(self, fmt: str, input_dir: str, root: str, image_root: str | None = None) -> None:
+    Every file goes through the folder's ledger (``pipeline.ownership``): a top-level entry is
+    reserved before its first write, so a file of someone else's is never replaced."""
+
+    def __init__(self, fmt: str, input_dir: str, root: str, image_root: str | None = None,
+                 adopt: bool = False) -> None:
         self.fmt, self.input_dir, self.root, self.image_root = fmt, input_dir, root, image_root
+        self.ledger = Folder.load(root, "export", "--output") or Folder.claim(root, "export", "--output", adopt)
+        self.claimed: list[str] = []  # entries this export added to the ledger (undone by abort)
         self.files: set[str] = set()
         self.images: dict[str, str] = {}  # content hash -> relative path
         self.sinks: dict[str, Sink] = {}
@@ -202,7 +209,15 @@ class ExportFolder:
         """How an export file names another: relative to the export folder, or under ``image_root``."""
         return f"{self.image_root.rstrip('/')}/{rel}" if self.image_root else rel
 
+    def reserve(self, rel: str) -> None:
+        """Claim ``rel``'s top-level entry (``images/`` for an image) before it is first written."""
+        top, sep, _ = rel.partition("/")
+        if not self.ledger.owns(top + sep):
+            self.ledger.reserve(top + sep)
+            self.claimed.append(top + sep)
+
     def write_bytes(self, rel: str, data: bytes | pa.Buffer) -> None:
+        self.reserve(rel)
         storage.write_bytes(self.uri(rel), data)
         self.files.add(rel)
 
@@ -211,6 +226,7 @@ class ExportFolder:
 
     def sink(self, rel: str) -> Sink:
         if rel not in self.sinks:
+            self.reserve(rel)
             self.sinks[rel] = Sink(self.uri(rel))
             self.files.add(rel)
         return self.sinks[rel]
@@ -227,6 +243,7 @@ class ExportFolder:
         rel = self.images.get(digest)
         if rel is None:
             rel = f"images/{digest[:2]}/{digest}{image_ext(data)}"
+            self.reserve(rel)
             if not storage.exists(self.uri(rel)):
                 storage.write_bytes(self.uri(rel), data)
             self.images[digest] = rel
@@ -234,18 +251,22 @@ class ExportFolder:
         return rel
 
     def abort(self) -> None:
+        """A failed export leaves nothing new behind: its temp files and the entries it added go."""
         for s in self.sinks.values():
             s.f.close()
             if os.path.exists(s.tmp):
                 os.remove(s.tmp)
+        for rel in reversed(self.claimed):
+            self.ledger.remove(rel, forget=True)
 
     def finish(self, extra: dict | None = None) -> dict:
         for s in self.sinks.values():
             s.close()
         manifest_uri = self.uri("export.json")
         previous = storage.read_json(manifest_uri).get("files", []) if storage.exists(manifest_uri) else []
+        self.reserve("export.json")
         for rel in sorted(set(previous) - self.files - {"export.json"}):
-            if storage.exists(self.uri(rel)):
+            if self.ledger.owns(rel) and storage.exists(self.uri(rel)):
                 fs, path = storage.resolve(self.uri(rel))
                 fs.delete_file(path)
         summary = {

@@ -242,3 +242,32 @@ def test_a_second_run_on_a_folder_is_refused_and_a_killed_ones_lock_does_not_blo
     third = subprocess.run(ingest_cmd(cfg, out), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0, third.stderr
     assert len(list((out / "markers").glob("*.json"))) == 1
+
+
+def test_one_run_per_work_folder_on_an_object_store(s3_server, monkeypatch):
+    """No flock on S3: a lease the holder refreshes.  A second run is refused while the lease is
+    fresh; a killed run's lease expires (LEASE_S is shortened for the test, on both sides)."""
+    from pipeline import folder_lock
+    from pipeline.folder_lock import FolderBusy, FolderLock
+
+    s3_server.create_bucket(Bucket="mmpr-lease")
+    uri = "s3://mmpr-lease/work"
+    monkeypatch.setattr(folder_lock, "LEASE_S", 2.0)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pipeline import folder_lock\n"
+        "folder_lock.LEASE_S = 2.0\n"
+        f"folder_lock.FolderLock({uri!r}, 'run.work_dir').acquire('holder')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        time.sleep(3)  # longer than the lease: only the holder's refreshes keep it
+        with pytest.raises(FolderBusy, match=rf"run.work_dir: {uri} is in use by another run \(pid {holder.pid} "):
+            FolderLock(uri, "run.work_dir").acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    time.sleep(2.5)  # the killed holder's lease expires
+    lock = FolderLock(uri, "run.work_dir").acquire()
+    lock.release()

@@ -208,38 +208,114 @@ class PipelineConfig(StageSections):
         return graph.stage_hash(self, stage)
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
+def _format_error(err: ValidationError, origin: str, origins: dict[str, str]) -> str:
+    """One line per error, naming where the wrong value came from: the ``--set`` argument that
+    set the key (``origins``: dotted key -> the argument as typed), else the config file."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        parts = [str(p) for p in e["loc"]]
+        key = ".".join(parts) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{origin}: {key}: {msg}")
+        blamed = _override_of(key, e["type"], origins)
+        if blamed is None:
+            lines.append(f"{origin}: {key}: {msg}")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"{origins[blamed]}: {_unknown_key(parts)}")
+        else:  # the key is in the argument already, unless the error is inside the value it set
+            lines.append(f"{origins[blamed]}: {msg}" if key == blamed else f"{origins[blamed]}: {key}: {msg}")
     return "\n".join(lines)
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    """Set ``a.b.0.c`` in nested dicts/lists (list items by index)."""
+def _override_of(key: str, kind: str, origins: dict[str, str]) -> str | None:
+    """The overridden key an error at ``key`` is about: that key or one inside the value it set,
+    or (an unknown key) one that a key under it was set through."""
+    for dotted in origins:
+        if key == dotted or key.startswith(dotted + "."):
+            return dotted
+        if kind == "extra_forbidden" and dotted.startswith(key + "."):
+            return dotted
+    return None
+
+
+def _unknown_key(parts: list[str]) -> str:
+    """Why a key is not accepted, with the nearest key that is (or the section's keys): a typo
+    in ``--set`` is what the user has to fix, not the YAML file."""
+    import difflib
+
+    *section, leaf = parts
+    key, known = ".".join(parts), _keys_at(section)
+    close = difflib.get_close_matches(leaf, known, n=1)
+    if close:
+        return f"{key} is not a config key; did you mean {'.'.join([*section, close[0]])}?"
+    if known:
+        where = f"keys of {'.'.join(section)}" if section else "top-level keys"
+        return f"{key} is not a config key ({where}: {', '.join(known)})"
+    return f"{key} is not a config key"
+
+
+def _keys_at(section: list[str]) -> list[str]:
+    """The keys the config accepts under ``section`` ([]: the top level; list items by index)."""
+    from pipeline import graph
+
+    stages = {name: cls.Config for name, cls in graph.load().items() if cls.Config is not None}
+    if not section:
+        return sorted([*PipelineConfig.model_fields, *stages])
+    model = stages.get(section[0]) or _model_in(PipelineConfig.model_fields.get(section[0]))
+    for part in section[1:]:
+        if model is None:
+            return []
+        if part.isdigit():  # a list index: the model found is the list items' already
+            continue
+        model = _model_in(model.model_fields.get(part))
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_in(field) -> type | None:
+    """The pydantic model a field holds (itself, in a list or Optional), or None for a plain value."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    todo = [field.annotation] if field is not None else []
+    while todo:
+        ann = todo.pop()
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return ann
+        todo.extend(get_args(ann))
+    return None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, origin: str) -> None:
+    """Set ``a.b.0.c`` in nested dicts/lists (list items by index); ``origin`` names the
+    argument in errors."""
     node: Any = data
     *parents, leaf = dotted.split(".")
-    for p in parents:
+    for i, p in enumerate(parents):
         if isinstance(node, list):
             if not p.isdigit() or int(p) >= len(node):
-                raise ConfigError(f"--set {dotted}: no list item {p}")
+                raise ConfigError(f"{origin}: no list item {p}")
             node = node[int(p)]
         else:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # not there, or an empty section in the YAML
+                node[p] = {}
+            node = node[p]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{origin}: {'.'.join(parents[:i + 1])} is a value, not a section")
     if isinstance(node, list):
         if not leaf.isdigit() or int(leaf) >= len(node):
-            raise ConfigError(f"--set {dotted}: no list item {leaf}")
+            raise ConfigError(f"{origin}: no list item {leaf}")
         node[int(leaf)] = value
     else:
         node[leaf] = value
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                origins: dict[str, str] | None = None) -> PipelineConfig:
     """Load and validate a YAML config; raise ConfigError with key paths.
 
-    ``overrides`` maps dotted keys to values ("run.output_dir": "out/x").
+    ``overrides`` maps dotted keys to values ("run.output_dir": "out/x"); ``origins`` maps
+    them to the command-line arguments that set them ("--set run.output_dir=out/x"), so
+    that a wrong value is reported as the argument the user typed, not as the file.
     Relative source paths are resolved against the current directory.
     """
     path = Path(path)
@@ -251,9 +327,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+    overrides = overrides or {}
+    origins = {key: (origins or {}).get(key, f"override {key}") for key in overrides}
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value, origins[dotted])
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, str(path))) from None
+        raise ConfigError(_format_error(e, str(path), origins)) from None

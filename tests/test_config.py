@@ -72,3 +72,29 @@ def test_cli_fails_fast_with_one_line(tmp_path, args, words):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("config error")]
     assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "w").exists(), "no work may start before the config is valid"
+
+
+@pytest.mark.parametrize("setting, line", [
+    ("generate.n=abc",
+     "config error: --set generate.n=abc: Input should be a valid integer, unable to parse string as an integer"),
+    ("generate={n: abc}",
+     "config error: --set generate={n: abc}: generate.n: Input should be a valid integer, unable to parse "
+     "string as an integer"),
+    ("generate.nn=3", "config error: --set generate.nn=3: generate.nn is not a config key; did you mean generate.n?"),
+    ("generat.n=3", "config error: --set generat.n=3: generat is not a config key; did you mean generate?"),
+    ("run.seed.x=1", "config error: --set run.seed.x=1: run.seed is a value, not a section"),
+])
+def test_a_bad_set_is_blamed_on_that_set_argument(tmp_path, setting, line):
+    """A wrong ``--set`` is reported as the argument the user typed, not as the YAML file."""
+    cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml",
+           "--work-dir", str(tmp_path / "w"), "--set", setting]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [line]
+
+
+def test_an_unknown_set_key_far_from_any_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "configs" / "sample.yaml", {"ingest.zzz": 1}, origins={"ingest.zzz": "--set ingest.zzz=1"})
+    assert str(e.value) == ("--set ingest.zzz=1: ingest.zzz is not a config key "
+                            "(keys of ingest: max_question_chars, require_image)")

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import ROOT
 from pair_data import write_inputs
 from pipeline.config import PipelineConfig
 from pipeline.orchestrator import summarize
@@ -182,7 +185,7 @@ def test_rerun_removes_stale_files_and_keeps_images(dataset, tmp_path):
     assert not (dest / "test.jsonl").exists()
     assert "test.jsonl" in first["files"] and "test.jsonl" not in second["files"]
     on_disk = {str(p.relative_to(dest)) for p in Path(dest).rglob("*") if p.is_file()}
-    assert on_disk == set(second["files"]) | {"export.json"}
+    assert on_disk == set(second["files"]) | {"export.json", ".mmpr-forge.json"}  # + the ownership record
 
 
 def test_unknown_format_and_missing_dataset(tmp_path):
@@ -203,13 +206,17 @@ def test_cli_export(dataset, tmp_path):
 
 
 def test_no_build_paths_in_any_export_file(dataset):
-    """A copied dataset folder must not point back at the build machine: no export file or
-    README names the folder it was built in."""
+    """A copied dataset folder must not point back at the build machine: no export file names
+    the folder it was built in; a README names it only in the command that writes it again,
+    which runs on the build machine."""
     out, _ = dataset
     for fmt in FORMATS:
         for f in (out / "exports" / fmt).rglob("*"):
-            if f.is_file() and f.suffix in (".json", ".jsonl", ".md", ".parquet"):
+            if f.is_file() and f.suffix in (".json", ".jsonl", ".parquet"):
                 assert str(out).encode() not in f.read_bytes(), f
+            elif f.suffix == ".md":
+                others = [ln for ln in f.read_text().splitlines() if not ln.startswith(CLI + " ")]
+                assert not [ln for ln in others if str(out) in ln], f
     readme = (out / "exports" / "swift" / "README.md").read_text()
     assert "ROOT_IMAGE_DIR" in readme
     assert "dataset_dir: <this folder>" in (out / "exports" / "llamafactory" / "README.md").read_text()
@@ -281,3 +288,71 @@ def test_the_export_stage_runs_after_write_when_formats_are_listed():
     assert "export" not in no_write.run.stages
     with pytest.raises(ValueError, match="unknown export format"):
         PipelineConfig.model_validate({"write": {"exports": ["axolotl"]}})
+
+
+#: how an export README runs the exporter: from the mmpr-forge checkout, with its virtualenv
+CLI = ".venv/bin/python -m pipeline export"
+
+
+def _commands(readme: str) -> list[str]:
+    return [ln for ln in readme.splitlines() if ln.startswith(CLI + " ")]
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def _run_as_written(command: str) -> None:
+    """A README's command line, pasted into a shell in the mmpr-forge checkout."""
+    proc = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+
+
+def test_every_readme_has_the_command_that_writes_it_again(dataset):
+    """The command in an export's README runs as written from the checkout (the real --input and
+    --output, not placeholders) and writes the very same files."""
+    out, _ = dataset
+    for fmt in FORMATS:
+        folder = out / "exports" / fmt
+        readme = (folder / "README.md").read_text()
+        again = f"{CLI} --format {fmt} --input {out} --output {folder}"
+        assert again in _commands(readme), readme
+        assert ("On the machine that wrote this export, from the mmpr-forge checkout (with its `.venv`), this "
+                "command writes it again:") in readme, readme
+        before = _hashes(folder)
+        _run_as_written(again)
+        assert _hashes(folder) == before, fmt
+
+
+def test_internvl_readme_leads_with_root(dataset, tmp_path):
+    """InternVL's MPO launch scripts run from ``internvl_chat/``, where relative paths do not resolve:
+    the README's first words say to export again with ``--root``, and its command does that."""
+    out, rows = dataset
+    export("internvl", str(out), str(tmp_path / "ivl"))
+    readme = (tmp_path / "ivl" / "README.md").read_text()
+    first, command = readme.split("\n\n")[1:3]
+    assert first == (
+        "**Export again with `--root` before training.** InternVL's MPO launch scripts run from "
+        "`internvl_chat/`, not from this folder, and the trainer opens each `annotation` and image "
+        "(`os.path.join(root, image)`) from its working directory, so the relative paths written here do not "
+        "resolve there. On the machine that wrote this export, from the mmpr-forge checkout (with its "
+        "`.venv`), write absolute paths under DIR, the folder this export will have on the training machine, "
+        "then copy this folder to DIR:")
+    assert command == (f"```bash\n{CLI} --format internvl --input {out} --output {tmp_path / 'ivl'} "
+                       "--root DIR\n```")
+    target = tmp_path / "on-the-trainer"
+    _run_as_written(command.splitlines()[1].replace(" DIR", f" {target}"))
+    meta = json.loads((tmp_path / "ivl" / "meta.json").read_text())
+    assert meta and all(m["root"] == f"{target}/images" for m in meta.values())
+    assert "Paths are absolute, under" in (tmp_path / "ivl" / "README.md").read_text().split("\n\n")[1]
+
+
+def test_llamafactory_readme_says_media_dir_when_merged_into_its_data_folder(dataset):
+    out, _ = dataset
+    readme = (out / "exports" / "llamafactory" / "README.md").read_text()
+    assert ("To register these datasets in LLaMA-Factory's own `data/dataset_info.json` instead, copy their "
+            "entries there with `file_name` made absolute (`<this folder>/train.jsonl`) and set "
+            "`media_dir: <this folder>`: LLaMA-Factory joins image paths to `media_dir`, which defaults to "
+            "`dataset_dir`, so without it every image fails to open:\n\n```yaml\ndataset_dir: data\n"
+            "media_dir: <this folder>\ndataset: export_test_train\nstage: dpo\n```") in readme, readme

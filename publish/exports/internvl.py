@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from publish.exports.common import IMAGE_TAG, CanonicalShard, ExportFolder, TrainerFormat, iter_rows
+from publish.exports.readme import WHERE, again_section, export_command
 
 
 def internvl_question(text: str, n_images: int) -> str:
@@ -28,22 +29,31 @@ def subset_name(source: str, method: str, split: str) -> str:
     return name if split == "train" else f"{name}_{split}"
 
 
-def readme(meta_files: list[str], root: str | None) -> str:
+def readme(ex: ExportFolder, meta_files: list[str]) -> str:
+    """Without ``--root`` the README leads with exporting again with it: InternVL's MPO launch
+    scripts start the trainer in ``internvl_chat/``, where paths relative to this folder fail."""
     what = {"meta.json": "the train subsets of the text-contrast pairs",
             "meta_image_crop.json": "the image-contrast pairs (same text, plus a `rejected_image` the MPO "
                                     "trainer does not read)"}
     listed = "".join(f"- `{m}`: {what.get(m, 'the ' + m[len('meta_'):-len('.json')] + ' split')}\n"
                      for m in meta_files)
-    if root:
-        paths = (f"`root` and `annotation` in the meta files are absolute, under `{root}` (written with "
-                 "`--root`): copy this folder there before training.")
+    if ex.image_root:
+        lead = (f"**Paths are absolute, under `{ex.image_root}`** (written with `--root`): copy this folder "
+                "there before training.")
+        paths = f"`root` and `annotation` in the meta files are under `{ex.image_root}`."
     else:
+        command = export_command(ex.fmt, ex.input_dir, ex.root, "DIR")
+        lead = ("**Export again with `--root` before training.** InternVL's MPO launch scripts run from "
+                "`internvl_chat/`, not from this folder, and the trainer opens each `annotation` and image "
+                "(`os.path.join(root, image)`) from its working directory, so the relative paths written here "
+                f"do not resolve there. On the machine that wrote this export, from {WHERE}, write absolute "
+                "paths under DIR, the folder this export will have on the training machine, then copy this "
+                f"folder to DIR:\n\n```bash\n{command}\n```")
         paths = ("`root` and `annotation` in the meta files are relative to this folder: the trainer opens "
-                 "`annotation` as given and each image as `os.path.join(root, image)`, so either start it "
-                 "from this folder or re-export with `python -m pipeline export --format internvl --root DIR` "
-                 "for absolute paths under DIR.")
-    return (f"# InternVL MPO export\n\nOne jsonl per (source, method) under `annotations/` "
-            f"(`--meta_path` takes a meta file):\n\n{listed}\n{paths}\n")
+                 "`annotation` as given and each image as `os.path.join(root, image)`, so as written they "
+                 "resolve only when the trainer starts in this folder.")
+    return (f"# InternVL MPO export\n\n{lead}\n\nOne jsonl per (source, method) under `annotations/` "
+            f"(`--meta_path` takes a meta file):\n\n{listed}\n{paths}\n\n{again_section(ex)}")
 
 
 def _meta_file(config: str, split: str) -> str:
@@ -90,5 +100,5 @@ class InternVL(TrainerFormat):
             }
         for meta, content in metas.items():
             ex.write_json(meta, content)
-        ex.write_bytes("README.md", readme(list(metas), ex.image_root).encode())
+        ex.write_bytes("README.md", readme(ex, list(metas)).encode())
         return {"subsets": {m: sorted(c) for m, c in metas.items()}}

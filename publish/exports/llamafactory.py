@@ -9,16 +9,27 @@ from __future__ import annotations
 from typing import Any
 
 from publish.exports.common import HERE, PAIR_COLUMNS, CanonicalShard, ExportFolder, TrainerFormat, iter_rows
+from publish.exports.readme import again_section
 
 
-def readme(first_dataset: str, root: str | None) -> str:
+def readme(ex: ExportFolder, first_dataset: str, first_file: str) -> str:
+    """Both ways to register the datasets: this folder as ``dataset_dir``, or the entries merged
+    into LLaMA-Factory's own ``data/dataset_info.json`` -- which needs ``media_dir`` set here, as
+    it defaults to ``dataset_dir`` and the images are relative to this folder."""
+    here = ex.image_root or HERE
     return (
         "# LLaMA-Factory export\n\nsharegpt preference rows (`ranking: true`) registered in `dataset_info.json`. "
         "Image paths are relative to this folder: LLaMA-Factory joins them to `media_dir`, which defaults to "
         "`dataset_dir`, so point `dataset_dir` at this folder wherever it lives:\n\n```yaml\n"
-        f"dataset_dir: {root or HERE}\ndataset: {first_dataset}\nstage: dpo\n```\n\n"
+        f"dataset_dir: {here}\ndataset: {first_dataset}\nstage: dpo\n```\n\n"
+        "To register these datasets in LLaMA-Factory's own `data/dataset_info.json` instead, copy their entries "
+        f"there with `file_name` made absolute (`{here}/{first_file}`) and set `media_dir: {here}`: "
+        "LLaMA-Factory joins image paths to `media_dir`, which defaults to `dataset_dir`, so without it every "
+        f"image fails to open:\n\n```yaml\ndataset_dir: data\nmedia_dir: {here}\ndataset: {first_dataset}\n"
+        "stage: dpo\n```\n\n"
         "The `*_image_crop_*` datasets have the same text on both sides and an extra `rejected_images` column "
-        "that LLaMA-Factory does not read: plain DPO gets no signal from them.\n")
+        f"that LLaMA-Factory does not read: plain DPO gets no signal from them.\n\n"
+        f"{again_section(ex)}")  # no --root hint: its image paths stay relative, media_dir resolves them
 
 
 class LlamaFactory(TrainerFormat):
@@ -59,5 +70,5 @@ class LlamaFactory(TrainerFormat):
         ex.write_json("dataset_info.json", info)
         first = f"{dataset_name}_train"
         first = first if first in info else next(iter(sorted(info)), first)
-        ex.write_bytes("README.md", readme(first, ex.image_root).encode())
+        ex.write_bytes("README.md", readme(ex, first, info.get(first, {}).get("file_name", "train.jsonl")).encode())
         return {"datasets": sorted(info)}

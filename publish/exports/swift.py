@@ -10,9 +10,11 @@ from collections import Counter
 from typing import Any
 
 from publish.exports.common import HERE, PAIR_COLUMNS, CanonicalShard, ExportFolder, TrainerFormat, iter_rows, log
+from publish.exports.readme import again_section
 
 
-def readme(root: str | None) -> str:
+def readme(ex: ExportFolder) -> str:
+    root = ex.image_root
     if root:
         paths = (f"Image paths are absolute, under `{root}` (written with `--root`): copy this folder there "
                  "before training.")
@@ -20,14 +22,14 @@ def readme(root: str | None) -> str:
     else:
         paths = ("Image paths are relative to this folder. ms-swift opens a relative path from its working "
                  "directory, or joined to the `ROOT_IMAGE_DIR` environment variable when that is set: set it "
-                 "to this folder (or re-export with `python -m pipeline export --format swift --root DIR` "
-                 "for absolute paths under DIR).")
+                 "to this folder (or export again with `--root DIR` for absolute paths under DIR: see the end "
+                 "of this file).")
         run = f"ROOT_IMAGE_DIR={HERE} swift rlhf --rlhf_type dpo --dataset {HERE}/train.jsonl ..."
     return (
         "# ms-swift export\n\n`messages` (user turn with `<image>` tags, then the chosen answer), "
         "`rejected_response` and `images`. Rows of `image_crop_*.jsonl` are image-contrast (mDPO-style) pairs: "
         "no `rejected_response`, and `rejected_images` instead -- ms-swift builds their rejected side from the "
-        f"same messages with the rejected images.\n\n{paths}\n\n```bash\n{run}\n```\n")
+        f"same messages with the rejected images.\n\n{paths}\n\n```bash\n{run}\n```\n\n{again_section(ex, root_hint=True)}")
 
 
 class Swift(TrainerFormat):
@@ -54,7 +56,7 @@ class Swift(TrainerFormat):
                 out["id"] = row["id"]
                 sink.write_json(out)
                 ex.rows[f"{sh.config}.{sh.split}"] += 1
-        ex.write_bytes("README.md", readme(ex.image_root).encode())
+        ex.write_bytes("README.md", readme(ex).encode())
         if left_out:
             log.warning("swift export: left out %d pair(s) whose rejected text equals the chosen (ms-swift "
                         "deletes them): %s", sum(left_out.values()), dict(left_out))

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from pipeline import storage
 from publish.exports.common import CanonicalShard, ExportFolder, TrainerFormat
+from publish.exports.readme import again_section
 
 README = ("# TRL export\n\nColumns `prompt`/`chosen`/`rejected` (conversational) and `images` for TRL's "
           "DPOTrainer; the `image_crop` config adds `rejected_images` (mDPO-style trainers).\n")
@@ -32,5 +33,6 @@ class TRL(TrainerFormat):
             ex.rows[f"{sh.config}.{sh.split}"] += table.num_rows
             written.append({"path": sh.relpath, "config": sh.config, "split": sh.split, "rows": table.num_rows,
                             "bytes": data.size, "arrow_bytes": table.nbytes})
-        ex.write_bytes("README.md", (card_header(written) + "\n" + README).encode())
+        card = card_header(written) + "\n" + README + "\n" + again_section(ex)
+        ex.write_bytes("README.md", card.encode())
         return {}

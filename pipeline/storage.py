@@ -15,6 +15,7 @@ trust only what a marker names.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -68,17 +69,40 @@ def exists(uri: str) -> bool:
 
 
 def _atomic_write(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` whole or not at all.
+
+    A failed write (a full disk, a read-only folder, a quota) raises ``OSError`` naming
+    ``uri``: pyarrow's own message names no file ("Error writing bytes to file").  A local
+    write's temp file is removed on any failure, an interruption included, so a full disk
+    is not left fuller and nothing half-written stays behind."""
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    if _is_local(fs):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with fs.open_output_stream(tmp) as f:
-            f.write(data)
-        os.replace(tmp, path)  # atomic on POSIX
-    else:
-        with fs.open_output_stream(path) as f:
-            f.write(data)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}" if _is_local(fs) else None
+    try:
+        fs.create_dir(parent, recursive=True)
+        if tmp is None:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            os.replace(tmp, path)  # atomic on POSIX
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+    except OSError as e:
+        raise _naming(e, uri) from e
+
+
+def _naming(e: OSError, uri: str) -> OSError:
+    """``e`` as an error that names ``uri``: the same errno (so the same subclass:
+    ``PermissionError``...), and the errno's text rather than pyarrow's wording around it;
+    an error without errno (an object store's) keeps its own text."""
+    if e.errno:
+        return OSError(e.errno, f"cannot write {uri}: {os.strerror(e.errno)}")
+    return OSError(f"cannot write {uri}: {e}")
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -25,6 +25,8 @@ from typing import IO, Iterator
 
 #: the process's original stdout and stderr while a quiet build runs; None otherwise
 _console: tuple[IO[str], IO[str]] | None = None
+#: the log file a quiet build named on the terminal with the traceback of the error that ended it
+_error_log: str | None = None
 
 
 def is_quiet() -> bool:
@@ -51,6 +53,13 @@ def progress(iterable=None, total: int | None = None, desc: str = ""):
                 disable=os.environ.get("MMPR_NO_PROGRESS") == "1")
 
 
+def error_log() -> str | None:
+    """The log named on the terminal that holds the traceback of the error that ended the last
+    quiet build; None when there is none (no log could be made, the traceback could not be
+    written to it, or the error came before the build): the terminal must not send anyone to it."""
+    return _error_log
+
+
 def log_dir(work_dir: str) -> str:
     """Local folder for the build's log files: ``<work_dir>/logs``, or a temp folder when the
     work folder is on an object store (a file descriptor needs a local file)."""
@@ -71,7 +80,8 @@ def quiet_build(work_dir: str, verbose: bool = False,
     body raises one of ``discard_on`` (config mistakes: no work may start), the log and the
     folders made for it are removed again and nothing is said about them.
     """
-    global _console
+    global _console, _error_log
+    _error_log = None
     if verbose or _console is not None:
         yield None
         return
@@ -81,32 +91,45 @@ def quiet_build(work_dir: str, verbose: bool = False,
     while not os.path.exists(parent):
         made.insert(0, parent)
         parent = os.path.dirname(parent)
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, time.strftime("build-%Y%m%d-%H%M%S.log"))
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        log = open(path, "ab", buffering=0)
+    except OSError as e:
+        # a read-only or full work folder: say so now, naming the place; there is no log for
+        # the terminal to point to
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise OSError(e.errno, f"{e.strerror or e}: {e.filename or folder} (the build log goes there: "
+                               "the work folder, --work-dir or run.work_dir, must be writable)") from e
+    _flush()
     saved = os.dup(1), os.dup(2)
     console = tuple(os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace") for fd in (1, 2))
     handler = logging.StreamHandler(console[1])
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    with open(path, "ab", buffering=0) as log:
+    with log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
     _console = console
     logging.getLogger("pipeline").addHandler(handler)
-    discard = False
+    discard = logged = False
     try:
         yield path
     except BaseException as e:
-        traceback.print_exc()  # into the log; the caller reports the error on the terminal
         discard = isinstance(e, discard_on)
+        try:  # into the log; the caller reports the error on the terminal
+            traceback.print_exc()
+            sys.stderr.flush()
+            logged = True
+        except OSError:  # the disk is full: the caller must not point to a log without it
+            pass
         raise
     finally:
         logging.getLogger("pipeline").removeHandler(handler)
         _console = None
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:
@@ -118,5 +141,14 @@ def quiet_build(work_dir: str, verbose: bool = False,
                     os.rmdir(d)
         else:
             console[0].write(f"log: {path}  (Ray, vLLM and worker output; --verbose shows it live)\n")
+            _error_log = path if logged else None
         for stream in console:
             stream.close()
+
+
+def _flush() -> None:
+    """Flush Python's stdout and stderr, whose fds may point at the build log: a full disk
+    there must not keep the terminal from getting its fds back (or hide the error itself)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()

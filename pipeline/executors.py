@@ -102,6 +102,10 @@ class RayExecutor:
                      include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, configure_logging=True,
                      runtime_env=runtime_env or None)
+        # ray.init sets its own SIGTERM handler (exit from inside a Ray call, Ray torn down
+        # under the driver): a build stopped by a signal shuts down by pipeline.signals
+        from pipeline import signals
+        signals.reclaim()
 
     def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
         """Run one stage's tasks (``pipeline.scheduler``: an engine pool for an engine stage,

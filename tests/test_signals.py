@@ -1,0 +1,167 @@
+"""SIGTERM and SIGINT stop a real build mid-generate with nothing it started left running.
+
+Each test starts ``python -m pipeline stage generate`` in a session of its own,
+waits until the engine has written a partition and is generating the next ones,
+records every process below the CLI (vLLM's EngineCore and Worker; under Ray
+also the GCS, raylet and engine actor the driver started), sends the signal
+the way it comes in practice, and checks the exit code, the one line on the
+terminal, and that none of those processes is still there.  Before
+``pipeline.signals`` a SIGTERM left EngineCore and its 1.8 GB Worker running
+without a parent, and under Ray ended with exit 134 and no message.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT
+from test_resume import SMALL, _env
+
+MESSAGE = "interrupted; rerun the same command to resume"
+#: partitions of the SMALL config's generate (32 rows, 8 per partition)
+PARTITIONS = 4
+
+
+@pytest.fixture(scope="module")
+def ingest(tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("signals") / "ingest"
+    cmd = [sys.executable, "-m", "pipeline", "stage", "ingest", "--config", "configs/sample.yaml",
+           "--output", str(out), *SMALL]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((out / "data").glob("*.parquet"))) == PARTITIONS
+    return out
+
+
+class Build:
+    """A ``stage generate`` run in its own session (as a shell job is), its terminal output in
+    a file."""
+
+    def __init__(self, ingest: Path, base: Path, executor: str) -> None:
+        self.out, self.work, self.terminal = base / "gen", base / "work", base / "terminal.txt"
+        self.cmd = [sys.executable, "-m", "pipeline", "stage", "generate", "--config", "configs/sample.yaml",
+                    "--executor", executor, "--input", str(ingest), "--output", str(self.out),
+                    "--work-dir", str(self.work), *SMALL]
+
+    def start(self) -> subprocess.Popen:
+        with open(self.terminal, "w") as sink:
+            return subprocess.Popen(self.cmd, cwd=ROOT, env=_env(), stdout=sink, stderr=sink,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def markers(self) -> dict[str, int]:
+        """Finished partitions -> their marker's mtime."""
+        d = self.out / "markers"
+        return {p.stem: p.stat().st_mtime_ns for p in d.glob("*.json")} if d.exists() else {}
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted((self.work / "logs").glob("build-*.log")))
+
+
+def _mid_generate(build: Build, proc: subprocess.Popen, timeout: float = 400) -> list[psutil.Process]:
+    """Wait until a partition is written and the others are still generating; every process
+    below the CLI at that moment."""
+    deadline = time.monotonic() + timeout
+    while not build.markers():
+        assert proc.poll() is None, build.terminal.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no generate partition finished in time"
+        time.sleep(0.2)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(_name(p) for p in tree)
+    assert "EngineCore" in names and len(build.markers()) < PARTITIONS, names
+    return tree
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline()) or p.name()
+    except psutil.Error:
+        return str(p.pid)
+
+
+def _left(tree: list[psutil.Process], wait_s: float = 10.0) -> list[str]:
+    """The processes of ``tree`` still running ``wait_s`` after the CLI exited (exited ones that
+    wait to be reaped hold nothing and do not count)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for p in tree:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    names = [f"{p.pid} {_name(p)[:100]}" for p in left]
+    for p in left:  # the test must not leave them either
+        p.kill()
+    return names
+
+
+def _check_stopped(build: Build, proc: subprocess.Popen, tree: list, signum: int) -> None:
+    rc = proc.wait(timeout=120)
+    terminal = build.terminal.read_text(errors="replace")
+    left = _left(tree)
+    assert rc == 128 + signum, f"exit {rc}\n{terminal[-3000:]}"
+    assert MESSAGE in terminal.splitlines(), terminal[-3000:]
+    assert "Traceback" not in terminal, terminal[-3000:]
+    assert not left, f"still running after the CLI exited: {left}"
+    assert len(build.markers()) < PARTITIONS, "the signal came after generate finished: nothing was tested"
+
+
+def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path):
+    """``kill PID`` (a scheduler, systemd, a container runtime): the CLI alone gets SIGTERM."""
+    build = Build(ingest, tmp_path, "local")
+    proc = build.start()
+    tree = _mid_generate(build, proc)
+    proc.send_signal(signal.SIGTERM)
+    _check_stopped(build, proc, tree, signal.SIGTERM)
+    assert not list(build.out.rglob("*.tmp-*"))
+
+    done = build.markers()
+    rerun = subprocess.run(build.cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"({len(done)} already done)" in rerun.stdout + rerun.stderr, rerun.stdout[-2000:]
+    after = build.markers()
+    assert len(after) == PARTITIONS and {k: after[k] for k in done} == done  # finished ones not redone
+
+
+def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path):
+    """Ctrl-C on a terminal: SIGINT to the whole foreground process group (vLLM's processes
+    included), and a second one while the first is being handled."""
+    build = Build(ingest, tmp_path, "local")
+    proc = build.start()
+    tree = _mid_generate(build, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    # the second Ctrl-C once the shutdown has begun (its first step is in the build log; the
+    # steps after it wait for the 1.8 GB Worker to be gone, a second or more)
+    second = False
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if "interrupted: stopped vLLM engines" in build.logs():
+            os.killpg(proc.pid, signal.SIGINT)
+            second = True
+            break
+        time.sleep(0.05)
+    _check_stopped(build, proc, tree, signal.SIGINT)
+    assert second and "1 more signal(s) during the shutdown, ignored" in build.logs()
+
+
+def test_sigterm_stops_the_local_ray_the_driver_started(ingest, tmp_path):
+    """Under Ray (a local Ray started by this driver): exit 143 with the message, not 134 with
+    none, and Ray's processes (GCS, raylet, the engine actor and its vLLM processes) are gone."""
+    build = Build(ingest, tmp_path, "ray")
+    proc = build.start()
+    tree = _mid_generate(build, proc)
+    names = " ".join(_name(p) for p in tree)
+    assert "raylet" in names and "_EngineWorker" in names, names
+    proc.send_signal(signal.SIGTERM)
+    _check_stopped(build, proc, tree, signal.SIGTERM)

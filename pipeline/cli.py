@@ -14,27 +14,39 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.terminal import echo, quiet_build
+from pipeline.signals import MESSAGE, Interrupted, shutdown, stop_on_signals
+from pipeline.terminal import echo, error_log, quiet_build
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    out = {}
+def _overrides(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The config keys the command line sets, and for each the argument as typed: a wrong
+    value is reported as that argument (``--set generate.n=abc``), not as the config file."""
+    from pipeline.config import ConfigError
+
+    values, origins = {}, {}
+
+    def put(key: str, value, origin: str) -> None:
+        values[key], origins[key] = value, origin
+
     for item in getattr(args, "set", None) or []:
         if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set {item}: expects KEY=VALUE, e.g. --set generate.n=16")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        try:
+            put(key, yaml.safe_load(value), f"--set {item}")
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: the value is not valid YAML: {e}".replace("\n", " ")) from None
     if getattr(args, "work_dir", None):
-        out["run.work_dir"] = args.work_dir
+        put("run.work_dir", args.work_dir, f"--work-dir {args.work_dir}")
     if getattr(args, "output", None) and args.command == "run":
-        out["run.output_dir"] = args.output
+        put("run.output_dir", args.output, f"--output {args.output}")
     if getattr(args, "executor", None):
-        out["executor.kind"] = args.executor
+        put("executor.kind", args.executor, f"--executor {args.executor}")
     if getattr(args, "ray_address", None):
-        out["executor.address"] = args.ray_address
+        put("executor.address", args.ray_address, f"--ray-address {args.ray_address}")
     if getattr(args, "stages", None):
-        out["run.stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
-    return out
+        put("run.stages", [s.strip() for s in args.stages.split(",") if s.strip()], f"--stages {args.stages}")
+    return values, origins
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -142,15 +154,21 @@ def main(argv: list[str] | None = None) -> int:
             from publish.html_report import write_html_report
             print(f"report: {write_html_report(args.input, args.html, seed=args.seed, per_method=args.per_method)}")
             return 0
-        config = load_config(args.config, _overrides(args))
+        config = load_config(args.config, *_overrides(args))
         if args.command in ("run", "stage"):
+            from pipeline.orchestrator import NothingToPassOn
             from pipeline.run_folders import claim_folders
 
             stage = _stage_name(args.name) if args.command == "stage" else None
-            # before anything is written, the log included: folders checked, locked and claimed
-            with claim_folders(config, stage, args.output if stage else None, adopt=args.adopt), \
-                    quiet_build(config.run.work_dir, verbose=args.verbose, discard_on=(ConfigError,)):
-                _run_or_stage(args, config)
+            try:
+                # before anything is written, the log included: folders checked, locked and claimed
+                with claim_folders(config, stage, args.output if stage else None, adopt=args.adopt), \
+                        quiet_build(config.run.work_dir, verbose=args.verbose, discard_on=(ConfigError,)), \
+                        stop_on_signals():
+                    _run_or_stage(args, config)
+            except NothingToPassOn as e:  # after the log's name: the last line says what went wrong
+                print(e, file=sys.stderr)
+                return 1
         elif args.command == "report":
             from pipeline.report import build_report, format_summary
             report = build_report(config)
@@ -159,10 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # a folder refusal (pipeline.ownership) is no config mistake: "error:"
         print(f"{getattr(e, 'label', 'config error')}: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # SIGINT/SIGTERM: everything the run started is stopped by now
+        shutdown()  # (a signal after the build's own block: nothing was stopped yet)
+        print(MESSAGE, file=sys.stderr)
+        return e.exit_code
     except Exception as e:  # noqa: BLE001 -- a quiet build's traceback is in its log file
         if args.command not in ("run", "stage") or args.verbose:
             raise
-        print(f"error: {type(e).__name__}: {e}\n(the traceback is in the log named above)", file=sys.stderr)
+        # point to the log only when the terminal named one and the traceback is in it
+        where = "the traceback is in the log named above" if error_log() else "--verbose shows the traceback"
+        print(f"error: {type(e).__name__}: {e}\n({where})", file=sys.stderr)
         return 1
     return 0
 

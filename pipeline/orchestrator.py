@@ -172,32 +172,71 @@ def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
 def _run_whole(config: PipelineConfig, stage: Stage) -> float:
     """A source stage (planned here, read by the executor's workers) or a dataset stage;
     prints its summary, returns its wall time."""
-    from pipeline.executors import make_executor
-
     t0 = time.perf_counter()
-    out_dir = stage_dir(config, stage.name)
     if stage.kind == "source":
-        ran, n_tasks, n_skipped = run_source(stage, out_dir, lambda: make_executor(config))
-        total = stage_totals(out_dir)
+        inputs, out_dir = [], stage_dir(config, stage.name)
     else:
-        inputs = [stage_dir(config, s) for s in input_stages(config, stage.name)]
-        ran = total = stage.run_dataset(inputs, config.run.output_dir)
-        n_tasks, n_skipped = int(ran.counters.get(stage.units, 0)), 0
+        inputs, out_dir = [stage_dir(config, s) for s in input_stages(config, stage.name)], config.run.output_dir
+    ran, total, n_tasks, n_skipped = _whole(config, stage, inputs, out_dir)
     wall = time.perf_counter() - t0
     echo(summarize(stage, total, ran, n_tasks, n_skipped, wall))
     return wall
 
 
-def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: str) -> StageStats:
-    """Run one stage alone on any Parquet input (a file or a folder of files)."""
+def _whole(config: PipelineConfig, stage: Stage, inputs: list[str], out_dir: str
+           ) -> tuple[StageStats, StageStats, int, int]:
+    """Run a source stage into ``out_dir``, or a dataset stage over ``inputs``; returns (stats of
+    what ran now, the stage's totals, its units of work, those already done) for ``summarize``."""
     from pipeline.executors import make_executor
 
+    if stage.kind == "source":
+        ran, n_tasks, n_skipped = run_source(stage, out_dir, lambda: make_executor(config))
+        return ran, stage_totals(out_dir), n_tasks, n_skipped
+    ran = stage.run_dataset(inputs, out_dir)
+    return ran, ran, int(ran.counters.get(stage.units, 0)), 0
+
+
+class NothingToPassOn(Exception):
+    """A stage run alone quarantined every row it read, so the next stage would get nothing.
+
+    The CLI ends with this message and exit status 1.  Not a ConfigError: the stage did run,
+    and its quarantine (with every row's reason) is there to read."""
+
+    def __init__(self, stage: str, totals: StageStats) -> None:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(totals.quarantined.items()))
+        rows = "row" if totals.rows_in == 1 else "rows"
+        super().__init__(f"{stage}: all {totals.rows_in} {rows} quarantined ({reasons}); nothing to pass on")
+
+
+def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: str) -> StageStats:
+    """Run one stage alone on any Parquet input (a file or a folder of files).
+
+    Every kind of stage ends with the lines a whole run prints for it (its partition counts,
+    then its own summary line).  Raises ``NothingToPassOn`` when every row was quarantined."""
     step = make_stage(stage, config)
     claim_targets(config, stage, output_dir)  # a no-op after the CLI's claim
-    if step.kind == "source":
-        return run_source(step, output_dir, lambda: make_executor(config))[0]
-    if step.kind == "dataset":
-        return step.run_dataset([input_path], output_dir)
+    t0 = time.perf_counter()
+    if step.kind in ("source", "dataset"):
+        ran, totals, n_tasks, n_skipped = _whole(config, step, [input_path], output_dir)
+    else:
+        ran, totals, n_tasks, n_skipped = _run_partitions(config, step, input_path, output_dir)
+    echo(summarize(step, totals, ran, n_tasks, n_skipped, time.perf_counter() - t0))
+    # the stage's own line, as a whole run's summary has it (policy accuracy, grounding requests, ...)
+    summary = step.summarize(totals.counters)
+    line = step.summary_line(summary) if summary else None
+    if line:
+        echo(line)
+    if totals.rows_in and not totals.rows_out and sum(totals.quarantined.values()) >= totals.rows_in:
+        raise NothingToPassOn(stage, totals)
+    return ran
+
+
+def _run_partitions(config: PipelineConfig, step: Stage, input_path: str, output_dir: str
+                    ) -> tuple[StageStats, StageStats, int, int]:
+    """A row or engine stage over the Parquet files at ``input_path``: one task per file,
+    finished ones skipped; returns what ``_whole`` does."""
+    from pipeline.executors import make_executor
+
     if os.path.isdir(input_path) or "://" in input_path:
         data = storage.join(input_path, "data")
         files = storage.list_files(data if storage.exists(data) else input_path, ".parquet")
@@ -205,17 +244,9 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
         files = [input_path]
     if not files:
         raise ConfigError(f"--input: no .parquet files found at {input_path}")
-    h = config.stage_hash(stage)
+    h = config.stage_hash(step.name)
     invalidate_if_changed(output_dir, h)
-    tasks = [Task(stage, os.path.basename(f)[: -len(".parquet")], (f,), output_dir, h) for f in files]
+    tasks = [Task(step.name, os.path.basename(f)[: -len(".parquet")], (f,), output_dir, h) for f in files]
     pending = [t for t in tasks if not completed(t)]
-    t0 = time.perf_counter()
-    ran = make_executor(config).run(stage, pending) if pending else StageStats()
-    totals = stage_totals(output_dir)
-    echo(summarize(step, totals, ran, len(tasks), len(tasks) - len(pending), time.perf_counter() - t0))
-    # the stage's own line, as a whole run's summary has it (policy accuracy, grounding requests, ...)
-    summary = step.summarize(totals.counters)
-    line = step.summary_line(summary) if summary else None
-    if line:
-        echo(line)
-    return ran
+    ran = make_executor(config).run(step.name, pending) if pending else StageStats()
+    return ran, stage_totals(output_dir), len(tasks), len(tasks) - len(pending)

@@ -8,8 +8,8 @@ subclass registers itself on definition (like the stages in
 Image paths are relative to the export folder, so a copied dataset folder
 keeps working; ``root`` (``--root DIR``) writes them under DIR instead, where
 the export will live on the training machine.  Each export's README says how
-its trainer resolves them and never names the build machine's paths (only
-``root``, which the user chose for the target machine).
+its trainer resolves them; it names the build machine's paths only in the
+command that writes the export again (``publish.exports.readme``), which runs there.
 
 Every format writes the same ``<image>`` tag count as images in every row
 (a literal ``<image>`` inside a text is rewritten to ``image``).  Images are

@@ -23,7 +23,7 @@ from methods.crop_signal import MIN_DIFFERENCE, image_difference
 from methods.extract import extract_answers
 from methods.match import infer_answer_type, match_answer
 from methods.quality import same_text
-from pipeline.templates import EXTRACTION_STYLE
+from pipeline.config.templates import EXTRACTION_STYLE
 from schemas.records import turn_text
 
 

@@ -44,11 +44,11 @@ ADAPTIVE = {"enabled": True, "rounds": [4, 8, 12, 16, 24, 32], "stop": "pairs", 
 def run_mode(config, prompts_dir: str, work: str, engine) -> dict:
     import pyarrow.parquet as pq
 
-    from pipeline import storage
-    from pipeline.graph import make_stage
-    from pipeline.orchestrator import plan
-    from pipeline.runner import Task, run_engine_tasks, run_task
-    from pipeline.stage import StageStats
+    from pipeline.files import storage
+    from pipeline.core.graph import make_stage
+    from pipeline.run.orchestrator import plan
+    from pipeline.run.runner import Task, run_engine_tasks, run_task
+    from pipeline.core.stage import StageStats
 
     def tasks(stage: str, in_dir: str) -> list[Task]:
         return plan(config, stage, [in_dir], os.path.join(work, stage))
@@ -95,8 +95,8 @@ def main() -> None:
     args.repeat = 1 if args.quick else args.repeat
     adaptive = {**ADAPTIVE, **({"rounds": [int(r) for r in args.rounds.split(",")]} if args.rounds else {})}
 
-    from pipeline.engine import get_engine
-    from pipeline.preflight import ensure_model
+    from pipeline.engine.engine import get_engine
+    from pipeline.run.preflight import ensure_model
 
     work = tempfile.mkdtemp(prefix="bench-adaptive-")
     try:

@@ -36,7 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from methods.crop import PNG_PARAMS, corrupt_image  # noqa: E402
-from pipeline.seeds import derive_seed  # noqa: E402
+from pipeline.core.seeds import derive_seed  # noqa: E402
 
 
 def natural_image(width: int, height: int, seed: int = 0) -> Image.Image:

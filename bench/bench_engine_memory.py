@@ -2,7 +2,7 @@
 
     python bench/bench_engine_memory.py [--prompts 200] [--n 32] [--quick]
 
-One tiny-model engine (``pipeline.engine.Engine``, CPU) with ``max_num_seqs=1``,
+One tiny-model engine (``pipeline.engine.engine.Engine``, CPU) with ``max_num_seqs=1``,
 so what is added stays queued.  For each mode, ``--prompts`` prompts with
 distinct random images (distinct, so vLLM's multimodal cache cannot share
 between modes) are added without stepping the engine; the growth of the
@@ -63,9 +63,9 @@ def main() -> int:
     from PIL import Image
     from vllm import SamplingParams
 
-    from pipeline.config import load_config
-    from pipeline.engine import Engine, GenRequest, GenResult
-    from pipeline.tiny_model import build_tiny_model
+    from pipeline.config.settings import load_config
+    from pipeline.engine.engine import Engine, GenRequest, GenResult
+    from demo.tiny_model import build_tiny_model
     from stages.generate import user_message
 
     cfg = load_config(ROOT / "configs" / "sample.yaml", {

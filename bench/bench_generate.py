@@ -24,7 +24,7 @@ asked for than the sample has).
   the engine (each call drains its batch before the next one starts) from
   what the project's own code costs.
 
-Both use the SAME already-started engine (``pipeline.engine.get_engine``),
+Both use the SAME already-started engine (``pipeline.engine.engine.get_engine``),
 so engine start-up is excluded: the DESIGN.md target is "at least 0.9 of
 bare vLLM once the engine is warm".  One untimed warm-up pass over all
 prompts runs first (so vLLM's multimodal and prefix caches are equally warm
@@ -57,7 +57,7 @@ def make_config(work_dir: str, partition_rows: int, n: int, max_tokens: int, kin
     """configs/sample.yaml with absolute paths (as tests/conftest.py's make_config does)."""
     import yaml
 
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
     data = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
     for src in data["sources"]:
@@ -76,9 +76,9 @@ def prepare_inputs(config, work: str, n_prompts: int | None, partition_rows: int
                    repeat: int = 1) -> tuple[str, list[dict]]:
     """Ingest the sample data; write ``n_prompts`` prompt rows (None: every sample prompt ``repeat``
     times) as partitions. Returns (dir, rows)."""
-    from pipeline import storage
-    from pipeline.graph import make_stage
-    from pipeline.orchestrator import run_source
+    from pipeline.files import storage
+    from pipeline.core.graph import make_stage
+    from pipeline.run.orchestrator import run_source
     from schemas import PROMPT_SCHEMA
     import pyarrow as pa
 
@@ -110,8 +110,8 @@ def bare_requests(config, tokenizer, rows: list[dict]):
     from PIL import Image
     from vllm import SamplingParams
 
-    from pipeline.seeds import derive_seed
-    from pipeline.templates import render_question
+    from pipeline.core.seeds import derive_seed
+    from pipeline.config.templates import render_question
 
     g = config.generate
     prompts, params = [], []
@@ -131,7 +131,7 @@ def bare_requests(config, tokenizer, rows: list[dict]):
 
 
 def read_responses(out_dir: str) -> tuple[dict[str, list[str]], int]:
-    from pipeline import storage
+    from pipeline.files import storage
 
     texts: dict[str, list[str]] = {}
     tokens = 0
@@ -180,9 +180,9 @@ def main() -> int:
     n_prompts = args.prompts or (128 if args.quick else 256)
     rounds = args.rounds or (1 if args.quick else 3)
 
-    from pipeline.engine import get_engine
-    from pipeline.executors import LocalExecutor
-    from pipeline.orchestrator import plan
+    from pipeline.engine.engine import get_engine
+    from pipeline.run.executors import LocalExecutor
+    from pipeline.run.orchestrator import plan
 
     model_dir = ROOT / "models" / "tiny-idefics3"
     if not (model_dir / "model.safetensors").exists():
@@ -293,7 +293,7 @@ def main() -> int:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
 
     if args.ray:
-        from pipeline.executors import RayExecutor
+        from pipeline.run.executors import RayExecutor
 
         rconfig = make_config(work, args.partition_rows, args.n, args.max_tokens, kind="ray")
         out_dir = os.path.join(work, "generate-ray")
@@ -333,7 +333,7 @@ def main() -> int:
 
 def shutdown_engines() -> None:
     """Stop the engine-core processes explicitly (an orphaned one keeps the output pipe open)."""
-    from pipeline import engine as engine_mod
+    from pipeline.engine import engine as engine_mod
 
     for eng in list(engine_mod._ENGINES.values()):
         try:
@@ -347,6 +347,6 @@ if __name__ == "__main__":
     try:
         code = main()
     finally:
-        if "pipeline.engine" in sys.modules:
+        if "pipeline.engine.engine" in sys.modules:
             shutdown_engines()
     sys.exit(code)

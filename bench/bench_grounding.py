@@ -66,8 +66,8 @@ TARGET_BARE = 0.90
 
 def bare_inputs(config, engine, pair_dirs: list[str]):
     """The stage's own requests for every pair, as a plain script would submit them."""
-    from pipeline import storage
-    from pipeline.stage import StageContext
+    from pipeline.files import storage
+    from pipeline.core.stage import StageContext
     from stages.grounding import GroundingStage
 
     rows = []
@@ -88,7 +88,7 @@ def bare_inputs(config, engine, pair_dirs: list[str]):
 def synthetic_pairs(gen_dir: str, out_dir: str, max_pairs: int = 15) -> list[str]:
     """Pairs from generate's responses for a model without right answers (``--model realsize``)."""
     from methods.crop import corrupt_image
-    from pipeline import storage
+    from pipeline.files import storage
     from schemas import PAIR_SCHEMA
     from schemas.arrow import from_rows
     from schemas.records import pair_row, provenance
@@ -126,9 +126,9 @@ def main() -> int:
     n_prompts = args.prompts or (64 if args.quick else 128)
     rounds = args.rounds or (1 if args.quick else 2)
 
-    from pipeline.engine import get_engine
-    from pipeline.executors import LocalExecutor
-    from pipeline.orchestrator import plan
+    from pipeline.engine.engine import get_engine
+    from pipeline.run.executors import LocalExecutor
+    from pipeline.run.orchestrator import plan
 
     if not (ROOT / "models" / "tiny-idefics3" / "model.safetensors").exists():
         raise SystemExit("models/tiny-idefics3 is missing: run `make tiny-model` first")

@@ -69,7 +69,7 @@ def make_source(base: Path, rows: int) -> Path:
 
 
 def config(source: Path, workers: int, partition_rows: int, work: Path):
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
     import yaml
 
@@ -81,9 +81,9 @@ def config(source: Path, workers: int, partition_rows: int, work: Path):
 
 
 def run_ingest(source: Path, workers: int, partition_rows: int, out: Path) -> tuple[float, object]:
-    from pipeline.executors import RayExecutor
-    from pipeline.graph import make_stage
-    from pipeline.source_tasks import run_source
+    from pipeline.run.executors import RayExecutor
+    from pipeline.core.graph import make_stage
+    from pipeline.sources.tasks import run_source
 
     cfg = config(source, workers, partition_rows, out.parent)
     t0 = time.perf_counter()

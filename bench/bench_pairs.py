@@ -9,7 +9,7 @@ x 32 samples by default: short chain-of-thought texts ending in a
 ChartQA-style relaxed numbers, VQA words and DocVQA ANLS answers; a
 deterministic RNG per partition) are generated lazily, one partition at a
 time, and handed to the stage the way the runner does it:
-``pipeline.runner.run_rows_task(CorrectnessStage, task, rows)`` -- the stage's
+``pipeline.run.runner.run_rows_task(CorrectnessStage, task, rows)`` -- the stage's
 ``run``, ``pa.Table.from_pylist`` on its output, Parquet writes (data, side
 output ``all_wrong``, marker) into a temporary folder.  Each partition's files
 are deleted once written (``--keep`` keeps them), so the disk stays small.
@@ -163,7 +163,7 @@ def make_partition(index: int, n_prompts: int, samples: int, seed: int, image_kb
 
 
 def make_config(work_dir: str, partition_rows: int):
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
     src = lambda name, **kw: {"name": name, "format": "jsonl", "path": f"/nonexistent/{name}.jsonl", **kw}  # noqa: E731
     return PipelineConfig.model_validate({
@@ -219,11 +219,11 @@ def main() -> int:
 
     import pyarrow as pa  # noqa: F401  (import cost outside the timings)
 
-    from pipeline import storage
-    from pipeline.runner import Task, run_rows_task
-    from pipeline.stage import StageStats
+    from pipeline.files import storage
+    from pipeline.run.runner import Task, run_rows_task
+    from pipeline.core.stage import StageStats
     from methods.scoring import score_responses
-    from pipeline.templates import EXTRACTION_STYLE
+    from pipeline.config.templates import EXTRACTION_STYLE
     from stages.correctness import CorrectnessStage
 
     n_prompts = max(1, n_total // args.samples)

@@ -15,7 +15,7 @@ CUDA is available, else ``cpu``.
 
 Otherwise it measures what bench_generate.py measures, with its functions: the
 sample data ingested by the project's ``run_source``, ``--prompts`` prompt rows
-written as partitions; one engine (``pipeline.engine.get_engine``) shared by
+written as partitions; one engine (``pipeline.engine.engine.get_engine``) shared by
 
 * **bare vLLM**: the same rendered prompts, images and seeded
   ``SamplingParams`` built before the clock starts, then ONE ``llm.generate``;
@@ -59,17 +59,17 @@ WARMUP_PROMPTS = 4
 
 
 def has_cuda() -> bool:
-    from pipeline.engine import has_cuda as _has_cuda
+    from pipeline.engine.engine import has_cuda as _has_cuda
 
     return _has_cuda()
 
 
 def realsize_config(work: str, model_dir: Path, preset: str, args):
     """bench_generate's sample config with the model swapped for the weightless real-size one."""
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
     try:  # vllm.LLM arguments that have a typed config key (newer configs refuse them in engine_kwargs)
-        from pipeline.config import TYPED_ENGINE_KWARGS
+        from pipeline.config.settings import TYPED_ENGINE_KWARGS
     except ImportError:
         TYPED_ENGINE_KWARGS = {}
 
@@ -167,13 +167,13 @@ def main() -> int:
     args.max_tokens = args.max_tokens or d["max_tokens"]
     args.partition_rows = args.partition_rows or d["partition_rows"]
 
-    from pipeline.engine import get_engine
-    from pipeline.executors import LocalExecutor
-    from pipeline.orchestrator import plan
+    from pipeline.engine.engine import get_engine
+    from pipeline.run.executors import LocalExecutor
+    from pipeline.run.orchestrator import plan
 
     if not (ROOT / "models" / "tiny-idefics3" / "tokenizer.json").exists():
         # its tokenizer and chat template are reused (a fresh checkout: builds the sample data too, ~1 min)
-        from pipeline.tiny_model import build_tiny_model
+        from demo.tiny_model import build_tiny_model
 
         build_tiny_model(ROOT / "models" / "tiny-idefics3", ROOT / "data" / "sample",
                          log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -192,7 +192,7 @@ def main() -> int:
     config = realsize_config(work, model_dir, preset, args)
     in_dir, rows = prepare_inputs(config, work, n_prompts, args.partition_rows)
     # warm-up input: the first WARMUP_PROMPTS prompts, one partition
-    from pipeline import storage
+    from pipeline.files import storage
 
     warm_in = os.path.join(work, "warm-prompts")
     first = storage.read_table(storage.join(in_dir, "data", "part-00000.parquet"))
@@ -307,6 +307,6 @@ if __name__ == "__main__":
     try:
         code = main()
     finally:
-        if "pipeline.engine" in sys.modules:
+        if "pipeline.engine.engine" in sys.modules:
             shutdown_engines()
     sys.exit(code)

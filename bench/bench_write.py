@@ -98,7 +98,7 @@ class JpegMixer:
         self.n_seg = min(len(s) for s in self.segments)
 
     def image(self, row: int) -> bytes:
-        from pipeline.seeds import derive_seed
+        from pipeline.core.seeds import derive_seed
 
         parts = [self.head]
         h = derive_seed("bench-jpeg", row)
@@ -128,7 +128,7 @@ def make_inputs(base: Path, rows: int, pairs_per_image: int = 1, image_size: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.seeds import stable_hash
+    from pipeline.core.seeds import stable_hash
     from schemas import IMAGES_TYPE, PAIR_SCHEMA
     from schemas.arrow import from_rows
     from schemas.records import pair_row, provenance
@@ -176,7 +176,7 @@ def make_inputs(base: Path, rows: int, pairs_per_image: int = 1, image_size: int
 # -- measured steps (each in a child process) ---------------------------------------
 def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", workers: int = 1,
                size: bool = False) -> dict:
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
     from stages.write import input_files, write_dataset
 
     cfg = PipelineConfig.model_validate({
@@ -184,7 +184,7 @@ def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", 
         "executor": {"kind": kind, "num_cpus": max(2, workers), "cpu_concurrency": workers},
         "write": {"shard_rows": shard_rows}})
     if kind == "ray":
-        from pipeline.executors import RayExecutor
+        from pipeline.run.executors import RayExecutor
 
         RayExecutor(cfg)  # Ray is up before the clock starts, as in a build
     load0, t0 = os.getloadavg()[0], time.perf_counter()

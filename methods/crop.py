@@ -327,7 +327,7 @@ def corrupt_image(data: bytes, seed: int,
     Returns the encoded image (same size and, for PNG/JPEG, same format as
     the input) and the crop box ``(left, top, right, bottom)`` to store in
     provenance.  ``seed`` should come from the sample id
-    (``pipeline.seeds.derive_seed``) so the dataset rebuilds identically.
+    (``pipeline.core.seeds.derive_seed``) so the dataset rebuilds identically.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")

@@ -1,7 +1,7 @@
 """Final-answer extraction from chain-of-thought responses (pure Python, no I/O).
 
 The MMPR pipeline asks the policy model to end its reasoning with a parseable
-final answer (see ``pipeline/templates.py``) and needs the answer string back
+final answer (see ``pipeline/config/templates.py``) and needs the answer string back
 to score it against the ground truth.  A response whose answer cannot be
 parsed is a *format negative*: :func:`extract_answer` returns ``None`` for it
 and the caller files it in its own bucket.

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.signals import MESSAGE, Interrupted, shutdown, stop_on_signals
-from pipeline.terminal import echo, error_log, quiet_build
+from pipeline.run.signals import MESSAGE, Interrupted, shutdown, stop_on_signals
+from pipeline.run.terminal import echo, error_log, quiet_build
 
 
 def _overrides(args: argparse.Namespace) -> tuple[dict, dict]:
     """The config keys the command line sets, and for each the argument as typed: a wrong
     value is reported as that argument (``--set generate.n=abc``), not as the config file."""
-    from pipeline.config import ConfigError
+    from pipeline.config.settings import ConfigError
 
     values, origins = {}, {}
 
@@ -64,7 +64,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import graph
+    from pipeline.core import graph
     from publish.exports import FORMATS
 
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _html_report(config) -> None:
     """After a run that wrote the dataset: its HTML report (a failure here does not fail the build)."""
-    from pipeline import storage
+    from pipeline.files import storage
     from publish.html_report import write_html_report
 
     out = config.run.output_dir
@@ -130,20 +130,20 @@ def _html_report(config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import ConfigError, load_config
-    from pipeline.logs import setup_logging
+    from pipeline.config.settings import ConfigError, load_config
+    from pipeline.run.logs import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)
     try:
         if args.command == "tiny-model":
-            from pipeline.tiny_model import build_tiny_model
+            from demo.tiny_model import build_tiny_model
             steps = {"steps": args.steps} if args.steps else {}
             print(build_tiny_model(Path(args.out), Path(args.data), seed=args.seed, force=args.force,
                                    log=lambda m: print(m, file=sys.stderr, flush=True), **steps))
             return 0
         if args.command == "sample-data":
-            from pipeline.sample_data import build_sample_data
+            from demo.sample_data import build_sample_data
             print(json.dumps(build_sample_data(Path(args.out), seed=args.seed)))
             return 0
         if args.command == "export":
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         config = load_config(args.config, *_overrides(args))
         if args.command in ("run", "stage"):
-            from pipeline.orchestrator import NothingToPassOn
-            from pipeline.run_folders import claim_folders
+            from pipeline.run.orchestrator import NothingToPassOn
+            from pipeline.run.folders import claim_folders
 
             stage = _stage_name(args.name) if args.command == "stage" else None
             try:
@@ -170,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(e, file=sys.stderr)
                 return 1
         elif args.command == "report":
-            from pipeline.report import build_report, format_summary
+            from pipeline.run.report import build_report, format_summary
             report = build_report(config)
             print(json.dumps(report, indent=2))
             print(format_summary(report))
-    except ConfigError as e:  # a folder refusal (pipeline.ownership) is no config mistake: "error:"
+    except ConfigError as e:  # a folder refusal (pipeline.files.ownership) is no config mistake: "error:"
         print(f"{getattr(e, 'label', 'config error')}: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:  # SIGINT/SIGTERM: everything the run started is stopped by now
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stage_name(name: str) -> str:
-    from pipeline.config import ConfigError
-    from pipeline.graph import ordered
+    from pipeline.config.settings import ConfigError
+    from pipeline.core.graph import ordered
 
     if name not in ordered():
         raise ConfigError(f"stage: unknown stage {name!r}; known: {ordered()}")
@@ -201,34 +201,34 @@ def _stage_name(name: str) -> str:
 
 
 def _run_or_stage(args: argparse.Namespace, config) -> None:
-    from pipeline.config import ConfigError
+    from pipeline.config.settings import ConfigError
 
     if args.command == "run":
-        from pipeline.orchestrator import run_pipeline
-        from pipeline.report import format_summary
+        from pipeline.run.orchestrator import run_pipeline
+        from pipeline.run.report import format_summary
         report = run_pipeline(config, restart=args.restart)
         for line in format_summary(report).splitlines():
             echo(line)
         echo(f"report: {os.path.join(config.run.work_dir, 'report.json')}")
         _html_report(config)
     else:
-        from pipeline.graph import stage_class
-        from pipeline.orchestrator import run_stage
-        from pipeline.preflight import check_ray_address, check_sources, ensure_model
+        from pipeline.core.graph import stage_class
+        from pipeline.run.orchestrator import run_stage
+        from pipeline.run.preflight import check_ray_address, check_sources, ensure_model
         cls = stage_class(_stage_name(args.name))
         if cls.kind == "source":
             check_sources(config)
         elif not args.input:
             raise ConfigError(f"--input is required for stage {args.name}")
         else:
-            from pipeline import storage
+            from pipeline.files import storage
             if not storage.is_uri(args.input) and not os.path.exists(args.input):
                 # before the model is built or an engine started (a minute on CPU), not after
                 raise ConfigError(f"--input: {args.input} does not exist (give a stage's output folder "
                                   "or a .parquet file)")
         check_ray_address(config)
         if cls.kind == "engine":
-            from pipeline.preflight import check_model
+            from pipeline.run.preflight import check_model
             ensure_model(config)
             check_model(config)
         run_stage(config, args.name, args.input, args.output)

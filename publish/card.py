@@ -10,7 +10,7 @@ import yaml
 from publish.layout import CONFIGS, SPLITS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
 
 def card_header(shards: list[dict], pretty_name: str | None = None, tags: list[str] | None = None) -> str:

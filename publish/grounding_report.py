@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline import storage
+from pipeline.files import storage
 from publish import svg_plots as plots
 
 #: rows read for the section (narrow columns; the provenance struct has no images)

@@ -46,8 +46,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import __version__, storage
-from pipeline.ownership import open_folder
+from pipeline import __version__
+from pipeline.files import storage
+from pipeline.files.ownership import open_folder
 # the dataset layout: configs and their folders; image-contrast methods live in their own config
 from publish.html_cards import THUMB_PX, _slug, card_html, esc, image_html, thumbnail  # noqa: F401 -- tests use them
 from publish.grounding_report import grounding_html

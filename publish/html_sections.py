@@ -43,7 +43,7 @@ def _summary_of(report: dict | None) -> dict:
         return {}
     if report.get("summary"):
         return report["summary"]
-    from pipeline.report import derived
+    from pipeline.run.report import derived
 
     return derived(report.get("stages", {}))
 
@@ -69,7 +69,7 @@ def summary_html(report: dict | None, manifest: dict | None) -> str:
                      '<code>python -m pipeline run</code>): per-stage counts, tokens and time are not available.</p>')
 
     if stages:
-        from pipeline.graph import ordered
+        from pipeline.core.graph import ordered
 
         rank = {n: i for i, n in enumerate(ordered())}
         stages = dict(sorted(stages.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))

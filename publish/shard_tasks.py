@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from pipeline import storage
+from pipeline.files import storage
 from publish.parquet import ROW_GROUP_BYTES, parquet_bytes
 from publish.shard_order import shard_layout
 from publish.stats import Stats
@@ -203,7 +203,7 @@ def run_tasks(fn: Callable[..., dict], calls: Sequence[tuple], config: Any, work
     import ray
 
     if not ray.is_initialized():
-        from pipeline.executors import RayExecutor
+        from pipeline.run.executors import RayExecutor
 
         RayExecutor(config)  # starts (or joins) Ray the way the stages' executor does
     options: dict[str, Any] = {"num_cpus": 1, "max_retries": config.executor.max_retries}

@@ -21,10 +21,10 @@ from pydantic import Field
 from methods.pairs import select_pairs
 from methods.scoring import pass_rate, pass_rate_bin, score_responses
 from pipeline import __version__
-from pipeline.config import Section
-from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import Stage, StageContext, prefixed
-from pipeline.templates import extraction_styles, render_user_text
+from pipeline.config.settings import Section
+from pipeline.core.seeds import derive_seed, stable_hash
+from pipeline.core.stage import Stage, StageContext, prefixed
+from pipeline.config.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, response_provenance
 

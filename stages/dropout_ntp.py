@@ -16,12 +16,12 @@ from methods import scoring
 from methods.quality import same_text, usable_as_dropout_chosen
 from methods.truncate import Truncation, hf_token_spans, truncate_tokens, truncate_words
 from pipeline import __version__
-from pipeline.config import Section
-from pipeline.engine import GenRequest
-from pipeline.images import image_uuid, to_pil
-from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import EngineStage, StageContext, prefixed
-from pipeline.templates import extraction_styles, render_user_text
+from pipeline.config.settings import Section
+from pipeline.engine.engine import GenRequest
+from pipeline.sources.images import image_uuid, to_pil
+from pipeline.core.seeds import derive_seed, stable_hash
+from pipeline.core.stage import EngineStage, StageContext, prefixed
+from pipeline.config.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import assistant_turn, pair_row, response_provenance, user_turn
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline import storage
-from pipeline.stage import Stage, StageStats
+from pipeline.files import storage
+from pipeline.core.stage import Stage, StageStats
 
 log = logging.getLogger("pipeline")
 

@@ -25,9 +25,9 @@ from pydantic import Field, model_validator
 
 from methods.extract import extract_answer
 from methods.quality import check_pair, check_text, same_text
-from pipeline.config import Section
-from pipeline.stage import Stage, StageContext, prefixed
-from pipeline.templates import extraction_style
+from pipeline.config.settings import Section
+from pipeline.core.stage import Stage, StageContext, prefixed
+from pipeline.config.templates import extraction_style
 from schemas import METHODS as METHODS_FOR_FILTER
 from schemas import PAIR_SCHEMA
 from schemas.records import turn_text

@@ -30,14 +30,14 @@ from methods.adaptive import PromptSampler, StopRule
 from methods.grounding import sampled_score
 from methods.quality import usable_as_dropout_chosen
 
-from pipeline.config import Section
-from pipeline.engine import GenRequest
-from pipeline.images import image_uuid, to_pil
-from pipeline.seeds import derive_seed
-from pipeline.stage import EngineStage, StageContext
+from pipeline.config.settings import Section
+from pipeline.engine.engine import GenRequest
+from pipeline.sources.images import image_uuid, to_pil
+from pipeline.core.seeds import derive_seed
+from pipeline.core.stage import EngineStage, StageContext
 from schemas.placeholders import user_content
-from pipeline.stage import prefixed
-from pipeline.templates import BUILTIN_TEMPLATES, extraction_styles, prompt_text, template_for_source
+from pipeline.core.stage import prefixed
+from pipeline.config.templates import BUILTIN_TEMPLATES, extraction_styles, prompt_text, template_for_source
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 

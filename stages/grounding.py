@@ -36,10 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from methods.grounding import (Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, tokens_key,
                                verdict)
-from pipeline.engine import GenRequest
-from pipeline.images import image_uuid, to_pil
-from pipeline.config import Section
-from pipeline.stage import EngineStage, StageContext, prefixed
+from pipeline.engine.engine import GenRequest
+from pipeline.sources.images import image_uuid, to_pil
+from pipeline.config.settings import Section
+from pipeline.core.stage import EngineStage, StageContext, prefixed
 from schemas import METHODS, PAIR_SCHEMA
 from schemas.records import assistant_turn, turn_text
 
@@ -119,7 +119,7 @@ class RenderedView:
     prompt: str  # rendered with the generation prompt
     prompt_ids: list[int]
     source: list[dict]  # the stored images ({bytes, path})
-    image_uuids: list[str]  # their content ids (pipeline.images.image_uuid)
+    image_uuids: list[str]  # their content ids (pipeline.sources.images.image_uuid)
     head: str | None = None  # answer_head
 
     @cached_property
@@ -221,7 +221,7 @@ class GroundingStage(EngineStage):
         if not scoring.images or not block:
             return False
         if self._image_tokens is None:
-            from pipeline.image_budget import image_cost
+            from pipeline.engine.image_budget import image_cost
 
             cost = image_cost(self.config.model)
             self._image_tokens = cost.tokens if cost else block  # unknown family: assume it fills one

@@ -23,10 +23,10 @@ from methods import scoring
 from methods.crop import corrupt_image
 from methods.crop_signal import first_distinct
 from pipeline import __version__
-from pipeline.config import Section, ratio_range
-from pipeline.seeds import derive_seed, stable_hash
-from pipeline.stage import Stage, StageContext, prefixed
-from pipeline.templates import extraction_styles, render_user_text
+from pipeline.config.settings import Section, ratio_range
+from pipeline.core.seeds import derive_seed, stable_hash
+from pipeline.core.stage import Stage, StageContext, prefixed
+from pipeline.config.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, response_provenance
 

@@ -4,7 +4,7 @@ Every problem with a row becomes a quarantine entry with a specific reason
 (missing_image_file, corrupt_image, empty_question, bad_answer_type,
 non_finite_number, ...); the rest of the source goes on.  Whatever else
 reading or normalising one row raises quarantines that row alone, as
-``unreadable_row`` (``pipeline.sources``) or ``ingest_error``, with the file and
+``unreadable_row`` (``pipeline.sources.readers``) or ``ingest_error``, with the file and
 line or entry in the detail.  The ``sample_id`` is a hash of the source name
 and the row's key, so it is stable across runs and machines.
 """
@@ -15,12 +15,12 @@ from typing import Any, Iterable, Iterator
 
 from pydantic import Field
 
-from pipeline.config import Section
-from pipeline.image_refs import allowed_roots
-from pipeline.images import ImageError, load_image
+from pipeline.config.settings import Section
+from pipeline.files.image_refs import allowed_roots
+from pipeline.sources.images import ImageError, load_image
 from schemas.placeholders import PLACEHOLDER, parse_placeholders
-from pipeline.seeds import stable_hash
-from pipeline.stage import Stage, StageContext
+from pipeline.core.seeds import stable_hash
+from pipeline.core.stage import Stage, StageContext
 from schemas import ANSWER_TYPES, PROMPT_SCHEMA
 
 
@@ -69,12 +69,12 @@ class IngestStage(Stage):
     kind = "source"
     Config = IngestConfig
     reads = ("sources", "model.max_images_per_prompt", "run.partition_rows")
-    input_schema = None  # raw rows from pipeline.sources
+    input_schema = None  # raw rows from pipeline.sources.readers
     output_schema = PROMPT_SCHEMA
 
     def plan_sources(self) -> list[tuple[str, tuple[str, ...]]]:
-        """Read ranges of about ``run.partition_rows`` rows (``pipeline.source_ranges``)."""
-        from pipeline.source_ranges import plan_partitions
+        """Read ranges of about ``run.partition_rows`` rows (``pipeline.sources.ranges``)."""
+        from pipeline.sources.ranges import plan_partitions
 
         return plan_partitions(self.config)
 
@@ -84,8 +84,8 @@ class IngestStage(Stage):
 
         A redone range (``redo_sources``) also names its own previous output: rows kept
         there are taken as they are (``kept``) instead of loading their images again."""
-        from pipeline import storage
-        from pipeline.source_ranges import decode, read_range
+        from pipeline.files import storage
+        from pipeline.sources.ranges import decode, read_range
 
         rng = decode(inputs[:1])
         before = inputs[1] if len(inputs) > 1 and storage.exists(inputs[1]) else None
@@ -102,10 +102,10 @@ class IngestStage(Stage):
 
     def redo_sources(self, planned: list[tuple[str, tuple[str, ...]]], out_dir: str) -> dict[str, tuple[str, ...]]:
         """Ranges holding the first row of a key that an earlier range already holds run again
-        with those rows marked duplicate (``pipeline.duplicate_keys``), reusing their own output."""
-        from pipeline.duplicate_keys import cross_range_duplicates
-        from pipeline.runner import Task
-        from pipeline.source_ranges import decode, encode
+        with those rows marked duplicate (``pipeline.sources.duplicate_keys``), reusing their own output."""
+        from pipeline.sources.duplicate_keys import cross_range_duplicates
+        from pipeline.run.runner import Task
+        from pipeline.sources.ranges import decode, encode
 
         ranges = {name: decode(inputs[:1]) for name, inputs in planned}
         late = cross_range_duplicates(out_dir, [(name, r["source"]) for name, r in ranges.items()])
@@ -122,7 +122,7 @@ class IngestStage(Stage):
         return f"text-only prompts: {summary['text_only_prompts']}" if summary else None
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
-        from pipeline.duplicate_keys import KEYS_SCHEMA, SIDE
+        from pipeline.sources.duplicate_keys import KEYS_SCHEMA, SIDE
 
         for raw in rows:
             if raw.get("error") is None:  # every readable row's key, for the duplicates across ranges

@@ -14,11 +14,11 @@ from typing import Iterable, Iterator, Literal, Optional
 from pydantic import Field, field_validator
 
 from methods.judge import build_judge_prompt, format_facts, parse_score
-from pipeline.config import Section
-from pipeline.engine import GenRequest
-from pipeline.images import image_uuid, to_pil
-from pipeline.seeds import derive_seed
-from pipeline.stage import Stage, StageContext
+from pipeline.config.settings import Section
+from pipeline.engine.engine import GenRequest
+from pipeline.sources.images import image_uuid, to_pil
+from pipeline.core.seeds import derive_seed
+from pipeline.core.stage import Stage, StageContext
 from schemas import PAIR_SCHEMA
 from schemas.records import turn_text, user_turn
 

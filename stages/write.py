@@ -52,10 +52,12 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from pydantic import Field, field_validator
 
-from pipeline import __version__, faults, storage
-from pipeline.config import PipelineConfig, Section
-from pipeline.ownership import Folder, open_folder
-from pipeline.stage import Stage, StageStats
+from pipeline import __version__
+from pipeline.run import faults
+from pipeline.files import storage
+from pipeline.config.settings import PipelineConfig, Section
+from pipeline.files.ownership import Folder, open_folder
+from pipeline.core.stage import Stage, StageStats
 from publish.card import render_card
 from publish.exports import FORMATS
 from publish.layout import CONFIGS, IMAGE_METHODS, SPLITS
@@ -217,7 +219,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     files = input_files(input_dirs)
     stats = StageStats()
 
-    # only files this pipeline wrote are replaced or removed (pipeline.ownership): the card and
+    # only files this pipeline wrote are replaced or removed (pipeline.files.ownership): the card and
     # the manifest are reserved before anything is written, every shard once it is planned
     folder = open_folder(out, "dataset", "run.output_dir" if out == config.run.output_dir else "--output")
     folder.reserve("README.md", "manifest.json")

@@ -24,7 +24,7 @@ def make_config(**sections):
     """A validated config for tests: the sample config with overrides per section."""
     import yaml
 
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
     data = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
     for key, value in sections.items():
@@ -44,7 +44,7 @@ def shard_hashes(dataset: str) -> dict[str, str]:
     """Shard path under data/ -> SHA-256 of its bytes, for a dataset folder local or on a store."""
     import hashlib
 
-    from pipeline import storage
+    from pipeline.files import storage
 
     data = storage.join(str(dataset), "data")
     return {rel: hashlib.sha256(storage.read_bytes(storage.join(data, rel))).hexdigest()
@@ -53,7 +53,7 @@ def shard_hashes(dataset: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
-    from pipeline.sample_data import build_sample_data
+    from demo.sample_data import build_sample_data
 
     d = ROOT / "data" / "sample"
     if not (d / "gt.jsonl").exists():
@@ -63,7 +63,7 @@ def sample_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(sample_data) -> Path:
-    from pipeline.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     return Path(build_tiny_model(ROOT / "models" / "tiny-idefics3", sample_data))
 
@@ -71,7 +71,7 @@ def tiny_model(sample_data) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_model):
     """The one in-process vLLM engine of the session (local executor tests)."""
-    from pipeline.engine import get_engine
+    from pipeline.engine.engine import get_engine
 
     return get_engine(make_config(executor={"kind": "local"}))
 
@@ -117,7 +117,7 @@ def s3_server():
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from pipeline import storage
+    from pipeline.files import storage
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

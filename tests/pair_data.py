@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.seeds import derive_seed, stable_hash
+from pipeline.core.seeds import derive_seed, stable_hash
 from schemas import PAIR_SCHEMA
 from schemas.arrow import from_rows
 from schemas.records import pair_row, provenance

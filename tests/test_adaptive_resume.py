@@ -1,7 +1,7 @@
 """Kill an adaptive generate in the middle of its sampling rounds, rerun it, get the same responses.
 
 ``python -m pipeline stage generate`` runs with adaptive sampling and is
-SIGKILLed (``pipeline.faults``) right after its first partition wrote its data
+SIGKILLed (``pipeline.run.faults``) right after its first partition wrote its data
 and before its marker -- while the other partitions' prompts are between
 rounds in the same engine stream.  The rerun must redo exactly what was not
 marked done and end with the responses an uninterrupted run draws (here: the
@@ -17,9 +17,9 @@ import sys
 import pyarrow.parquet as pq
 
 from conftest import ROOT, make_config
-from pipeline import storage
-from pipeline.orchestrator import run_source
-from pipeline.runner import Task, run_engine_tasks
+from pipeline.files import storage
+from pipeline.run.orchestrator import run_source
+from pipeline.run.runner import Task, run_engine_tasks
 from stages import make_stage
 
 ADAPTIVE = {"enabled": True, "rounds": [2, 4], "all_right_after": 2, "no_gt_max": 2}

@@ -12,10 +12,10 @@ import pytest
 from conftest import make_config
 from methods.quality import usable_as_dropout_chosen
 from methods.scoring import score_responses
-from pipeline import storage
-from pipeline.orchestrator import run_source
-from pipeline.runner import Task, run_engine_tasks
-from pipeline.templates import extraction_styles
+from pipeline.files import storage
+from pipeline.run.orchestrator import run_source
+from pipeline.run.runner import Task, run_engine_tasks
+from pipeline.config.templates import extraction_styles
 from stages import make_stage
 
 N = 8

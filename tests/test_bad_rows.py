@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.graph import make_stage
-from pipeline.orchestrator import run_source
+from pipeline.files import storage
+from pipeline.core.graph import make_stage
+from pipeline.run.orchestrator import run_source
 
 DEEP = 100_000  # nesting of the JSON line that used to stop the whole ingest
 SECRET = "root:x:0:0:not-for-the-dataset"
@@ -146,7 +146,7 @@ def test_under_ray_a_bad_row_is_quarantined_alone(tmp_path):
     quarantine pass, which ended the build; now the range finishes like anywhere else."""
     import ray
 
-    from pipeline.executors import RayExecutor
+    from pipeline.run.executors import RayExecutor
 
     deep, _, _, _, deep_detail = _deep_json(tmp_path)
     caption, _, _, _, caption_detail = _caption_not_utf8(tmp_path)

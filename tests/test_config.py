@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from conftest import ROOT
-from pipeline.config import ConfigError, load_config
+from pipeline.config.settings import ConfigError, load_config
 
 
 def _load(tmp_path, text: str):

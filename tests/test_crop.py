@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from methods.crop import DEFAULT_AREA, DEFAULT_ASPECT, _Ranges, corrupt_image, sample_crop_box
-from pipeline.seeds import derive_seed
+from pipeline.core.seeds import derive_seed
 
 SEEDS = [derive_seed("sample", i, "image_crop") for i in range(1000)]
 

@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 from conftest import make_config
 from methods.crop import corrupt_image
 from methods.crop_signal import MIN_DIFFERENCE, first_distinct, image_difference
-from pipeline.runner import Task, run_task
-from pipeline.seeds import derive_seed
+from pipeline.run.runner import Task, run_task
+from pipeline.core.seeds import derive_seed
 from schemas import RESPONSE_SCHEMA
 from stages import make_stage
 

@@ -24,7 +24,7 @@ from conftest import ROOT
 #: a write into the full folder, in a process of its own (the size limit must not reach pytest)
 WRITE = """
 import json, resource, signal, sys
-from pipeline import storage
+from pipeline.files import storage
 if sys.argv[2] != "0":
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead of failing the write
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))

@@ -65,7 +65,7 @@ def test_a_killed_engine_core_is_retried_not_quarantined(ingest, undisturbed, tm
     proc = _generate(ingest, tmp_path / "gen", executor, MMPR_FAULT=KILL, MMPR_FAULT_ONCE=str(flag))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert flag.exists(), "the engine core was never killed"
-    # a worker's log lines go to the build log the terminal names (pipeline.terminal), the
+    # a worker's log lines go to the build log the terminal names (pipeline.run.terminal), the
     # driver's own to the terminal: the death must be reported in one of them
     logs = re.findall(r"^log: (\S+)", proc.stdout + proc.stderr, flags=re.M)
     assert logs, "the terminal does not name the build log"

@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.engine import GenRequest, sample_params
-from pipeline.images import to_pil
-from pipeline.graph import make_stage
-from pipeline.orchestrator import run_source
-from pipeline.seeds import derive_seed
+from pipeline.files import storage
+from pipeline.engine.engine import GenRequest, sample_params
+from pipeline.sources.images import to_pil
+from pipeline.core.graph import make_stage
+from pipeline.run.orchestrator import run_source
+from pipeline.core.seeds import derive_seed
 from stages.generate import user_message
 
 N = 6

@@ -17,8 +17,8 @@ import textwrap
 import pytest
 
 from conftest import ROOT, make_config
-from pipeline.config import ConfigError, load_config
-from pipeline.engine import GenRequest, engine_kwargs
+from pipeline.config.settings import ConfigError, load_config
+from pipeline.engine.engine import GenRequest, engine_kwargs
 from stages import make_stage
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -236,7 +236,7 @@ def _split_config(**over):
 def test_per_source_kwargs_reach_vllm_and_change_the_image_tokens(engine, sample_data, monkeypatch):
     """generate builds each request with its source's mm_processor_kwargs; vLLM applies them per
     request (Idefics3 image splitting: more image tokens), on the session's one engine."""
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
 
     png = _png(sample_data)
     cfg = _split_config(generate={"n": 1, "max_tokens": 2})
@@ -281,7 +281,7 @@ def test_text_only_requests_carry_no_processor_kwargs(engine, monkeypatch):
 
 
 def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
     from schemas.records import pair_row, provenance
 
     png = _png(sample_data)
@@ -314,7 +314,7 @@ def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):
 _RAY_TP2 = r'''
 import json, sys
 import ray
-from pipeline.executors import _placement_group_fn
+from pipeline.run.executors import _placement_group_fn
 
 class Probe:
     def __init__(self):
@@ -371,7 +371,7 @@ def test_tp2_replicas_get_one_placement_group_each_with_a_gpu_bundle_per_worker(
 def test_a_resolved_config_validates_again_on_the_workers():
     """Workers get ``config.resolved()`` (every key present): engine_kwargs that carry a typed
     key whose typed field is unset must still validate there."""
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
     for cfg in [make_config(model={"engine_kwargs": {"max_num_seqs": 16, "gpu_memory_utilization": 0.5}}),
                 *(load_config(p) for p in CONFIGS)]:
@@ -394,7 +394,7 @@ def test_image_placeholder_renders_parts_as_one_string(tiny_model, placeholder, 
     parts must arrive as "<image>\\nQuestion", as vLLM's own InternVL examples prompt it."""
     from transformers import AutoTokenizer
 
-    from pipeline.engine import Engine
+    from pipeline.engine.engine import Engine
 
     eng = Engine.__new__(Engine)  # render() needs only the config and a tokenizer, not vLLM
     eng.tokenizer = AutoTokenizer.from_pretrained(tiny_model)

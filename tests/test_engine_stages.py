@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.orchestrator import run_source
-from pipeline.runner import Task, run_task
-from pipeline.seeds import derive_seed
+from pipeline.files import storage
+from pipeline.run.orchestrator import run_source
+from pipeline.run.runner import Task, run_task
+from pipeline.core.seeds import derive_seed
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import turn_text
 from stages import make_stage
@@ -92,7 +92,7 @@ def test_generate_writes_n_samples_per_prompt_with_id_seeds(generated, prompts):
 
 def test_tiny_model_answers_in_format_and_mixes_right_and_wrong(generated):
     from methods.scoring import score_responses
-    from pipeline.templates import EXTRACTION_STYLE
+    from pipeline.config.templates import EXTRACTION_STYLE
 
     _, table, _ = generated["gt"]
     cfg = _cfg()
@@ -128,8 +128,8 @@ def test_engine_isolates_a_request_vllm_rejects(engine, prompts):
     (its image tokens push it past the context) fails alone, not its batch."""
     from vllm import SamplingParams
 
-    from pipeline.engine import GenRequest
-    from pipeline.images import to_pil
+    from pipeline.engine.engine import GenRequest
+    from pipeline.sources.images import to_pil
 
     image = to_pil(pq.read_table(prompts[0]).slice(0, 1).to_pylist()[0]["images"][0])
 
@@ -210,7 +210,7 @@ def test_a_finish_failure_is_kept_not_regenerated(prompts, engine, tmp_path):
     """finish() raising after the engine ran: the partition's rows are quarantined with the
     traceback (quarantine detail and marker), the engine's results are kept in failed/, and
     nothing is generated again (one engine pass, however many retries are allowed)."""
-    from pipeline.runner import run_engine_tasks
+    from pipeline.run.runner import run_engine_tasks
     from stages.generate import GenerateStage
 
     class BrokenFinish(GenerateStage, register=False):

@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import ROOT
 from pair_data import write_inputs
-from pipeline.config import PipelineConfig
-from pipeline.orchestrator import summarize
+from pipeline.config.settings import PipelineConfig
+from pipeline.run.orchestrator import summarize
 from publish.exports import FORMATS, export
 from stages import make_stage
 from stages.write import write_dataset
@@ -279,7 +279,7 @@ def test_swift_leaves_out_pairs_whose_rejected_equals_chosen(tmp_path):
 
 
 def test_the_export_stage_runs_after_write_when_formats_are_listed():
-    from pipeline.graph import input_stages
+    from pipeline.core.graph import input_stages
 
     on = PipelineConfig.model_validate({"write": {"exports": ["swift"]}})
     assert on.run.stages[-2:] == ["write", "export"] and input_stages(on, "export") == ["write"]

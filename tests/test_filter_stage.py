@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config
-from pipeline.runner import Task, run_task
+from pipeline.run.runner import Task, run_task
 from schemas import PAIR_SCHEMA
 from schemas.records import pair_row, provenance
 from stages import make_stage

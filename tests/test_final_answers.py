@@ -12,7 +12,7 @@ from conftest import make_config
 from methods.consistency import conflicting, states_any
 from methods.extract import extract_answer, extract_answers
 from methods.pairs import Scored, select_pairs
-from pipeline.runner import Task, run_task
+from pipeline.run.runner import Task, run_task
 from schemas import RESPONSE_SCHEMA
 from stages import make_stage
 
@@ -142,7 +142,7 @@ def test_correctness_stage_sets_aside_unclean_responses(correctness_run):
 
 
 def test_report_summary_shows_what_was_set_aside(correctness_run):
-    from pipeline.report import derived
+    from pipeline.run.report import derived
 
     _, stats = correctness_run
     crop = {"pairs.image_crop": 46, "dropped.near_identical_crop": 7, "crops.retried": 14}

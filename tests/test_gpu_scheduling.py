@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from pipeline.engine import refill_threshold
-from pipeline.executors import replica_gpus
+from pipeline.engine.engine import refill_threshold
+from pipeline.run.executors import replica_gpus
 
 _RAY_FREE_GROUPS = r'''
 import json, time
 import ray
-from pipeline.executors import _placement_group_fn
+from pipeline.run.executors import _placement_group_fn
 
 ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, logging_level="ERROR")
 

@@ -88,8 +88,8 @@ def test_thresholds_source_overrides_method_overrides_default():
 
 # -- config ------------------------------------------------------------------------
 def test_grounding_is_opt_in_and_placed_before_filter():
-    from pipeline.config import ConfigError, PipelineConfig, load_config  # noqa: F401
-    from pipeline.graph import input_stages
+    from pipeline.config.settings import ConfigError, PipelineConfig, load_config  # noqa: F401
+    from pipeline.core.graph import input_stages
 
     cfg = PipelineConfig()
     assert "grounding" not in cfg.run.stages
@@ -110,7 +110,7 @@ def test_grounding_is_opt_in_and_placed_before_filter():
 def test_config_mistakes_name_the_key(section, needle):
     from pydantic import ValidationError
 
-    from pipeline.config import PipelineConfig
+    from pipeline.config.settings import PipelineConfig
 
     with pytest.raises(ValidationError) as e:
         PipelineConfig.model_validate({"grounding": section})
@@ -170,7 +170,7 @@ def f32_config(tiny_model):
 
 @pytest.fixture(scope="module")
 def f32_engine(f32_config):
-    from pipeline.engine import drop_engine, get_engine
+    from pipeline.engine.engine import drop_engine, get_engine
 
     engine = get_engine(f32_config)
     yield engine
@@ -183,7 +183,7 @@ def f32_engine(f32_config):
 
 
 def run_stage(config, engine, rows):
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
     from stages import make_stage
 
     ctx = StageContext("grounding", "part-0", config, engine)
@@ -226,7 +226,7 @@ def test_logprobs_equal_a_transformers_forward_pass(f32_config, f32_engine, samp
 
     pair = make_pairs(sample_data)[0]
     stage = GroundingStage(f32_config)
-    from pipeline.stage import StageContext
+    from pipeline.core.stage import StageContext
     ctx = StageContext("grounding", "p", f32_config, f32_engine)
     for cond, image in ((IMAGE, pair["images"][0]["bytes"]), (NO_IMAGE, None)):
         from schemas.records import turn_text
@@ -298,7 +298,7 @@ def test_prefix_cache_hits_give_the_uncached_numbers(f32_config, f32_engine, sam
         stage = GroundingStage(f32_config)
         stage._params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
                                        flat_logprobs=True, skip_reading_prefix_cache=skip_cache)
-        from pipeline.stage import StageContext
+        from pipeline.core.stage import StageContext
 
         ctx = StageContext("grounding", "p", f32_config, f32_engine)
         out = list(stage.run(rows, ctx))
@@ -329,9 +329,9 @@ def generated_pairs(f32_config, f32_engine, tmp_path_factory):
     asks vLLM for the sampled tokens' log-probs), then correctness and image_crop pairs."""
     import pyarrow.parquet as pq
 
-    from pipeline import storage
-    from pipeline.orchestrator import run_source
-    from pipeline.stage import StageContext
+    from pipeline.files import storage
+    from pipeline.run.orchestrator import run_source
+    from pipeline.core.stage import StageContext
     from stages import make_stage
 
     cfg = make_config(executor={"kind": "local"}, model={"dtype": "float32"},

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.graph import make_stage
-from pipeline.orchestrator import run_source
+from pipeline.files import storage
+from pipeline.core.graph import make_stage
+from pipeline.run.orchestrator import run_source
 
 
 def _png(size=(32, 24), mode="RGB", color=(200, 30, 30)) -> bytes:
@@ -218,8 +218,8 @@ def test_a_bad_image_in_a_multi_image_row_quarantines_the_row(tmp_path):
 def _one_reader(cfg):
     """What a single reader over every source makes -- the rule ingest keeps whatever its
     ranges: output rows, and the context holding quarantine and counters."""
-    from pipeline.sources import iter_source
-    from pipeline.stage import StageContext
+    from pipeline.sources.readers import iter_source
+    from pipeline.core.stage import StageContext
 
     raws = []
     for src in cfg.sources:
@@ -331,7 +331,7 @@ def test_a_rerun_reads_no_source(sample_data, tmp_path, monkeypatch):
 @pytest.mark.parametrize("exif_tags", [{}, {0x0132: "2024:01:01 00:00:00"}, {0x0112: 1}])
 def test_an_upright_jpeg_is_stored_as_its_source_bytes(tmp_path, exif_tags):
     """No orientation to apply: the source JPEG is kept, not re-encoded as a (larger) PNG."""
-    from pipeline.images import load_image
+    from pipeline.sources.images import load_image
 
     img = Image.new("RGB", (64, 48), (200, 30, 30))
     exif = img.getexif()

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_config
 from methods.judge import build_judge_prompt, format_facts, parse_score
-from pipeline.runner import Task, run_task
+from pipeline.run.runner import Task, run_task
 from schemas import PAIR_SCHEMA
 from schemas.records import pair_row, provenance, turn_text
 from stages import make_stage

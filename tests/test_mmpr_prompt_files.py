@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.internvl_instructions import INSTRUCTIONS
-from pipeline.orchestrator import run_source
-from pipeline.runner import Task, run_task
-from pipeline.stage import StageContext
-from pipeline.templates import BUILTIN_TEMPLATES
+from pipeline.files import storage
+from pipeline.config.internvl_instructions import INSTRUCTIONS
+from pipeline.run.orchestrator import run_source
+from pipeline.run.runner import Task, run_task
+from pipeline.core.stage import StageContext
+from pipeline.config.templates import BUILTIN_TEMPLATES
 from stages import make_stage
 from test_engine_settings import INTERNLM_TEMPLATE
 
@@ -69,7 +69,7 @@ def _cfg(sources, **model):
 
 @pytest.fixture(scope="module")
 def generated(mmpr_sources, tiny_model, tmp_path_factory):
-    from pipeline.engine import get_engine
+    from pipeline.engine.engine import get_engine
 
     cfg = _cfg(mmpr_sources)
     out = tmp_path_factory.mktemp("mmpr_generate")
@@ -146,7 +146,7 @@ def test_other_model_families_render_each_image_once(generated, tiny_model, fami
     in place (InternVL's string form is then the reference pipeline's own prompt text)."""
     from transformers import AutoTokenizer
 
-    from pipeline.engine import Engine
+    from pipeline.engine.engine import Engine
 
     cfg, _, _, _, prompts = generated
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"image_placeholder": placeholder})})

@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from conftest import ROOT, shard_hashes
-from pipeline import storage
+from pipeline.files import storage
 
 BUCKET = "mmpr-multinode"
 

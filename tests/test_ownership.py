@@ -19,7 +19,7 @@ import yaml
 from conftest import ROOT
 from pair_data import write_inputs
 from pipeline.cli import main
-from pipeline.ownership import LOCK, RECORD
+from pipeline.files.ownership import LOCK, RECORD
 
 REFUSED = "and was not written by mmpr-forge; give a new or empty folder, or pass --adopt"
 
@@ -248,15 +248,15 @@ def test_a_second_run_on_a_folder_is_refused_and_a_killed_ones_lock_does_not_blo
 def test_one_run_per_work_folder_on_an_object_store(s3_server, monkeypatch):
     """No flock on S3: a lease the holder refreshes.  A second run is refused while the lease is
     fresh; a killed run's lease expires (LEASE_S is shortened for the test, on both sides)."""
-    from pipeline import folder_lock
-    from pipeline.folder_lock import FolderBusy, FolderLock
+    from pipeline.files import folder_lock
+    from pipeline.files.folder_lock import FolderBusy, FolderLock
 
     s3_server.create_bucket(Bucket="mmpr-lease")
     uri = "s3://mmpr-lease/work"
     monkeypatch.setattr(folder_lock, "LEASE_S", 2.0)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from pipeline import folder_lock\n"
+        "from pipeline.files import folder_lock\n"
         "folder_lock.LEASE_S = 2.0\n"
         f"folder_lock.FolderLock({uri!r}, 'run.work_dir').acquire('holder')\n"
         "print('held', flush=True)\n"

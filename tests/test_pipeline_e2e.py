@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT
-from pipeline.seeds import derive_seed
+from pipeline.core.seeds import derive_seed
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import turn_text
 

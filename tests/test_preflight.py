@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_config
-from pipeline.config import ConfigError, PipelineConfig, load_config
-from pipeline.image_budget import image_cost, prompts_in_flight
-from pipeline.preflight import check_model
+from pipeline.config.settings import ConfigError, PipelineConfig, load_config
+from pipeline.engine.image_budget import image_cost, prompts_in_flight
+from pipeline.run.preflight import check_model
 
 
 def _shipped(name: str) -> dict:
@@ -126,7 +126,7 @@ def test_an_end_of_turn_marker_that_is_not_a_stop_token_fails(im_end_model, stop
     if not fails:
         check_model(cfg)
         im_end = AutoTokenizer.from_pretrained(im_end_model).convert_tokens_to_ids("<|im_end|>")
-        from pipeline.engine import stop_kwargs
+        from pipeline.engine.engine import stop_kwargs
         assert stop_kwargs(cfg, AutoTokenizer.from_pretrained(im_end_model)) == {"stop_token_ids": [im_end]}
         return
     with pytest.raises(ConfigError) as err:
@@ -152,13 +152,13 @@ def test_batch_invariant_is_part_of_the_stage_hash_only_when_on():
 def test_a_missing_stage_input_fails_in_one_line_before_the_model(stage, tmp_path, monkeypatch, capsys):
     """``stage generate --input <typo>`` used to start the engine (a minute on CPU), then fail
     every partition with FileNotFoundError."""
-    import pipeline.preflight
+    import pipeline.run.preflight
     from pipeline.cli import main
 
     def no_model(*_a, **_k):
         raise AssertionError("the model was prepared before the input was checked")
 
-    monkeypatch.setattr(pipeline.preflight, "ensure_model", no_model)
+    monkeypatch.setattr(pipeline.run.preflight, "ensure_model", no_model)
     monkeypatch.chdir(ROOT)
     missing = tmp_path / "no-such-ingest"
     rc = main(["stage", stage, "--config", "configs/sample.yaml", "--executor", "local", "--input", str(missing),

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import make_config
 from methods.extract import extract_answer
-from pipeline.config import ConfigError, load_config
-from pipeline.image_refs import ImageError, allowed_roots, resolve_image_ref
-from pipeline.internvl_instructions import INSTRUCTIONS
+from pipeline.config.settings import ConfigError, load_config
+from pipeline.files.image_refs import ImageError, allowed_roots, resolve_image_ref
+from pipeline.config.internvl_instructions import INSTRUCTIONS
 from schemas.placeholders import MARK, interleaved, parse_placeholders, user_content, with_marks
-from pipeline.templates import BUILTIN_TEMPLATES, render_question, template_for_source
+from pipeline.config.templates import BUILTIN_TEMPLATES, render_question, template_for_source
 
 
 # -- placeholders ----------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_relative_paths_under_an_object_store_root():
 def test_pair_prompts_keep_images_where_the_question_had_them():
     """What the trainer sees matches what the model was sent: TRL parts interleaved for a
     multi-image question, images first for one, and no marks left in image-free turns."""
-    from pipeline.templates import render_user_text
+    from pipeline.config.templates import render_user_text
     from schemas.records import user_turn
     from stages.dropout_ntp import continuation_messages
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from conftest import make_config, shard_hashes
-from pipeline.orchestrator import run_pipeline
+from pipeline.run.orchestrator import run_pipeline
 
 STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "write"]
 BASE = {

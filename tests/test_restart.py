@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from pipeline.orchestrator import clear_work_dir
-from pipeline.ownership import RECORD, Folder, NotOwned
+from pipeline.run.orchestrator import clear_work_dir
+from pipeline.files.ownership import RECORD, Folder, NotOwned
 
 
 def _build_files(work) -> None:

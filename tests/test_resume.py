@@ -2,7 +2,7 @@
 
 The pipeline is run as ``python -m pipeline run`` in its own process group and
 SIGKILLed: once from outside while the engine is generating, and at two
-injected points (``pipeline.faults``) -- after a correctness partition wrote
+injected points (``pipeline.run.faults``) -- after a correctness partition wrote
 its data but before its marker, and after the first final shard.  Each rerun
 resumes; the final dataset must equal the one an uninterrupted run makes.
 

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.orchestrator import plan
-from pipeline.runner import Task, completed, invalidate_if_changed, run_task, stage_totals
-from pipeline.stage import Stage, StageContext
+from pipeline.files import storage
+from pipeline.run.orchestrator import plan
+from pipeline.run.runner import Task, completed, invalidate_if_changed, run_task, stage_totals
+from pipeline.core.stage import Stage, StageContext
 
 SCHEMA = pa.schema([("sample_id", pa.string()), ("x", pa.int64())])
 
@@ -91,7 +91,7 @@ def test_failures_are_retried_then_quarantined(tmp_path):
 
 
 def test_an_input_partition_is_checked_against_the_stage_input_schema(tmp_path):
-    from pipeline.runner import InputSchemaError
+    from pipeline.run.runner import InputSchemaError
 
     src = tmp_path / "wrong.parquet"
     pq.write_table(pa.table({"sample_id": ["a"], "y": [1]}), src)

@@ -1,6 +1,6 @@
 """The pipeline on an object store: inputs, work folder, markers, dataset and
 quarantine all on S3, served by moto's real S3 server on loopback and reached
-through the pipeline's own client path (``pipeline.storage`` -> pyarrow's S3
+through the pipeline's own client path (``pipeline.files.storage`` -> pyarrow's S3
 filesystem, configured by ``AWS_ENDPOINT_URL`` like MinIO would be).
 
 S3 has no rename, so completeness is published by markers written after the
@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config, shard_hashes
-from pipeline import storage
-from pipeline.config import ConfigError
+from pipeline.files import storage
+from pipeline.config.settings import ConfigError
 
 BUCKET = "mmpr-test"
 N_GT, N_OPEN = 24, 8
@@ -78,7 +78,7 @@ def _markers(client, stage: str) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def s3_build(s3, s3_sources, engine, tmp_path_factory):
     """The same small build twice: everything on S3, and everything on local disk."""
-    from pipeline.orchestrator import run_pipeline
+    from pipeline.run.orchestrator import run_pipeline
 
     local = tmp_path_factory.mktemp("local_twin")
     remote_cfg = _config(s3_sources, f"s3://{BUCKET}/work", f"s3://{BUCKET}/dataset")
@@ -138,7 +138,7 @@ def test_resume_on_s3_after_crash_points(s3_build, s3):
     The rerun redoes exactly that partition, republishes the dataset, and the
     result is byte-identical, with no duplicate rows.
     """
-    from pipeline.orchestrator import run_pipeline
+    from pipeline.run.orchestrator import run_pipeline
 
     remote_cfg = s3_build[0]
     before = shard_hashes(remote_cfg.run.output_dir)
@@ -166,7 +166,7 @@ def test_resume_on_s3_after_crash_points(s3_build, s3):
 
 
 def test_unwritable_bucket_fails_fast_with_the_key_to_fix(s3, s3_sources, tmp_path):
-    from pipeline.orchestrator import run_pipeline
+    from pipeline.run.orchestrator import run_pipeline
 
     cfg = _config(s3_sources, str(tmp_path / "work"), "s3://no-such-bucket/dataset")
     with pytest.raises(ConfigError, match=r"run.output_dir: cannot write to s3://no-such-bucket/dataset"):
@@ -204,7 +204,7 @@ def test_bad_image_references_on_s3_are_quarantined_per_row(s3, sample_data, tmp
     outside the source's prefix and its allowed_image_roots are that row's quarantine
     reason, never a partition failure, and the other bucket is never asked for its object
     (whose bytes would be readable with the same credentials)."""
-    from pipeline.orchestrator import run_source
+    from pipeline.run.orchestrator import run_source
     from stages import make_stage
 
     s3.create_bucket(Bucket="other-bucket")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.sample_data import ANSWER_TYPES, build_sample_data
-from pipeline.templates import LETTERS, SHORT_ANSWER_SUFFIXES, strip_short_answer_suffix
+from demo.sample_data import ANSWER_TYPES, build_sample_data
+from pipeline.config.templates import LETTERS, SHORT_ANSWER_SUFFIXES, strip_short_answer_suffix
 
 
 def _hashes(d: Path) -> dict[str, str]:

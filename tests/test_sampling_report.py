@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.report import derived
+from pipeline.run.report import derived
 from publish.sampling_report import sampling_html
 
 #: counters of an adaptive generate over 10 prompts (budget 8): 6 stopped after round 1 (4 samples),

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.graph import input_stages, stage_class
-from pipeline.orchestrator import plan, stage_dir
-from pipeline.scheduler import plan_graph
+from pipeline.files import storage
+from pipeline.core.graph import input_stages, stage_class
+from pipeline.run.orchestrator import plan, stage_dir
+from pipeline.run.scheduler import plan_graph
 
 STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "write"]
 

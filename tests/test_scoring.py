@@ -11,9 +11,9 @@ import pytest
 
 from conftest import make_config
 from methods.scoring import score_responses
-from pipeline.graph import make_stage, stage_class
-from pipeline.stage import StageContext
-from pipeline.templates import EXTRACTION_STYLE
+from pipeline.core.graph import make_stage, stage_class
+from pipeline.core.stage import StageContext
+from pipeline.config.templates import EXTRACTION_STYLE
 
 
 def _row(answer: str, texts: list[str], answer_type: str = "math") -> dict:

@@ -6,7 +6,7 @@ records every process below the CLI (vLLM's EngineCore and Worker; under Ray
 also the GCS, raylet and engine actor the driver started), sends the signal
 the way it comes in practice, and checks the exit code, the one line on the
 terminal, and that none of those processes is still there.  Before
-``pipeline.signals`` a SIGTERM left EngineCore and its 1.8 GB Worker running
+``pipeline.run.signals`` a SIGTERM left EngineCore and its 1.8 GB Worker running
 without a parent, and under Ray ended with exit 134 and no message.
 """
 from __future__ import annotations

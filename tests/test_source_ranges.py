@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_config
-from pipeline.source_ranges import plan_partitions, plan_ranges, read_range
-from pipeline.sources import iter_source
+from pipeline.sources.ranges import plan_partitions, plan_ranges, read_range
+from pipeline.sources.readers import iter_source
 
 
 def _jsonl(tmp_path):

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.graph import make_stage
-from pipeline.orchestrator import run_source
+from pipeline.files import storage
+from pipeline.core.graph import make_stage
+from pipeline.run.orchestrator import run_source
 
 
 def _png(color) -> bytes:
@@ -95,7 +95,7 @@ def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
 
 def test_missing_sample_data_is_generated_on_a_fresh_checkout(tmp_path):
     """`make build-mmpr` on a fresh clone: data/sample is not in git, the run makes it."""
-    from pipeline.preflight import check_sources
+    from pipeline.run.preflight import check_sources
 
     sample = tmp_path / "data" / "sample"
     cfg = make_config(sources=[{"name": "gt", "format": "jsonl", "path": str(sample / "gt.jsonl")}])

@@ -21,8 +21,8 @@ import pytest
 from pydantic import Field
 
 from conftest import ROOT, make_config
-from pipeline import graph
-from pipeline.config import ConfigError, Section, load_config
+from pipeline.core import graph
+from pipeline.config.settings import ConfigError, Section, load_config
 
 PIPELINE_STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"]
 
@@ -148,7 +148,7 @@ def test_stage_sections_validate_with_the_stage_model(tmp_path):
 # -- adding a stage: one class --------------------------------------------------------
 def _echo_stage():
     """A new pair method declared in one class: prompt rows in, pairs out, feeding the filter."""
-    from pipeline.stage import Stage, StageContext
+    from pipeline.core.stage import Stage, StageContext
     from schemas import PAIR_SCHEMA, PROMPT_SCHEMA
     from schemas.records import pair_row, provenance
 
@@ -183,8 +183,8 @@ def _echo_stage():
 
 
 def test_adding_a_stage_is_one_class(sample_data, tmp_path):
-    from pipeline.orchestrator import run_pipeline
-    from pipeline.stage import REGISTRY
+    from pipeline.run.orchestrator import run_pipeline
+    from pipeline.core.stage import REGISTRY
 
     echo = _echo_stage()
     try:

@@ -7,11 +7,11 @@ import json
 import pyarrow.parquet as pq
 
 from conftest import make_config
-from pipeline import storage
-from pipeline.orchestrator import run_source
-from pipeline.report import derived
-from pipeline.stage import StageContext
-from pipeline.templates import BUILTIN_TEMPLATES
+from pipeline.files import storage
+from pipeline.run.orchestrator import run_source
+from pipeline.run.report import derived
+from pipeline.core.stage import StageContext
+from pipeline.config.templates import BUILTIN_TEMPLATES
 from stages import make_stage
 
 QUESTION = "A train travels 60 km in 1.5 hours. What is its average speed in km/h?"

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pair_data import SOURCES, write_inputs
 from pipeline import __version__
-from pipeline.config import PipelineConfig
+from pipeline.config.settings import PipelineConfig
 from schemas import PAIR_SCHEMA
 from stages import make_stage
 from stages.write import write_dataset
@@ -353,7 +353,7 @@ def _repeated_image_inputs(base: Path, prompts: int = 80, pairs: int = 15) -> tu
 
     import numpy as np
 
-    from pipeline.seeds import stable_hash
+    from pipeline.core.seeds import stable_hash
     from schemas.arrow import from_rows
     from schemas.records import pair_row, provenance
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pair_data import SOURCES, write_inputs
-from pipeline.config import PipelineConfig
+from pipeline.config.settings import PipelineConfig
 from stages.write import write_dataset
 
 

@@ -15,8 +15,8 @@ import importlib
 import os
 import pkgutil
 
-from pipeline import storage
-from pipeline.ownership import open_folder
+from pipeline.files import storage
+from pipeline.files.ownership import open_folder
 from publish.exports.common import REGISTRY, ExportFolder, canonical_shards, dataset_name
 
 for _info in pkgutil.iter_modules(__path__):

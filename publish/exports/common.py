@@ -3,7 +3,7 @@ conversation columns to tagged text, writing images and files, and the format re
 
 A format is one module of this package with a ``TrainerFormat`` subclass; the
 subclass registers itself on definition (like the stages in
-``pipeline.stage``), so adding a format is adding a module.
+``pipeline.core.stage``), so adding a format is adding a module.
 
 Image paths are relative to the export folder, so a copied dataset folder
 keeps working; ``root`` (``--root DIR``) writes them under DIR instead, where
@@ -33,8 +33,8 @@ from typing import Any, ClassVar, Iterator
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline import storage
-from pipeline.ownership import Folder
+from pipeline.files import storage
+from pipeline.files.ownership import Folder
 from publish.layout import CONFIGS
 
 log = logging.getLogger("pipeline")
@@ -188,7 +188,7 @@ class Sink:
 class ExportFolder:
     """Files of one export folder; stale files of a previous export are removed at the end.
 
-    Every file goes through the folder's ledger (``pipeline.ownership``): a top-level entry is
+    Every file goes through the folder's ledger (``pipeline.files.ownership``): a top-level entry is
     reserved before its first write, so a file of someone else's is never replaced."""
 
     def __init__(self, fmt: str, input_dir: str, root: str, image_root: str | None = None,

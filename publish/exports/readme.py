@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from pipeline import storage
+from pipeline.files import storage
 
 #: how a README runs the exporter
 CLI = ".venv/bin/python -m pipeline export"

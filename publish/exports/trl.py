@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline import storage
+from pipeline.files import storage
 from publish.exports.common import CanonicalShard, ExportFolder, TrainerFormat
 from publish.exports.readme import again_section
 

@@ -1,0 +1,337 @@
+"""Typed, validated pipeline configuration (YAML -> pydantic models).
+
+Every section forbids unknown keys, so a typo fails at load time with the full
+key path ("generate.temprature: Extra inputs are not permitted") instead of
+being silently ignored.  ``config_hash`` and ``stage_hash`` make the resolved
+configuration part of provenance and of each stage's completion markers: a
+change that affects a stage's output invalidates that stage's finished work.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pipeline.config.model import (  # noqa: F401 -- re-exported: `from pipeline.config.settings import X` keeps working
+    DTYPES, MODALITIES, RESERVED_ENGINE_KWARGS, TINY_MODEL, TYPED_ENGINE_KWARGS, EngineConfig, ModelConfig)
+from pipeline.config.sections import Section, StageSections
+from pipeline.core.seeds import stable_hash
+from pipeline.config.sources import SourceConfig, TemplateConfig
+from pipeline.config.templates import BUILTIN_TEMPLATES, pick_template, template_table
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key and what to fix."""
+
+
+_Section = Section
+
+
+def ratio_range(v: tuple[float, float], name: str, upper: float | None = 1.0) -> tuple[float, float]:
+    lo, hi = v
+    if not (0 < lo <= hi) or (upper is not None and hi > upper):
+        bound = f"0 < low <= high <= {upper}" if upper is not None else "0 < low <= high"
+        raise ValueError(f"{name} must satisfy {bound}, got {list(v)}")
+    return v
+
+
+class RunConfig(_Section):
+    name: str = "mmpr"
+    #: intermediate stage outputs (local path or a pyarrow/fsspec URI such as s3://...)
+    work_dir: str = "build/mmpr"
+    #: the final dataset folder
+    output_dir: str = "out/mmpr"
+    seed: int = 0
+    #: rows per partition: the unit of work, of resume and of retry
+    partition_rows: int = Field(256, ge=1)
+    #: the stages to run (default: every stage but the opt-in ones); always run in pipeline order
+    stages: list[str] = Field(default_factory=lambda: _default_stages())
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        order = _stage_order()
+        unknown = [s for s in v if s not in order]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; known stages: {order}")
+        return [s for s in order if s in v]  # always run in pipeline order
+
+
+def _stage_order() -> list[str]:
+    from pipeline.core import graph
+
+    return graph.ordered()
+
+
+def _default_stages() -> list[str]:
+    from pipeline.core import graph
+
+    return [s for s in graph.ordered() if not graph.stage_class(s).opt_in]
+
+
+class ExecutorConfig(_Section):
+    #: "ray": Ray Data (local Ray when address is null, a cluster otherwise); "local": in-process
+    kind: Literal["ray", "local"] = "ray"
+    address: Optional[str] = None
+    #: CPUs Ray may use on a local machine (null = all)
+    num_cpus: Optional[int] = Field(None, ge=1)
+    #: retries of a failed partition before its rows are quarantined
+    max_retries: int = Field(2, ge=0)
+    #: concurrency of CPU-only stages
+    cpu_concurrency: int = Field(2, ge=1)
+    #: the write stage's scatter/gather tasks at once (null = cpu_concurrency); here, not in
+    #: write:, because scheduling never changes the data (the executor is outside the config hash)
+    write_workers: Optional[int] = Field(None, ge=1)
+    #: Ray runtime_env for the workers, e.g. {working_dir: ".", pip: [...]} on a cluster
+    #: whose nodes do not have mmpr-forge installed
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(StageSections):
+    run: RunConfig = Field(default_factory=RunConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    #: prompt templates as data, besides the built-in ones (pipeline.config.templates)
+    templates: list[TemplateConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> "PipelineConfig":
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique, duplicated: {dup}")
+        return self
+
+    def check_with_sections(self) -> None:
+        from pipeline.engine.image_budget import check_context
+
+        check_context(self)  # needs the stage sections (generate/dropout_ntp token budgets)
+        self._templates_known()
+        self._enable_opt_in_stages()
+
+    def _enable_opt_in_stages(self) -> None:
+        """An opt-in stage that its config asks for (``Stage.enabled_by``: e.g. its section says
+        ``enabled: true``) runs without editing run.stages."""
+        from pipeline.core import graph
+
+        wanted = [s for s in graph.ordered() if graph.stage_class(s).opt_in
+                  and graph.stage_class(s).enabled_by(self) and s not in self.run.stages]
+        if wanted:
+            self.run.stages = [*self.run.stages, *wanted]
+
+    def _templates_known(self) -> "PipelineConfig":
+        ids = [t.id for t in self.templates]
+        clash = sorted({i for i in ids if ids.count(i) > 1 or i in BUILTIN_TEMPLATES})
+        if clash:
+            raise ValueError(f"templates: id(s) {clash} are duplicated or built-in; give each template its own id")
+        table = template_table(self.templates)
+        uses = [("generate.template", self.generate.template, "auto")]
+        uses += [(f"sources.{i}.template", s.template or self.generate.template, s.language)
+                 for i, s in enumerate(self.sources)]
+        for key, wanted, language in uses:
+            try:
+                pick_template(table, wanted, None if language == "auto" else language, strict=language != "auto")
+            except KeyError as e:
+                raise ValueError(f"{key}: {e.args[0]}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _engine_kwargs_once(self) -> "PipelineConfig":
+        """A vllm.LLM argument set both as a typed key and in model.engine_kwargs is ambiguous."""
+        sections = {"model": self.model, "engine": self.engine}
+        both = []
+        for key in self.model.engine_kwargs:
+            if key in TYPED_ENGINE_KWARGS:
+                section, field = TYPED_ENGINE_KWARGS[key]
+                obj = sections[section]
+                # "set" = off its default (not model_fields_set: a resolved config sent to
+                # workers and validated again has every field set)
+                default = type(obj).model_fields[field].get_default(call_default_factory=True)
+                if getattr(obj, field) != default:
+                    both.append(f"model.engine_kwargs.{key} and {section}.{field} are both set: "
+                                f"keep {section}.{field} and remove {key} from model.engine_kwargs")
+        if both:
+            raise ValueError("; ".join(both))
+        return self
+
+    @model_validator(mode="after")
+    def _sources_within_engine_limits(self) -> "PipelineConfig":
+        """A source may lower a max_* processor limit, not raise it above the engine-wide one:
+        vLLM profiles memory and sizes its encoder cache with the engine-wide value."""
+        engine_wide = self.model.mm_processor_kwargs
+        for i, src in enumerate(self.sources):
+            for key, value in src.mm_processor_kwargs.items():
+                top = engine_wide.get(key)
+                if (key.startswith("max_") and isinstance(value, (int, float)) and isinstance(top, (int, float))
+                        and value > top):
+                    raise ValueError(
+                        f"sources.{i}.mm_processor_kwargs.{key}={value} exceeds "
+                        f"model.mm_processor_kwargs.{key}={top}: vLLM sizes its memory profile and encoder "
+                        f"cache with the engine-wide value, so set model.mm_processor_kwargs.{key}: {value} "
+                        "and lower it for the sources that need less")
+        return self
+
+
+    def source(self, name: str) -> SourceConfig | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+    def source_mm_kwargs(self, name: str) -> dict[str, Any] | None:
+        """The per-request mm_processor_kwargs of a source's prompts (None = the engine's)."""
+        src = self.source(name)
+        return dict(src.mm_processor_kwargs) if src is not None and src.mm_processor_kwargs else None
+
+    # -- hashing -----------------------------------------------------------
+    def resolved(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def data_config(self) -> dict:
+        """The resolved config minus what cannot change the data (paths, scheduling)."""
+        d = self.resolved()
+        d.pop("executor")
+        d.pop("engine")
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("work_dir", "output_dir", "name")}
+        return d
+
+    def config_hash(self) -> str:
+        """Hash of the data-determining config: two builds with equal hashes make equal data."""
+        return stable_hash(json.dumps(self.data_config(), sort_keys=True))[:16]
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of everything that can change ``stage``'s output (``pipeline.core.graph.stage_hash``)."""
+        from pipeline.core import graph
+
+        return graph.stage_hash(self, stage)
+
+
+def _format_error(err: ValidationError, origin: str, origins: dict[str, str]) -> str:
+    """One line per error, naming where the wrong value came from: the ``--set`` argument that
+    set the key (``origins``: dotted key -> the argument as typed), else the config file."""
+    lines = []
+    for e in err.errors():
+        parts = [str(p) for p in e["loc"]]
+        key = ".".join(parts) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        blamed = _override_of(key, e["type"], origins)
+        if blamed is None:
+            lines.append(f"{origin}: {key}: {msg}")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"{origins[blamed]}: {_unknown_key(parts)}")
+        else:  # the key is in the argument already, unless the error is inside the value it set
+            lines.append(f"{origins[blamed]}: {msg}" if key == blamed else f"{origins[blamed]}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _override_of(key: str, kind: str, origins: dict[str, str]) -> str | None:
+    """The overridden key an error at ``key`` is about: that key or one inside the value it set,
+    or (an unknown key) one that a key under it was set through."""
+    for dotted in origins:
+        if key == dotted or key.startswith(dotted + "."):
+            return dotted
+        if kind == "extra_forbidden" and dotted.startswith(key + "."):
+            return dotted
+    return None
+
+
+def _unknown_key(parts: list[str]) -> str:
+    """Why a key is not accepted, with the nearest key that is (or the section's keys): a typo
+    in ``--set`` is what the user has to fix, not the YAML file."""
+    import difflib
+
+    *section, leaf = parts
+    key, known = ".".join(parts), _keys_at(section)
+    close = difflib.get_close_matches(leaf, known, n=1)
+    if close:
+        return f"{key} is not a config key; did you mean {'.'.join([*section, close[0]])}?"
+    if known:
+        where = f"keys of {'.'.join(section)}" if section else "top-level keys"
+        return f"{key} is not a config key ({where}: {', '.join(known)})"
+    return f"{key} is not a config key"
+
+
+def _keys_at(section: list[str]) -> list[str]:
+    """The keys the config accepts under ``section`` ([]: the top level; list items by index)."""
+    from pipeline.core import graph
+
+    stages = {name: cls.Config for name, cls in graph.load().items() if cls.Config is not None}
+    if not section:
+        return sorted([*PipelineConfig.model_fields, *stages])
+    model = stages.get(section[0]) or _model_in(PipelineConfig.model_fields.get(section[0]))
+    for part in section[1:]:
+        if model is None:
+            return []
+        if part.isdigit():  # a list index: the model found is the list items' already
+            continue
+        model = _model_in(model.model_fields.get(part))
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_in(field) -> type | None:
+    """The pydantic model a field holds (itself, in a list or Optional), or None for a plain value."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    todo = [field.annotation] if field is not None else []
+    while todo:
+        ann = todo.pop()
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return ann
+        todo.extend(get_args(ann))
+    return None
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, origin: str) -> None:
+    """Set ``a.b.0.c`` in nested dicts/lists (list items by index); ``origin`` names the
+    argument in errors."""
+    node: Any = data
+    *parents, leaf = dotted.split(".")
+    for i, p in enumerate(parents):
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"{origin}: no list item {p}")
+            node = node[int(p)]
+        else:
+            if node.get(p) is None:  # not there, or an empty section in the YAML
+                node[p] = {}
+            node = node[p]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{origin}: {'.'.join(parents[:i + 1])} is a value, not a section")
+    if isinstance(node, list):
+        if not leaf.isdigit() or int(leaf) >= len(node):
+            raise ConfigError(f"{origin}: no list item {leaf}")
+        node[int(leaf)] = value
+    else:
+        node[leaf] = value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+                origins: dict[str, str] | None = None) -> PipelineConfig:
+    """Load and validate a YAML config; raise ConfigError with key paths.
+
+    ``overrides`` maps dotted keys to values ("run.output_dir": "out/x"); ``origins`` maps
+    them to the command-line arguments that set them ("--set run.output_dir=out/x"), so
+    that a wrong value is reported as the argument the user typed, not as the file.
+    Relative source paths are resolved against the current directory.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    overrides = overrides or {}
+    origins = {key: (origins or {}).get(key, f"override {key}") for key in overrides}
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value, origins[dotted])
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path), origins)) from None

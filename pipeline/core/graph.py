@@ -1,0 +1,122 @@
+"""The stage graph, derived from the stage classes alone.
+
+Stages live in the packages named by ``STAGE_PACKAGES`` (plus any listed in
+``MMPR_STAGE_PACKAGES``, comma-separated); every module there is imported
+once and its ``Stage`` subclasses register themselves.  The framework never
+names a stage: order, inputs and hashes all come from what the classes declare.
+
+* **order**: a topological order of the ``after``/``feeds`` edges, ties broken
+  by name (so the order is the same on every machine).
+* **inputs**: a stage reads its nearest *enabled* upstream stages; a disabled
+  stage that keeps the schema (filter, judge: pairs in, pairs out) is looked
+  through to what it would have read.
+* **hash**: a stage's hash covers its own config section, the keys it declares
+  it reads, and the hashes of the stages it really reads --
+  nothing else, so tuning one stage never redoes a sibling.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pkgutil
+from functools import reduce
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core.seeds import stable_hash
+from pipeline.core.stage import REGISTRY, Stage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config.settings import PipelineConfig
+
+#: packages whose modules are stages (imported by name only here, never a module of them)
+STAGE_PACKAGES = ("stages",)
+_loaded: set[str] = set()
+
+
+def load() -> dict[str, type[Stage]]:
+    """Import every stage module once; returns the registry (name -> class)."""
+    extra = [p for p in os.environ.get("MMPR_STAGE_PACKAGES", "").split(",") if p.strip()]
+    for package in (*STAGE_PACKAGES, *extra):
+        if package in _loaded:
+            continue
+        pkg = importlib.import_module(package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{package}.{info.name}")
+        _loaded.add(package)
+    return REGISTRY
+
+
+def upstream(name: str) -> tuple[str, ...]:
+    """Stages whose output ``name`` reads when all are enabled: its ``after`` plus those that feed it."""
+    reg = load()
+    cls = stage_class(name)
+    fed = sorted(s for s, c in reg.items() if name in c.feeds)
+    return tuple(dict.fromkeys((*cls.after, *fed)))
+
+
+def ordered() -> list[str]:
+    """Every registered stage in pipeline order (topological, ties by name)."""
+    reg = load()
+    deps = {s: [u for u in upstream(s) if u in reg] for s in reg}
+    out: list[str] = []
+    while len(out) < len(reg):
+        ready = sorted(s for s in reg if s not in out and all(u in out for u in deps[s]))
+        if not ready:
+            raise TypeError(f"stage graph has a cycle among {sorted(set(reg) - set(out))}")
+        out.append(ready[0])
+    return out
+
+
+def stage_class(name: str) -> type[Stage]:
+    reg = load()
+    if name not in reg:
+        raise KeyError(f"unknown stage {name!r}; known: {ordered()}")
+    return reg[name]
+
+
+def make_stage(name: str, config: "PipelineConfig") -> Stage:
+    return stage_class(name)(config)
+
+
+def input_stages(config: "PipelineConfig", stage: str) -> list[str]:
+    """The enabled stages whose output ``stage`` reads, in pipeline order."""
+    enabled = set(config.run.stages)
+    found: list[str] = []
+
+    def visit(s: str) -> None:
+        if s in enabled:
+            found.append(s)
+            return
+        cls = stage_class(s)
+        if cls.input_schema is not None and cls.input_schema == cls.output_schema:
+            for up in upstream(s):
+                visit(up)
+    for up in upstream(stage):
+        visit(up)
+    rank = {s: i for i, s in enumerate(ordered())}
+    return sorted(dict.fromkeys(found), key=rank.__getitem__)
+
+
+def config_value(resolved: dict, dotted: str) -> Any:
+    """``resolved["a"]["b"]`` for ``"a.b"`` (None when a key is missing)."""
+    return reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, dotted.split("."), resolved)
+
+
+def stage_hash(config: "PipelineConfig", stage: str) -> str:
+    """Hash of everything that can change ``stage``'s output (see the module docstring)."""
+    resolved = config.resolved()
+    memo: dict[str, str] = {}
+
+    def h(s: str) -> str:
+        if s not in memo:
+            cls = stage_class(s)
+            part = {
+                "stage": s,
+                "section": resolved.get(s),
+                "reads": {k: config_value(resolved, k) for k in cls.hash_keys(config)},
+                "inputs": {up: h(up) for up in input_stages(config, s)},
+            }
+            memo[s] = stable_hash(json.dumps(part, sort_keys=True))[:16]
+        return memo[s]
+    return h(stage)

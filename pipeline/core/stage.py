@@ -1,0 +1,270 @@
+"""The step abstraction: a small class with one ``run`` over a stream of rows.
+
+In the spirit of datatrove, a stage knows nothing about where its rows come
+from or how it is scheduled: executors (``pipeline.run.executors``) read an input
+partition, hand its rows to ``run``, and write what comes out.  Rows a stage
+cannot process go to ``ctx.quarantine`` with a short reason code and never stop
+the run.  Counters go to ``ctx.stats`` and end up in the markers and report.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
+
+import pyarrow as pa
+
+from schemas import QUARANTINE_SCHEMA
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config.settings import PipelineConfig
+    from pipeline.engine.engine import Engine
+
+
+@dataclass
+class StageStats:
+    """Per-partition counters; summed over partitions for the stage summary."""
+    rows_in: int = 0
+    rows_out: int = 0
+    quarantined: Counter = field(default_factory=Counter)
+    counters: Counter = field(default_factory=Counter)
+    wall_s: float = 0.0
+    retries: int = 0
+
+    def inc(self, key: str, n: int | float = 1) -> None:
+        self.counters[key] += n
+
+    def merge(self, other: "StageStats") -> None:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.quarantined.update(other.quarantined)
+        self.counters.update(other.counters)
+        self.wall_s += other.wall_s
+        self.retries += other.retries
+
+    def to_dict(self) -> dict:
+        return {
+            "rows_in": self.rows_in, "rows_out": self.rows_out,
+            "quarantined": dict(sorted(self.quarantined.items())),
+            "counters": dict(sorted(self.counters.items())),
+            "wall_s": round(self.wall_s, 3), "retries": self.retries,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StageStats":
+        return cls(d.get("rows_in", 0), d.get("rows_out", 0), Counter(d.get("quarantined", {})),
+                   Counter(d.get("counters", {})), d.get("wall_s", 0.0), d.get("retries", 0))
+
+
+def prefixed(counters: dict, prefix: str) -> dict:
+    """The counters under ``prefix`` with the prefix removed, sorted (for ``Stage.summarize``)."""
+    return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+
+
+def _json_safe(record: dict) -> str:
+    def default(o: Any):
+        if isinstance(o, (bytes, bytearray)):
+            return f"<{len(o)} bytes>"
+        return repr(o)
+    try:
+        text = json.dumps(record, default=default, ensure_ascii=False)
+    except Exception:  # a record we cannot even serialise is still quarantined
+        text = repr(record)
+    return text[:4000]
+
+
+class StageContext:
+    """What a stage may touch while it runs one partition."""
+
+    def __init__(self, stage: str, partition: str, config: "PipelineConfig",
+                 engine: "Engine | None" = None) -> None:
+        self.stage = stage
+        self.partition = partition
+        self.config = config
+        self.engine = engine
+        self.stats = StageStats()
+        self._quarantine: list[dict] = []
+        self._side: dict[str, tuple[pa.Schema, list[dict]]] = {}
+        self._t0 = time.perf_counter()
+
+    def quarantine(self, row: dict, reason: str, detail: str = "") -> None:
+        self.stats.quarantined[reason] += 1
+        self._quarantine.append({
+            "stage": self.stage,
+            "source": str(row.get("source", "")),
+            "row_key": str(row.get("row_key", "")),
+            "sample_id": str(row.get("sample_id", "")),
+            "reason": reason,
+            "detail": detail[:2000],
+            "record": _json_safe({k: v for k, v in row.items() if k not in ("images",)}),
+        })
+
+    def side(self, name: str, schema: pa.Schema, row: dict) -> None:
+        """Keep a row in a named side output (e.g. prompts where every sample was wrong)."""
+        self._side.setdefault(name, (schema, []))[1].append(row)
+
+    def side_outputs(self) -> dict[str, tuple[pa.Schema, list[dict]]]:
+        return self._side
+
+    def quarantine_table(self) -> pa.Table:
+        return pa.Table.from_pylist(self._quarantine, schema=QUARANTINE_SCHEMA)
+
+    def finish(self) -> StageStats:
+        self.stats.wall_s = time.perf_counter() - self._t0
+        return self.stats
+
+
+#: what a stage does with its input, which decides how it is scheduled:
+#: "source" reads the configured sources into partitions, "row" maps a partition on
+#: CPU workers, "engine" maps a partition through a vLLM engine, "dataset" consumes
+#: every upstream row at once (global shuffle, dedup, shards)
+KINDS = ("source", "row", "engine", "dataset")
+
+#: every stage class defined so far, by name (filled by ``Stage.__init_subclass__``)
+REGISTRY: dict[str, type["Stage"]] = {}
+
+
+class Stage:
+    """One pipeline step, and the only place a step is declared.
+
+    A subclass with a ``name`` registers itself on definition.  What it declares
+    is all the framework knows about it: ``after`` (the stages whose output it
+    reads), ``Config`` (its config section, a pydantic model; the section is
+    named after the stage), ``reads`` (other config keys its output depends on,
+    dotted: ``run.seed``, ``model``, ``sources``...), ``kind``, the schemas
+    (``input_schema`` is checked when a partition is read) and ``summarize``.
+    The registry, the stage order, the graph, the config sections, the stage
+    hashes, the CLI help and the report rows are derived from these
+    (``pipeline.core.graph``).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str] = "row"
+    #: stages whose output this stage reads (the nearest enabled ones; see ``pipeline.core.graph``)
+    after: ClassVar[tuple[str, ...]] = ()
+    #: stages this one's output also feeds (lets a new pair method join ``filter`` without editing it)
+    feeds: ClassVar[tuple[str, ...]] = ()
+    #: the config section, named after the stage (``None``: the stage has no section)
+    Config: ClassVar[type | None] = None
+    #: config keys outside the section that change this stage's output (part of its hash)
+    reads: ClassVar[tuple[str, ...]] = ()
+    #: off unless listed in ``run.stages`` or its section sets ``enabled: true``
+    opt_in: ClassVar[bool] = False
+    input_schema: ClassVar[pa.Schema | None] = None
+    output_schema: ClassVar[pa.Schema]
+
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__ or not register:
+            return  # an abstract base (EngineStage), a subclass reusing its parent's name, a test helper
+        if cls.kind not in KINDS:
+            raise TypeError(f"stage {cls.name}: kind {cls.kind!r} is not one of {KINDS}")
+        known = REGISTRY.get(cls.name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"stage name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
+        REGISTRY[cls.name] = cls
+
+    def __init__(self, config: "PipelineConfig") -> None:
+        self.config = config
+
+    @property
+    def section(self) -> Any:
+        """This stage's config section."""
+        return getattr(self.config, self.name)
+
+    @classmethod
+    def help(cls) -> str:
+        """One line for the CLI: the ``"<name>: ..."`` line that opens the stage's module or class docstring."""
+        import sys
+
+        for doc in (sys.modules[cls.__module__].__doc__, cls.__dict__.get("__doc__")):
+            first = (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+            if first.startswith(f"{cls.name}:"):
+                return first.split(":", 1)[1].strip()
+        return cls.name
+
+    @classmethod
+    def enabled_by(cls, config: "PipelineConfig") -> bool:
+        """Whether an opt-in stage joins ``run.stages`` without being listed there
+        (default: its section says ``enabled: true``)."""
+        return bool(getattr(getattr(config, cls.name, None), "enabled", False))
+
+    @classmethod
+    def hash_keys(cls, config: "PipelineConfig") -> tuple[str, ...]:
+        """The config keys outside its section this stage's output depends on (default: ``reads``)."""
+        return cls.reads
+
+    @classmethod
+    def summarize(cls, counters: dict) -> dict:
+        """Human-facing metrics for the run report from the stage's summed counters ({} = none)."""
+        return {}
+
+    @classmethod
+    def summary_line(cls, summary: dict) -> str | None:
+        """One line for the end of a run from ``summarize``'s output (None = nothing to say)."""
+        return None
+
+    def preview_messages(self, row: dict) -> list[dict] | None:
+        """The chat messages this stage would send for an input ``row`` (engine stages that
+        prompt from source rows; the model pre-flight renders them), or None."""
+        return None
+
+    def engine_config(self) -> "PipelineConfig":
+        """The config whose model this stage's engine runs (a judge may use another model)."""
+        return self.config
+
+    def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- kind "source" --------------------------------------------------------
+    # planned on the driver without reading rows, read and run on workers
+    # (``pipeline.sources.tasks``)
+    def plan_sources(self) -> list[tuple[str, tuple[str, ...]]]:  # pragma: no cover
+        """(partition name, task inputs) per read range of the configured sources; the same
+        config gives the same list (source stages only)."""
+        raise NotImplementedError
+
+    def read_source(self, inputs: tuple[str, ...]) -> list[dict]:  # pragma: no cover
+        """The rows of one planned partition, read where the partition runs."""
+        raise NotImplementedError
+
+    def redo_sources(self, planned: list[tuple[str, tuple[str, ...]]],
+                     out_dir: str) -> dict[str, tuple[str, ...]]:
+        """Once every planned partition is done: partitions to run again with other inputs
+        (name -> inputs), e.g. for something only the whole source shows.  Default: none."""
+        return {}
+
+    # -- kind "dataset" -------------------------------------------------------
+    #: what a dataset stage's units of work are called in its summary line; ``run_dataset``
+    #: counts them under this counter
+    units: ClassVar[str] = "shards"
+
+    def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:  # pragma: no cover
+        """Consume every upstream row at once and write ``output_dir`` (dataset stages only)."""
+        raise NotImplementedError
+
+
+class EngineStage(Stage):
+    """A stage whose work is one batch of engine requests per partition.
+
+    Split into ``prepare`` (rows -> requests) and ``finish`` (results -> rows)
+    so an executor can stream several partitions through one engine without
+    gaps (``pipeline.run.runner.run_engine_tasks``); ``run`` does both for one.
+    """
+
+    kind = "engine"
+
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[Any, list]:  # pragma: no cover
+        """Turn a partition's rows into (state for ``finish``, list of GenRequest)."""
+        raise NotImplementedError
+
+    def finish(self, state: Any, results: list, ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
+        """Turn the engine's results (one per request, in order) into output rows."""
+        raise NotImplementedError
+
+    def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
+        state, requests = self.prepare(rows, ctx)
+        results = ctx.engine.generate(requests) if requests else []
+        yield from self.finish(state, results, ctx)

@@ -1,0 +1,163 @@
+"""One pool of long-lived vLLM engine actors per model, shared by every engine stage using it.
+
+Each replica is a Ray actor (``_EngineWorker``) that loads the model once per
+build and then takes partitions of *any* engine stage whose engine config is
+the same model (generate, dropout_ntp, grounding, a judge on the policy
+model): the model is never loaded again for the next stage.  A call hands an
+actor a few partitions of one stage (``engine.partitions_per_call``), which
+it streams through its engine (``pipeline.run.runner.run_engine_tasks``); every
+partition writes its output and marker from the actor, so the scheduler sees
+it done as soon as its marker appears, before the call returns.
+
+Faults: a dead engine ends the actor (``os._exit``, as an OOM kill would);
+Ray restarts it in place (``max_restarts=-1``, same placement group) with a
+new engine, and the scheduler retries the call's unfinished partitions
+(``pipeline.run.scheduler``).  Calls are not retried by Ray
+(``max_task_retries=0``): the scheduler counts attempts and quarantines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from pipeline.run.runner import Task, record_attempt, run_engine_tasks
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config.settings import PipelineConfig
+
+log = logging.getLogger("pipeline")
+
+#: calls an actor holds at once: one running, one queued behind it, so an actor never
+#: waits for the driver between calls
+CALLS_PER_ACTOR = 2
+
+
+def model_key(config: "PipelineConfig", stage_name: str) -> str:
+    """Which pool serves ``stage_name``: stages whose engines would get the same ``vllm.LLM``
+    arguments share one (``cpu=False``: the driver may not see the workers' hardware)."""
+    from pipeline.engine.engine import engine_kwargs
+    from pipeline.core.graph import make_stage
+
+    kwargs = engine_kwargs(make_stage(stage_name, config).engine_config(), cpu=False)
+    return repr(sorted(kwargs.items(), key=lambda kv: kv[0]))
+
+
+class _EngineWorker:
+    """A Ray actor holding one vLLM engine for the whole build; runs partitions of every
+    engine stage of its pool."""
+
+    def __init__(self, config: dict, stage_name: str) -> None:
+        from pipeline.config.settings import PipelineConfig
+        from pipeline.engine.engine import Engine
+        from pipeline.run.logs import setup_logging
+
+        setup_logging()
+        self.config = PipelineConfig.model_validate(config)
+        self.stages: dict = {}
+        self.engine = Engine(self._stage(stage_name).engine_config())
+
+    def _stage(self, name: str):
+        from pipeline.core.graph import make_stage
+
+        if name not in self.stages:
+            self.stages[name] = make_stage(name, self.config)
+        return self.stages[name]
+
+    def ready(self) -> bool:
+        """Answers once the actor (and its engine) is up: after a restart, too."""
+        return True
+
+    def run(self, stage_name: str, tasks: list[dict]) -> dict:
+        """Stream the partitions through the engine; the summed stats of the call."""
+        from pipeline.engine.death import EngineDead
+
+        try:
+            stats = run_engine_tasks(self._stage(stage_name), [Task.from_dict(t) for t in tasks], self.engine,
+                                     self.config.executor.max_retries, on_start=record_attempt)
+        except EngineDead as e:
+            # end the actor the way an OOM kill would: Ray restarts it with a new engine and
+            # the scheduler retries the partitions not yet written; the rows are not quarantined
+            log.error("the vLLM engine died (%s): ending this actor", e)
+            logging.shutdown()
+            os._exit(1)
+        return stats.to_dict()
+
+
+class EnginePool:
+    """``replicas`` engine actors for one model, started at once (model loads run in the
+    background while the driver does other work), ended by ``close``."""
+
+    def __init__(self, config: "PipelineConfig", stage_name: str, replicas: int) -> None:
+        import time
+
+        import ray
+
+        from pipeline.run.executors import _placement_group_fn, replica_gpus
+
+        #: when its model started loading, and for which stage (that stage's wall time counts
+        #: from here, as a stage that starts its own engine always did)
+        self.started, self.stage = time.monotonic(), stage_name
+        eng = config.engine
+        world = eng.tensor_parallel_size * eng.pipeline_parallel_size
+        self.groups: list = []  # placement groups (TP/PP > 1), removed by close
+        options: dict = {"num_cpus": eng.cpus_per_replica, "max_restarts": -1, "max_task_retries": 0}
+        if world > 1:
+            # vLLM's own Ray workers take the GPUs from the replica's placement group; a
+            # restarted actor comes back in the same group
+            group_for = _placement_group_fn(world, eng.cpus_per_replica,
+                                            "STRICT_PACK" if eng.pipeline_parallel_size == 1 else "PACK",
+                                            self.groups, replicas)
+        else:
+            gpus = replica_gpus(eng.gpus_per_replica, ray.cluster_resources().get("GPU", 0))
+            options["num_gpus"] = gpus
+        actor = ray.remote(_EngineWorker)
+        self.actors = []
+        for _ in range(replicas):
+            extra = {**group_for(), "num_gpus": 0} if world > 1 else {}
+            # the config goes inline (a few KB), not as an object-store ref: a restart re-reads
+            # its constructor arguments, which must outlive any driver-side reference
+            self.actors.append(actor.options(**options, **extra).remote(config.resolved(), stage_name))
+        self.calls = [0] * replicas  # calls each actor holds
+        #: actors that died, restarting: the ping that answers when each is back.  A call
+        #: sent to a restarting actor would fail at once (max_task_retries=0), the ping waits
+        self.down: dict[int, object] = {}
+        log.info("engine pool: %d replica(s) for %s and every stage on the same model", replicas, stage_name)
+
+    def free_actor(self) -> int | None:
+        """The live actor holding the fewest calls, if it can take another."""
+        up = [i for i in range(len(self.actors)) if i not in self.down]
+        i = min(up, key=self.calls.__getitem__, default=None)
+        return i if i is not None and self.calls[i] < CALLS_PER_ACTOR else None
+
+    def failed(self, i: int) -> None:
+        """A call on actor ``i`` failed (it died): send no more until it answers a ping."""
+        if i not in self.down:
+            self.down[i] = self.actors[i].ready.options(max_task_retries=-1).remote()
+
+    def pings(self) -> dict:
+        """ping ref -> actor index, for the actors coming back."""
+        return {ref: i for i, ref in self.down.items()}
+
+    def answered(self, i: int, ok: bool) -> None:
+        del self.down[i]
+        if not ok:  # the restart failed too: keep waiting for the next one
+            self.failed(i)
+
+    def submit(self, i: int, stage_name: str, tasks: list[Task]):
+        self.calls[i] += 1
+        return self.actors[i].run.remote(stage_name, [t.to_dict() for t in tasks])
+
+    def returned(self, i: int) -> None:
+        self.calls[i] -= 1
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        # the groups belong to this driver, not to the actors: free the GPUs for what follows
+        for pg in self.groups:
+            ray.util.remove_placement_group(pg)
+        self.groups = []

@@ -1,0 +1,218 @@
+"""Executors: how a stage's partitions get scheduled.  Stages never know which.
+
+* ``LocalExecutor`` runs partitions in this process (one engine, created once).
+* ``RayExecutor`` runs them on Ray (``pipeline.run.scheduler``): engine stages on a
+  pool of long-lived actors each holding one ``vllm.LLM`` (``pipeline.engine.pool``),
+  everything else as Ray tasks.  The unit handed to a worker is a partition
+  *descriptor*; the worker reads its input, writes its output and marker itself,
+  so results never travel through the driver and a partition's output is durable
+  as soon as it finishes.  A whole build on Ray goes through the scheduler
+  directly (``orchestrator.run_graph``), with no barrier between stages.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING, Sequence
+
+from pipeline.run.runner import Task, run_engine_tasks, run_task
+from pipeline.core.stage import StageStats
+from pipeline.run.terminal import progress as _progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.config.settings import PipelineConfig
+
+log = logging.getLogger("pipeline")
+
+
+class LocalExecutor:
+    """Partitions one after the other in this process."""
+
+    def __init__(self, config: "PipelineConfig") -> None:
+        self.config = config
+
+    def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
+        from pipeline.engine.engine import get_engine
+        from pipeline.core.graph import make_stage
+
+        stage = make_stage(stage_name, self.config)
+        retries = self.config.executor.max_retries
+        if stage.kind == "engine" and tasks:
+            # one engine, fed partition after partition without draining in between
+            bar = _progress(None, len(tasks), stage_name)
+            try:
+                return self._run_engine(stage, list(tasks), retries, on_done=lambda _task: bar.update(1))
+            finally:
+                bar.close()
+        total = StageStats()
+        for task in _progress(tasks, len(tasks), stage_name):
+            total.merge(run_task(stage, task, None, retries))
+        return total
+
+    def _run_engine(self, stage, tasks: list[Task], retries: int, on_done) -> StageStats:
+        """Stream the tasks through the engine; when the engine dies, build a new one and
+        redo the partitions not yet written (at most ``retries`` times, then fail the run:
+        a rerun resumes).  A dead engine never quarantines rows."""
+        from pipeline.engine.engine import drop_engine, get_engine
+        from pipeline.engine.death import EngineDead
+        from pipeline.run.runner import completed
+
+        total = StageStats()
+        for attempt in range(retries + 1):
+            engine = get_engine(stage.engine_config())
+            try:
+                total.merge(run_engine_tasks(stage, tasks, engine, retries, on_done=on_done))
+                return total
+            except EngineDead as e:
+                drop_engine(engine)
+                tasks = [t for t in tasks if not completed(t)]
+                log.error("stage %s: the vLLM engine died (%s); %d partition(s) left, starting a new "
+                          "engine (attempt %d of %d)", stage.name, e, len(tasks), attempt + 1, retries + 1)
+                if attempt == retries:
+                    raise RuntimeError(f"stage {stage.name}: the vLLM engine died {retries + 1} times; "
+                                       "rerun to resume") from e
+        return total
+
+
+class RayExecutor:
+    """Partition descriptors on Ray (``pipeline.run.scheduler``); local Ray or a cluster address."""
+
+    def __init__(self, config: "PipelineConfig") -> None:
+        import ray
+
+        self.config = config
+        ex = config.executor
+        # no address: a fresh Ray of our own ("local"), never some other Ray that
+        # happens to run on this machine
+        address = ex.address or os.environ.get("RAY_ADDRESS") or "local"
+        runtime_env = dict(ex.runtime_env)
+        env = {**_worker_env(), **runtime_env.pop("env_vars", {})}
+        if ray.is_initialized():
+            return
+        if address != "local":
+            runtime_env["env_vars"] = env
+        # A local Ray's workers inherit the environment of the raylet that ray.init starts
+        # here, so the variables go there rather than into the job's runtime_env: a job
+        # runtime_env, even env_vars alone, makes Ray start fresh workers for the first
+        # tasks and leave the ones it prestarted idle (2 s before a stage's first task runs
+        # on 2 cores, the same for 1 worker or many: most of what kept the write from scaling)
+        with _environ(env if address == "local" else {}):
+            ray.init(address=address, num_cpus=ex.num_cpus if address == "local" else None,
+                     include_dashboard=False, log_to_driver=True,
+                     logging_level=logging.WARNING, configure_logging=True,
+                     runtime_env=runtime_env or None)
+        # ray.init sets its own SIGTERM handler (exit from inside a Ray call, Ray torn down
+        # under the driver): a build stopped by a signal shuts down by pipeline.run.signals
+        from pipeline.run import signals
+        signals.reclaim()
+
+    def run(self, stage_name: str, tasks: Sequence[Task]) -> StageStats:
+        """Run one stage's tasks (``pipeline.run.scheduler``: an engine pool for an engine stage,
+        Ray tasks otherwise); when workers die past the retries, the partitions that
+        exhausted their attempts are quarantined and the rest go on."""
+        from pipeline.core.graph import stage_class
+        from pipeline.run.scheduler import GraphScheduler, StageRun
+
+        kind = stage_class(stage_name).kind
+        # a source stage's partitions are planned read ranges, run on CPU workers like a row stage's
+        run = StageRun(stage_name, "row" if kind == "source" else kind, list(tasks))
+        scheduler = GraphScheduler(self.config, [run], {}, bar=stage_name)
+        try:
+            scheduler.run()
+        finally:
+            scheduler.close()
+        return run.ran
+
+
+def replica_gpus(configured: float, cluster_gpus: float) -> float:
+    """GPUs a single-GPU engine actor reserves.  ``gpus_per_replica: 0`` means CPU, but on a
+    cluster with GPUs Ray 2.60 no longer hides them from zero-GPU actors (no
+    CUDA_VISIBLE_DEVICES is set), so every such engine would land on GPU 0: use 1 there."""
+    if configured == 0 and cluster_gpus > 0:
+        log.warning("engine.gpus_per_replica is 0 but the cluster has %g GPU(s): each engine reserves 1 "
+                    "(set engine.gpus_per_replica to silence this)", cluster_gpus)
+        return 1
+    return configured
+
+
+def _placement_group_fn(world: int, cpus: float, strategy: str, groups: list, replicas: int,
+                        bundle_gpus: float = 1, grace_s: float = 60.0):
+    """Ray remote args for the engine replicas with TP*PP = ``world`` > 1 (as ray.data.llm does).
+
+    Each replica's placement group has one GPU bundle per vLLM worker; the first also
+    carries the actor's CPUs.  The actor reserves no GPU itself (num_gpus=0) and lands
+    in bundle 0; vLLM finds the group (ray.util.get_current_placement_group(), hence
+    capture_child_tasks) and its Ray executor starts one worker with 1 GPU and 0 CPUs
+    on each GPU bundle.  At most ``replicas`` groups are made (collected in ``groups``,
+    removed when the stage ends).
+
+    Ray Data calls this for every actor it starts -- replacements of dead actors too --
+    but also just to inspect the remote args (its memory issue detector).  So a group
+    is handed out only when it is free: no actor holds its bundle-0 CPUs (Ray's
+    ``CPU_group_0_<id>`` resource is fully available) and it was not handed out in the
+    last ``grace_s`` seconds (an actor handed a group takes a moment to be placed).
+    Failing that, a new group while fewer than ``replicas`` exist; failing that, the
+    free group handed out longest ago, else the group handed out longest ago (an
+    inspection call, or every replica alive).
+    """
+    import time
+
+    handed: dict[int, float] = {}
+
+    def free(i: int, available: dict) -> bool:
+        pg = groups[i]
+        return available.get(f"CPU_group_0_{pg.id.hex()}", 0) >= cpus
+
+    def fn() -> dict:
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        now = time.monotonic()
+        available = ray.available_resources()
+        idle = [i for i in range(len(groups)) if free(i, available)]
+        settled = [i for i in idle if now - handed.get(i, -1e18) > grace_s]
+        if settled:
+            pick = settled[0]
+        elif len(groups) < replicas:
+            groups.append(ray.util.placement_group(
+                [{"GPU": bundle_gpus, "CPU": cpus}] + [{"GPU": bundle_gpus}] * (world - 1), strategy=strategy))
+            pick = len(groups) - 1
+        else:
+            pick = min(idle or range(len(groups)), key=lambda i: handed.get(i, -1e18))
+        handed[pick] = now
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            groups[pick], placement_group_capture_child_tasks=True)}
+    return fn
+
+
+def _worker_env() -> dict:
+    keep = ("VLLM_CPU_KVCACHE_SPACE", "MMPR_NO_PROGRESS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+            "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS", "MMPR_FAULT", "MMPR_FAULT_ONCE", "MMPR_FAULT_HOLD_S")
+    keep += ("MMPR_STAGE_PACKAGES",)  # workers must find the same stages as the driver
+    # where the object store is (MinIO, a region); credentials are the nodes' own
+    keep += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
+
+
+@contextlib.contextmanager
+def _environ(env: dict):
+    """``env`` set in this process while the block runs (the processes it starts inherit it)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def make_executor(config: "PipelineConfig"):
+    if config.executor.kind == "ray":
+        return RayExecutor(config)
+    return LocalExecutor(config)

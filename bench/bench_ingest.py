@@ -83,7 +83,7 @@ def config(source: Path, workers: int, partition_rows: int, work: Path):
 def run_ingest(source: Path, workers: int, partition_rows: int, out: Path) -> tuple[float, object]:
     from pipeline.run.executors import RayExecutor
     from pipeline.core.graph import make_stage
-    from pipeline.sources.tasks import run_source
+    from pipeline.run.source_tasks import run_source
 
     cfg = config(source, workers, partition_rows, out.parent)
     t0 = time.perf_counter()

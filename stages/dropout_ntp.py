@@ -22,6 +22,7 @@ from pipeline.sources.images import image_uuid, to_pil
 from pipeline.core.seeds import derive_seed, stable_hash
 from pipeline.core.stage import EngineStage, StageContext, prefixed
 from pipeline.config.templates import extraction_styles, render_user_text
+from pipeline.engine.image_budget import check_context
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import assistant_turn, pair_row, response_provenance, user_turn
 
@@ -66,6 +67,14 @@ class DropoutNTPStage(EngineStage):
     reads = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")  # model: the engine and tokenizer that continue
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """With the image kept, the continuation's prompt also carries the chosen prefix (at most
+        the chosen response): both budgets plus the image tokens must fit the context."""
+        if "dropout_ntp" in config.run.stages and config.dropout_ntp.keep_image:
+            check_context(config, "generate.max_tokens + dropout_ntp.max_tokens",
+                          config.generate.max_tokens + config.dropout_ntp.max_tokens)
 
     @classmethod
     def hash_keys(cls, config) -> tuple[str, ...]:

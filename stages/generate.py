@@ -38,6 +38,7 @@ from pipeline.core.stage import EngineStage, StageContext
 from schemas.placeholders import user_content
 from pipeline.core.stage import prefixed
 from pipeline.config.templates import BUILTIN_TEMPLATES, extraction_styles, prompt_text, template_for_source
+from pipeline.engine.image_budget import check_context
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 
@@ -112,6 +113,12 @@ class GenerateStage(EngineStage):
     reads = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")
     input_schema = PROMPT_SCHEMA
     output_schema = RESPONSE_SCHEMA
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """A prompt's worst-case image tokens plus max_tokens must fit the model's context."""
+        if "generate" in config.run.stages:
+            check_context(config, "generate.max_tokens", config.generate.max_tokens)
 
     @classmethod
     def hash_keys(cls, config) -> tuple[str, ...]:

@@ -314,7 +314,7 @@ def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):
 _RAY_TP2 = r'''
 import json, sys
 import ray
-from pipeline.run.executors import _placement_group_fn
+from pipeline.run.placement import placement_group_fn
 
 class Probe:
     def __init__(self):
@@ -334,7 +334,7 @@ class Probe:
 ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, logging_level="ERROR")
 ray.data.DataContext.get_current().enable_progress_bars = False
 groups = []
-fn = _placement_group_fn(2, 1, "STRICT_PACK", groups, 2)
+fn = placement_group_fn(2, 1, "STRICT_PACK", groups, 2)
 rows = ray.data.from_items([{"x": i} for i in range(6)], override_num_blocks=6).map_batches(
     Probe, batch_size=1, concurrency=2, num_gpus=0, num_cpus=1, ray_remote_args_fn=fn).take_all()
 fn(); fn()  # Ray Data also calls it to inspect the args: no new groups

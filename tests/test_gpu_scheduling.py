@@ -10,12 +10,12 @@ import sys
 
 from conftest import ROOT
 from pipeline.engine.engine import refill_threshold
-from pipeline.run.executors import replica_gpus
+from pipeline.run.placement import replica_gpus
 
 _RAY_FREE_GROUPS = r'''
 import json, time
 import ray
-from pipeline.run.executors import _placement_group_fn
+from pipeline.run.placement import placement_group_fn
 
 ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, logging_level="ERROR")
 
@@ -25,7 +25,7 @@ class Holder:
         return ray.util.get_current_placement_group().id.hex()
 
 groups = []
-fn = _placement_group_fn(2, 1, "STRICT_PACK", groups, 2, grace_s=0)
+fn = placement_group_fn(2, 1, "STRICT_PACK", groups, 2, grace_s=0)
 
 def start():
     a = Holder.options(**fn()).remote()

@@ -18,13 +18,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pipeline.config.model import (  # noqa: F401 -- re-exported: `from pipeline.config.settings import X` keeps working
     DTYPES, MODALITIES, RESERVED_ENGINE_KWARGS, TINY_MODEL, TYPED_ENGINE_KWARGS, EngineConfig, ModelConfig)
 from pipeline.config.sections import Section, StageSections
+from pipeline.errors import ConfigError  # noqa: F401 -- re-exported: callers catch it from the config
 from pipeline.core.seeds import stable_hash
 from pipeline.config.sources import SourceConfig, TemplateConfig
 from pipeline.config.templates import BUILTIN_TEMPLATES, pick_template, template_table
-
-
-class ConfigError(ValueError):
-    """A configuration mistake; the message names the key and what to fix."""
 
 
 _Section = Section
@@ -108,9 +105,10 @@ class PipelineConfig(StageSections):
         return self
 
     def check_with_sections(self) -> None:
-        from pipeline.engine.image_budget import check_context
+        from pipeline.core import graph
 
-        check_context(self)  # needs the stage sections (generate/dropout_ntp token budgets)
+        for name in graph.ordered():  # each stage's checks across sections (token budgets, ...)
+            graph.stage_class(name).check_config(self)
         self._templates_known()
         self._enable_opt_in_stages()
 

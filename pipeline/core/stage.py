@@ -192,6 +192,12 @@ class Stage:
         return bool(getattr(getattr(config, cls.name, None), "enabled", False))
 
     @classmethod
+    def check_config(cls, config: "PipelineConfig") -> None:
+        """Checks across sections that concern this stage (raise ValueError naming the keys).
+        Run for every registered stage when a config is validated, in stage order, so the
+        framework never names a stage's section; a stage that is off usually checks nothing."""
+
+    @classmethod
     def hash_keys(cls, config: "PipelineConfig") -> tuple[str, ...]:
         """The config keys outside its section this stage's output depends on (default: ``reads``)."""
         return cls.reads
@@ -220,7 +226,7 @@ class Stage:
 
     # -- kind "source" --------------------------------------------------------
     # planned on the driver without reading rows, read and run on workers
-    # (``pipeline.sources.tasks``)
+    # (``pipeline.run.source_tasks``)
     def plan_sources(self) -> list[tuple[str, tuple[str, ...]]]:  # pragma: no cover
         """(partition name, task inputs) per read range of the configured sources; the same
         config gives the same list (source stages only)."""

@@ -115,32 +115,24 @@ def image_cost(m: "ModelConfig") -> ImageCost | None:
     return None
 
 
-def check_context(config: "PipelineConfig") -> None:
-    """Raise ValueError when a prompt's worst-case image tokens plus a stage's new tokens
-    exceed model.max_model_len (the message carries the arithmetic and the keys)."""
+def check_context(config: "PipelineConfig", key: str, new_tokens: int) -> None:
+    """Raise ValueError when a prompt's worst-case image tokens plus ``new_tokens`` (a stage's
+    budget, named by ``key``) exceed model.max_model_len (the message carries the arithmetic
+    and the keys).  Each engine stage calls it for its own budget (``Stage.check_config``)."""
     m = config.model
     cost = image_cost(m)
     if cost is None:
         return
     images = m.max_images_per_prompt
     image_tokens = images * cost.tokens
-    stages = config.run.stages
-    budgets = []
-    if "generate" in stages:
-        budgets.append(("generate.max_tokens", config.generate.max_tokens))
-    if "dropout_ntp" in stages and config.dropout_ntp.keep_image:
-        # the continuation also carries the chosen prefix (at most the chosen response)
-        budgets.append(("generate.max_tokens + dropout_ntp.max_tokens",
-                        config.generate.max_tokens + config.dropout_ntp.max_tokens))
-    for key, new_tokens in budgets:
-        need = image_tokens + new_tokens
-        if need > m.max_model_len:
-            raise ValueError(
-                f"model.max_model_len={m.max_model_len} is too small for the worst-case prompt: "
-                f"{images} image(s) x {cost.arithmetic} = {image_tokens} image tokens ({cost.family}) "
-                f"+ {key} {new_tokens} = {need} > {m.max_model_len}, before any question text. "
-                f"Raise model.max_model_len (within the model's limit), or lower "
-                f"model.max_images_per_prompt, the engine-wide model.mm_processor_kwargs or {key}")
+    need = image_tokens + new_tokens
+    if need > m.max_model_len:
+        raise ValueError(
+            f"model.max_model_len={m.max_model_len} is too small for the worst-case prompt: "
+            f"{images} image(s) x {cost.arithmetic} = {image_tokens} image tokens ({cost.family}) "
+            f"+ {key} {new_tokens} = {need} > {m.max_model_len}, before any question text. "
+            f"Raise model.max_model_len (within the model's limit), or lower "
+            f"model.max_images_per_prompt, the engine-wide model.mm_processor_kwargs or {key}")
 
 
 def prompts_in_flight(config: "PipelineConfig", low_water: int) -> int:

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 from pipeline.files import storage
-from pipeline.config.settings import ConfigError
+from pipeline.errors import ConfigError
 
 RECORD = ".mmpr-forge.json"
 LOCK = ".mmpr-forge.lock"
@@ -199,13 +199,16 @@ def _legacy_entries(uri: str, role: str) -> set[str] | None:
             return None
         return {*DATASET_ENTRIES, *(s["path"] for s in data["shards"] if isinstance(s, dict) and "path" in s)}
     if role == "work":
-        from pipeline.core import graph
-
-        known = {*graph.ordered(), *(e.rstrip("/") for e in WORK_ENTRIES)}
+        # an earlier version's work folder: stage folders with markers (their names are the
+        # stages'), beside at most the work folder's own entries
         names = [n for n in _listing(uri) if n not in BOOKKEEPING]
-        stages = [n for n in names if n in known and _markers_with_hash(storage.join(uri, n))]
+        marked = [n for n in names if _markers_with_hash(storage.join(uri, n))]
+        # a stage killed before its first marker still has its data/ (or plan.json, for ingest)
+        stages = [n for n in names if n in marked or storage.list_files(storage.join(uri, n, "data"), ".parquet")
+                  or storage.exists(storage.join(uri, n, "plan.json"))]
+        own = {e.rstrip("/") for e in WORK_ENTRIES}
         logs = storage.list_files(storage.join(uri, "logs"), ".log")
-        if not names or set(names) - known or not (stages or any("/build-" in u for u in logs)):
+        if not names or set(names) - own - set(stages) or not (marked or any("/build-" in u for u in logs)):
             return None
         return {f"{n}/" if storage.is_dir(storage.join(uri, n)) else n for n in names} | set(WORK_ENTRIES)
     if role == "stage":

@@ -18,7 +18,7 @@ from pipeline.files.ownership import Folder
 from pipeline.run.preflight import check_model, check_ray_address, check_sources, check_storage, ensure_model
 from pipeline.run.folders import claim_targets
 from pipeline.run.runner import Task, completed, invalidate_if_changed, stage_totals
-from pipeline.sources.tasks import run_source  # noqa: F401 -- source stages: planned here, read on workers
+from pipeline.run.source_tasks import run_source  # noqa: F401 -- source stages: planned here, read on workers
 from pipeline.core.stage import Stage, StageStats
 from pipeline.run.terminal import echo
 

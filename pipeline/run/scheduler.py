@@ -8,7 +8,7 @@ resume and quarantine mean the same: a killed run resumes the same way.
 
 * **row** partitions run as Ray tasks (``executor.cpu_concurrency`` at once);
 * **engine** partitions go to the engine pool of their model
-  (``pipeline.engine.pool``): one pool per model for the whole build, shared
+  (``pipeline.run.engine_pool``): one pool per model for the whole build, shared
   by every engine stage on that model.
 
 Ready work is taken downstream-first (the stage latest in pipeline order),
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.files import storage
-from pipeline.engine.pool import EnginePool, model_key
+from pipeline.run.engine_pool import EnginePool, model_key
 from pipeline.run.runner import Task, attempts, completed, quarantine_partition, read_marker, record_attempt, run_task
 from pipeline.core.stage import StageStats
 from pipeline.run.terminal import progress

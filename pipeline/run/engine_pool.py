@@ -93,7 +93,7 @@ class EnginePool:
 
         import ray
 
-        from pipeline.run.executors import _placement_group_fn, replica_gpus
+        from pipeline.run.placement import placement_group_fn, replica_gpus
 
         #: when its model started loading, and for which stage (that stage's wall time counts
         #: from here, as a stage that starts its own engine always did)
@@ -105,7 +105,7 @@ class EnginePool:
         if world > 1:
             # vLLM's own Ray workers take the GPUs from the replica's placement group; a
             # restarted actor comes back in the same group
-            group_for = _placement_group_fn(world, eng.cpus_per_replica,
+            group_for = placement_group_fn(world, eng.cpus_per_replica,
                                             "STRICT_PACK" if eng.pipeline_parallel_size == 1 else "PACK",
                                             self.groups, replicas)
         else:

@@ -23,7 +23,7 @@ from methods.scoring import pass_rate, pass_rate_bin, score_responses
 from pipeline import __version__
 from pipeline.config.settings import Section
 from pipeline.core.seeds import derive_seed, stable_hash
-from pipeline.core.stage import Stage, StageContext, prefixed
+from pipeline.core.stage import RowStage, StageContext, prefixed
 from pipeline.config.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, response_provenance
@@ -43,7 +43,7 @@ class CorrectnessConfig(Section):
     length_balance_ratio: Optional[float] = Field(None, gt=1)
 
 
-class CorrectnessStage(Stage):
+class CorrectnessStage(RowStage):
     name = "correctness"
     after = ("generate",)
     Config = CorrectnessConfig

@@ -17,14 +17,13 @@ import logging
 import time
 
 from pipeline.files import storage
-from pipeline.core.stage import Stage, StageStats
+from pipeline.core.stage import DatasetStage, StageStats
 
 log = logging.getLogger("pipeline")
 
 
-class ExportStage(Stage):
+class ExportStage(DatasetStage):
     name = "export"
-    kind = "dataset"
     after = ("write",)
     opt_in = True
     reads = ("write.exports", "run.name")

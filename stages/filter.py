@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from methods.extract import extract_answer
 from methods.quality import check_pair, check_text, same_text
 from pipeline.config.settings import Section
-from pipeline.core.stage import Stage, StageContext, prefixed
+from pipeline.core.stage import RowStage, StageContext, prefixed
 from pipeline.config.templates import extraction_style
 from schemas import METHODS as METHODS_FOR_FILTER
 from schemas import PAIR_SCHEMA
@@ -74,7 +74,7 @@ def _verdicts(target: str, verdicts) -> list[dict]:
     return [{"rule": v.rule, "target": target, "passed": v.passed, "reason": v.reason} for v in verdicts]
 
 
-class FilterStage(Stage):
+class FilterStage(RowStage):
     name = "filter"
     #: the pair stages, through grounding when it runs (a disabled grounding is looked through)
     after = ("grounding",)

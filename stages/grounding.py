@@ -148,7 +148,6 @@ def prompt_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
 
 class GroundingStage(EngineStage):
     name = "grounding"
-    kind = "engine"
     #: scores every pair method's rows; filter reads its output (or looks through it when off)
     after = ("correctness", "dropout_ntp", "image_crop")
     opt_in = True

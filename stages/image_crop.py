@@ -25,7 +25,7 @@ from methods.crop_signal import first_distinct
 from pipeline import __version__
 from pipeline.config.settings import Section, ratio_range
 from pipeline.core.seeds import derive_seed, stable_hash
-from pipeline.core.stage import Stage, StageContext, prefixed
+from pipeline.core.stage import RowStage, StageContext, prefixed
 from pipeline.config.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, response_provenance
@@ -63,7 +63,7 @@ def selected(seed: int, sample_id: str, fraction: float) -> bool:
     return derive_seed(seed, sample_id, "image_crop.select") < fraction * 0x80000000
 
 
-class ImageCropStage(Stage):
+class ImageCropStage(RowStage):
     name = "image_crop"
     after = ("generate",)
     Config = ImageCropConfig

@@ -20,7 +20,7 @@ from pipeline.files.image_refs import allowed_roots
 from pipeline.sources.images import ImageError, load_image
 from schemas.placeholders import PLACEHOLDER, parse_placeholders
 from pipeline.core.seeds import stable_hash
-from pipeline.core.stage import Stage, StageContext
+from pipeline.core.stage import SourceStage, StageContext
 from schemas import ANSWER_TYPES, PROMPT_SCHEMA
 
 
@@ -64,9 +64,8 @@ def _as_str_list(value: Any, what: str, reason: str, allow_scalar: bool = True) 
     return out
 
 
-class IngestStage(Stage):
+class IngestStage(SourceStage):
     name = "ingest"
-    kind = "source"
     Config = IngestConfig
     reads = ("sources", "model.max_images_per_prompt", "run.partition_rows")
     input_schema = None  # raw rows from pipeline.sources.readers

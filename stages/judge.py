@@ -18,7 +18,7 @@ from pipeline.config.settings import Section
 from pipeline.engine.engine import GenRequest
 from pipeline.sources.images import image_uuid, to_pil
 from pipeline.core.seeds import derive_seed
-from pipeline.core.stage import Stage, StageContext
+from pipeline.core.stage import EngineStage, StageContext
 from schemas import PAIR_SCHEMA
 from schemas.records import turn_text, user_turn
 
@@ -59,9 +59,9 @@ def threshold_verdict(chosen: float | None, rejected: float | None, min_chosen: 
     return None
 
 
-class JudgeStage(Stage):
+class JudgeStage(EngineStage):
     name = "judge"
-    kind = "engine"
+    streams = False  # a retry round for the outputs it could not parse: one partition at a time
     after = ("filter",)
     Config = JudgeConfig
     #: model: the judge when judge.model is null; sources: their processor settings then

@@ -57,7 +57,7 @@ from pipeline.run import faults
 from pipeline.files import storage
 from pipeline.config.settings import PipelineConfig, Section
 from pipeline.files.ownership import Folder, open_folder
-from pipeline.core.stage import Stage, StageStats
+from pipeline.core.stage import DatasetStage, StageStats
 from publish.card import render_card
 from publish.exports import FORMATS
 from publish.layout import CONFIGS, IMAGE_METHODS, SPLITS
@@ -69,8 +69,6 @@ from schemas import PAIR_SCHEMA
 
 log = logging.getLogger("pipeline")
 
-#: bytes of scattered rows held in memory before they are flushed to bucket files
-SCATTER_BUFFER_BYTES = int(os.environ.get("MMPR_WRITE_BUFFER_MB", "64")) << 20
 READ_BATCH_ROWS = 256
 #: spill folders beside the output (each reserved in the output's ledger before it is made)
 TMP_PREFIX = ".write-tmp-"
@@ -91,11 +89,10 @@ class WriteConfig(Section):
         return v
 
 
-class WriteStage(Stage):
+class WriteStage(DatasetStage):
     """The final dataset folder: a whole-dataset step, not a per-partition map (the seeded
     shuffle, the dedup and the split by prompt all need every row)."""
     name = "write"
-    kind = "dataset"
     after = ("judge",)
     Config = WriteConfig
     reads = ("run.seed", "run.name")
@@ -210,6 +207,12 @@ def _spill_root(config: PipelineConfig, folder: Folder) -> tuple[str, str | None
     return folder.path(name), name
 
 
+def scatter_buffer_bytes(config: PipelineConfig) -> int:
+    """Bytes of scattered rows a scatter task holds in memory before it flushes them to bucket
+    files: ``executor.write_buffer_mb`` (the config loader applies MMPR_WRITE_BUFFER_MB to it)."""
+    return max(1, int(config.executor.write_buffer_mb * (1 << 20)))
+
+
 def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str | None = None) -> StageStats:
     """Write the final dataset folder from the pair files of ``input_dirs``; see the module docstring."""
     t0 = time.perf_counter()
@@ -236,7 +239,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         offsets = np.concatenate(([0], np.cumsum(plan.file_rows))).astype(np.int64)
         scattered = run_tasks(scatter_partition, [
             (uri, n, plan.dest[offsets[i]:offsets[i] + n], config.config_hash(), tmp, f"part-{i:06d}",
-             SCATTER_BUFFER_BYTES, READ_BATCH_ROWS) for i, (uri, n) in enumerate(zip(files, plan.file_rows))
+             scatter_buffer_bytes(config), READ_BATCH_ROWS) for i, (uri, n) in enumerate(zip(files, plan.file_rows))
         ], config, workers, on_driver_node=local)
         stats.inc("seconds.scatter", round(time.perf_counter() - t1, 3))
         pieces: dict[int, list] = {no: [] for no in range(len(plan.shards))}

@@ -8,16 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.files import storage
 from pipeline.run.orchestrator import plan
 from pipeline.run.runner import Task, completed, invalidate_if_changed, run_task, stage_totals
-from pipeline.core.stage import Stage, StageContext
+from pipeline.core.stage import RowStage, StageContext
 
 SCHEMA = pa.schema([("sample_id", pa.string()), ("x", pa.int64())])
 
 
-class Doubler(Stage, register=False):
+class Doubler(RowStage, register=False):
     """A tiny CPU stage: doubles x, quarantines negatives, fails on demand."""
     name = "doubler"
     input_schema = SCHEMA

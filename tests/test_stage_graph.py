@@ -20,7 +20,7 @@ import datasets
 import pytest
 from pydantic import Field
 
-from conftest import ROOT, make_config
+from helpers import ROOT, make_config
 from pipeline.core import graph
 from pipeline.config.settings import ConfigError, Section, load_config
 
@@ -148,14 +148,14 @@ def test_stage_sections_validate_with_the_stage_model(tmp_path):
 # -- adding a stage: one class --------------------------------------------------------
 def _echo_stage():
     """A new pair method declared in one class: prompt rows in, pairs out, feeding the filter."""
-    from pipeline.core.stage import Stage, StageContext
+    from pipeline.core.stage import RowStage, StageContext
     from schemas import PAIR_SCHEMA, PROMPT_SCHEMA
     from schemas.records import pair_row, provenance
 
     class EchoConfig(Section):
         prefix: str = Field("Not", min_length=1)
 
-    class EchoStage(Stage):
+    class EchoStage(RowStage):
         """echo: the ground truth as chosen, its negation as rejected (a test method)."""
         name = "echo"
         after = ("ingest",)
@@ -218,3 +218,31 @@ def _stage_help() -> str:
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     return sub.choices["stage"].format_help()
+
+
+@pytest.mark.parametrize("bases, attrs", [
+    ("Stage", {}),                      # no kind at all
+    ("RowStage", {"kind": "engine"}),   # a kind string over the class's own
+])
+def test_a_stage_gets_its_kind_from_its_base_class(bases, attrs):
+    """The kind is the base class (SourceStage, RowStage, EngineStage, DatasetStage): a stage
+    declaring one by string, or none, is refused when it is defined."""
+    from pipeline.core import stage as stage_mod
+
+    with pytest.raises(TypeError, match="derive from SourceStage, RowStage, EngineStage or DatasetStage"):
+        type("Bad", (getattr(stage_mod, bases),), {"name": "bad-kind", **attrs})
+    assert "bad-kind" not in stage_mod.REGISTRY
+
+
+def test_every_registered_stage_has_the_hooks_of_its_kind_only():
+    from pipeline.core import graph
+    from pipeline.core.stage import DatasetStage, EngineStage, RowStage, SourceStage
+
+    bases = {"source": SourceStage, "row": RowStage, "engine": EngineStage, "dataset": DatasetStage}
+    for name in graph.ordered():
+        cls = graph.stage_class(name)
+        assert issubclass(cls, bases[cls.kind]), name
+        assert hasattr(cls, "run_dataset") == (cls.kind == "dataset"), name
+        assert hasattr(cls, "prepare") == (cls.kind == "engine"), name
+        assert hasattr(cls, "plan_sources") == (cls.kind == "source"), name
+    assert graph.stage_class("judge").kind == "engine" and not graph.stage_class("judge").streams

@@ -116,10 +116,8 @@ class StageContext:
         return self.stats
 
 
-#: what a stage does with its input, which decides how it is scheduled:
-#: "source" reads the configured sources into partitions, "row" maps a partition on
-#: CPU workers, "engine" maps a partition through a vLLM engine, "dataset" consumes
-#: every upstream row at once (global shuffle, dedup, shards)
+#: what a stage does with its input, which decides how it is scheduled; each kind is a base
+#: class below, and a stage's kind is the base it derives from
 KINDS = ("source", "row", "engine", "dataset")
 
 #: every stage class defined so far, by name (filled by ``Stage.__init_subclass__``)
@@ -129,19 +127,22 @@ REGISTRY: dict[str, type["Stage"]] = {}
 class Stage:
     """One pipeline step, and the only place a step is declared.
 
-    A subclass with a ``name`` registers itself on definition.  What it declares
-    is all the framework knows about it: ``after`` (the stages whose output it
-    reads), ``Config`` (its config section, a pydantic model; the section is
-    named after the stage), ``reads`` (other config keys its output depends on,
-    dotted: ``run.seed``, ``model``, ``sources``...), ``kind``, the schemas
-    (``input_schema`` is checked when a partition is read) and ``summarize``.
-    The registry, the stage order, the graph, the config sections, the stage
-    hashes, the CLI help and the report rows are derived from these
-    (``pipeline.core.graph``).
+    A stage derives from one of the four kind classes below (``SourceStage``,
+    ``RowStage``, ``EngineStage``, ``DatasetStage``), which decide how it is
+    scheduled and which hooks it has.  A subclass with a ``name`` registers itself on
+    definition.  What it declares is all the framework knows about it: ``after``
+    (the stages whose output it reads), ``Config`` (its config section, a pydantic
+    model; the section is named after the stage), ``reads`` (other config keys its
+    output depends on, dotted: ``run.seed``, ``model``, ``sources``...), the schemas
+    (``input_schema`` is checked when a partition is read) and ``summarize``.  The
+    registry, the stage order, the graph, the config sections, the stage hashes, the
+    CLI help and the report rows are derived from these (``pipeline.core.graph``);
+    docs/architecture.md walks through adding one.
     """
 
     name: ClassVar[str]
-    kind: ClassVar[str] = "row"
+    #: "source", "row", "engine" or "dataset": set by the kind base class, never by a stage
+    kind: ClassVar[str]
     #: stages whose output this stage reads (the nearest enabled ones; see ``pipeline.core.graph``)
     after: ClassVar[tuple[str, ...]] = ()
     #: stages this one's output also feeds (lets a new pair method join ``filter`` without editing it)
@@ -153,14 +154,15 @@ class Stage:
     #: off unless listed in ``run.stages`` or its section sets ``enabled: true``
     opt_in: ClassVar[bool] = False
     input_schema: ClassVar[pa.Schema | None] = None
-    output_schema: ClassVar[pa.Schema]
+    output_schema: ClassVar[pa.Schema | None]
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__ or not register:
-            return  # an abstract base (EngineStage), a subclass reusing its parent's name, a test helper
-        if cls.kind not in KINDS:
-            raise TypeError(f"stage {cls.name}: kind {cls.kind!r} is not one of {KINDS}")
+            return  # a kind base (EngineStage), a subclass reusing its parent's name, a test helper
+        if getattr(cls, "kind", None) not in KINDS or "kind" in cls.__dict__:
+            raise TypeError(f"stage {cls.name}: derive from SourceStage, RowStage, EngineStage or DatasetStage "
+                            "(the kind comes from the base class, not a 'kind' attribute)")
         known = REGISTRY.get(cls.name)
         if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
             raise TypeError(f"stage name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
@@ -212,24 +214,25 @@ class Stage:
         """One line for the end of a run from ``summarize``'s output (None = nothing to say)."""
         return None
 
-    def preview_messages(self, row: dict) -> list[dict] | None:
-        """The chat messages this stage would send for an input ``row`` (engine stages that
-        prompt from source rows; the model pre-flight renders them), or None."""
-        return None
 
-    def engine_config(self) -> "PipelineConfig":
-        """The config whose model this stage's engine runs (a judge may use another model)."""
-        return self.config
+class RowStage(Stage):
+    """Maps one partition of rows to rows on a CPU worker."""
+
+    kind = "row"
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
         raise NotImplementedError
 
-    # -- kind "source" --------------------------------------------------------
-    # planned on the driver without reading rows, read and run on workers
-    # (``pipeline.run.source_tasks``)
+
+class SourceStage(RowStage):
+    """Reads the configured sources into partitions: planned on the driver without reading
+    rows, read and run on workers (``pipeline.run.source_tasks``)."""
+
+    kind = "source"
+
     def plan_sources(self) -> list[tuple[str, tuple[str, ...]]]:  # pragma: no cover
         """(partition name, task inputs) per read range of the configured sources; the same
-        config gives the same list (source stages only)."""
+        config gives the same list."""
         raise NotImplementedError
 
     def read_source(self, inputs: tuple[str, ...]) -> list[dict]:  # pragma: no cover
@@ -242,15 +245,6 @@ class Stage:
         (name -> inputs), e.g. for something only the whole source shows.  Default: none."""
         return {}
 
-    # -- kind "dataset" -------------------------------------------------------
-    #: what a dataset stage's units of work are called in its summary line; ``run_dataset``
-    #: counts them under this counter
-    units: ClassVar[str] = "shards"
-
-    def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:  # pragma: no cover
-        """Consume every upstream row at once and write ``output_dir`` (dataset stages only)."""
-        raise NotImplementedError
-
 
 class EngineStage(Stage):
     """A stage whose work is one batch of engine requests per partition.
@@ -258,9 +252,23 @@ class EngineStage(Stage):
     Split into ``prepare`` (rows -> requests) and ``finish`` (results -> rows)
     so an executor can stream several partitions through one engine without
     gaps (``pipeline.run.runner.run_engine_tasks``); ``run`` does both for one.
+    A stage whose partition needs several dependent rounds (a judge retrying the
+    outputs it could not parse) sets ``streams = False`` and overrides ``run``: its
+    partitions then go through the engine one at a time.
     """
 
     kind = "engine"
+    #: partitions may be streamed through the engine (one request batch per partition)
+    streams: ClassVar[bool] = True
+
+    def engine_config(self) -> "PipelineConfig":
+        """The config whose model this stage's engine runs (a judge may use another model)."""
+        return self.config
+
+    def preview_messages(self, row: dict) -> list[dict] | None:
+        """The chat messages this stage would send for an input ``row`` (stages that prompt
+        from source rows; the model pre-flight renders them), or None."""
+        return None
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[Any, list]:  # pragma: no cover
         """Turn a partition's rows into (state for ``finish``, list of GenRequest)."""
@@ -274,3 +282,17 @@ class EngineStage(Stage):
         state, requests = self.prepare(rows, ctx)
         results = ctx.engine.generate(requests) if requests else []
         yield from self.finish(state, results, ctx)
+
+
+class DatasetStage(Stage):
+    """Consumes every upstream row at once (a global shuffle, dedup, shards) on the driver,
+    which plans and hands the bytes to tasks."""
+
+    kind = "dataset"
+    #: what its units of work are called in its summary line; ``run_dataset`` counts them
+    #: under this counter
+    units: ClassVar[str] = "shards"
+
+    def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:  # pragma: no cover
+        """Consume every upstream row at once and write ``output_dir``."""
+        raise NotImplementedError

@@ -230,7 +230,7 @@ def _keep_failure(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
     return _commit(stage, task, ctx, table, error=error)
 
 
-def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
+def run_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
                      on_start=None, on_done=None) -> StageStats:
     """Partitions of an engine stage streamed through one continuously fed engine.
 
@@ -246,7 +246,7 @@ def run_engine_tasks(stage: Stage, tasks: list[Task], engine: "Engine", max_retr
     never quarantined.
     """
     total = StageStats()
-    if not isinstance(stage, EngineStage):
+    if not stage.streams:  # several dependent rounds per partition (a judge's retries): one at a time
         for task in tasks:
             if on_start:
                 on_start(task)

@@ -1,54 +1,22 @@
 """Shared fixtures: one tiny model, one vLLM engine and one sample build per session.
 
 The engine and the Ray build are the expensive parts (tens of seconds each on
-2 cores), so every test that needs them shares the session-scoped ones.
+2 cores), so every test that needs them shares the session-scoped ones.  What tests import
+(inputs, commands, readers) is in tests/helpers.py.
 """
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import ROOT, SAMPLE_CONFIG, cli, make_config, run_on_terminal
+
 os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def make_config(**sections):
-    """A validated config for tests: the sample config with overrides per section."""
-    import yaml
-
-    from pipeline.config.settings import PipelineConfig
-
-    data = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    for src in data.get("sources", []):
-        if not os.path.isabs(src["path"]) and "://" not in src["path"]:
-            src["path"] = str(ROOT / src["path"])
-    data["model"]["tiny_model_dir"] = str(ROOT / "models" / "tiny-idefics3")
-    data["model"]["tiny_model_data"] = str(ROOT / "data" / "sample")
-    return PipelineConfig.model_validate(data)
-
-
-def shard_hashes(dataset: str) -> dict[str, str]:
-    """Shard path under data/ -> SHA-256 of its bytes, for a dataset folder local or on a store."""
-    import hashlib
-
-    from pipeline.files import storage
-
-    data = storage.join(str(dataset), "data")
-    return {rel: hashlib.sha256(storage.read_bytes(storage.join(data, rel))).hexdigest()
-            for rel in storage.walk_files(data) if rel.endswith(".parquet")}
 
 
 @pytest.fixture(scope="session")
@@ -76,29 +44,13 @@ def engine(tiny_model):
     return get_engine(make_config(executor={"kind": "local"}))
 
 
-def run_on_terminal(cmd: list[str], transcript: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
-    """Run ``cmd`` on a real pseudo-terminal (util-linux ``script``), as a user at a shell would,
-    with progress bars on; ``transcript`` gets what the terminal showed (``terminal_lines``)."""
-    run_env = {**os.environ, "MMPR_NO_PROGRESS": "0", **env}
-    shell = f"stty cols 120 rows 40; exec {shlex.join(cmd)}"
-    return subprocess.run(["script", "-qec", shell, str(transcript)], cwd=ROOT, env=run_env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-
-
-def terminal_lines(transcript: Path) -> list[str]:
-    """The lines a terminal scrolled through (a progress bar redrawn with \\r stays one line)."""
-    text = transcript.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n")  # no universal newlines
-    return [ln for ln in text.split("\n")[:-1] if not ln.startswith(("Script started", "Script done"))]
-
-
 @pytest.fixture(scope="session")
 def sample_build(tiny_model, tmp_path_factory) -> Path:
     """`python -m pipeline run` on the sample config through Ray, on a terminal (the transcript
     is ``<base>/terminal.txt``, for tests/test_terminal.py); returns the dataset folder."""
     base = tmp_path_factory.mktemp("sample_build")
     out = base / "out"
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml",
-           "--work-dir", str(base / "work"), "--output", str(out)]
+    cmd = cli("run", "--config", SAMPLE_CONFIG, "--work-dir", base / "work", "--output", out)
     proc = run_on_terminal(cmd, base / "terminal.txt", timeout=1200)
     (base / "run.log").write_text(proc.stdout)  # what the terminal showed (summaries included)
     logs = sorted((base / "work" / "logs").glob("build-*.log"))

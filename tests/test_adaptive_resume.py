@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
-import pyarrow.parquet as pq
-
-from conftest import ROOT, make_config
+from helpers import SAMPLE_CONFIG, cli_env, make_config, markers, run_cli, stage_rows
 from pipeline.files import storage
 from pipeline.run.orchestrator import run_source
 from pipeline.run.runner import Task, run_engine_tasks
@@ -38,8 +34,7 @@ def _cfg():
 
 
 def _rows(folder) -> dict:
-    return {r["sample_id"]: r for p in sorted((folder / "data").glob("*.parquet"))
-            for r in pq.read_table(p).to_pylist()}
+    return {r["sample_id"]: r for r in stage_rows(folder)}
 
 
 def test_killed_adaptive_generate_resumes_to_the_same_responses(engine, tmp_path):
@@ -54,17 +49,15 @@ def test_killed_adaptive_generate_resumes_to_the_same_responses(engine, tmp_path
         engine)
 
     out = tmp_path / "gen"
-    cmd = [sys.executable, "-m", "pipeline", "stage", "generate", "--config", "configs/sample.yaml",
-           "--executor", "local", "--input", str(ingest), "--output", str(out), *SETS]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MMPR_FAULT")}, "MMPR_NO_PROGRESS": "1"}
-    killed = subprocess.run(cmd, cwd=ROOT, env={**env, "MMPR_FAULT": "generate:1:group"}, capture_output=True,
-                            text=True, timeout=900, start_new_session=True)
+    args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", ingest,
+            "--output", out, *SETS]
+    killed = run_cli(*args, env=cli_env(MMPR_FAULT="generate:1:group"), timeout=900, start_new_session=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert len(list((out / "markers").glob("*.json"))) == 0 and len(list((out / "data").glob("*.parquet"))) == 1
+    assert len(markers(out)) == 0 and len(list((out / "data").glob("*.parquet"))) == 1
 
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    rerun = run_cli(*args, env=cli_env(), timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
-    assert len(list((out / "markers").glob("*.json"))) == len(parts)
+    assert len(markers(out)) == len(parts)
     got, want = _rows(out), _rows(baseline)
     assert got.keys() == want.keys()
     for sid, row in want.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from methods.quality import usable_as_dropout_chosen
 from methods.scoring import score_responses
 from pipeline.files import storage

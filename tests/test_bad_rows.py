@@ -18,19 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_config
-from pipeline.files import storage
+from helpers import make_config, png, stage_rows
 from pipeline.core.graph import make_stage
 from pipeline.run.orchestrator import run_source
 
 DEEP = 100_000  # nesting of the JSON line that used to stop the whole ingest
 SECRET = "root:x:0:0:not-for-the-dataset"
-
-
-def _png(color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (24, 16), color).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _jsonl(path: Path, lines: list[bytes | dict]) -> Path:
@@ -47,7 +40,7 @@ def _folder(d: Path, captions: dict[str, bytes]) -> Path:
     folder = d / "folder"
     folder.mkdir(parents=True)
     for name in ("a", "b", "c"):
-        (folder / f"{name}.png").write_bytes(_png())
+        (folder / f"{name}.png").write_bytes(png())
     for name, text in captions.items():
         (folder / name).write_bytes(text)
     return folder
@@ -60,16 +53,13 @@ def _ingest(tmp_path: Path, *sources: dict, run_with=None, **sections) -> tuple[
     out = tmp_path / "out"
     stats, n, _ = run_source(make_stage("ingest", cfg), str(out), run_with and (lambda: run_with(cfg)))
     assert n == len(sources)  # one range per source: the bad row shares it with the good ones
-    rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
-    quarantine = [r for f in storage.list_files(str(out / "quarantine"), ".parquet")
-                  for r in pq.read_table(f).to_pylist()]
-    return stats, rows, quarantine
+    return stats, stage_rows(out), stage_rows(out, "quarantine")
 
 
 # -- item 4: whatever reading or normalising one row raises -------------------------------
 
 def _deep_json(d: Path):
-    (d / "a.png").write_bytes(_png())
+    (d / "a.png").write_bytes(png())
     nested = b'{"id": "deep", "image": "a.png", "question": "q", "answer": ' + b"[" * DEEP + b"]" * DEEP + b"}"
     p = _jsonl(d / "src.jsonl", [_row("before"), nested, _row("after")])
     return ({"format": "jsonl", "path": str(p)}, ["before", "after"], "#1", "unreadable_row",
@@ -78,7 +68,7 @@ def _deep_json(d: Path):
 
 
 def _huge_int_json(d: Path):
-    (d / "a.png").write_bytes(_png())
+    (d / "a.png").write_bytes(png())
     p = _jsonl(d / "src.jsonl", [_row("before"), b'{"id": "big", "answer": ' + b"7" * 5000 + b"}", _row("after")])
     return ({"format": "jsonl", "path": str(p)}, ["before", "after"], "#1", "unreadable_row",
             f"{p} line 2: ValueError: Exceeds the limit (4300 digits) for integer string conversion: "
@@ -86,7 +76,7 @@ def _huge_int_json(d: Path):
 
 
 def _lone_surrogate_json(d: Path):
-    (d / "a.png").write_bytes(_png())
+    (d / "a.png").write_bytes(png())
     p = _jsonl(d / "src.jsonl", [_row("before"), b'{"id": "half", "image": "a.png", "question": "caf\\ud800"}',
                                  _row("after")])
     return ({"format": "jsonl", "path": str(p)}, ["before", "after"], "#1", "invalid_utf8",
@@ -106,7 +96,7 @@ def _timestamps(n: int, bad: int) -> pa.Array:
 
 
 def _parquet_timestamp(d: Path):
-    (d / "a.png").write_bytes(_png())
+    (d / "a.png").write_bytes(png())
     p = d / "src.parquet"
     pq.write_table(pa.table({"id": ["before", "far", "after"], "question": ["q"] * 3, "image": ["a.png"] * 3,
                              "taken_at": _timestamps(3, 1)}), p)
@@ -117,7 +107,7 @@ def _parquet_timestamp(d: Path):
 def _hf_timestamp(d: Path):
     ds = datasets.Dataset(pa.table({"id": ["before", "far", "after"], "question": ["q"] * 3,
                                     "taken_at": _timestamps(3, 1)}))
-    ds = ds.add_column("image", [{"bytes": _png(), "path": None}] * 3, feature=datasets.Image())
+    ds = ds.add_column("image", [{"bytes": png(), "path": None}] * 3, feature=datasets.Image())
     ds.save_to_disk(str(d / "hf"))
     return ({"format": "hf", "path": str(d / "hf")}, ["before", "after"], "#1",
             "unreadable_row", f"{d / 'hf'} row 1: OverflowError: Python int too large to convert to C int")
@@ -125,7 +115,7 @@ def _hf_timestamp(d: Path):
 
 def _image_bytes_as_text(d: Path):
     """Base64 text where bytes belong: ingest's own code raised on it (TypeError)."""
-    (d / "a.png").write_bytes(_png())
+    (d / "a.png").write_bytes(png())
     p = _jsonl(d / "src.jsonl", [_row("before"), _row("b64", image={"bytes": "iVBORw0KGgo="}), _row("after")])
     return ({"format": "jsonl", "path": str(p)}, ["before", "after"], "b64", "ingest_error",
             f"{p} line 2: TypeError: string argument without an encoding")
@@ -168,7 +158,7 @@ def _secret(d: Path) -> Path:
     outside = d / "elsewhere"
     outside.mkdir()
     (outside / "passwd").write_text(SECRET)
-    (outside / "photo.png").write_bytes(_png((0, 0, 255)))
+    (outside / "photo.png").write_bytes(png((0, 0, 255)))
     return outside
 
 
@@ -180,7 +170,7 @@ def test_a_caption_is_read_only_from_inside_the_roots(tmp_path):
     shared.mkdir()
     (shared / "caption.txt").write_text("A shared caption.")
     folder = _folder(tmp_path, {"a.txt": b"A red square."})
-    (folder / "d.png").write_bytes(_png())
+    (folder / "d.png").write_bytes(png())
     (folder / "b.txt").symlink_to(outside / "passwd")
     (folder / "c.txt").symlink_to(folder / "a.txt")
     (folder / "d.txt").symlink_to(shared / "caption.txt")
@@ -207,7 +197,7 @@ def _image_link_outside_jsonl(d: Path):
     outside = _secret(d)
     src = d / "src"
     src.mkdir()
-    (src / "a.png").write_bytes(_png())
+    (src / "a.png").write_bytes(png())
     (src / "b.png").symlink_to(outside / "photo.png")
     p = _jsonl(src / "src.jsonl", [_row("before"), _row("linked", image="b.png"), _row("after")])
     return {"format": "jsonl", "path": str(p)}, ["before", "after"], "linked", f"'b.png' resolves outside '{src}'"
@@ -232,7 +222,7 @@ def test_an_image_linked_out_of_the_source_root_is_never_read(case, tmp_path):
     (b'{"id": "x", "image": "a.png", "question": "q", "answer": "A", "choices": [1.5, NaN]}', "choices holds nan"),
 ])
 def test_a_non_finite_answer_in_json_is_quarantined(tmp_path, line, detail):
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.png").write_bytes(png())
     p = _jsonl(tmp_path / "src.jsonl", [_row("before", answer=2.5), line, _row("after")])
     _, rows, quarantine = _ingest(tmp_path, {"format": "jsonl", "path": str(p)})
     assert [(q["row_key"], q["reason"], q["detail"]) for q in quarantine] == [("x", "non_finite_number", detail)]
@@ -243,7 +233,7 @@ def test_a_non_finite_answer_in_json_is_quarantined(tmp_path, line, detail):
 def test_a_non_finite_float_in_a_typed_source_is_quarantined(tmp_path, fmt):
     """Parquet and datasets columns hold real floats: NaN and inf arrive as Python floats."""
     table = pa.table({"id": ["ok", "nan-answer", "inf-choice"], "question": ["q"] * 3,
-                      "image": [{"bytes": _png(), "path": None}] * 3,
+                      "image": [{"bytes": png(), "path": None}] * 3,
                       "answer": pa.array([1.5, float("nan"), 2.0]),
                       "choices": pa.array([[1.5, 2.0], [1.0], [2.0, float("inf")]])})
     if fmt == "parquet":
@@ -251,7 +241,7 @@ def test_a_non_finite_float_in_a_typed_source_is_quarantined(tmp_path, fmt):
         source = {"format": "parquet", "path": str(tmp_path / "src.parquet")}
     else:
         ds = datasets.Dataset(table.drop_columns(["image"]))
-        ds.add_column("image", [{"bytes": _png(), "path": None}] * 3,
+        ds.add_column("image", [{"bytes": png(), "path": None}] * 3,
                       feature=datasets.Image()).save_to_disk(str(tmp_path / "hf"))
         source = {"format": "hf", "path": str(tmp_path / "hf")}
     _, rows, quarantine = _ingest(tmp_path, source)
@@ -263,11 +253,11 @@ def test_a_non_finite_float_in_a_typed_source_is_quarantined(tmp_path, fmt):
 # -- item 8: messages name the file; names found up to Unicode normalisation ---------------
 
 def test_not_an_image_names_the_file(tmp_path):
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.png").write_bytes(png())
     (tmp_path / "notes.png").write_bytes(b"hello, not an image")
     p = _jsonl(tmp_path / "src.jsonl", [_row("before"), _row("text", image="notes.png"), _row("after")])
     pq.write_table(pa.table({"id": ["before", "named", "unnamed"], "question": ["q"] * 3, "image": [
-        {"bytes": _png(), "path": "a.png"}, {"bytes": b"not an image", "path": "scan-07.png"},
+        {"bytes": png(), "path": "a.png"}, {"bytes": b"not an image", "path": "scan-07.png"},
         {"bytes": b"nor this", "path": None}]}), tmp_path / "src.parquet")
     _, rows, quarantine = _ingest(tmp_path, {"format": "jsonl", "path": str(p)},
                                   {"format": "parquet", "path": str(tmp_path / "src.parquet")})
@@ -282,8 +272,8 @@ def test_not_an_image_names_the_file(tmp_path):
 def test_an_image_named_in_another_unicode_normalisation_is_found(tmp_path, on_disk, in_row):
     """macOS writes file names decomposed (NFD), most text is composed (NFC): the same name."""
     name = "café-Å.png"
-    (tmp_path / unicodedata.normalize(on_disk, name)).write_bytes(_png((0, 128, 0)))
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / unicodedata.normalize(on_disk, name)).write_bytes(png((0, 128, 0)))
+    (tmp_path / "a.png").write_bytes(png())
     assert not os.path.exists(tmp_path / unicodedata.normalize(in_row, name))
     p = _jsonl(tmp_path / "src.jsonl", [_row("before"), _row("accent", image=unicodedata.normalize(in_row, name)),
                                         _row("gone", image=unicodedata.normalize(in_row, "gone-é.png"))])

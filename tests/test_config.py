@@ -1,20 +1,10 @@
 """Config mistakes fail before any work, with a message naming the key."""
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT, SAMPLE_CONFIG, load_config_file, run_cli
 from pipeline.config.settings import ConfigError, load_config
-
-
-def _load(tmp_path, text: str):
-    p = tmp_path / "c.yaml"
-    p.write_text(textwrap.dedent(text))
-    return load_config(p)
 
 
 @pytest.mark.parametrize("yaml_text, key, words", [
@@ -33,7 +23,7 @@ def _load(tmp_path, text: str):
 ])
 def test_invalid_configs_name_the_key(tmp_path, yaml_text, key, words):
     with pytest.raises(ConfigError) as e:
-        _load(tmp_path, yaml_text)
+        load_config_file(tmp_path, yaml_text)
     msg = str(e.value)
     assert key in msg and words in msg, msg
 
@@ -63,11 +53,8 @@ def test_cluster_config_samples_like_mmpr():
     (["run", "--ray-address", "127.0.0.1:1"], "executor.address"),
 ])
 def test_cli_fails_fast_with_one_line(tmp_path, args, words):
-    cmd = [sys.executable, "-m", "pipeline", *args]
-    if "--config" not in args:
-        cmd += ["--config", "configs/sample.yaml"]
-    cmd += ["--work-dir", str(tmp_path / "w")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    config = [] if "--config" in args else ["--config", SAMPLE_CONFIG]
+    proc = run_cli(*args, *config, "--work-dir", tmp_path / "w", timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("config error")]
     assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
@@ -86,9 +73,7 @@ def test_cli_fails_fast_with_one_line(tmp_path, args, words):
 ])
 def test_a_bad_set_is_blamed_on_that_set_argument(tmp_path, setting, line):
     """A wrong ``--set`` is reported as the argument the user typed, not as the YAML file."""
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml",
-           "--work-dir", str(tmp_path / "w"), "--set", setting]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_cli("run", "--config", SAMPLE_CONFIG, "--work-dir", tmp_path / "w", "--set", setting, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.splitlines() == [line]
 

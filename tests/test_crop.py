@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import encode
 from methods.crop import DEFAULT_AREA, DEFAULT_ASPECT, _Ranges, corrupt_image, sample_crop_box
 from pipeline.core.seeds import derive_seed
 
@@ -161,7 +162,7 @@ def test_invalid_ranges_raise_naming_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=name):
         sample_crop_box(100, 100, random.Random(0), **kwargs)
     with pytest.raises(ValueError, match=name):
-        corrupt_image(_png(_rgb(32, 32)), 0, **kwargs)
+        corrupt_image(encode(_rgb(32, 32)), 0, **kwargs)
 
 
 @pytest.mark.parametrize("width,height,name", [(0, 10, "width"), (10, 0, "height"),
@@ -187,18 +188,6 @@ def _rgb(width, height, seed=0):
     return Image.fromarray(arr, "RGB")
 
 
-def _png(img, **params):
-    buf = io.BytesIO()
-    img.save(buf, "PNG", **params)
-    return buf.getvalue()
-
-
-def _encode(img, fmt, **params):
-    buf = io.BytesIO()
-    img.save(buf, fmt, **params)
-    return buf.getvalue()
-
-
 def _open(data):
     img = Image.open(io.BytesIO(data))
     img.load()
@@ -207,7 +196,7 @@ def _open(data):
 
 @pytest.mark.parametrize("fmt,size", [("PNG", (224, 224)), ("JPEG", (640, 480)), ("PNG", (37, 91))])
 def test_format_size_and_box(fmt, size):
-    data = _encode(_rgb(*size), fmt)
+    data = encode(_rgb(*size), fmt)
     seed = derive_seed("row-1", "image_crop")
     out, box = corrupt_image(data, seed)
     img = _open(out)
@@ -220,7 +209,7 @@ def test_format_size_and_box(fmt, size):
 def test_png_output_is_the_bicubic_resized_crop():
     """Lossless path: the pixels are exactly crop(box).resize(size, BICUBIC)."""
     src = _rgb(120, 80)
-    out, box = corrupt_image(_png(src), 11)
+    out, box = corrupt_image(encode(src), 11)
     expected = src.crop(box).resize(src.size, Image.Resampling.BICUBIC)
     assert np.array_equal(np.asarray(_open(out)), np.asarray(expected))
     assert not np.array_equal(np.asarray(_open(out)), np.asarray(src))
@@ -228,7 +217,7 @@ def test_png_output_is_the_bicubic_resized_crop():
 
 def test_jpeg_output_is_close_to_the_resized_crop():
     src = _rgb(320, 240)
-    data = _encode(src, "JPEG", quality=95)
+    data = encode(src, "JPEG", quality=95)
     out, box = corrupt_image(data, 5)
     decoded = _open(data)
     expected = np.asarray(decoded.crop(box).resize(decoded.size, Image.Resampling.BICUBIC), dtype=float)
@@ -237,14 +226,14 @@ def test_jpeg_output_is_close_to_the_resized_crop():
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_deterministic_byte_identical(fmt):
-    data = _encode(_rgb(256, 192), fmt)
+    data = encode(_rgb(256, 192), fmt)
     runs = [corrupt_image(data, 1234) for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
     assert corrupt_image(data, 1235)[0] != runs[0][0]
 
 
 def test_jpeg_quality_is_used():
-    data = _encode(_rgb(256, 256), "JPEG", quality=95)
+    data = encode(_rgb(256, 256), "JPEG", quality=95)
     high, box_high = corrupt_image(data, 3, jpeg_quality=95)
     low, box_low = corrupt_image(data, 3, jpeg_quality=30)
     assert box_high == box_low
@@ -256,22 +245,22 @@ def test_no_metadata_is_written():
     exif = Image.Exif()
     exif[0x0132] = "2024:01:01 00:00:00"  # DateTime
     exif[0x0112] = 6                       # Orientation
-    jpeg_out, _ = corrupt_image(_encode(src, "JPEG", exif=exif), 1)
+    jpeg_out, _ = corrupt_image(encode(src, "JPEG", exif=exif), 1)
     assert "exif" not in _open(jpeg_out).info
     from PIL import PngImagePlugin
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "made at 12:00")
-    png_out, _ = corrupt_image(_png(src, pnginfo=info), 1)
+    png_out, _ = corrupt_image(encode(src, pnginfo=info), 1)
     assert b"tEXt" not in png_out and b"tIME" not in png_out and b"eXIf" not in png_out
 
 
 def test_icc_profile_is_carried_when_colour_space_is_unchanged():
     ImageCms = pytest.importorskip("PIL.ImageCms")
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    out, _ = corrupt_image(_png(_rgb(64, 64), icc_profile=icc), 2)
+    out, _ = corrupt_image(encode(_rgb(64, 64), icc_profile=icc), 2)
     assert _open(out).info.get("icc_profile") == icc
     # a CMYK image written as RGB PNG must not keep its (CMYK) profile
-    cmyk = _encode(_rgb(64, 64).convert("CMYK"), "TIFF", icc_profile=icc)
+    cmyk = encode(_rgb(64, 64).convert("CMYK"), "TIFF", icc_profile=icc)
     assert _open(cmyk).info.get("icc_profile") == icc
     out, _ = corrupt_image(cmyk, 2)
     assert _open(out).mode == "RGB" and "icc_profile" not in _open(out).info
@@ -312,7 +301,7 @@ MODE_CASES = [
 def test_every_mode_round_trips(mode, container, out_format, out_mode):
     img = _mode_image(mode)
     params = {"transparency": 0} if mode == "P" and container == "PNG" else {}
-    data = _encode(img, container, **params)
+    data = encode(img, container, **params)
     assert _open(data).mode == mode
     out, box = corrupt_image(data, 99)
     result = _open(out)
@@ -321,7 +310,7 @@ def test_every_mode_round_trips(mode, container, out_format, out_mode):
 
 
 def test_sixteen_bit_depth_survives():
-    out, _ = corrupt_image(_encode(_mode_image("I;16"), "PNG"), 4)
+    out, _ = corrupt_image(encode(_mode_image("I;16"), "PNG"), 4)
     arr = np.asarray(_open(out))
     assert arr.dtype == np.uint16 and arr.max() > 255
 
@@ -333,17 +322,17 @@ def test_sixteen_bit_depth_survives():
 def test_invalid_corrupt_args_raise(kwargs, name):
     args = {"seed": 0, **kwargs}
     with pytest.raises(ValueError, match=name):
-        corrupt_image(_png(_rgb(16, 16)), **args)
+        corrupt_image(encode(_rgb(16, 16)), **args)
 
 
 def test_colour_key_transparency_becomes_alpha():
-    out, _ = corrupt_image(_png(_rgb(40, 40), transparency=(0, 0, 0)), 8)
+    out, _ = corrupt_image(encode(_rgb(40, 40), transparency=(0, 0, 0)), 8)
     assert _open(out).mode == "RGBA"
 
 
 @pytest.mark.parametrize("subsampling", [0, 2])
 def test_jpeg_chroma_subsampling_is_kept(subsampling):
     from PIL import JpegImagePlugin
-    data = _encode(_rgb(128, 128), "JPEG", quality=90, subsampling=subsampling)
+    data = encode(_rgb(128, 128), "JPEG", quality=90, subsampling=subsampling)
     out, _ = corrupt_image(data, 6)
     assert JpegImagePlugin.get_sampling(_open(out)) == subsampling

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import make_config
+from helpers import encode, make_config
 from methods.crop import corrupt_image
 from methods.crop_signal import MIN_DIFFERENCE, first_distinct, image_difference
 from pipeline.run.runner import Task, run_task
@@ -19,12 +19,6 @@ from schemas import RESPONSE_SCHEMA
 from stages import make_stage
 
 SEEDS = [derive_seed("crop-signal", i) for i in range(40)]
-
-
-def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def uniform(size=(128, 128), colour=(255, 255, 255)) -> bytes:

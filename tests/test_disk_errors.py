@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT, SAMPLE_CONFIG, cli_env, run_cli
 
 #: a write into the full folder, in a process of its own (the size limit must not reach pytest)
 WRITE = """
@@ -92,11 +92,9 @@ def test_a_run_on_a_full_disk_says_which_file(tiny_model, tmp_path):
     if not _mount_tmpfs(out, "64k"):
         pytest.skip("cannot mount a tmpfs here (not root)")
     try:
-        cmd = [sys.executable, "-m", "pipeline", "stage", "ingest", "--config", "configs/sample.yaml",
-               "--executor", "local", "--output", str(out / "ingest"), "--work-dir", str(tmp_path / "work"),
-               "--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "run.partition_rows=8"]
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "MMPR_NO_PROGRESS": "1"},
-                              capture_output=True, text=True, timeout=300)
+        proc = run_cli("stage", "ingest", "--config", SAMPLE_CONFIG, "--executor", "local", "--output", out / "ingest",
+                       "--work-dir", tmp_path / "work", "--set", "sources.0.limit=24", "--set", "sources.1.limit=8",
+                       "--set", "run.partition_rows=8", env=cli_env())
         terminal = proc.stdout + proc.stderr
         assert proc.returncode == 1, terminal[-3000:]
         named = re.search(rf"error: OSError: \[Errno {errno.ENOSPC}\] cannot write ({re.escape(str(out))}/\S+): "
@@ -141,19 +139,17 @@ def test_a_read_only_work_folder_is_named_and_no_missing_log_is_pointed_to(sampl
     and the terminal points to no log that could not be written."""
     work = tmp_path / "work"
     ro = work if where == "work" else work / "logs"
-    env = {**os.environ, "MMPR_NO_PROGRESS": "1"}
+    env = cli_env()
     if where == "logs":  # a work folder of the pipeline's own (one cheap stage wrote its logs/ there)
-        first = [sys.executable, "-m", "pipeline", "stage", "ingest", "--config", "configs/sample.yaml",
-                 "--executor", "local", "--work-dir", str(work), "--output", str(tmp_path / "ingest"),
-                 "--set", "sources.0.limit=2", "--set", "sources.1.limit=2"]
-        made = subprocess.run(first, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        made = run_cli("stage", "ingest", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", work,
+                       "--output", tmp_path / "ingest", "--set", "sources.0.limit=2", "--set", "sources.1.limit=2",
+                       env=env)
         assert made.returncode == 0 and ro.is_dir(), made.stderr[-3000:]
         for log in ro.iterdir():
             log.unlink()  # the mount hides them anyway; the folder is what stays
     with read_only_folder(ro):
-        cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml", "--executor", "local",
-               "--work-dir", str(work), "--output", str(tmp_path / "out")]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        proc = run_cli("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", work,
+                       "--output", tmp_path / "out", env=env)
     terminal = proc.stdout + proc.stderr
     assert proc.returncode == 1, terminal[-3000:]
     errors = [ln for ln in terminal.splitlines() if ln.startswith("error: ")]

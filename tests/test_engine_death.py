@@ -6,25 +6,22 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
-from test_resume import SMALL, _env
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli_env, run_cli, small_ingest
 
 # part-00001 starts while part-00000 is generating (the engine is fed across partitions)
 KILL = "generate:part-00001:engine_core"
 
 
 def _generate(inp: Path, out: Path, executor: str, **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipeline", "stage", "generate", "--config", "configs/sample.yaml",
-           "--executor", executor, "--input", str(inp), "--output", str(out), *SMALL]
     # vLLM's logging as a user's shell has it (the Makefile and the test session turn it off)
-    user_env = {k: v for k, v in _env(**env).items() if k != "VLLM_CONFIGURE_LOGGING"}
-    return subprocess.run(cmd, cwd=ROOT, env=user_env, capture_output=True, text=True, timeout=900)
+    user_env = {k: v for k, v in cli_env(**env).items() if k != "VLLM_CONFIGURE_LOGGING"}
+    return run_cli("stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", inp,
+                   "--output", out, *SMALL, env=user_env, timeout=900)
 
 
 def _outputs(out: Path) -> dict:
@@ -36,13 +33,9 @@ def _outputs(out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def ingest(tiny_model, tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("ingest")
-    cmd = [sys.executable, "-m", "pipeline", "stage", "ingest", "--config", "configs/sample.yaml",
-           "--output", str(base / "ingest"), *SMALL]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(list((base / "ingest" / "data").glob("*.parquet"))) >= 3
-    return base / "ingest"
+    out = small_ingest(tmp_path_factory.mktemp("ingest") / "ingest")
+    assert len(list((out / "data").glob("*.parquet"))) >= 3
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.files import storage
 from pipeline.engine.engine import GenRequest, sample_params
 from pipeline.sources.images import to_pil

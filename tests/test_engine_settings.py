@@ -7,16 +7,14 @@ second engine is started), and the TP>1 Ray wiring with fake GPUs.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from conftest import ROOT, make_config
+from helpers import ROOT, encode, load_config_file, make_config
 from pipeline.config.settings import ConfigError, load_config
 from pipeline.engine.engine import GenRequest, engine_kwargs
 from stages import make_stage
@@ -24,12 +22,6 @@ from stages import make_stage
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 #: the tiny Idefics3 splits a 128 px image into 2x2 tiles + a global one (5x the image tokens)
 SPLIT = {"do_image_splitting": True, "size": {"longest_edge": 128}}
-
-
-def _load(tmp_path, text: str):
-    p = tmp_path / "c.yaml"
-    p.write_text(textwrap.dedent(text))
-    return load_config(p)
 
 
 # -- validation ----------------------------------------------------------------
@@ -76,7 +68,7 @@ def _load(tmp_path, text: str):
 ])
 def test_engine_settings_fail_fast_naming_the_keys(tmp_path, yaml_text, words):
     with pytest.raises(ConfigError) as e:
-        _load(tmp_path, yaml_text)
+        load_config_file(tmp_path, yaml_text)
     msg = str(e.value)
     assert all(w in msg for w in words), msg
 
@@ -96,7 +88,7 @@ def test_valid_engine_settings(tmp_path, yaml_text):
     """Valid settings load unchanged and every engine setting reaches vllm.LLM's arguments."""
     import yaml
 
-    cfg = _load(tmp_path, yaml_text)
+    cfg = load_config_file(tmp_path, yaml_text)
     given = yaml.safe_load(yaml_text)
 
     def contained(want, got, where):
@@ -121,19 +113,19 @@ def test_valid_engine_settings(tmp_path, yaml_text):
 
 
 def test_limit_mm_per_prompt_and_max_images_per_prompt_are_one_setting(tmp_path):
-    cfg = _load(tmp_path, "model: {limit_mm_per_prompt: {image: 3, video: 0}}")
+    cfg = load_config_file(tmp_path, "model: {limit_mm_per_prompt: {image: 3, video: 0}}")
     assert cfg.model.max_images_per_prompt == 3  # what ingest enforces
     assert engine_kwargs(cfg, cpu=True)["limit_mm_per_prompt"] == {"image": 3, "video": 0}
-    cfg = _load(tmp_path, "model: {max_images_per_prompt: 2}")
+    cfg = load_config_file(tmp_path, "model: {max_images_per_prompt: 2}")
     assert engine_kwargs(cfg, cpu=True)["limit_mm_per_prompt"] == {"image": 2}
-    cfg = _load(tmp_path, "model: {limit_mm_per_prompt: {image: {count: 2, width: 512, height: 512}}}")
+    cfg = load_config_file(tmp_path, "model: {limit_mm_per_prompt: {image: {count: 2, width: 512, height: 512}}}")
     assert cfg.model.max_images_per_prompt == 2
 
 
 # -- the vllm.LLM kwargs ---------------------------------------------------------
 
 def test_typed_keys_map_to_vllm_kwargs(tmp_path):
-    cfg = _load(tmp_path, """
+    cfg = load_config_file(tmp_path, """
         run: {seed: 5}
         model:
           path: some/model
@@ -221,9 +213,7 @@ def _png(sample_data, size: int = 128) -> bytes:
     from PIL import Image
 
     first = sorted((sample_data / "images").iterdir())[0]
-    buf = io.BytesIO()
-    Image.open(first).convert("RGB").resize((size, size)).save(buf, format="PNG")
-    return buf.getvalue()
+    return encode(Image.open(first).convert("RGB").resize((size, size)))
 
 
 def _split_config(**over):

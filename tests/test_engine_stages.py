@@ -11,7 +11,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.files import storage
 from pipeline.run.orchestrator import run_source
 from pipeline.run.runner import Task, run_task

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from helpers import ROOT
 from pair_data import write_inputs
 from pipeline.config.settings import PipelineConfig
 from pipeline.run.orchestrator import summarize

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.run.runner import Task, run_task
 from schemas import PAIR_SCHEMA
 from schemas.records import pair_row, provenance

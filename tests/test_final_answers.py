@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from methods.consistency import conflicting, states_any
 from methods.extract import extract_answer, extract_answers
 from methods.pairs import Scored, select_pairs

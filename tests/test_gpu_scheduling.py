@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 from pipeline.engine.engine import refill_threshold
 from pipeline.run.placement import replica_gpus
 

@@ -12,7 +12,7 @@ import math
 import pytest
 
 from methods.grounding import Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, verdict
-from conftest import make_config
+from helpers import make_config
 
 #: |vLLM - transformers| per answer token, float32 on CPU (summed log-probs compare
 #: within TOL_PER_TOKEN * tokens).  Measured: 0.8e-7 to 5e-7 per token; one token too

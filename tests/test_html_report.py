@@ -13,7 +13,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,12 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import png, run_cli
 from pair_data import SOURCES, all_pairs, image
 from publish import html_report as hr
 from schemas import PAIR_SCHEMA
 from schemas.arrow import from_rows, with_hf_metadata
 
-ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = ("<script>window.__pwned=1;document.documentElement.setAttribute('data-pwned','1')</script>"
            "<img src=x onerror=\"window.__pwned=2;document.documentElement.setAttribute('data-pwned','2')\">")
 SCHEMA = with_hf_metadata(PAIR_SCHEMA)
@@ -171,7 +170,7 @@ def test_sample_spreads_cards_over_methods_and_sources(many):
     assert {m: len(p) for m, p in s.picks.items()} == {"correctness": 6, "dropout_ntp": 6, "format": 6,
                                                        "image_crop": 6}
     cards = hr.read_cards(s)
-    assert [r["method"] for r in cards] == [m for m in hr.METHOD_ORDER for _ in range(6)]
+    assert [r["method"] for r in cards] == [m for m in hr.method_order() for _ in range(6)]
     for m in ("correctness", "dropout_ntp", "format", "image_crop"):
         assert {r["source"] for r in cards if r["method"] == m} == set(SOURCES)  # round-robin over sources
     assert len({r["id"] for r in cards}) == len(cards)
@@ -240,10 +239,7 @@ def test_image_crop_card_shows_original_with_box_and_crop():
 
 
 def test_thumbnails_are_small_and_bad_images_do_not_fail():
-    big = Image.new("RGB", (1600, 900), (10, 120, 200))
-    buf = io.BytesIO()
-    big.save(buf, "PNG")
-    t = hr.thumbnail({"bytes": buf.getvalue(), "path": None})
+    t = hr.thumbnail({"bytes": png((10, 120, 200), (1600, 900)), "path": None})
     assert t.uri.startswith("data:image/jpeg;base64,") and (t.width, t.height) == (1600, 900)
     import base64
     small = Image.open(io.BytesIO(base64.b64decode(t.uri.split(",", 1)[1])))
@@ -292,8 +288,7 @@ def planted_report(sample_build, tmp_path_factory) -> tuple[Path, str, dict]:
     folder = tmp_path_factory.mktemp("html_report") / "dataset"
     shutil.copytree(sample_build, folder, ignore=shutil.ignore_patterns("exports", "report.html"))
     pair_id = plant(folder)
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "report", "--input", str(folder)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_cli("report", "--input", folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(folder / "report.html") in proc.stdout
     return folder / "report.html", pair_id, json.loads((folder / "manifest.json").read_text())

@@ -14,16 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_config
+from helpers import encode, make_config, png, stage_rows
 from pipeline.files import storage
 from pipeline.core.graph import make_stage
 from pipeline.run.orchestrator import run_source
-
-
-def _png(size=(32, 24), mode="RGB", color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _write(path: Path, data: bytes) -> str:
@@ -36,7 +30,7 @@ def corpus(tmp_path: Path):
     """A jsonl source with one row per kind of bad input, plus good rows."""
     img = tmp_path / "imgs"
     img.mkdir()
-    ok = _write(img / "ok.png", _png())
+    ok = _write(img / "ok.png", png(size=(32, 24)))
     rows: list[bytes] = []
     expect: dict[str, str] = {}          # row id -> quarantine reason
     converted: dict[str, str] = {}       # row id -> original PIL mode
@@ -50,13 +44,12 @@ def corpus(tmp_path: Path):
     add("good-open", image=f"imgs/{ok}", question="Describe the image.")
     add("missing-file", "missing_image_file", image="imgs/nope.png", question="q", answer="a")
     add("zero-byte", "empty_image", image=f"imgs/{_write(img / 'zero.png', b'')}", question="q", answer="a")
-    add("truncated", "corrupt_image", image=f"imgs/{_write(img / 'trunc.png', _png((64, 64))[:120])}",
+    add("truncated", "corrupt_image", image=f"imgs/{_write(img / 'trunc.png', png(size=(64, 64))[:120])}",
         question="q", answer="a")
     add("not-image", "not_an_image", image=f"imgs/{_write(img / 'text.png', b'hello, not an image')}",
         question="q", answer="a")
-    bomb = io.BytesIO()
-    Image.new("1", (12000, 9000)).save(bomb, format="PNG")  # 108 Mpx > PIL's limit, tiny file
-    add("bomb", "image_too_large", image=f"imgs/{_write(img / 'bomb.png', bomb.getvalue())}",
+    bomb = encode(Image.new("1", (12000, 9000)))  # 108 Mpx > PIL's limit, tiny file
+    add("bomb", "image_too_large", image=f"imgs/{_write(img / 'bomb.png', bomb)}",
         question="q", answer="a")
     add("escape", "image_path_escapes_root", image="../../etc/passwd", question="q", answer="a")
     add("no-image", "missing_image", question="q", answer="a")
@@ -94,16 +87,14 @@ def corpus(tmp_path: Path):
     for mode, color in [("CMYK", (0, 255, 0, 0)), ("P", 3), ("I;16", 40000), ("RGBA", (10, 20, 30, 128)),
                         ("LA", (100, 50))]:
         name = f"mode-{mode.replace(';', '')}.png" if mode != "CMYK" else "mode-CMYK.jpg"
-        buf = io.BytesIO()
-        Image.new(mode, (20, 10), color).save(buf, format="JPEG" if mode == "CMYK" else "PNG")
-        add(f"conv-{mode}", image=f"imgs/{_write(img / name, buf.getvalue())}", question="q", answer="a")
+        data = encode(Image.new(mode, (20, 10), color), "JPEG" if mode == "CMYK" else "PNG")
+        add(f"conv-{mode}", image=f"imgs/{_write(img / name, data)}", question="q", answer="a")
         converted[f"conv-{mode}"] = mode
     exif_img = Image.new("RGB", (40, 20), (0, 0, 255))
     exif = exif_img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees on display
-    buf = io.BytesIO()
-    exif_img.save(buf, format="JPEG", exif=exif.tobytes())
-    add("exif", image=f"imgs/{_write(img / 'exif.jpg', buf.getvalue())}", question="q", answer="a")
+    add("exif", image=f"imgs/{_write(img / 'exif.jpg', encode(exif_img, 'JPEG', exif=exif.tobytes()))}",
+        question="q", answer="a")
 
     src = tmp_path / "src.jsonl"
     src.write_bytes(b"\n".join(rows) + b"\n")
@@ -116,10 +107,7 @@ def _ingest(src: Path, root: Path, out: Path, **model):
         model={"max_images_per_prompt": 1, **model}, run={"partition_rows": 7},
     )
     stats, n, skipped = run_source(make_stage("ingest", cfg), str(out))
-    rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
-    quarantine = [r for f in storage.list_files(str(out / "quarantine"), ".parquet")
-                  for r in pq.read_table(f).to_pylist()]
-    return stats, rows, quarantine
+    return stats, stage_rows(out), stage_rows(out, "quarantine")
 
 
 def test_every_bad_row_is_quarantined_with_its_reason(corpus, tmp_path):
@@ -164,7 +152,7 @@ def test_allowed_image_roots_admit_absolute_references(tmp_path):
     """Absolute paths and file:// URIs load when their folder is allowlisted, and only then."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    (shared / "a.png").write_bytes(_png())
+    (shared / "a.png").write_bytes(png(size=(32, 24)))
     (tmp_path / "prompts").mkdir()
     src = tmp_path / "prompts" / "src.jsonl"
     src.write_text(json.dumps({"id": "abs", "image": str(shared / "a.png"), "question": "q"}) + "\n"
@@ -174,8 +162,7 @@ def test_allowed_image_roots_admit_absolute_references(tmp_path):
                                     "allowed_image_roots": allowed}])
         out = tmp_path / f"out{len(allowed)}"
         stats, _, _ = run_source(make_stage("ingest", cfg), str(out))
-        rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
-        assert {r["row_key"] for r in rows} == kept
+        assert {r["row_key"] for r in stage_rows(out)} == kept
         assert stats.quarantined.get("image_uri_not_allowed", 0) == 2 - len(kept)
 
 
@@ -205,7 +192,7 @@ def test_ground_truth_and_ids_are_normalised(corpus, tmp_path):
 
 
 def test_a_bad_image_in_a_multi_image_row_quarantines_the_row(tmp_path):
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.png").write_bytes(png(size=(32, 24)))
     (tmp_path / "b.png").write_bytes(b"garbage")
     src = tmp_path / "multi.jsonl"
     src.write_text(json.dumps({"id": "m", "images": ["a.png", "b.png"], "question": "q", "answer": "1"}) + "\n"
@@ -234,10 +221,7 @@ def _one_reader(cfg):
 
 
 def _outputs(out: Path) -> tuple[list[dict], list[tuple]]:
-    rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
-    quarantine = [_q(q) for f in storage.list_files(str(out / "quarantine"), ".parquet")
-                  for q in pq.read_table(f).to_pylist()]
-    return rows, quarantine
+    return stage_rows(out), [_q(q) for q in stage_rows(out, "quarantine")]
 
 
 def _q(q: dict) -> tuple:
@@ -273,7 +257,7 @@ def test_duplicates_across_ranges_keep_the_first_in_file_order(tmp_path, monkeyp
     loads = []
     real_load = stages.ingest.load_image
     monkeypatch.setattr(stages.ingest, "load_image", lambda ref, *a: (loads.append(ref), real_load(ref, *a))[1])
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.png").write_bytes(png(size=(32, 24)))
     ids = ["a", "b", "a", "c", None, "d", "b", "e", "#4", "a", "bad", "f", "bad", "g"]
     lines = [json.dumps({**({"id": i} if i else {}), "image": "missing.png" if i == "bad" else "a.png",
                          "question": f"q{n}", "answer": "1"}) for n, i in enumerate(ids)]
@@ -337,7 +321,6 @@ def test_an_upright_jpeg_is_stored_as_its_source_bytes(tmp_path, exif_tags):
     exif = img.getexif()
     for tag, value in exif_tags.items():
         exif[tag] = value
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", exif=exif.tobytes())
-    (tmp_path / "a.jpg").write_bytes(buf.getvalue())
-    assert load_image("a.jpg", str(tmp_path))["bytes"] == buf.getvalue()
+    jpeg = encode(img, "JPEG", exif=exif.tobytes())
+    (tmp_path / "a.jpg").write_bytes(jpeg)
+    assert load_image("a.jpg", str(tmp_path))["bytes"] == jpeg

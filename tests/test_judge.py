@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from methods.judge import build_judge_prompt, format_facts, parse_score
 from pipeline.run.runner import Task, run_task
 from schemas import PAIR_SCHEMA

@@ -14,7 +14,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.files import storage
 from pipeline.config.internvl_instructions import INSTRUCTIONS
 from pipeline.run.orchestrator import run_source

@@ -13,12 +13,9 @@ show that both nodes did work.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import ROOT, shard_hashes
+from helpers import SAMPLE_CONFIG, markers, run_cli, shard_hashes
 from pipeline.files import storage
 
 BUCKET = "mmpr-multinode"
@@ -41,10 +38,9 @@ def cluster(s3_server):
 def multinode_build(cluster, s3_server, sample_build, tmp_path_factory):
     s3_server.create_bucket(Bucket=BUCKET)
     log = tmp_path_factory.mktemp("multinode") / "run.log"
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml",
-           "--ray-address", cluster.address, "--set", "executor.cpu_concurrency=2",
-           "--work-dir", f"s3://{BUCKET}/work", "--output", f"s3://{BUCKET}/dataset"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    proc = run_cli("run", "--config", SAMPLE_CONFIG, "--ray-address", cluster.address,
+                   "--set", "executor.cpu_concurrency=2", "--work-dir", f"s3://{BUCKET}/work",
+                   "--output", f"s3://{BUCKET}/dataset", timeout=1500)
     log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     assert proc.returncode == 0, f"multi-node build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return f"s3://{BUCKET}", proc
@@ -64,8 +60,7 @@ def test_both_nodes_did_work_and_the_model_came_from_the_store(multinode_build, 
     root, proc = multinode_build
     nodes = set()
     for stage in ("generate", "correctness", "dropout_ntp", "image_crop", "filter"):
-        for uri in storage.list_files(storage.join(root, "work", stage, "markers"), ".json"):
-            nodes.add(storage.read_json(uri)["worker"].get("ray_node_id"))
+        nodes |= {m["worker"].get("ray_node_id") for m in markers(storage.join(root, "work", stage)).values()}
     cluster_nodes = {n.node_id for n in cluster.list_all_nodes()}
     assert None not in nodes
     assert nodes <= cluster_nodes and len(nodes) == 2, nodes

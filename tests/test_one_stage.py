@@ -3,39 +3,28 @@ summary line (source and dataset stages too), and a run whose every row was quar
 so in its last line and exits 1.  Real CLI runs on tiny inputs; no model is loaded."""
 from __future__ import annotations
 
-import io
 import json
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
-from PIL import Image
-
-from conftest import ROOT
+from helpers import config_file, png, run_cli
 from pair_data import write_inputs
 
 
-def _config(tmp_path: Path, sources: str = "") -> Path:
-    path = tmp_path / "c.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        run: {{name: one-stage, seed: 3}}
-        executor: {{kind: local}}
-        write: {{shard_rows: 10}}
-        """) + sources)
-    return path
+def _config(tmp_path: Path, sources: list[dict] | None = None) -> Path:
+    return config_file(tmp_path, {"run": {"name": "one-stage", "seed": 3}, "executor": {"kind": "local"},
+                                  "write": {"shard_rows": 10}, **({"sources": sources} if sources else {})})
 
 
 def _stage(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
     """Exit status and the lines a user sees (stdout and stderr, in order)."""
-    cmd = [sys.executable, "-m", "pipeline", "stage", *args, "--work-dir", str(tmp_path / "work")]
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    proc = run_cli("stage", *args, "--work-dir", tmp_path / "work", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return proc.returncode, proc.stdout.splitlines()
 
 
-def _source(tmp_path: Path, lines: list[str]) -> str:
+def _source(tmp_path: Path, lines: list[str]) -> list[dict]:
     (tmp_path / "rows.jsonl").write_text("".join(ln + "\n" for ln in lines))
-    return f"sources:\n  - {{name: rows, format: jsonl, path: {tmp_path / 'rows.jsonl'}}}\n"
+    return [{"name": "rows", "format": "jsonl", "path": str(tmp_path / "rows.jsonl")}]
 
 
 def _fields(line: str) -> list[str]:
@@ -54,9 +43,7 @@ def test_ingest_whose_every_row_is_quarantined_says_so_last_and_fails(tmp_path):
 
 
 def test_ingest_ends_with_its_summary_line(tmp_path):
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="PNG")
-    (tmp_path / "red.png").write_bytes(buf.getvalue())
+    (tmp_path / "red.png").write_bytes(png((200, 30, 30), (16, 16)))
     good = json.dumps({"question": "What colour is the square?", "answer": "red", "image": "red.png"})
     config = _config(tmp_path, _source(tmp_path, [good, "{bad"]))
     code, lines = _stage(tmp_path, "ingest", "--config", str(config), "--output", str(tmp_path / "ingest"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT, SAMPLE_CONFIG, cli, config_file, markers
 from pair_data import write_inputs
 from pipeline.cli import main
 from pipeline.files.ownership import LOCK, RECORD
@@ -48,11 +48,9 @@ def pairs(tmp_path_factory) -> str:
 
 @pytest.fixture
 def write_cfg(tmp_path) -> Path:
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"run": {"seed": 7, "work_dir": str(tmp_path / "work"),
-                                           "output_dir": str(tmp_path / "unused")},
-                                   "executor": {"kind": "local"}, "write": {"shard_rows": 7}}))
-    return cfg
+    return config_file(tmp_path, {"run": {"seed": 7, "work_dir": str(tmp_path / "work"),
+                                          "output_dir": str(tmp_path / "unused")},
+                                  "executor": {"kind": "local"}, "write": {"shard_rows": 7}}, "cfg.yaml")
 
 
 def write_stage(cfg: Path, pairs: str, out: Path, *extra: str) -> int:
@@ -140,7 +138,7 @@ def test_run_with_restart_in_a_users_folder_is_refused_before_anything(tmp_path,
     (project / "src" / "train.py").write_text("print('mine')\n")
     (project / "notes.txt").write_text("mine\n")
     before = snapshot(project)
-    rc = main(["run", "--config", str(ROOT / "configs" / "sample.yaml"), "--work-dir", str(project),
+    rc = main(["run", "--config", str(ROOT / SAMPLE_CONFIG), "--work-dir", str(project),
                "--output", str(tmp_path / "out"), "--restart", "--executor", "local"])
     assert rc == 2
     assert f"error: run.work_dir: {project} is not empty (notes.txt, src) {REFUSED}" in capsys.readouterr().err
@@ -180,10 +178,9 @@ def test_output_inside_an_image_folder_source_is_refused(tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.png").write_bytes(b"png")
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"sources": [{"name": "photos", "format": "image_folder", "path": str(photos),
-                                                "default_question": "Describe the image."}],
-                                   "executor": {"kind": "local"}}))
+    cfg = config_file(tmp_path, {"sources": [{"name": "photos", "format": "image_folder", "path": str(photos),
+                                              "default_question": "Describe the image."}],
+                                 "executor": {"kind": "local"}})
     out = photos / "dataset"
     rc = main(["run", "--config", str(cfg), "--work-dir", str(tmp_path / "work"), "--output", str(out)])
     assert rc == 2
@@ -197,9 +194,8 @@ def test_source_inside_the_work_folder_is_refused(tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
     (work / "prompts.jsonl").write_text('{"question": "q", "image": "a.png"}\n')
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"sources": [{"name": "p", "format": "jsonl", "path": str(work / "prompts.jsonl")}],
-                                   "executor": {"kind": "local"}}))
+    cfg = config_file(tmp_path, {"sources": [{"name": "p", "format": "jsonl", "path": str(work / "prompts.jsonl")}],
+                                 "executor": {"kind": "local"}})
     assert main(["stage", "ingest", "--config", str(cfg), "--work-dir", str(work),
                  "--output", str(tmp_path / "ingest")]) == 2
     assert (f"config error: sources.0.path: {work / 'prompts.jsonl'} (source 'p') is inside run.work_dir {work}, "
@@ -208,7 +204,7 @@ def test_source_inside_the_work_folder_is_refused(tmp_path, capsys):
 
 # -- 3. one run per folder ---------------------------------------------------------------------------
 def ingest_cmd(cfg: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "stage", "ingest", "--config", str(cfg), "--output", str(out)]
+    return cli("stage", "ingest", "--config", cfg, "--output", out)
 
 
 def test_a_second_run_on_a_folder_is_refused_and_a_killed_ones_lock_does_not_block(tmp_path):
@@ -217,10 +213,9 @@ def test_a_second_run_on_a_folder_is_refused_and_a_killed_ones_lock_does_not_blo
     src = tmp_path / "gt.jsonl"
     lines = (ROOT / "data" / "sample" / "gt.jsonl").read_text().splitlines()[:4]
     src.write_text("".join(line + "\n" for line in lines))
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"run": {"work_dir": str(tmp_path / "work")}, "executor": {"kind": "local"},
-                                   "sources": [{"name": "s", "format": "jsonl", "path": str(src),
-                                                "image_root": str(ROOT / "data" / "sample")}]}))
+    cfg = config_file(tmp_path, {"run": {"work_dir": str(tmp_path / "work")}, "executor": {"kind": "local"},
+                                 "sources": [{"name": "s", "format": "jsonl", "path": str(src),
+                                              "image_root": str(ROOT / "data" / "sample")}]})
     out = tmp_path / "ingest"
     env = {**os.environ, "MMPR_FAULT": "ingest:part-00000:hold", "MMPR_FAULT_HOLD_S": "120"}
     first = subprocess.Popen(ingest_cmd(cfg, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -242,7 +237,7 @@ def test_a_second_run_on_a_folder_is_refused_and_a_killed_ones_lock_does_not_blo
         first.wait(30)
     third = subprocess.run(ingest_cmd(cfg, out), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0, third.stderr
-    assert len(list((out / "markers").glob("*.json"))) == 1
+    assert len(markers(out)) == 1
 
 
 def test_one_run_per_work_folder_on_an_object_store(s3_server, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT
+from helpers import ROOT
 from pipeline.core.seeds import derive_seed
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import turn_text

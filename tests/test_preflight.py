@@ -4,20 +4,13 @@ chat template's end-of-turn marker being a stop token -- each as one line naming
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
-import yaml
 
-from conftest import ROOT, make_config
+from helpers import ROOT, SAMPLE_CONFIG, config_file, load_config_file, make_config, run_cli, shipped_config
 from pipeline.config.settings import ConfigError, PipelineConfig, load_config
 from pipeline.engine.image_budget import image_cost, prompts_in_flight
 from pipeline.run.preflight import check_model
-
-
-def _shipped(name: str) -> dict:
-    return yaml.safe_load((ROOT / "configs" / name).read_text())
 
 
 # (config, override of the model section, words the error must carry: the arithmetic)
@@ -40,12 +33,10 @@ OVERFLOWS = [
 
 @pytest.mark.parametrize("name, model, words", OVERFLOWS, ids=[o[0] for o in OVERFLOWS])
 def test_worst_case_image_tokens_that_overflow_the_context_fail_with_the_arithmetic(tmp_path, name, model, words):
-    data = _shipped(name)
+    data = shipped_config(name)
     data["model"].update(model)
-    p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as err:
-        load_config(p)
+        load_config_file(tmp_path, data)
     msg = str(err.value)
     assert len(msg.splitlines()) == 1
     for w in words:
@@ -83,16 +74,13 @@ def test_the_tiny_model_passes_the_pre_flight_check(tiny_model):
 
 def test_max_model_len_above_the_models_limit_fails_in_one_line_before_any_engine(tiny_model, tmp_path):
     """A new user's config: the tiny model without max_model_len (default 4096 > its 2048)."""
-    data = _shipped("sample.yaml")
+    data = shipped_config()
     del data["model"]["max_model_len"]
     data["model"]["tiny_model_dir"] = str(tiny_model)
     for src in data["sources"]:
         src["path"] = str(ROOT / src["path"])
-    p = tmp_path / "c.yaml"
-    p.write_text(yaml.safe_dump(data))
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config", str(p), "--executor", "local",
-                           "--work-dir", str(tmp_path / "w"), "--output", str(tmp_path / "o")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_cli("run", "--config", config_file(tmp_path, data), "--executor", "local",
+                   "--work-dir", tmp_path / "w", "--output", tmp_path / "o")
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("config error:")]
     assert lines == ["config error: model.max_model_len: 4096 exceeds the model's own limit of 2048 tokens: "
@@ -161,7 +149,7 @@ def test_a_missing_stage_input_fails_in_one_line_before_the_model(stage, tmp_pat
     monkeypatch.setattr(pipeline.run.preflight, "ensure_model", no_model)
     monkeypatch.chdir(ROOT)
     missing = tmp_path / "no-such-ingest"
-    rc = main(["stage", stage, "--config", "configs/sample.yaml", "--executor", "local", "--input", str(missing),
+    rc = main(["stage", stage, "--config", SAMPLE_CONFIG, "--executor", "local", "--input", str(missing),
                "--output", str(tmp_path / "out"), "--work-dir", str(tmp_path / "w")])
     err = capsys.readouterr().err
     assert rc == 2, err

@@ -5,11 +5,10 @@ are checked in ``test_mmpr_prompt_files.py``.
 """
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 
-from conftest import make_config
+from helpers import load_config_file, make_config
 from methods.extract import extract_answer
 from pipeline.config.settings import ConfigError, load_config
 from pipeline.files.image_refs import ImageError, allowed_roots, resolve_image_ref
@@ -81,14 +80,8 @@ def test_chinese_answer_lines_are_extracted(text, style, want):
     assert extract_answer(text, style) == want
 
 
-def _yaml(tmp_path, text):
-    p = tmp_path / "c.yaml"
-    p.write_text(textwrap.dedent(text))
-    return load_config(p)
-
-
 def test_templates_are_data_picked_per_source_and_language(tmp_path):
-    cfg = _yaml(tmp_path, """
+    cfg = load_config_file(tmp_path, """
         templates:
           - {id: ours_en, text: "Q: {question}\\nEnd with 'Final answer: X'.", language: en, group: ours}
           - {id: ours_zh, text: "\u95ee\u9898: {question}", language: zh, group: ours,
@@ -108,7 +101,8 @@ def test_templates_are_data_picked_per_source_and_language(tmp_path):
     assert picked["b"].system and picked["b"].extraction == "final_answer_zh"
     assert picked["a"].hash != picked["b"].hash and len(picked["a"].hash) == 16
     # a template's text is part of the generate stage's hash
-    other = _yaml(tmp_path, (tmp_path / "c.yaml").read_text().replace("Q: {question}", "Question: {question}"))
+    text = (tmp_path / "c.yaml").read_text()  # the file load_config_file wrote
+    other = load_config_file(tmp_path, text.replace("Q: {question}", "Question: {question}"))
     assert other.stage_hash("generate") != cfg.stage_hash("generate")
     assert other.stage_hash("ingest") == cfg.stage_hash("ingest")  # ingest never reads templates
 
@@ -126,7 +120,7 @@ def test_templates_are_data_picked_per_source_and_language(tmp_path):
 ])
 def test_template_and_allowlist_mistakes_fail_fast(tmp_path, yaml_text, words):
     with pytest.raises(ConfigError) as e:
-        _yaml(tmp_path, yaml_text)
+        load_config_file(tmp_path, yaml_text)
     assert all(w in str(e.value) for w in words), str(e.value)
 
 

@@ -352,7 +352,7 @@ def test_identical_rule_cannot_be_switched_off(setting):
 
 
 def test_identical_rule_cannot_be_switched_off_in_the_config():
-    from conftest import make_config
+    from helpers import make_config
 
     with pytest.raises(ValueError, match="identical cannot be turned off"):
         make_config(filter={"pair_rules": {"identical": False}})

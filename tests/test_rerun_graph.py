@@ -13,7 +13,7 @@ import copy
 import json
 from pathlib import Path
 
-from conftest import make_config, shard_hashes
+from helpers import make_config, shard_hashes
 from pipeline.run.orchestrator import run_pipeline
 
 STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "write"]

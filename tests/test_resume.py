@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,29 +24,15 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli, stage_rows
 
-SMALL = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "generate.n=4",
-         "--set", "generate.max_tokens=48", "--set", "dropout_ntp.max_tokens=48",
-         "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "write.exports=[]",
-         # a small scheduler budget makes partitions finish one after another, so a kill lands mid-stage
-         "--set", "model.engine_kwargs={max_num_seqs: 16}"]
-
-
-def _cmd(base: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml", "--executor", "local",
-            "--work-dir", str(base / "work"), "--output", str(base / "out"), *SMALL, *extra]
-
-
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MMPR_FAULT")}
-    env.update(MMPR_NO_PROGRESS="1", **extra)
-    return env
+def _args(base: Path, *extra: str) -> list:
+    return ["run", "--config", SAMPLE_CONFIG, "--executor", "local",
+            "--work-dir", base / "work", "--output", base / "out", *SMALL, *extra]
 
 
 def _run(base: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(base), cwd=ROOT, env=_env(**env), capture_output=True, text=True,
-                          timeout=900, start_new_session=True)
+    return run_cli(*_args(base), env=cli_env(**env), timeout=900, start_new_session=True)
 
 
 def _dataset(out: Path) -> dict:
@@ -73,14 +58,13 @@ def uninterrupted(clean_run) -> dict:
 
 
 def _markers(work: Path, stage: str) -> int:
-    d = work / stage / "markers"
-    return len(list(d.glob("*.json"))) if d.exists() else 0
+    return len(markers(work / stage))
 
 
 def test_killed_runs_resume_to_the_uninterrupted_dataset(uninterrupted, tmp_path):
     kills = 0
     # 1. SIGKILL from outside while generating (after the first partition finished)
-    proc = subprocess.Popen(_cmd(tmp_path), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cli(*_args(tmp_path)), cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while _markers(tmp_path / "work", "generate") < 1 and proc.poll() is None and time.time() < deadline:
@@ -89,7 +73,7 @@ def test_killed_runs_resume_to_the_uninterrupted_dataset(uninterrupted, tmp_path
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     kills += 1
-    n_parts = len(list((tmp_path / "work" / "ingest" / "markers").glob("*.json")))
+    n_parts = _markers(tmp_path / "work", "ingest")
     assert 1 <= _markers(tmp_path / "work", "generate") < n_parts
     assert not (tmp_path / "out" / "manifest.json").exists()
 
@@ -130,8 +114,9 @@ def test_a_ray_run_killed_with_two_stages_in_flight_resumes(uninterrupted, tmp_p
     resumes both stages half done and makes the uninterrupted dataset."""
     ray = ("--executor", "ray", "--set", "engine.partitions_per_call=1")  # scheduling only: same data
     work = tmp_path / "work"
-    proc = subprocess.Popen(_cmd(tmp_path, *ray), cwd=ROOT, env=_env(MMPR_FAULT="generate:part-00003:hold"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cli(*_args(tmp_path, *ray)), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=cli_env(MMPR_FAULT="generate:part-00003:hold"))
     deadline = time.time() + 600
     while _markers(work, "correctness") < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -144,8 +129,7 @@ def test_a_ray_run_killed_with_two_stages_in_flight_resumes(uninterrupted, tmp_p
     assert _markers(work, "generate") < n_parts and _markers(work, "correctness") >= 1
     assert not (tmp_path / "out" / "manifest.json").exists()
 
-    proc = subprocess.run(_cmd(tmp_path, *ray), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=900, start_new_session=True)
+    proc = run_cli(*_args(tmp_path, *ray), env=cli_env(), timeout=900, start_new_session=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _dataset(tmp_path / "out") == uninterrupted
     report = json.loads((work / "report.json").read_text())
@@ -165,31 +149,29 @@ def test_a_rerun_of_a_finished_run_redoes_nothing(clean_run, uninterrupted):
     assert _dataset(clean_run / "out") == uninterrupted
 
 
-def _stage_cmd(stage: str, inp: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "stage", stage, "--config", "configs/sample.yaml",
-            "--input", str(inp), "--output", str(out), *SMALL, *extra]
+def _stage(stage: str, inp: Path, out: Path, *extra: str, env: dict, timeout: float):
+    return run_cli("stage", stage, "--config", SAMPLE_CONFIG, "--input", inp, "--output", out, *SMALL, *extra,
+                   env=env, timeout=timeout)
 
 
 def test_a_dead_engine_actor_is_restarted_and_its_partition_retried(clean_run, tmp_path):
     ingest = clean_run / "work" / "ingest"
     flag = tmp_path / "killed-once"
-    proc = subprocess.run(_stage_cmd("generate", ingest, tmp_path / "gen", "--set", "executor.max_retries=1"),
-                          cwd=ROOT, env=_env(MMPR_FAULT="generate:part-00001", MMPR_FAULT_ONCE=str(flag)),
-                          capture_output=True, text=True, timeout=900)
+    proc = _stage("generate", ingest, tmp_path / "gen", "--set", "executor.max_retries=1",
+                  env=cli_env(MMPR_FAULT="generate:part-00001", MMPR_FAULT_ONCE=str(flag)), timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert flag.exists(), "the actor was never killed"
     attempts = json.loads((tmp_path / "gen" / "attempts" / "part-00001.json").read_text())["attempts"]
     assert attempts == 2
-    rows = [r for p in sorted((tmp_path / "gen" / "data").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    rows = stage_rows(tmp_path / "gen")
     n_in = sum(pq.read_metadata(p).num_rows for p in (ingest / "data").glob("*.parquet"))
     assert len(rows) == n_in and len({r["sample_id"] for r in rows}) == n_in
 
 
 def test_a_worker_that_always_dies_gets_its_partition_quarantined(clean_run, tmp_path):
     gen = clean_run / "work" / "generate"
-    proc = subprocess.run(_stage_cmd("correctness", gen, tmp_path / "c", "--set", "executor.max_retries=1"),
-                          cwd=ROOT, env=_env(MMPR_FAULT="correctness:part-00000"),
-                          capture_output=True, text=True, timeout=600)
+    proc = _stage("correctness", gen, tmp_path / "c", "--set", "executor.max_retries=1",
+                  env=cli_env(MMPR_FAULT="correctness:part-00000"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     q = pq.read_table(tmp_path / "c" / "quarantine" / "part-00000.parquet").to_pylist()
     assert q and {r["reason"] for r in q} == {"worker_died"}
@@ -197,4 +179,4 @@ def test_a_worker_that_always_dies_gets_its_partition_quarantined(clean_run, tmp
     attempts = json.loads((tmp_path / "c" / "attempts" / "part-00000.json").read_text())["attempts"]
     assert attempts == 2
     # the other partitions went through
-    assert len(list((tmp_path / "c" / "markers").glob("*.json"))) == len(list((gen / "data").glob("*.parquet")))
+    assert len(markers(tmp_path / "c")) == len(list((gen / "data").glob("*.parquet")))

@@ -20,7 +20,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config, shard_hashes
+from helpers import make_config, shard_hashes
 from pipeline.files import storage
 from pipeline.config.settings import ConfigError
 

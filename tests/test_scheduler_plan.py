@@ -10,7 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.files import storage
 from pipeline.core.graph import input_stages, stage_class
 from pipeline.run.orchestrator import plan, stage_dir

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math_verify
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from methods.scoring import score_responses
 from pipeline.core.graph import make_stage, stage_class
 from pipeline.core.stage import StageContext

@@ -14,15 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import ROOT
-from test_resume import SMALL, _env
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli, small_ingest
 
 MESSAGE = "interrupted; rerun the same command to resume"
 #: partitions of the SMALL config's generate (32 rows, 8 per partition)
@@ -31,11 +29,7 @@ PARTITIONS = 4
 
 @pytest.fixture(scope="module")
 def ingest(tiny_model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("signals") / "ingest"
-    cmd = [sys.executable, "-m", "pipeline", "stage", "ingest", "--config", "configs/sample.yaml",
-           "--output", str(out), *SMALL]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = small_ingest(tmp_path_factory.mktemp("signals") / "ingest")
     assert len(list((out / "data").glob("*.parquet"))) == PARTITIONS
     return out
 
@@ -46,19 +40,17 @@ class Build:
 
     def __init__(self, ingest: Path, base: Path, executor: str) -> None:
         self.out, self.work, self.terminal = base / "gen", base / "work", base / "terminal.txt"
-        self.cmd = [sys.executable, "-m", "pipeline", "stage", "generate", "--config", "configs/sample.yaml",
-                    "--executor", executor, "--input", str(ingest), "--output", str(self.out),
-                    "--work-dir", str(self.work), *SMALL]
+        self.args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", ingest,
+                     "--output", self.out, "--work-dir", self.work, *SMALL]
 
     def start(self) -> subprocess.Popen:
         with open(self.terminal, "w") as sink:
-            return subprocess.Popen(self.cmd, cwd=ROOT, env=_env(), stdout=sink, stderr=sink,
+            return subprocess.Popen(cli(*self.args), cwd=ROOT, env=cli_env(), stdout=sink, stderr=sink,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
-    def markers(self) -> dict[str, int]:
-        """Finished partitions -> their marker's mtime."""
-        d = self.out / "markers"
-        return {p.stem: p.stat().st_mtime_ns for p in d.glob("*.json")} if d.exists() else {}
+    def markers(self) -> dict[str, dict]:
+        """Finished partitions: marker file name -> what it holds (a rerun that redoes one rewrites it)."""
+        return markers(self.out)
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted((self.work / "logs").glob("build-*.log")))
@@ -127,7 +119,7 @@ def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path):
     assert not list(build.out.rglob("*.tmp-*"))
 
     done = build.markers()
-    rerun = subprocess.run(build.cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    rerun = run_cli(*build.args, env=cli_env(), timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"({len(done)} already done)" in rerun.stdout + rerun.stderr, rerun.stdout[-2000:]
     after = build.markers()

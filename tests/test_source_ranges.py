@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.sources.ranges import plan_partitions, plan_ranges, read_range
 from pipeline.sources.readers import iter_source
 

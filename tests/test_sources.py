@@ -11,16 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import make_config
-from pipeline.files import storage
+from helpers import make_config, png, stage_rows
 from pipeline.core.graph import make_stage
 from pipeline.run.orchestrator import run_source
-
-
-def _png(color) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (24, 16), color).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 ROWS = [
@@ -35,7 +28,7 @@ def _files(root: Path) -> list[str]:
     names = []
     for r in ROWS:
         name = f"img/{r['id']}.png"
-        (root / name).write_bytes(_png(r["color"]))
+        (root / name).write_bytes(png(r["color"]))
         names.append(name)
     return names
 
@@ -50,14 +43,14 @@ def _source(fmt: str, root: Path) -> dict:
     if fmt == "parquet":
         table = pa.Table.from_pylist([
             {"uid": r["id"], "prompt": r["question"], "label": r["answer"], "choices": r.get("choices"),
-             "picture": {"bytes": _png(r["color"]), "path": n}} for r, n in zip(ROWS, names)])
+             "picture": {"bytes": png(r["color"]), "path": n}} for r, n in zip(ROWS, names)])
         pq.write_table(table, root / "src.parquet")
         return {"format": "parquet", "path": str(root / "src.parquet"),
                 "fields": {"id": "uid", "question": "prompt", "answer": "label", "image": "picture"}}
     if fmt == "hf":
         ds = datasets.Dataset.from_list([
             {"id": r["id"], "question": r["question"], "answer": r["answer"] or "", "choices": r.get("choices") or [],
-             "image": Image.open(io.BytesIO(_png(r["color"])))} for r in ROWS],
+             "image": Image.open(io.BytesIO(png(r["color"])))} for r in ROWS],
             features=datasets.Features({"id": datasets.Value("string"), "question": datasets.Value("string"),
                                         "answer": datasets.Value("string"),
                                         "choices": datasets.Sequence(datasets.Value("string")),
@@ -76,8 +69,7 @@ def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
     src = {"name": f"src_{fmt}", **_source(fmt, tmp_path / "src")}
     cfg = make_config(sources=[src])
     stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
-    rows = [r for f in storage.list_files(str(tmp_path / "out" / "data"), ".parquet")
-            for r in pq.read_table(f).to_pylist()]
+    rows = stage_rows(tmp_path / "out")
     assert sum(stats.quarantined.values()) == 0 and len(rows) == 3
     for row, want in zip(rows, ROWS):
         img = Image.open(io.BytesIO(row["images"][0]["bytes"]))

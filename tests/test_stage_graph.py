@@ -20,7 +20,7 @@ import datasets
 import pytest
 from pydantic import Field
 
-from helpers import ROOT, make_config
+from helpers import ROOT, SAMPLE_CONFIG, load_config_file, make_config
 from pipeline.core import graph
 from pipeline.config.settings import ConfigError, Section, load_config
 
@@ -135,10 +135,8 @@ def test_keys_a_stage_reads_are_part_of_its_hash(change, moved):
 
 
 def test_stage_sections_validate_with_the_stage_model(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text((ROOT / "configs" / "sample.yaml").read_text() + "\nfilter:\n  rulez: {}\n")
     with pytest.raises(ConfigError, match=r"filter\.rulez: Extra inputs are not permitted"):
-        load_config(cfg)
+        load_config_file(tmp_path, (ROOT / SAMPLE_CONFIG).read_text() + "\nfilter:\n  rulez: {}\n")
     c = make_config(dropout_ntp={"ratio": 0.25})
     assert c.dropout_ntp.ratio == 0.25 and c.resolved()["dropout_ntp"]["ratio"] == 0.25
     again = type(c).model_validate(c.resolved())

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 
-from conftest import run_on_terminal, terminal_lines
+from helpers import SAMPLE_CONFIG, cli, run_on_terminal, terminal_lines
 
 POOL_STAGES = ("generate", "correctness", "dropout_ntp", "image_crop", "filter")
 
@@ -54,9 +53,8 @@ def test_a_failing_stage_shows_its_error(sample_build, tmp_path):
     work = sample_build.parent / "work"
     for stage in ("ingest", "generate"):
         shutil.copytree(work / stage, tmp_path / "work" / stage)
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", "configs/sample.yaml",
-           "--stages", "ingest,generate,correctness", "--work-dir", str(tmp_path / "work"),
-           "--output", str(tmp_path / "out")]
+    cmd = cli("run", "--config", SAMPLE_CONFIG, "--stages", "ingest,generate,correctness",
+              "--work-dir", tmp_path / "work", "--output", tmp_path / "out")
     proc = run_on_terminal(cmd, tmp_path / "terminal.txt", timeout=600, MMPR_FAULT="correctness:part-00000")
     lines = terminal_lines(tmp_path / "terminal.txt")
     text = "\n".join(lines)
@@ -72,9 +70,8 @@ def test_one_stage_ends_with_its_summary_lines(sample_build, tmp_path):
     """``stage correctness`` alone (README: run one stage) shows the partition summary and the
     stage's own line, as a whole run's summary has it."""
     work = sample_build.parent / "work"
-    cmd = [sys.executable, "-m", "pipeline", "stage", "correctness", "--config", "configs/sample.yaml",
-           "--executor", "local", "--input", str(work / "generate"), "--output", str(tmp_path / "pairs"),
-           "--work-dir", str(tmp_path / "work")]
+    cmd = cli("stage", "correctness", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", work / "generate",
+              "--output", tmp_path / "pairs", "--work-dir", tmp_path / "work")
     proc = run_on_terminal(cmd, tmp_path / "terminal.txt", timeout=600)
     lines = terminal_lines(tmp_path / "terminal.txt")
     text = "\n".join(lines)

@@ -6,7 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from conftest import make_config
+from helpers import make_config
 from pipeline.files import storage
 from pipeline.run.orchestrator import run_source
 from pipeline.run.report import derived

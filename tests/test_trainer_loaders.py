@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from helpers import ROOT
 
 TAG = "<image>"
 

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 trl = pytest.importorskip("trl")
 torch = pytest.importorskip("torch")

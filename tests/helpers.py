@@ -1,0 +1,167 @@
+"""What the tests share besides fixtures (those are in conftest.py): the inputs they build
+(images, configs), the commands they run (``python -m pipeline ...``) and the outputs they
+read back (a stage's rows and markers, a dataset's shards).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the sample config, as the CLI takes it when run from ROOT
+SAMPLE_CONFIG = "configs/sample.yaml"
+#: ``--set``s that make the sample build small: 32 prompts in 4 partitions, 4 short samples each,
+#: no exports; a small scheduler budget makes partitions finish one after another, so a kill or a
+#: signal lands mid-stage
+SMALL = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "generate.n=4",
+         "--set", "generate.max_tokens=48", "--set", "dropout_ntp.max_tokens=48",
+         "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "write.exports=[]",
+         "--set", "model.engine_kwargs={max_num_seqs: 16}"]
+
+
+# -- inputs ----------------------------------------------------------------------------------
+
+def encode(img, fmt: str = "PNG", **params) -> bytes:
+    """A PIL image as the bytes of an image file (``params`` go to ``Image.save``)."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def png(color=(200, 30, 30), size=(24, 16), mode: str = "RGB") -> bytes:
+    """A PNG of one colour."""
+    from PIL import Image
+
+    return encode(Image.new(mode, size, color))
+
+
+def shipped_config(name: str = "sample.yaml") -> dict:
+    """A config under configs/, as the YAML data it holds."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "configs" / name).read_text())
+
+
+def make_config(**sections):
+    """A validated config for tests: the sample config with overrides per section."""
+    from pipeline.config.settings import PipelineConfig
+
+    data = shipped_config()
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    for src in data.get("sources", []):
+        if not os.path.isabs(src["path"]) and "://" not in src["path"]:
+            src["path"] = str(ROOT / src["path"])
+    data["model"]["tiny_model_dir"] = str(ROOT / "models" / "tiny-idefics3")
+    data["model"]["tiny_model_data"] = str(ROOT / "data" / "sample")
+    return PipelineConfig.model_validate(data)
+
+
+def config_file(folder: Path, config: dict | str, name: str = "c.yaml") -> Path:
+    """A config file in ``folder``: a dict as YAML, or YAML text (dedented)."""
+    import yaml
+
+    path = Path(folder) / name
+    path.write_text(yaml.safe_dump(config) if isinstance(config, dict) else textwrap.dedent(config))
+    return path
+
+
+def load_config_file(folder: Path, config: dict | str):
+    """``load_config`` of ``config_file(folder, config)``: what a user's file would give."""
+    from pipeline.config.settings import load_config
+
+    return load_config(config_file(folder, config))
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def cli(*args) -> list[str]:
+    """``python -m pipeline ARGS`` (run it from ROOT, where ``SAMPLE_CONFIG`` is)."""
+    return [sys.executable, "-m", "pipeline", *map(str, args)]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This environment without injected faults (``MMPR_FAULT*``), progress bars off, and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MMPR_FAULT")}
+    env.update(MMPR_NO_PROGRESS="1", **extra)
+    return env
+
+
+def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m pipeline ARGS`` from ROOT to its end, its output as text (captured unless
+    ``stdout`` is given); ``kwargs`` go to ``subprocess.run`` (env, start_new_session, ...)."""
+    if "stdout" not in kwargs:
+        kwargs["capture_output"] = True
+    return subprocess.run(cli(*args), cwd=ROOT, text=True, timeout=timeout, **kwargs)
+
+
+def small_ingest(out: Path) -> Path:
+    """``stage ingest`` of the sample config made ``SMALL``, into ``out`` (no model is loaded)."""
+    proc = run_cli("stage", "ingest", "--config", SAMPLE_CONFIG, "--output", out, *SMALL, env=cli_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def run_on_terminal(cmd: list[str], transcript: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    """Run ``cmd`` on a real pseudo-terminal (util-linux ``script``), as a user at a shell would,
+    with progress bars on; ``transcript`` gets what the terminal showed (``terminal_lines``)."""
+    run_env = {**os.environ, "MMPR_NO_PROGRESS": "0", **env}
+    shell = f"stty cols 120 rows 40; exec {shlex.join(cmd)}"
+    return subprocess.run(["script", "-qec", shell, str(transcript)], cwd=ROOT, env=run_env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def terminal_lines(transcript: Path) -> list[str]:
+    """The lines a terminal scrolled through (a progress bar redrawn with \\r stays one line)."""
+    text = transcript.read_bytes().decode("utf-8", "replace").replace("\r\n", "\n")  # no universal newlines
+    return [ln for ln in text.split("\n")[:-1] if not ln.startswith(("Script started", "Script done"))]
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+def stage_rows(folder, part: str = "data") -> list[dict]:
+    """The rows of a stage folder's ``part`` (data, quarantine), local or on a store, file by file
+    in name order."""
+    from pipeline.files import storage
+
+    return [r for uri in storage.list_files(storage.join(str(folder), part), ".parquet")
+            for r in storage.read_table(uri).to_pylist()]
+
+
+def markers(folder) -> dict[str, dict]:
+    """A stage folder's partition markers, local or on a store: file name -> what it holds
+    (none when the folder or its markers/ do not exist)."""
+    from pipeline.files import storage
+
+    return {uri.rsplit("/", 1)[1]: storage.read_json(uri)
+            for uri in storage.list_files(storage.join(str(folder), "markers"), ".json")}
+
+
+def finished_at(folder) -> dict[str, float]:
+    """When each partition of a stage folder finished, by marker file name (a rerun that redoes a
+    partition rewrites its time)."""
+    return {name: m["finished_at"] for name, m in markers(folder).items()}
+
+
+def shard_hashes(dataset) -> dict[str, str]:
+    """Shard path under data/ -> SHA-256 of its bytes, for a dataset folder local or on a store."""
+    from pipeline.files import storage
+
+    data = storage.join(str(dataset), "data")
+    return {rel: hashlib.sha256(storage.read_bytes(storage.join(data, rel))).hexdigest()
+            for rel in storage.walk_files(data) if rel.endswith(".parquet")}
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]

@@ -14,11 +14,11 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_CONFIGURE_LOGGING := 0
 
-.PHONY: setup build-mmpr test bench tiny-model sample-data lock clean help
+.PHONY: setup build-mmpr test test-fast bench tiny-model sample-data lock clean help
 
 help:
 	@echo "make build-mmpr [CONFIG=configs/mmpr.yaml] [OUT=dir] [RAY_ADDRESS=...]   build a preference dataset"
-	@echo "make test        run the test suite"
+	@echo "make test        run the test suite (every tier); make test-fast  only the unit tier"
 	@echo "make bench       run the benchmarks"
 	@echo "make tiny-model  build the tiny local VLM; make sample-data  regenerate sample data"
 
@@ -38,6 +38,11 @@ build-mmpr: setup
 test: setup
 	@VENV=$(VENV) bash scripts/setup-test.sh
 	$(BIN)/python -m pytest -q tests
+
+# the unit tier: no vLLM engine, no build (markers: tests/conftest.py)
+test-fast: setup
+	@VENV=$(VENV) bash scripts/setup-test.sh
+	$(BIN)/python -m pytest -q -m unit tests
 
 bench: setup
 	$(BIN)/python bench/run_all.py

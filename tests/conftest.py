@@ -1,8 +1,8 @@
 """Shared fixtures: one tiny model, one vLLM engine and one sample build per session.
 
 The engine and the Ray build are the expensive parts (tens of seconds each on
-2 cores), so every test that needs them shares the session-scoped ones.  What tests import
-(inputs, commands, readers) is in tests/helpers.py.
+2 cores), so every test that needs them shares the session-scoped ones.  Each test gets its
+tier's marker here; what tests import (inputs, commands, readers) is in tests/helpers.py.
 """
 from __future__ import annotations
 
@@ -17,6 +17,27 @@ os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+#: the test tiers (README "Development"), one marker each, set by ``pytest_collection_modifyitems``:
+#: ``build`` runs a whole build (the session's ``sample_build`` or one of its own), ``engine`` starts
+#: a vLLM engine or the tiny model (the session ``engine``, ``tiny_model``, or an engine stage in a
+#: subprocess), ``unit`` is the rest.  A test whose build or engine no fixture shows carries the
+#: marker itself (``@pytest.mark.build`` / ``engine``); fixtures never lower a tier.
+TIERS = ("unit", "engine", "build")
+TIER_FIXTURES = {"sample_build": "build", "tiny_model": "engine", "engine": "engine"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marked = {m.name for m in item.iter_markers() if m.name in TIERS}
+        found = {TIER_FIXTURES[f] for f in item.fixturenames if f in TIER_FIXTURES}
+        tier = max(marked | found | {"unit"}, key=TIERS.index)
+        if marked - {tier}:
+            raise pytest.UsageError(f"{item.nodeid}: marked {', '.join(sorted(marked))}, but its fixtures make "
+                                    f"it {tier}: mark it {tier} or drop the marker")
+        if tier not in marked:
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")

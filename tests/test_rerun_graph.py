@@ -13,6 +13,8 @@ import copy
 import json
 from pathlib import Path
 
+import pytest
+
 from helpers import make_config, shard_hashes
 from pipeline.run.orchestrator import run_pipeline
 
@@ -56,6 +58,7 @@ def _merge(sections: dict, change: dict) -> dict:
     return out
 
 
+@pytest.mark.build  # a whole build, rerun after each change
 def test_tuning_one_stage_reruns_it_and_its_downstream_only(tiny_model, sample_data, tmp_path):
     sections = dict(BASE)
     run_pipeline(_config(sections, tmp_path, sample_data))

@@ -26,6 +26,10 @@ import pytest
 
 from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli, stage_rows
 
+#: every test here runs a whole build of its own or works on one (``clean_run``)
+pytestmark = pytest.mark.build
+
+
 def _args(base: Path, *extra: str) -> list:
     return ["run", "--config", SAMPLE_CONFIG, "--executor", "local",
             "--work-dir", base / "work", "--output", base / "out", *SMALL, *extra]

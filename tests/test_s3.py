@@ -88,6 +88,7 @@ def s3_build(s3, s3_sources, engine, tmp_path_factory):
     return remote_cfg, local_cfg, report
 
 
+@pytest.mark.build  # s3_build: two whole builds
 def test_build_on_s3_equals_build_on_local_disk(s3_build, s3):
     remote_cfg, local_cfg, report = s3_build
     remote, local = shard_hashes(remote_cfg.run.output_dir), shard_hashes(local_cfg.run.output_dir)
@@ -102,6 +103,7 @@ def test_build_on_s3_equals_build_on_local_disk(s3_build, s3):
     assert report["stages"]["generate"]["rows_out"] > 0
 
 
+@pytest.mark.build  # s3_build: two whole builds
 def test_s3_dataset_reads_back_with_datasets(s3_build, tmp_path):
     remote_cfg = s3_build[0]
     out = remote_cfg.run.output_dir
@@ -120,6 +122,7 @@ def test_s3_dataset_reads_back_with_datasets(s3_build, tmp_path):
     assert row["images"] and row["images"][0].size[0] > 0  # images travel in the data, decoded by datasets
 
 
+@pytest.mark.build  # s3_build: two whole builds
 def test_missing_s3_image_is_quarantined_with_its_reason(s3_build):
     remote_cfg = s3_build[0]
     q = storage.join(remote_cfg.run.work_dir, "ingest", "quarantine")
@@ -128,6 +131,7 @@ def test_missing_s3_image_is_quarantined_with_its_reason(s3_build):
     assert len(bad) == 1 and bad[0]["reason"] == "missing_image_file"
 
 
+@pytest.mark.build  # s3_build: two whole builds
 def test_resume_on_s3_after_crash_points(s3_build, s3):
     """Crash points of an object store, made by hand, then a rerun:
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from methods import extract as extract_mod  # noqa: E402
 from methods import match as match_mod  # noqa: E402
+from methods import match_rules, multiple_choice, vqa_eval  # noqa: E402
 from methods.extract import extract_answer  # noqa: E402
 from methods.match import match_answer  # noqa: E402
 
@@ -149,7 +150,7 @@ def build_math_cases(n: int, seed: int) -> list[tuple]:
 
 
 def _clear_caches() -> None:
-    for mod in (extract_mod, match_mod):
+    for mod in (extract_mod, match_mod, match_rules, multiple_choice, vqa_eval):
         for obj in vars(mod).values():
             if hasattr(obj, "cache_clear"):
                 obj.cache_clear()

@@ -187,8 +187,9 @@ def tiny_png() -> bytes:
 def clear_caches() -> None:
     from methods import extract as extract_mod
     from methods import match as match_mod
+    from methods import match_rules, multiple_choice, vqa_eval
 
-    for mod in (extract_mod, match_mod):
+    for mod in (extract_mod, match_mod, match_rules, multiple_choice, vqa_eval):
         for obj in vars(mod).values():
             if hasattr(obj, "cache_clear"):
                 obj.cache_clear()

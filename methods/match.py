@@ -27,6 +27,11 @@ Scores are 1.0 for every rule except ``anls``, which is continuous.  A result is
 ``correct`` when ``score > threshold`` (strictly, as the reference does); exact
 and rule matches score 1.0, so they are correct for any threshold below 1.0.
 
+This module infers the answer type and runs the rules (``match_answer``); the
+rules and which types run them are ``methods.match_rules``, reading an option
+out of an answer ``methods.multiple_choice``, the VQA normal form
+``methods.vqa_eval``.
+
 Behaviour decisions (see also the docstrings of the rule functions):
 
 * Percent: ``30%`` equals ``30`` and ``30 percent``; it also equals ``0.3`` when
@@ -64,16 +69,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, NamedTuple, Sequence
-
-from rapidfuzz.distance import Levenshtein
+from typing import Sequence
 
 from methods.answer_text import CACHE_SIZE, canon, clean
-from methods.equations import split_equation
-from methods.extract import clean_answer
-from methods.maths import LATEX_HINT, SCORING_ERRORS, math_equal
-from methods.numbers import Num, numbers_match, parse_number
-from methods.vqa_tables import CONTRACTIONS, NUMBER_WORDS
+from methods.maths import LATEX_HINT, SCORING_ERRORS
+from methods.match_rules import (  # noqa: F401 -- anls_score and RELAXED_TOL: part of this module's API
+    RELAXED_NUMERIC_RULES, RELAXED_TOL, RULES_BY_TYPE, RuleOptions, anls_score, value_of)
+from methods.numbers import parse_number
+from methods.vqa_eval import vqa_normalize
 
 __all__ = [
     "MatchResult", "match_answer", "infer_answer_type", "parse_number",
@@ -84,8 +87,6 @@ ANSWER_TYPES = (
     "auto", "multiple_choice", "integer", "number", "yes_no", "word",
     "text", "anls", "math", "open",
 )
-#: ChartQA relaxed accuracy tolerance
-RELAXED_TOL = 0.05
 
 
 @dataclass(frozen=True)
@@ -98,303 +99,6 @@ class MatchResult:
 
 
 _NO_MATCH = MatchResult(0.0, False, "none")
-
-
-# --------------------------------------------------------------------------
-# VQA normalisation (the official VQA evaluation, with its quirks)
-# --------------------------------------------------------------------------
-_ARTICLES = frozenset(("a", "an", "the"))
-_VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
-              ">", "<", "@", "`", ",", "?", "!")
-_VQA_PUNCT_RE = re.compile("[" + re.escape("".join(_VQA_PUNCT)) + "]")
-_VQA_COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
-_VQA_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
-
-
-def _vqa_punctuation(s: str) -> str:
-    """VQA's processPunctuation: a mark is deleted if it touches a space (or the text has
-    a digit-comma-digit), else replaced by a space; periods not followed by a digit go."""
-    if _VQA_PUNCT_RE.search(s) is not None:
-        comma_digits = _VQA_COMMA_DIGITS.search(s) is not None
-        out = s
-        for p in _VQA_PUNCT:
-            if p in s:
-                glue = "" if (comma_digits or p + " " in s or " " + p in s) else " "
-                out = out.replace(p, glue)
-        s = out
-    return _VQA_PERIOD.sub("", s)
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def vqa_normalize(s: str) -> str:
-    """The VQA-eval normal form: punctuation handled, lowercased, number words to digits,
-    articles dropped, contractions restored ("dont" -> "don't")."""
-    s = _vqa_punctuation(clean(s).replace("\n", " ").replace("\t", " "))
-    words = []
-    for w in s.lower().split():
-        w = NUMBER_WORDS.get(w, w)
-        if w in _ARTICLES:
-            continue
-        words.append(CONTRACTIONS.get(w, w))
-    return " ".join(words)
-
-
-# --------------------------------------------------------------------------
-# yes / no
-# --------------------------------------------------------------------------
-_YES_NO_HEAD = re.compile(r"^(yes|no|yeah|yep|yup|nope|true|false)\b")
-_YES_NO_BOTH = re.compile(r"^(?:yes|no)\s*(?:/|,|or|and)\s*(?:yes|no)\b")
-_POLARITY = {"yes": "yes", "yeah": "yes", "yep": "yes", "yup": "yes", "no": "no", "nope": "no",
-             "true": "yes", "false": "no"}
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _yes_no(s: str, true_false: bool) -> str | None:
-    """"yes" / "no" from the leading word ("Yes, it is" -> yes); None for "yes or no".
-
-    "true"/"false" count only with ``true_false`` (ScienceQA-style T/F data)."""
-    c = canon(s)
-    m = _YES_NO_HEAD.match(c)
-    if m is None:
-        return None
-    word = m.group(1)
-    if word in ("true", "false") and not true_false:
-        return None
-    if _YES_NO_BOTH.match(c) is not None:
-        return None
-    return _POLARITY[word]
-
-
-# --------------------------------------------------------------------------
-# multiple choice
-# --------------------------------------------------------------------------
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_AMBIGUOUS = -2   # the answer names several different options
-_UNRESOLVED = -1
-_MC_PREFIX = re.compile(
-    r"^(?:(?:the|my)\s+)?(?:(?:final|correct|right|best)\s+)?(?:answer|option|choice)\b"
-    r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?\s*[:\-]?\s*",
-    re.IGNORECASE | re.ASCII,
-)
-_MC_BARE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
-_MC_PAREN = re.compile(r"^[(\[]([A-Za-z])[)\]]")
-_MC_DELIM = re.compile(r"^([A-Za-z])(?:[.:)]|\s+[-\u2013])(?:\s|$)")
-_MC_SPACE = re.compile(r"^([A-Z])\s+(\S.*)$", re.DOTALL)
-_MC_HEAD = re.compile(r"^([A-Z])(?![A-Za-z0-9])")
-_MC_TWO = re.compile(
-    r"^[(\[]?([A-Za-z])[)\]]?[.:]?\s*(?:,|/|&|;|\bor\b|\band\b)\s*"
-    r"(?:(?:option|choice)\s+)?[(\[]?([A-Za-z])[)\]]?(?![A-Za-z])",
-    re.IGNORECASE | re.ASCII,  # ASCII: no Kelvin sign / long s matching [A-Za-z]
-)
-_MC_BOTH = re.compile(r"^(?:both|either)\s+", re.IGNORECASE | re.ASCII)
-
-
-def _option_key(s: str) -> str:
-    """Key for comparing an answer with an option's text: case, punctuation and articles ignored."""
-    return vqa_normalize(s)
-
-
-def _letter_index(letter: str, n_choices: int) -> int:
-    idx = _LETTERS.index(letter.upper())
-    return idx if (n_choices == 0 or idx < n_choices) else _UNRESOLVED
-
-
-def _letter_of(s: str, choices: tuple[str, ...], explicit: bool) -> int:
-    """Option index named by letter at the start of ``s``; _UNRESOLVED if none.
-
-    "B", "(B)", "[b]", "B.", "B:", "B) blue", "B. blue" all name B.  "B blue"
-    (letter, space, text) names B only after an explicit "answer is"/"option"
-    prefix or when the text is option B's text -- otherwise "A dog" would be
-    read as option A.
-    """
-    n = len(choices)
-    for pattern in (_MC_BARE, _MC_PAREN, _MC_DELIM):
-        m = pattern.match(s)
-        if m is not None:
-            return _letter_index(m.group(1), n)
-    if explicit:
-        m = _MC_HEAD.match(s)
-        if m is not None:
-            return _letter_index(m.group(1), n)
-    m = _MC_SPACE.match(s)
-    if m is not None and choices:
-        idx = _letter_index(m.group(1), n)
-        if idx >= 0 and _option_key(m.group(2)) == _option_key(choices[idx]):
-            return idx
-    return _UNRESOLVED
-
-
-def _names_two_options(s: str, n_choices: int) -> bool:
-    """True for answers that start with two *different* valid letters: "A or B",
-    "A and C", "B, C", "(A)/(B)" (after "both"/"either" is dropped)."""
-    m = _MC_TWO.match(_MC_BOTH.sub("", s))
-    if m is None:
-        return False
-    a, b = m.group(1).upper(), m.group(2).upper()
-    return a != b and (n_choices == 0 or max(_LETTERS.index(a), _LETTERS.index(b)) < n_choices)
-
-
-def _text_option(s: str, choices: tuple[str, ...]) -> int:
-    """Index of the option whose text the answer is (VQA-normalised, or numerically equal)."""
-    key = _option_key(s)
-    if not key:
-        return _UNRESOLVED
-    hits = [i for i, c in enumerate(choices) if _option_key(c) == key]
-    if len(hits) == 1:
-        return hits[0]
-    if hits:
-        return hits[0] if all(canon(choices[i]) == canon(choices[hits[0]]) for i in hits) else _AMBIGUOUS
-    p = parse_number(s)
-    if p is not None:
-        hits = [i for i, c in enumerate(choices)
-                if (g := parse_number(c)) is not None and numbers_match(p, g, 1e-9, False)]
-        if len(hits) == 1:
-            return hits[0]
-    return _UNRESOLVED
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _resolve_option(s: str, choices: tuple[str, ...]) -> int:
-    """The option index an answer (or a ground truth) designates.
-
-    Returns an index, _UNRESOLVED (no option recognisable) or _AMBIGUOUS (the
-    answer names two different options, which counts as wrong).  Order: a bare
-    letter; the text of an option (so an option literally reading "Both A and
-    B" still resolves); two letters named -> ambiguous; a leading letter.
-    """
-    s = clean(s)
-    explicit = False
-    while True:
-        m = _MC_PREFIX.match(s)
-        if m is None or m.end() == 0:
-            break
-        s, explicit = clean_answer(s[m.end():]), True
-    m = _MC_BARE.match(s)
-    if m is not None:
-        return _letter_index(m.group(1), len(choices))
-    if choices:
-        idx = _text_option(s, choices)
-        if idx != _UNRESOLVED:
-            return idx
-    if _names_two_options(s, len(choices)):
-        return _AMBIGUOUS
-    return _letter_of(s, choices, explicit)
-
-
-# --------------------------------------------------------------------------
-# ANLS
-# --------------------------------------------------------------------------
-def anls_score(pred: str, gt: str, cutoff: float = 0.5) -> float:
-    """ANLS of one pair: ``1 - Levenshtein(p, g) / max(len p, len g)`` on lowercased,
-    whitespace-collapsed strings (markdown, quotes and a final period stripped
-    like every rule here); 0 when below ``cutoff`` (DocVQA's 0.5; a value
-    exactly at the cutoff is kept).
-
-    Never ``dist / len`` -- that inverts the score (the reference code's bug)."""
-    a, b = canon(pred), canon(gt)
-    if not a and not b:
-        return 1.0
-    score = 1.0 - Levenshtein.normalized_distance(a, b)
-    return score if score >= cutoff else 0.0
-
-
-# --------------------------------------------------------------------------
-# rules: (pred, gt, options) -> score
-# --------------------------------------------------------------------------
-class _Opts(NamedTuple):
-    choices: tuple[str, ...]
-    rel_tol: float
-    relaxed: bool
-    true_false: bool
-    anls_cutoff: float
-
-
-def _rule_exact(pred: str, gt: str, o: _Opts) -> float:
-    return 1.0 if canon(pred) == canon(gt) else 0.0
-
-
-def _rule_vqa(pred: str, gt: str, o: _Opts) -> float:
-    return 1.0 if vqa_normalize(pred) == vqa_normalize(gt) else 0.0
-
-
-def _rule_vqa_non_numeric_gt(pred: str, gt: str, o: _Opts) -> float:
-    """String fallback for numeric types when this ground truth is not a number ("2 or 3")."""
-    return 0.0 if _value(gt) is not None else _rule_vqa(pred, gt, o)
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _value(s: str) -> tuple[str | None, Num] | None:
-    """(symbol, number) of a number (symbol None) or a one-symbol equation ``x = 2`` (methods.equations)."""
-    p = parse_number(s)
-    if p is not None:
-        return None, p
-    eq = split_equation(clean(s))
-    if eq is not None and (p := parse_number(eq[1])) is not None:
-        return eq[0], p
-    return None
-
-
-def _values_match(pred: str, gt: str, tol: float, relaxed: bool) -> bool:
-    """Numbers equal; an equation's value counts, but two equations must name the same symbol."""
-    p, g = _value(pred), _value(gt)
-    if p is None or g is None or (p[0] is not None and g[0] is not None and p[0] != g[0]):
-        return False
-    return numbers_match(p[1], g[1], tol, relaxed)
-
-
-def _rule_numeric(pred: str, gt: str, o: _Opts) -> float:
-    return 1.0 if _values_match(pred, gt, o.rel_tol, False) else 0.0
-
-
-def _rule_relaxed(pred: str, gt: str, o: _Opts) -> float:
-    return 1.0 if _values_match(pred, gt, RELAXED_TOL, True) else 0.0
-
-
-def _rule_choice(pred: str, gt: str, o: _Opts) -> float:
-    g = _resolve_option(gt, o.choices)
-    if g < 0:
-        return 0.0
-    return 1.0 if _resolve_option(pred, o.choices) == g else 0.0
-
-
-def _rule_yes_no(pred: str, gt: str, o: _Opts) -> float:
-    g = _yes_no(gt, o.true_false)
-    return 1.0 if g is not None and _yes_no(pred, o.true_false) == g else 0.0
-
-
-def _rule_anls(pred: str, gt: str, o: _Opts) -> float:
-    return anls_score(pred, gt, o.anls_cutoff)
-
-
-def _rule_math(pred: str, gt: str, o: _Opts) -> float:
-    return 1.0 if math_equal(pred, gt) else 0.0
-
-
-def _rule_math_if_latex(pred: str, gt: str, o: _Opts) -> float:
-    """Numeric types: call the slow symbolic checker only for LaTeX the number parser can't read."""
-    if parse_number(pred) is not None and parse_number(gt) is not None:
-        return 0.0
-    if LATEX_HINT.search(clean(pred)) is None and LATEX_HINT.search(clean(gt)) is None:
-        return 0.0
-    return _rule_math(pred, gt, o)
-
-
-_Rule = Callable[[str, str, _Opts], float]
-_NUMERIC_RULES = (("exact", _rule_exact), ("numeric", _rule_numeric),
-                  ("vqa_norm", _rule_vqa_non_numeric_gt), ("math", _rule_math_if_latex))
-#: rules per answer type, cheapest first (matching stops at the first 1.0)
-_RULES_BY_TYPE: dict[str, tuple[tuple[str, _Rule], ...]] = {
-    "multiple_choice": (("exact", _rule_exact), ("choice", _rule_choice)),
-    "integer": _NUMERIC_RULES,
-    "number": _NUMERIC_RULES,
-    "yes_no": (("exact", _rule_exact), ("yes_no", _rule_yes_no)),
-    "word": (("exact", _rule_exact), ("vqa_norm", _rule_vqa)),
-    "text": (("exact", _rule_exact), ("vqa_norm", _rule_vqa)),
-    "anls": (("exact", _rule_exact), ("anls", _rule_anls)),
-    "math": (("exact", _rule_exact), ("numeric", _rule_numeric), ("math", _rule_math)),
-    "open": (),
-}
-_RELAXED_NUMERIC_RULES = _NUMERIC_RULES[:2] + (("relaxed_numeric", _rule_relaxed),) + _NUMERIC_RULES[2:]
 
 
 # --------------------------------------------------------------------------
@@ -415,7 +119,7 @@ def _infer(gts: tuple[str, ...], has_choices: bool) -> str:
         return "multiple_choice"
     if all(canon(g) in ("yes", "no") for g in gts):
         return "yes_no"
-    nums = [v[1] if (v := _value(g)) is not None else None for g in gts]
+    nums = [v[1] if (v := value_of(g)) is not None else None for g in gts]
     if all(n is not None for n in nums):
         return "integer" if all(n.int_literal and n.unit is None for n in nums) else "number"
     if any(LATEX_HINT.search(c) for c in cleaned):
@@ -469,15 +173,15 @@ def match_answer(
     if answer_type == "auto":
         answer_type = _infer(tuple(ground_truths), has_choices)
     if answer_type in ("integer", "number") and relaxed:
-        rules = _RELAXED_NUMERIC_RULES
+        rules = RELAXED_NUMERIC_RULES
     else:
         try:
-            rules = _RULES_BY_TYPE[answer_type]
+            rules = RULES_BY_TYPE[answer_type]
         except KeyError:
             raise ValueError(f"unknown answer type {answer_type!r}; known: {ANSWER_TYPES}") from None
     if not rules:
         return _NO_MATCH
-    opts = _Opts(tuple(choices) if has_choices else (), rel_tol, relaxed, true_false, anls_cutoff)
+    opts = RuleOptions(tuple(choices) if has_choices else (), rel_tol, relaxed, true_false, anls_cutoff)
     best, best_rule = 0.0, "none"
     for name, rule in rules:
         for gt in ground_truths:

@@ -25,7 +25,7 @@ asked for than the sample has).
   what the project's own code costs.
 
 Both use the SAME already-started engine (``pipeline.engine.engine.get_engine``),
-so engine start-up is excluded: the DESIGN.md target is "at least 0.9 of
+so engine start-up is excluded: the target (docs/architecture.md) is "at least 0.9 of
 bare vLLM once the engine is warm".  One untimed warm-up pass over all
 prompts runs first (so vLLM's multimodal and prefix caches are equally warm
 for every timed round), then the rounds alternate (bare, per-partition,

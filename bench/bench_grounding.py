@@ -8,7 +8,7 @@ written as partitions (``bench_generate.prepare_inputs``), then:
 
 * **generate**: ``LocalExecutor.run("generate", ...)`` over the partitions,
   timed -- the stage the grounding cost is compared with (target: grounding
-  <= 15% of generate's time, DESIGN.md / issue 17) -- twice: as a run without
+  <= 15% of generate's time, issue 17) -- twice: as a run without
   grounding runs it, and with the sampled tokens' log-probs asked for (what a
   run with grounding does: the stage takes sampled texts' with-image scores
   from them); the difference is charged to grounding;

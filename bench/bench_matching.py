@@ -12,7 +12,7 @@ loop over the same responses' final lines, and extraction alone.  Maths
 throughput (symbolic checking through math_verify) is timed separately; it is
 far slower by nature and only reported.
 
-The target (DESIGN.md): 20,000+ responses/s/core for the non-maths types.
+The target (docs/architecture.md): 20,000+ responses/s/core for the non-maths types.
 """
 from __future__ import annotations
 

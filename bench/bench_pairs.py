@@ -22,7 +22,7 @@ Reported:
 
 * extract + match alone (``methods.scoring.score_responses`` on the first
   ~50,000 of the same responses, cold caches): responses/s per core -- the
-  DESIGN.md target is 20,000+;
+  target (docs/architecture.md) is 20,000+;
 * the whole stage (scoring, pair selection, pair rows, Arrow, Parquet):
   responses/s per core, pairs produced, Parquet bytes, and its ratio to
   extract + match alone (how much everything around the matcher costs);

@@ -24,6 +24,9 @@ SMALL = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "
          "--set", "generate.max_tokens=48", "--set", "dropout_ntp.max_tokens=48",
          "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "write.exports=[]",
          "--set", "model.engine_kwargs={max_num_seqs: 16}"]
+#: an InternLM-style chat template (InternVL's): it prints ``message['content']`` as a string
+INTERNLM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -160,6 +163,14 @@ def shard_hashes(dataset) -> dict[str, str]:
     data = storage.join(str(dataset), "data")
     return {rel: hashlib.sha256(storage.read_bytes(storage.join(data, rel))).hexdigest()
             for rel in storage.walk_files(data) if rel.endswith(".parquet")}
+
+
+def users_folder(path: Path) -> Path:
+    """A folder of someone's own files (``src/train.py``, ``notes.txt``), as a project is."""
+    (path / "src").mkdir(parents=True)
+    (path / "src" / "train.py").write_text("print('mine')\n")
+    (path / "notes.txt").write_text("mine\n")
+    return path
 
 
 def read_jsonl(path) -> list[dict]:

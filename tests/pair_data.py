@@ -6,12 +6,12 @@ written the way the pair stages write them: ``<stage>/data/part-*.parquet``.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from PIL import Image
 
+from helpers import encode
 from pipeline.core.seeds import derive_seed, stable_hash
 from schemas import PAIR_SCHEMA
 from schemas.arrow import from_rows
@@ -26,9 +26,7 @@ def image(seed: int, fmt: str = "PNG", size: int = 24) -> dict:
     colour = ((seed * 53) % 256, (seed * 97) % 256, (seed * 31) % 256)
     im = Image.new("RGB", (size, size), colour)
     im.putpixel((seed % size, (seed // size) % size), (255 - colour[0], 0, 0))
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    return {"bytes": buf.getvalue(), "path": None}
+    return {"bytes": encode(im, fmt), "path": None}
 
 
 def make_pair(source: str, i: int, method: str) -> dict:
@@ -57,18 +55,16 @@ def make_pair(source: str, i: int, method: str) -> dict:
     )
 
 
+def pairs(prompts, every: dict[str, tuple[int, int]]) -> list[dict]:
+    """For each (source, i) of ``prompts``: its correctness pair, then a pair of each method of
+    ``every`` (method -> (m, r)) whose i % m == r."""
+    return [make_pair(source, i, method) for source, i in prompts for method in ("correctness", *every)
+            if method == "correctness" or i % every[method][0] == every[method][1]]
+
+
 def all_pairs() -> list[dict]:
-    rows = []
-    for source in SOURCES:
-        for i in range(PROMPTS_PER_SOURCE):
-            rows.append(make_pair(source, i, "correctness"))
-            if i % 3 == 0:
-                rows.append(make_pair(source, i, "format"))
-            if i % 2 == 0:
-                rows.append(make_pair(source, i, "dropout_ntp"))
-            if i % 4 == 1:
-                rows.append(make_pair(source, i, "image_crop"))
-    return rows
+    return pairs([(s, i) for s in SOURCES for i in range(PROMPTS_PER_SOURCE)],
+                 {"format": (3, 0), "dropout_ntp": (2, 0), "image_crop": (4, 1)})
 
 
 def write_inputs(base: Path) -> tuple[list[str], list[dict]]:

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, encode, load_config_file, make_config
+from helpers import INTERNLM_TEMPLATE, ROOT, encode, load_config_file, make_config
 from pipeline.config.settings import ConfigError, load_config
 from pipeline.engine.engine import GenRequest, engine_kwargs
 from stages import make_stage
@@ -371,8 +371,6 @@ def test_a_resolved_config_validates_again_on_the_workers():
 
 
 # -- string-content chat templates (InternVL) --------------------------------------
-INTERNLM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @pytest.mark.parametrize("placeholder, expected", [

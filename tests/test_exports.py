@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from helpers import ROOT
+from helpers import ROOT, read_jsonl
 from pair_data import write_inputs
 from pipeline.config.settings import PipelineConfig
 from pipeline.run.orchestrator import summarize
@@ -21,11 +21,6 @@ from stages import make_stage
 from stages.write import write_dataset
 
 TAG = "<image>"
-
-
-def jsonl(path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +69,7 @@ def test_llamafactory(dataset):
         assert entry["columns"] == {"messages": "conversations", "chosen": "chosen",
                                     "rejected": "rejected", "images": "images"}
         crop = entry["file_name"].startswith("image_crop")
-        for r in jsonl(root / entry["file_name"]):
+        for r in read_jsonl(root / entry["file_name"]):
             canon = rows[r["id"]]
             seen.add(r["id"])
             assert (canon["method"] == "image_crop") == crop
@@ -98,7 +93,7 @@ def test_swift(dataset):
     assert {os.path.basename(f) for f in files} >= {"train.jsonl", "image_crop_train.jsonl"}
     seen = set()
     for f in files:
-        for r in jsonl(f):
+        for r in read_jsonl(f):
             canon = rows[r["id"]]
             seen.add(r["id"])
             crop = canon["method"] == "image_crop"
@@ -133,7 +128,7 @@ def test_internvl(dataset):
             # relative to the export folder (InternVL opens them from its working directory)
             assert not os.path.isabs(m["annotation"]) and m["annotation"].endswith(".jsonl")
             assert m["root"] == "images"
-            lines = jsonl(root / m["annotation"])
+            lines = read_jsonl(root / m["annotation"])
             assert m["length"] == len(lines) > 0
             for r in lines:
                 canon = rows[r["id"]]
@@ -248,7 +243,7 @@ def test_root_writes_paths_for_the_target_machine(dataset, tmp_path):
         (tmp_path / fmt).rename(target / fmt)
     n = 0
     for f in (target / "swift").glob("*.jsonl"):
-        for r in jsonl(f):
+        for r in read_jsonl(f):
             for p in r["images"] + r.get("rejected_images", []):
                 assert p.startswith(str(target / "swift") + "/") and os.path.isfile(p)
             n += 1
@@ -256,7 +251,7 @@ def test_root_writes_paths_for_the_target_machine(dataset, tmp_path):
     assert str(target / "swift") in (target / "swift" / "README.md").read_text()
     for name, m in json.loads((target / "internvl" / "meta.json").read_text()).items():
         assert m["root"] == str(target / "internvl" / "images")
-        first = jsonl(m["annotation"])[0]
+        first = read_jsonl(m["annotation"])[0]
         Image.open(os.path.join(m["root"], first["image"])).verify()
 
 
@@ -275,7 +270,7 @@ def test_swift_leaves_out_pairs_whose_rejected_equals_chosen(tmp_path):
     summary = export("swift", str(tmp_path / "ds"), str(tmp_path / "swift"))
     assert summary["rows"] == {"default.train": 1}
     assert summary["left_out_rejected_equals_chosen"] == {"train": 1}
-    assert [r["id"] for r in jsonl(tmp_path / "swift" / "train.jsonl")] == [good["id"]]
+    assert [r["id"] for r in read_jsonl(tmp_path / "swift" / "train.jsonl")] == [good["id"]]
 
 
 def test_the_export_stage_runs_after_write_when_formats_are_listed():

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from helpers import png, run_cli
-from pair_data import SOURCES, all_pairs, image
+from pair_data import SOURCES, all_pairs, image, pairs
 from publish import html_report as hr
 from schemas import PAIR_SCHEMA
 from schemas.arrow import from_rows, with_hf_metadata
@@ -135,19 +135,8 @@ def test_no_data_string_becomes_markup(tmp_path):
 
 # -- sampling ------------------------------------------------------------------------------
 def many_rows(n_prompts: int = 60) -> list[dict]:
-    from pair_data import make_pair
-
-    rows = []
-    for i in range(n_prompts):
-        for source in SOURCES:
-            rows.append(make_pair(source, i, "correctness"))
-            if i % 2 == 0:
-                rows.append(make_pair(source, i, "dropout_ntp"))
-            if i % 10 == 0:
-                rows.append(make_pair(source, i, "format"))
-            if i % 5 == 1:
-                rows.append(make_pair(source, i, "image_crop"))
-    return rows
+    return pairs([(s, i) for i in range(n_prompts) for s in SOURCES],
+                 {"dropout_ntp": (2, 0), "format": (10, 0), "image_crop": (5, 1)})
 
 
 @pytest.fixture(scope="module")

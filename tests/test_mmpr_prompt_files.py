@@ -14,7 +14,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_config
+from helpers import INTERNLM_TEMPLATE, make_config, stage_rows
 from pipeline.files import storage
 from pipeline.config.internvl_instructions import INSTRUCTIONS
 from pipeline.run.orchestrator import run_source
@@ -22,7 +22,6 @@ from pipeline.run.runner import Task, run_task
 from pipeline.core.stage import StageContext
 from pipeline.config.templates import BUILTIN_TEMPLATES
 from stages import make_stage
-from test_engine_settings import INTERNLM_TEMPLATE
 
 PROMPTS, IMAGES = "mmpr-prompt-files", "mmpr-images"
 COT = "\nThink step by step, then end your response with a line of the form 'Final answer: <answer>'."
@@ -78,8 +77,7 @@ def generated(mmpr_sources, tiny_model, tmp_path_factory):
     task = Task("generate", "part", parts, str(out / "generate"), cfg.stage_hash("generate"))
     run_task(make_stage("generate", cfg), task, get_engine(cfg))
     rows = {(r["source"], r["row_key"]): r for r in pq.read_table(task.data_uri()).to_pylist()}
-    quarantine = [r for f in storage.list_files(str(out / "ingest" / "quarantine"), ".parquet")
-                  for r in pq.read_table(f).to_pylist()]
+    quarantine = stage_rows(out / "ingest", "quarantine")
     return cfg, stats, rows, quarantine, [r for part in parts for r in pq.read_table(part).to_pylist()]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, SAMPLE_CONFIG, cli, config_file, markers
+from helpers import ROOT, SAMPLE_CONFIG, cli, config_file, markers, users_folder
 from pair_data import write_inputs
 from pipeline.cli import main
 from pipeline.files.ownership import LOCK, RECORD
@@ -133,10 +133,7 @@ def test_a_dataset_folder_written_before_ownership_records_is_still_the_pipeline
 
 def test_run_with_restart_in_a_users_folder_is_refused_before_anything(tmp_path, capsys):
     """Before: ``--work-dir . --restart`` removed every entry of the folder but logs/."""
-    project = tmp_path / "project"
-    (project / "src").mkdir(parents=True)
-    (project / "src" / "train.py").write_text("print('mine')\n")
-    (project / "notes.txt").write_text("mine\n")
+    project = users_folder(tmp_path / "project")
     before = snapshot(project)
     rc = main(["run", "--config", str(ROOT / SAMPLE_CONFIG), "--work-dir", str(project),
                "--output", str(tmp_path / "out"), "--restart", "--executor", "local"])

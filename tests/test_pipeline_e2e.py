@@ -11,15 +11,14 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from PIL import Image
 
-from helpers import ROOT
+from helpers import shipped_config
 from pipeline.core.seeds import derive_seed
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import turn_text
 
-CFG = yaml.safe_load((ROOT / "configs" / "sample.yaml").read_text())
+CFG = shipped_config()
 
 
 def _rows(folder: Path) -> list[dict]:

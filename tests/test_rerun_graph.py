@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import make_config, shard_hashes
+from helpers import finished_at, make_config, shard_hashes
 from pipeline.run.orchestrator import run_pipeline
 
 STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "write"]
@@ -47,8 +47,7 @@ def _config(sections: dict, base: Path, sample_data: Path):
 
 
 def _markers(work: Path) -> dict[str, dict[str, float]]:
-    return {s: {p.name: json.loads(p.read_text())["finished_at"] for p in (work / s / "markers").glob("*.json")}
-            for s in STAGES if s != "write"}
+    return {s: finished_at(work / s) for s in STAGES if s != "write"}
 
 
 def _merge(sections: dict, change: dict) -> dict:

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from helpers import users_folder
 from pipeline.run.orchestrator import clear_work_dir
 from pipeline.files.ownership import RECORD, Folder, NotOwned
 
@@ -36,10 +37,7 @@ def test_restart_keeps_the_open_build_log_and_removes_what_the_pipeline_wrote(tm
 
 def test_restart_keeps_a_users_files_in_an_adopted_work_folder(tmp_path):
     """``--work-dir .`` with ``--adopt``: the user's own files and folders survive ``--restart``."""
-    work = tmp_path / "project"
-    (work / "src").mkdir(parents=True)
-    (work / "src" / "train.py").write_text("print('mine')\n")
-    (work / "notes.txt").write_text("mine\n")
+    work = users_folder(tmp_path / "project")
     Folder.claim(str(work), "work", adopt=True).reserve("logs/", "report.json", "generate/")
     _build_files(work)
     clear_work_dir(str(work))

@@ -20,7 +20,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_config, shard_hashes
+from helpers import finished_at, make_config, shard_hashes, stage_rows
 from pipeline.files import storage
 from pipeline.config.settings import ConfigError
 
@@ -69,10 +69,9 @@ def _config(s3_sources, work: str, out: str):
     )
 
 
-def _markers(client, stage: str) -> dict[str, float]:
+def _markers(stage: str) -> dict[str, float]:
     """Marker key -> when its partition finished, for one stage of the S3 build."""
-    keys = [k for k in _keys(client, f"work/{stage}/markers/") if k.endswith(".json")]
-    return {k: storage.read_json(f"s3://{BUCKET}/{k}")["finished_at"] for k in keys}
+    return {f"work/{stage}/markers/{name}": t for name, t in finished_at(f"s3://{BUCKET}/work/{stage}").items()}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def test_build_on_s3_equals_build_on_local_disk(s3_build, s3):
                      "dataset/exports/llamafactory/dataset_info.json"):
         assert expected in keys
     # every partition of every stage has its marker on S3
-    assert _markers(s3, "generate")
+    assert _markers("generate")
     assert report["stages"]["generate"]["rows_out"] > 0
 
 
@@ -125,8 +124,7 @@ def test_s3_dataset_reads_back_with_datasets(s3_build, tmp_path):
 @pytest.mark.build  # s3_build: two whole builds
 def test_missing_s3_image_is_quarantined_with_its_reason(s3_build):
     remote_cfg = s3_build[0]
-    q = storage.join(remote_cfg.run.work_dir, "ingest", "quarantine")
-    rows = [r for f in storage.list_files(q, ".parquet") for r in storage.read_table(f).to_pylist()]
+    rows = stage_rows(storage.join(remote_cfg.run.work_dir, "ingest"), "quarantine")
     bad = [r for r in rows if "missing-image" in json.dumps(r, default=str)]
     assert len(bad) == 1 and bad[0]["reason"] == "missing_image_file"
 
@@ -146,7 +144,7 @@ def test_resume_on_s3_after_crash_points(s3_build, s3):
 
     remote_cfg = s3_build[0]
     before = shard_hashes(remote_cfg.run.output_dir)
-    markers = _markers(s3, "generate")
+    markers = _markers("generate")
     victim = sorted(markers)[len(markers) // 2]
     s3.delete_object(Bucket=BUCKET, Key=victim)
     s3.delete_object(Bucket=BUCKET, Key="dataset/manifest.json")
@@ -156,7 +154,7 @@ def test_resume_on_s3_after_crash_points(s3_build, s3):
     run_pipeline(remote_cfg)
 
     assert shard_hashes(remote_cfg.run.output_dir) == before
-    after = _markers(s3, "generate")
+    after = _markers("generate")
     assert after.keys() == markers.keys()
     redone = sorted(k for k in after if after[k] != markers[k])
     assert redone == [victim]  # only the partition without a marker ran again
@@ -236,11 +234,8 @@ def test_bad_image_references_on_s3_are_quarantined_per_row(s3, sample_data, tmp
         {"name": "corpus", "format": "jsonl", "path": f"s3://{BUCKET}/corpus/prompts.jsonl",
          "allowed_image_roots": ["s3://other-bucket/public"]}])
     stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "ingest"))
-    kept = [r for f in storage.list_files(str(tmp_path / "ingest" / "data"), ".parquet")
-            for r in pq.read_table(f).to_pylist()]
-    quarantine = {r["row_key"]: r["reason"] for f in storage.list_files(str(tmp_path / "ingest" / "quarantine"),
-                                                                         ".parquet")
-                  for r in pq.read_table(f).to_pylist()}
+    kept = stage_rows(tmp_path / "ingest")
+    quarantine = {r["row_key"]: r["reason"] for r in stage_rows(tmp_path / "ingest", "quarantine")}
     assert {r["row_key"] for r in kept} == {"relative", "absolute-in-prefix", "allowlisted-bucket"}
     assert quarantine == {"metadata-url": "image_uri_not_allowed", "other-bucket": "image_uri_not_allowed",
                           "file-uri": "image_uri_not_allowed", "same-bucket-outside-prefix": "image_uri_not_allowed",

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
-
-from helpers import make_config
-from pipeline.files import storage
+from helpers import make_config, stage_rows
 from pipeline.run.orchestrator import run_source
 from pipeline.run.report import derived
 from pipeline.core.stage import StageContext
@@ -67,7 +64,7 @@ def test_ingest_keeps_and_counts_text_only_items_of_mmpr_files(tmp_path):
         cfg = make_config(sources=[{"name": "m", "format": fmt, "path": str(src)}])
         out = tmp_path / fmt
         stats, _, _ = run_source(make_stage("ingest", cfg), str(out))
-        rows = [r for f in storage.list_files(str(out / "data"), ".parquet") for r in pq.read_table(f).to_pylist()]
+        rows = stage_rows(out)
         assert len(rows) == kept and stats.counters.get("text_only", 0) == kept
         assert all(r["images"] == [] and r["image_positions"] == [] for r in rows)
         assert stats.quarantined.get("missing_image", 0) == 2 - kept

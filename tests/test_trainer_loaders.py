@@ -22,14 +22,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import ROOT
+from helpers import ROOT, read_jsonl
 
 TAG = "<image>"
-
-
-def jsonl(path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def _open(path: str) -> None:
@@ -91,7 +86,7 @@ def _check_swift(files: list[Path], tmp_path: Path, **env: str) -> None:
                           MODELSCOPE_CACHE=str(tmp_path / "ms-cache"), **env)
     for f in files:
         rows = loaded[str(f)]
-        assert len(rows) == len(jsonl(f)) > 0, f.name  # ms-swift deleted none
+        assert len(rows) == len(read_jsonl(f)) > 0, f.name  # ms-swift deleted none
         crop = f.name.startswith("image_crop")
         for r in rows:
             assert bool(r["rejected_images"]) == crop and r["has_rejected_response"] == (not crop)
@@ -157,7 +152,7 @@ def test_llamafactory_loads_every_row_of_a_moved_export(moved, tmp_path):
     info = json.loads((root / "dataset_info.json").read_text())
     assert set(result) == set(info) and any("image_crop" in n for n in result)
     for name, got in result.items():
-        assert got["rows"] == len(jsonl(root / info[name]["file_name"])) > 0, name
+        assert got["rows"] == len(read_jsonl(root / info[name]["file_name"])) > 0, name
         assert got["prompt_roles"] == ["user"] and got["responses"] == [2] and got["tags_match"], name
         for images in got["images"]:
             assert images
@@ -174,7 +169,7 @@ def test_internvl_layout_of_a_moved_export(moved, monkeypatch):
     total = 0
     for meta_file in metas:
         for name, meta in json.loads((root / meta_file).read_text()).items():
-            lines = jsonl(meta["annotation"])
+            lines = read_jsonl(meta["annotation"])
             assert meta["length"] == len(lines) > 0 and meta["repeat_time"] == 1, name
             for r in lines:
                 images = r["image"] if isinstance(r["image"], list) else [r["image"]]

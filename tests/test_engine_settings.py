@@ -306,12 +306,20 @@ import json, sys
 import ray
 from pipeline.run.placement import placement_group_fn
 
+def vllm_is_in_ray_actor():
+    """vLLM's own check (vllm/ray/lazy_utils.py), loaded without importing vllm: seconds per actor."""
+    import importlib.util, os
+    path = os.path.join(importlib.util.find_spec("vllm").submodule_search_locations[0], "ray", "lazy_utils.py")
+    spec = importlib.util.spec_from_file_location("vllm_ray_lazy_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.is_in_ray_actor()
+
 class Probe:
     def __init__(self):
-        from vllm.ray.lazy_utils import is_in_ray_actor
         pg = ray.util.get_current_placement_group()   # what vLLM's EngineArgs picks up in an actor
         ctx = ray.get_runtime_context()
-        self.info = json.dumps({"in_actor": is_in_ray_actor(), "pg": pg.id.hex() if pg else None,
+        self.info = json.dumps({"in_actor": vllm_is_in_ray_actor(), "pg": pg.id.hex() if pg else None,
                                 "bundles": pg.bundle_specs if pg else None,
                                 "assigned": ctx.get_assigned_resources()})
 

@@ -130,6 +130,24 @@ def terminal_lines(transcript: Path) -> list[str]:
     return [ln for ln in text.split("\n")[:-1] if not ln.startswith(("Script started", "Script done"))]
 
 
+# -- running a stage -------------------------------------------------------------------------
+
+def run_stage_on(name: str, cfg, rows: list[dict], schema, folder: Path, engine=None) -> tuple[list[dict], object]:
+    """One partition of stage ``name`` over ``rows`` (written to ``folder/in.parquet`` as ``schema``),
+    through ``run_task`` as the executors run it: (the rows it wrote, its stats)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.run.runner import Task, run_task
+    from stages import make_stage
+
+    src = Path(folder) / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), src)
+    task = Task(name, "p", (str(src),), str(Path(folder) / "out"), cfg.stage_hash(name))
+    stats = run_task(make_stage(name, cfg), task, engine)
+    return pq.read_table(task.data_uri()).to_pylist(), stats
+
+
 # -- outputs ---------------------------------------------------------------------------------
 
 def stage_rows(folder, part: str = "data") -> list[dict]:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from helpers import encode, make_config
+from helpers import encode, make_config, run_stage_on
 from methods.crop import corrupt_image
 from methods.crop_signal import MIN_DIFFERENCE, first_distinct, image_difference
-from pipeline.run.runner import Task, run_task
 from pipeline.core.seeds import derive_seed
 from schemas import RESPONSE_SCHEMA
-from stages import make_stage
 
 SEEDS = [derive_seed("crop-signal", i) for i in range(40)]
 
@@ -108,12 +104,8 @@ def _row(sample_id, data):
                                                   (0.0, {"normal", "uniform", "noisy"})])
 def test_image_crop_stage_skips_near_identical_crops(tmp_path, min_difference, kept):
     rows = [_row("uniform", uniform()), _row("noisy", noisy((128, 128))), _row("normal", circles())]
-    src = tmp_path / "in.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA), src)
     cfg = make_config(image_crop={"fraction": 1.0, "min_difference": min_difference})
-    task = Task("image_crop", "p", (str(src),), str(tmp_path / "out"), cfg.stage_hash("image_crop"))
-    stats = run_task(make_stage("image_crop", cfg), task)
-    out = pq.read_table(task.data_uri()).to_pylist()
+    out, stats = run_stage_on("image_crop", cfg, rows, RESPONSE_SCHEMA, tmp_path)
     assert {r["provenance"]["sample_id"] for r in out} == kept
     assert stats.counters["dropped.near_identical_crop"] == 3 - len(kept)
     assert stats.counters["crops.retried"] == (2 if min_difference else 0)

@@ -1,15 +1,11 @@
 """filter stage: chosen failures remove the pair, rejected-only failures may keep it, verdicts recorded."""
 from __future__ import annotations
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_config
-from pipeline.run.runner import Task, run_task
+from helpers import make_config, run_stage_on
 from schemas import PAIR_SCHEMA
 from schemas.records import pair_row, provenance
-from stages import make_stage
 
 HEALTHY = ("The image shows three blue circles arranged in a row on a white background, "
            "and no other shapes are visible.\nFinal answer: 3")
@@ -54,13 +50,9 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def filtered(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("filter")
-    src = tmp / "in.parquet"
-    pq.write_table(pa.Table.from_pylist([c[1] for c in CASES], schema=PAIR_SCHEMA), src)
-    cfg = make_config()
-    task = Task("filter", "p", (str(src),), str(tmp / "out"), cfg.stage_hash("filter"))
-    stats = run_task(make_stage("filter", cfg), task)
-    return {r["id"]: r for r in pq.read_table(task.data_uri()).to_pylist()}, stats
+    rows, stats = run_stage_on("filter", make_config(), [c[1] for c in CASES], PAIR_SCHEMA,
+                               tmp_path_factory.mktemp("filter"))
+    return {r["id"]: r for r in rows}, stats
 
 
 @pytest.mark.parametrize("case_id, row, kept, failed", CASES, ids=[c[0] for c in CASES])

@@ -4,17 +4,13 @@ conflict, never a rejected when one of them is the ground truth.
 The first rows of each table quote responses of the sample build."""
 from __future__ import annotations
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_config
+from helpers import make_config, run_stage_on
 from methods.consistency import conflicting, states_any
 from methods.extract import extract_answer, extract_answers
 from methods.pairs import Scored, select_pairs
-from pipeline.run.runner import Task, run_task
 from schemas import RESPONSE_SCHEMA
-from stages import make_stage
 
 SAMPLE_CHOSEN = "Bar A reaches 80%.\nFinal answer: 80%.\nFinal answer: 95Final answer: 40%"
 SAMPLE_REJECTED = "The dot is near the middle.\nFinal answer: in the centre.\nFinal answer: yes"
@@ -115,13 +111,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def correctness_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("correctness")
-    src = tmp / "in.parquet"
-    pq.write_table(pa.Table.from_pylist(ROWS, schema=RESPONSE_SCHEMA), src)
-    cfg = make_config()
-    task = Task("correctness", "p", (str(src),), str(tmp / "out"), cfg.stage_hash("correctness"))
-    stats = run_task(make_stage("correctness", cfg), task)
-    return pq.read_table(task.data_uri()).to_pylist(), stats
+    return run_stage_on("correctness", make_config(), ROWS, RESPONSE_SCHEMA, tmp_path_factory.mktemp("correctness"))
 
 
 def test_correctness_stage_sets_aside_unclean_responses(correctness_run):

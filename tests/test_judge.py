@@ -1,16 +1,12 @@
 """judge: prompt construction with facts, robust score parsing, threshold rules, real engine."""
 from __future__ import annotations
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from helpers import make_config
+from helpers import make_config, run_stage_on
 from methods.judge import build_judge_prompt, format_facts, parse_score
-from pipeline.run.runner import Task, run_task
 from schemas import PAIR_SCHEMA
 from schemas.records import pair_row, provenance, turn_text
-from stages import make_stage
 from stages.judge import threshold_verdict
 
 
@@ -72,10 +68,7 @@ def _pairs(png: bytes) -> list[dict]:
 def test_judge_stage_with_the_tiny_model(engine, tmp_path, sample_data):
     """Through vLLM: prompts carry the facts, unparseable scores are retried once then missing."""
     png = (sample_data / "images" / sorted(p.name for p in (sample_data / "images").iterdir())[0]).read_bytes()
-    src = tmp_path / "in.parquet"
-    pq.write_table(pa.Table.from_pylist(_pairs(png), schema=PAIR_SCHEMA), src)
     cfg = make_config(executor={"kind": "local"}, judge={"max_tokens": 24, "min_chosen_score": 5, "margin": 1})
-    stage = make_stage("judge", cfg)
     sent = []
 
     class Spy:
@@ -87,9 +80,7 @@ def test_judge_stage_with_the_tiny_model(engine, tmp_path, sample_data):
             sent.extend(zip(requests, res))
             return res
 
-    task = Task("judge", "p", (str(src),), str(tmp_path / "out"), cfg.stage_hash("judge"))
-    stats = run_task(stage, task, Spy())
-    out = pq.read_table(task.data_uri()).to_pylist()
+    out, stats = run_stage_on("judge", cfg, _pairs(png), PAIR_SCHEMA, tmp_path, Spy())
     first_round = sent[:4]
     assert len(first_round) == 4  # chosen + rejected for two pairs
     for req, res in first_round:

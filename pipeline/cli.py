@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {write_html_report(args.input, args.html, seed=args.seed, per_method=args.per_method)}")
             return 0
         config = load_config(args.config, *_overrides(args))
+        setup_logging(config.run.log_level)
         if args.command in ("run", "stage"):
             from pipeline.run.orchestrator import NothingToPassOn
             from pipeline.run.folders import claim_folders

@@ -26,10 +26,11 @@ TEXT_METHODS = {"correctness", "format", "dropout_ntp"}
 
 
 def config(out: Path, seed: int = 7, shard_rows: int = 7, test_fraction: float = 0.0, exports=(),
-           executor: str = "local", workers: int | None = None) -> PipelineConfig:
+           executor: str = "local", workers: int | None = None, buffer_bytes: int | None = None) -> PipelineConfig:
+    buffer = {"write_buffer_mb": buffer_bytes / 2**20} if buffer_bytes else {}
     return PipelineConfig.model_validate({
         "run": {"name": "write-test", "seed": seed, "output_dir": str(out), "work_dir": str(out) + "-work"},
-        "executor": {"kind": executor, "write_workers": workers},
+        "executor": {"kind": executor, "write_workers": workers, **buffer},
         "sources": [{"name": s, "format": "jsonl", "path": f"{s}.jsonl"} for s in SOURCES],
         "write": {"shard_rows": shard_rows, "test_fraction": test_fraction, "exports": list(exports)},
     })
@@ -327,10 +328,11 @@ def test_spilling_in_small_pieces_gives_the_same_shards(inputs, built, tmp_path,
     import stages.write as w
 
     out, _, _ = built
-    monkeypatch.setattr(w, "SCATTER_BUFFER_BYTES", 20_000)
     monkeypatch.setattr(w, "READ_BATCH_ROWS", 5)
     small = tmp_path / "small"
-    write_dataset(config(small), inputs[0])
+    small_config = config(small, buffer_bytes=20_000)  # executor.write_buffer_mb
+    assert w.scatter_buffer_bytes(small_config) == 20_000
+    write_dataset(small_config, inputs[0])
     for f in shard_files(out) + shard_files(out, "data/image_crop"):
         assert (small / os.path.relpath(f, out)).read_bytes() == Path(f).read_bytes()
 

@@ -20,7 +20,9 @@ from stages.write import write_dataset
 def _config(out: Path, kind: str, workers: int) -> PipelineConfig:
     return PipelineConfig.model_validate({
         "run": {"name": "write-workers", "seed": 11, "output_dir": str(out)},
-        "executor": {"kind": kind, "num_cpus": 2, "cpu_concurrency": 1, "write_workers": workers},
+        # several spill files per scatter task (write_buffer_mb: 30,000 bytes)
+        "executor": {"kind": kind, "num_cpus": 2, "cpu_concurrency": 1, "write_workers": workers,
+                     "write_buffer_mb": 30_000 / 2**20},
         "sources": [{"name": s, "format": "jsonl", "path": f"{s}.jsonl"} for s in SOURCES],
         "write": {"shard_rows": 6, "test_fraction": 0.25},
     })
@@ -46,7 +48,6 @@ def test_one_or_two_ray_workers_or_in_process_write_identical_bytes(ray_session,
     import stages.write as w
 
     monkeypatch.setattr(w, "READ_BATCH_ROWS", 4)
-    monkeypatch.setattr(w, "SCATTER_BUFFER_BYTES", 30_000)  # several spill files per scatter task
     dirs, rows = write_inputs(tmp_path / "in")
     runs = {}
     for kind, workers in (("ray", 1), ("ray", 2), ("local", 1)):

@@ -1,17 +1,26 @@
-"""Stage config sections on the pipeline config: each registered stage's ``Config`` model
-validates the section named after the stage, read as ``config.<stage>``.
+"""The base of every config section, and the stage sections as fields of the pipeline config.
 
-The sections are not fields of ``PipelineConfig``: they come from the stage
-classes (``pipeline.core.graph``), so adding a stage adds its section without
-touching the config module.  Unknown top-level keys still fail (extra=forbid),
-errors keep their full key path (``generate.temprature``), and the sections
-are part of every dump (``resolved()``, what workers and hashes see).
+Each registered stage's ``Config`` model is the section named after the stage
+(``config.generate``).  The config module never imports a stage (the layers point
+one way), so those sections cannot be written into ``PipelineConfig``'s class body:
+``full_model`` builds, from the stage registry (``pipeline.core.graph``), a subclass
+of the static ``PipelineConfig`` with one real pydantic field per stage section, in
+pipeline order, once per set of registered stages.  ``PipelineConfig(...)``,
+``PipelineConfig.model_validate(...)`` and ``PipelineConfig.model_json_schema()``
+go to that class, so adding a stage adds its section without touching the config
+module, and the sections are ordinary fields: validated with their full key path
+(``generate.temprature``), dumped after the static sections (``resolved()``, what
+workers and hashes see), copied by ``model_copy(update={"judge": ...})`` and
+described in the JSON schema and the reference (``pipeline.config.reference``).
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from functools import lru_cache
+from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from typing_extensions import Self
 
 
 class Section(BaseModel):
@@ -21,80 +30,134 @@ class Section(BaseModel):
 
 
 class StageSections(BaseModel):
-    """Base of ``PipelineConfig``: the stage sections, validated and dumped with it."""
+    """Base of ``PipelineConfig``: builds the full model (the static sections plus one field per
+    registered stage's section, ``full_model``) and hands construction, validation and the JSON
+    schema on to it.  A full model names its stage sections, in order, in its class attribute
+    ``__stage_sections__``; a static class has none."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    #: one section per stage, validated with the stage's own ``Config`` model and read
-    #: as ``config.<stage>`` (see ``_stage_sections``)
-    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        # ``PipelineConfig(run=...)`` builds the full model (pydantic then runs its __init__)
+        if _is_static(cls):
+            cls = cls.full_model(_packages_in(kwargs))
+        return super().__new__(cls)
 
-    @model_validator(mode="wrap")
     @classmethod
-    def _stage_sections(cls, data: Any, handler: Any) -> "StageSections":
-        """Validate each stage's section with the model the stage declares.
-
-        The sections are not fields of this class: they come from the registered
-        stages (``pipeline.core.graph``), so adding a stage adds its section without
-        touching this file.  Unknown top-level keys still fail (extra=forbid).
-        """
+    def full_model(cls, stage_packages: Iterable[str] = ()) -> type[Self]:
+        """The config model with a field for every registered stage's section (the stage
+        packages ``stage_packages`` names are loaded first)."""
         from pipeline.core import graph
 
-        if not isinstance(data, dict):
-            return handler(data)
-        registry = graph.load()
-        data = dict(data)
-        raw = {name: data.pop(name) for name in list(data)
-               if name in registry and registry[name].Config is not None}
-        errors: list = []
-        sections: dict[str, BaseModel] = {}
-        for name in graph.ordered():
-            model = registry[name].Config
-            if model is None:
-                continue
-            value = raw.get(name)
-            try:
-                sections[name] = value if isinstance(value, model) else model.model_validate(value or {})
-            except ValidationError as e:
-                errors += _prefixed_errors(e, (name,))
+        static = _static(cls)
+        registry = graph.load(stage_packages)
+        sections = tuple((name, registry[name].Config) for name in graph.ordered()
+                         if registry[name].Config is not None)
+        return _build(static, sections)
+
+    @classmethod
+    def _for(cls, data: Any) -> type:
+        """The class that validates ``data``: the full model once the stage packages it names are loaded."""
+        if not _is_static(cls):
+            return cls
+        packages = _packages_in(data)
         try:
-            config = handler(data)
-        except ValidationError as e:
-            errors = _prefixed_errors(e, ()) + errors
-            config = None
-        if errors:
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        config._sections = sections
-        config.check_with_sections()
-        return config
+            return cls.full_model(packages)
+        except ImportError as e:
+            if not any(e.name == p or (e.name or "").startswith(p + ".") for p in packages):
+                raise  # not a package the config names: a stage module's own import failed
+            raise ValidationError.from_exception_data(cls.__name__, [{
+                "type": "value_error", "loc": ("run", "stage_packages"), "input": packages,
+                "ctx": {"error": ValueError(f"cannot import stage package {e.name}: {e}")},
+            }]) from None
 
-    def check_with_sections(self) -> None:
-        """Checks that need the stage sections (run once they are set); raise ValueError."""
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        if _is_static(cls):
+            return cls._for(obj).model_validate(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
 
-    @model_serializer(mode="wrap")
-    def _dump_sections(self, handler: Any) -> dict:
-        out = handler(self)
-        for name, section in self._sections.items():
-            out[name] = section.model_dump(mode="json")
-        return out
+    @classmethod
+    def model_validate_json(cls, json_data: Any, **kwargs: Any) -> Self:
+        if _is_static(cls):
+            import json
 
-    def __getattr__(self, name: str) -> Any:
-        if not name.startswith("_"):
-            sections = (self.__pydantic_private__ or {}).get("_sections") or {}
-            if name in sections:
-                return sections[name]
-        return super().__getattr__(name)
+            return cls._for(json.loads(json_data)).model_validate_json(json_data, **kwargs)
+        return super().model_validate_json(json_data, **kwargs)
 
-    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> "StageSections":
-        """``update`` may replace stage sections too (``{"judge": judge_section}``)."""
-        update = dict(update or {})
-        replaced = {k: update.pop(k) for k in list(update) if k in self._sections}
-        copy = super().model_copy(update=update, deep=deep)
-        copy._sections = {**copy._sections, **replaced}
-        return copy
+    @classmethod
+    def model_validate_strings(cls, obj: Any, **kwargs: Any) -> Self:
+        if _is_static(cls):
+            return cls._for(obj).model_validate_strings(obj, **kwargs)
+        return super().model_validate_strings(obj, **kwargs)
+
+    @classmethod
+    def model_construct(cls, _fields_set: set[str] | None = None, **values: Any) -> Self:
+        if _is_static(cls):
+            return cls._for(values).model_construct(_fields_set, **values)
+        return super().model_construct(_fields_set, **values)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The JSON schema of the full model: every section, the stages' included."""
+        if _is_static(cls):
+            return cls.full_model().model_json_schema(*args, **kwargs)
+        return super().model_json_schema(*args, **kwargs)
+
+    def __reduce__(self) -> tuple:
+        """Pickled (Ray, multiprocessing) as its static class, its stage packages, its sections'
+        names and its state: the full model is rebuilt from the registry where it is unpickled."""
+        cls = type(self)
+        return _restore, (_static(cls), _packages_in(self), cls.__stage_sections__, self.__getstate__())
 
 
-def _prefixed_errors(err: ValidationError, prefix: tuple) -> list[dict]:
-    """A ValidationError's line errors with ``prefix`` put before their locations."""
-    return [{"type": e["type"], "loc": (*prefix, *e["loc"]), "input": e.get("input"), "ctx": e.get("ctx", {})}
-            for e in err.errors()]
+def _is_static(cls: type) -> bool:
+    """Whether ``cls`` is a static config class (``PipelineConfig``), not a built full model."""
+    return "__stage_sections__" not in cls.__dict__
+
+
+def _static(cls: type) -> type:
+    """The static config class of ``cls`` (itself, or the one a full model was built on)."""
+    return next(c for c in cls.__mro__ if _is_static(c))
+
+
+def _packages_in(data: Any) -> tuple[str, ...]:
+    """The stage packages a config's data names (``run.stage_packages``), where it is well-formed."""
+    run = data.get("run") if isinstance(data, dict) else getattr(data, "run", None)
+    packages = run.get("stage_packages") if isinstance(run, dict) else getattr(run, "stage_packages", None)
+    if isinstance(packages, (list, tuple)) and all(isinstance(p, str) for p in packages):
+        return tuple(packages)
+    return ()
+
+
+@lru_cache(maxsize=None)
+def _build(static: type, sections: tuple[tuple[str, type], ...]) -> type:
+    """A subclass of ``static`` with one field per stage section (name, model), in that order."""
+    from pipeline.core import graph
+
+    fields: dict[str, Any] = {
+        name: (model, Field(default_factory=model,
+                            description=f"The {name} stage: {_plain(graph.stage_class(name).help())}"))
+        for name, model in sections}
+    full = create_model(static.__name__, __base__=static, __module__=static.__module__,
+                        __doc__=static.__doc__, **fields)
+    full.__stage_sections__ = tuple(name for name, _ in sections)
+    full.__qualname__ = static.__qualname__
+    return full
+
+
+def _plain(text: str) -> str:
+    """A docstring line as a description: ``code`` as `code`, no pointers into design notes."""
+    text = re.sub(r"\s*\(DESIGN\.md[^)]*\)", "", text)
+    return re.sub(r"``([^`]+)``", r"`\1`", text)
+
+
+def _restore(static: type, stage_packages: tuple[str, ...], sections: tuple[str, ...], state: dict) -> Any:
+    """Unpickle a config: the full model with exactly the pickled sections, its state set."""
+    from pipeline.core import graph
+
+    registry = graph.load(stage_packages)
+    model = _build(static, tuple((name, registry[name].Config) for name in sections))
+    obj = model.__new__(model)
+    obj.__setstate__(state)
+    return obj

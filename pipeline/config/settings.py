@@ -9,8 +9,9 @@ change that affects a stage's output invalidates that stage's finished work.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -36,16 +37,31 @@ def ratio_range(v: tuple[float, float], name: str, upper: float | None = 1.0) ->
 
 
 class RunConfig(_Section):
-    name: str = "mmpr"
-    #: intermediate stage outputs (local path or a pyarrow/fsspec URI such as s3://...)
-    work_dir: str = "build/mmpr"
-    #: the final dataset folder
-    output_dir: str = "out/mmpr"
-    seed: int = 0
-    #: rows per partition: the unit of work, of resume and of retry
-    partition_rows: int = Field(256, ge=1)
-    #: the stages to run (default: every stage but the opt-in ones); always run in pipeline order
-    stages: list[str] = Field(default_factory=lambda: _default_stages())
+    """What is built and where: the build's name, folders, seed, partitions and stages."""
+    name: str = Field("mmpr", description=(
+        "The build's name: the dataset card's title, the manifest's name and the exports' dataset name "
+        "(not part of the config hash)"))
+    work_dir: str = Field("build/mmpr", description=(
+        "Where intermediate stage outputs, markers, logs and the run report go (a local path or a "
+        "pyarrow/fsspec URI such as s3://...)"))
+    output_dir: str = Field("out/mmpr", description="The final dataset folder (a local path or a URI)")
+    seed: int = Field(0, description=(
+        "The seed every random choice derives from (sampling, pair selection, crops, shuffle, split)"))
+    partition_rows: int = Field(256, ge=1, description="Rows per partition: the unit of work, of resume and of retry")
+    stages: list[str] = Field(default_factory=lambda: _default_stages(), description=(
+        "The stages to run (default: every stage but the opt-in ones); always run in pipeline order"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description=(
+        "Level of the pipeline's own log (DEBUG, INFO, WARNING, ERROR, CRITICAL) on the driver and the "
+        "workers; the environment variable MMPR_LOG_LEVEL overrides it"))
+    stage_packages: list[str] = Field(default_factory=list, description=(
+        "Python packages of stages besides the built-in `stages` package: every module in them is "
+        "imported, its Stage classes join the graph and their Config sections become sections of this "
+        "config (MMPR_STAGE_PACKAGES, comma-separated, adds more)"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
 
     @field_validator("stages")
     @classmethod
@@ -55,6 +71,10 @@ class RunConfig(_Section):
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; known stages: {order}")
         return [s for s in order if s in v]  # always run in pipeline order
+
+
+#: run keys that cannot change the data: outside the config hash (``data_config``)
+RUN_KEYS_NOT_HASHED = ("work_dir", "output_dir", "name", "log_level", "stage_packages")
 
 
 def _stage_order() -> list[str]:
@@ -70,31 +90,58 @@ def _default_stages() -> list[str]:
 
 
 class ExecutorConfig(_Section):
-    #: "ray": Ray Data (local Ray when address is null, a cluster otherwise); "local": in-process
-    kind: Literal["ray", "local"] = "ray"
-    address: Optional[str] = None
-    #: CPUs Ray may use on a local machine (null = all)
-    num_cpus: Optional[int] = Field(None, ge=1)
-    #: retries of a failed partition before its rows are quarantined
-    max_retries: int = Field(2, ge=0)
-    #: concurrency of CPU-only stages
-    cpu_concurrency: int = Field(2, ge=1)
-    #: the write stage's scatter/gather tasks at once (null = cpu_concurrency); here, not in
-    #: write:, because scheduling never changes the data (the executor is outside the config hash)
-    write_workers: Optional[int] = Field(None, ge=1)
-    #: Ray runtime_env for the workers, e.g. {working_dir: ".", pip: [...]} on a cluster
-    #: whose nodes do not have mmpr-forge installed
-    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    """Where and how stages run.  Scheduling only: none of these keys changes the data, so
+    the section is outside the config hash and the stage hashes."""
+    kind: Literal["ray", "local"] = Field("ray", description=(
+        '"ray": Ray (a local Ray when address is null, a cluster otherwise); "local": in-process, no Ray'))
+    address: Optional[str] = Field(None, description=(
+        "A Ray cluster's address (HEAD_IP:6379 or ray://...); null = RAY_ADDRESS if set, else a local Ray"))
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs Ray may use on a local machine (null = all)")
+    max_retries: int = Field(2, ge=0, description="Retries of a failed partition before its rows are quarantined")
+    cpu_concurrency: int = Field(2, ge=1, description="Partitions of CPU-only stages run at once")
+    write_workers: Optional[int] = Field(None, ge=1, description=(
+        "The write stage's scatter/gather tasks at once (null = cpu_concurrency); here, not in write:, "
+        "because scheduling never changes the data"))
+    write_buffer_mb: float = Field(64.0, gt=0, description=(
+        "Memory (MiB) each write scatter task fills with rows before it spills them to bucket files; "
+        "the shards are the same bytes whatever it is.  The environment variable MMPR_WRITE_BUFFER_MB "
+        "overrides it"))
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description=(
+        'Ray runtime_env for the workers, e.g. {working_dir: ".", pip: [...]} on a cluster whose nodes '
+        "do not have mmpr-forge installed"))
 
 
 class PipelineConfig(StageSections):
-    run: RunConfig = Field(default_factory=RunConfig)
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    sources: list[SourceConfig] = Field(default_factory=list)
-    #: prompt templates as data, besides the built-in ones (pipeline.config.templates)
-    templates: list[TemplateConfig] = Field(default_factory=list)
+    """The pipeline config: the sections below, then one per registered stage (``config.generate``).
+
+    This class holds the sections every build has; the stage sections are fields of the
+    full model built from the stage registry (``pipeline.config.sections``), which
+    ``PipelineConfig(...)``, ``model_validate`` and ``model_json_schema`` use.  Its
+    instances are instances of this class.
+    """
+    run: RunConfig = Field(default_factory=RunConfig, description=RunConfig.__doc__)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description=(
+        "Where and how stages run (Ray or in-process, retries, concurrency); outside the config hash"))
+    model: ModelConfig = Field(default_factory=ModelConfig, description=ModelConfig.__doc__)
+    engine: EngineConfig = Field(default_factory=EngineConfig, description=(
+        "How many vLLM engines run, what each one gets, and how it schedules; outside the config hash "
+        "(but batch_invariant)"))
+    sources: list[SourceConfig] = Field(default_factory=list, description=(
+        "The input datasets, each read, validated and normalised by ingest (names must be unique)"))
+    templates: list[TemplateConfig] = Field(default_factory=list, description=(
+        "Prompt templates as data, besides the built-in ones (pipeline.config.templates)"))
+
+    if TYPE_CHECKING:  # the stage sections are fields of the full model only: Any to type checkers
+        def __getattr__(self, name: str) -> Any: ...
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_stage_sections(cls, data: Any) -> Any:
+        """An empty stage section in the YAML (``judge:``) is that section's defaults."""
+        names = getattr(cls, "__stage_sections__", ())
+        if isinstance(data, dict) and any(data.get(n, {}) is None for n in names):
+            data = {k: v for k, v in data.items() if not (k in names and v is None)}
+        return data
 
     @model_validator(mode="after")
     def _unique_sources(self) -> "PipelineConfig":
@@ -105,6 +152,7 @@ class PipelineConfig(StageSections):
         return self
 
     def check_with_sections(self) -> None:
+        """Checks across the stage sections (run once every section is validated); raise ValueError."""
         from pipeline.core import graph
 
         for name in graph.ordered():  # each stage's checks across sections (token budgets, ...)
@@ -174,6 +222,12 @@ class PipelineConfig(StageSections):
                         "and lower it for the sources that need less")
         return self
 
+    @model_validator(mode="after")
+    def _with_sections(self) -> "PipelineConfig":
+        """Last: the checks across the stage sections (``check_with_sections``)."""
+        self.check_with_sections()
+        return self
+
 
     def source(self, name: str) -> SourceConfig | None:
         return next((s for s in self.sources if s.name == name), None)
@@ -188,11 +242,11 @@ class PipelineConfig(StageSections):
         return self.model_dump(mode="json")
 
     def data_config(self) -> dict:
-        """The resolved config minus what cannot change the data (paths, scheduling)."""
+        """The resolved config minus what cannot change the data (paths, scheduling, logging)."""
         d = self.resolved()
         d.pop("executor")
         d.pop("engine")
-        d["run"] = {k: v for k, v in d["run"].items() if k not in ("work_dir", "output_dir", "name")}
+        d["run"] = {k: v for k, v in d["run"].items() if k not in RUN_KEYS_NOT_HASHED}
         return d
 
     def config_hash(self) -> str:
@@ -253,12 +307,10 @@ def _unknown_key(parts: list[str]) -> str:
 
 def _keys_at(section: list[str]) -> list[str]:
     """The keys the config accepts under ``section`` ([]: the top level; list items by index)."""
-    from pipeline.core import graph
-
-    stages = {name: cls.Config for name, cls in graph.load().items() if cls.Config is not None}
+    fields = PipelineConfig.full_model().model_fields
     if not section:
-        return sorted([*PipelineConfig.model_fields, *stages])
-    model = stages.get(section[0]) or _model_in(PipelineConfig.model_fields.get(section[0]))
+        return sorted(fields)
+    model = _model_in(fields.get(section[0]))
     for part in section[1:]:
         if model is None:
             return []
@@ -307,29 +359,50 @@ def _set_dotted(data: dict, dotted: str, value: Any, origin: str) -> None:
         node[leaf] = value
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None,
+#: environment variables that override a config key: the file's value gives way to the
+#: variable's, which a ``--set`` of the key overrides in turn
+ENV_OVERRIDES = {
+    "MMPR_LOG_LEVEL": "run.log_level",
+    "MMPR_WRITE_BUFFER_MB": "executor.write_buffer_mb",
+}
+
+
+def env_overrides() -> dict[str, tuple[str, str]]:
+    """The config keys the environment sets now: dotted key -> (variable, value)."""
+    return {key: (var, os.environ[var]) for var, key in ENV_OVERRIDES.items() if os.environ.get(var, "").strip()}
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
                 origins: dict[str, str] | None = None) -> PipelineConfig:
     """Load and validate a YAML config; raise ConfigError with key paths.
 
-    ``overrides`` maps dotted keys to values ("run.output_dir": "out/x"); ``origins`` maps
-    them to the command-line arguments that set them ("--set run.output_dir=out/x"), so
-    that a wrong value is reported as the argument the user typed, not as the file.
-    Relative source paths are resolved against the current directory.
+    ``path`` None: no file (every key at its default).  The environment variables of
+    ``ENV_OVERRIDES`` then set their keys.  ``overrides`` maps dotted keys to values
+    ("run.output_dir": "out/x"); ``origins`` maps them to the command-line arguments
+    that set them ("--set run.output_dir=out/x"), so that a wrong value is reported as
+    the argument the user typed (or the variable), not as the file.  Relative source
+    paths are resolved against the current directory.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
     overrides = overrides or {}
     origins = {key: (origins or {}).get(key, f"override {key}") for key in overrides}
+    for dotted, (var, value) in env_overrides().items():
+        if dotted not in overrides:
+            _set_dotted(data, dotted, value.strip(), f"{var}={value}")
+            origins[dotted] = f"{var}={value}"
     for dotted, value in overrides.items():
         _set_dotted(data, dotted, value, origins[dotted])
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, str(path), origins)) from None
+        raise ConfigError(_format_error(e, str(path) if path is not None else "config", origins)) from None

@@ -1,8 +1,9 @@
 """The stage graph, derived from the stage classes alone.
 
-Stages live in the packages named by ``STAGE_PACKAGES`` (plus any listed in
-``MMPR_STAGE_PACKAGES``, comma-separated); every module there is imported
-once and its ``Stage`` subclasses register themselves.  The framework never
+Stages live in the packages named by ``STAGE_PACKAGES``, plus the config's
+``run.stage_packages`` and any listed in the ``MMPR_STAGE_PACKAGES`` environment
+variable (comma-separated); every module there is imported once and its
+``Stage`` subclasses register themselves.  The framework never
 names a stage: order, inputs and hashes all come from what the classes declare.
 
 * **order**: a topological order of the ``after``/``feeds`` edges, ties broken
@@ -21,7 +22,7 @@ import json
 import os
 import pkgutil
 from functools import reduce
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pipeline.core.seeds import stable_hash
 from pipeline.core.stage import REGISTRY, Stage
@@ -34,10 +35,17 @@ STAGE_PACKAGES = ("stages",)
 _loaded: set[str] = set()
 
 
-def load() -> dict[str, type[Stage]]:
-    """Import every stage module once; returns the registry (name -> class)."""
-    extra = [p for p in os.environ.get("MMPR_STAGE_PACKAGES", "").split(",") if p.strip()]
-    for package in (*STAGE_PACKAGES, *extra):
+def env_packages() -> list[str]:
+    """The stage packages ``MMPR_STAGE_PACKAGES`` names (comma-separated)."""
+    return [p.strip() for p in os.environ.get("MMPR_STAGE_PACKAGES", "").split(",") if p.strip()]
+
+
+def load(extra: Iterable[str] = ()) -> dict[str, type[Stage]]:
+    """Import every stage module once; returns the registry (name -> class).
+
+    ``extra``: stage packages besides ``STAGE_PACKAGES`` and ``MMPR_STAGE_PACKAGES`` (the
+    config's ``run.stage_packages``); a package, once loaded, stays loaded."""
+    for package in dict.fromkeys((*STAGE_PACKAGES, *env_packages(), *extra)):
         if package in _loaded:
             continue
         pkg = importlib.import_module(package)

@@ -52,8 +52,8 @@ class _EngineWorker:
         from pipeline.engine.engine import Engine
         from pipeline.run.logs import setup_logging
 
-        setup_logging()
         self.config = PipelineConfig.model_validate(config)
+        setup_logging(self.config.run.log_level)
         self.stages: dict = {}
         self.engine = Engine(self._stage(stage_name).engine_config())
 

@@ -60,8 +60,8 @@ def _cpu_partition(config: dict, stage_name: str, task: dict) -> dict:
     from pipeline.core.graph import make_stage
     from pipeline.run.logs import setup_logging
 
-    setup_logging()
     cfg = PipelineConfig.model_validate(config)
+    setup_logging(cfg.run.log_level)
     t = Task.from_dict(task)
     record_attempt(t)
     return run_task(make_stage(stage_name, cfg), t, None, cfg.executor.max_retries).to_dict()

@@ -30,17 +30,23 @@ from schemas.records import pair_row, response_provenance
 
 
 class CorrectnessConfig(Section):
-    threshold: float = Field(0.9, ge=0, le=1)
-    max_pairs_per_prompt: int = Field(15, ge=1)
-    numeric_rel_tol: float = Field(1e-3, ge=0)
-    anls_cutoff: float = Field(0.5, ge=0, le=1)
-    #: extraction style; null = the one the generate template asks for
-    extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = None
-    #: use unparseable responses as rejected, tagged method "format"
-    format_negatives: bool = True
-    max_format_pairs_per_prompt: int = Field(3, ge=0)
-    #: prefer rejected responses whose length is within this ratio of chosen (null = off)
-    length_balance_ratio: Optional[float] = Field(None, gt=1)
+    threshold: float = Field(0.9, ge=0, le=1, description=(
+        "A response is correct when its match score is above this (exact and rule matches score 1, ANLS between 0 "
+        "and 1)"))
+    max_pairs_per_prompt: int = Field(15, ge=1, description=(
+        "Most right x wrong pairs made from one prompt's responses"))
+    numeric_rel_tol: float = Field(1e-3, ge=0, description="Relative tolerance of numeric matches (0.001 = 0.1%)")
+    anls_cutoff: float = Field(0.5, ge=0, le=1, description=(
+        "ANLS answers (answer_type anls) scoring below this similarity score 0 (DocVQA's 0.5)"))
+    extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = Field(None, description=(
+        "How final answers are read from responses: final_answer, boxed, think, any; null = the style of the "
+        "prompt's template"))
+    format_negatives: bool = Field(True, description=(
+        'Also use unparseable responses (no final answer) as rejected, in pairs of method "format"'))
+    max_format_pairs_per_prompt: int = Field(3, ge=0, description=(
+        "Most format pairs made from one prompt's responses"))
+    length_balance_ratio: Optional[float] = Field(None, gt=1, description=(
+        "Prefer rejected responses whose length is within this ratio of the chosen's (null = off)"))
 
 
 class CorrectnessStage(RowStage):

@@ -27,18 +27,21 @@ from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import assistant_turn, pair_row, response_provenance, user_turn
 
 class DropoutNTPConfig(Section):
-    ratio: float = 0.5
-    unit: Literal["words", "tokens"] = "words"
-    #: keep the image in the continuation request (ablation); MMPR drops it
-    keep_image: bool = False
-    #: which sample becomes chosen: the first one, or the first that passes basic checks
-    selection: Literal["first", "filtered"] = "filtered"
-    #: also run on correct responses of ground-truth prompts
-    on_correct: bool = False
-    max_tokens: int = Field(1024, ge=1)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(50, ge=-1)
+    ratio: float = Field(0.5, description=(
+        "Fraction of the chosen response kept as the prefix the model continues without the image (between 0 and 1; "
+        "MMPR: 0.5)"))
+    unit: Literal["words", "tokens"] = Field("words", description=(
+        "What ratio counts: whitespace-separated words (as the released MMPR code) or model tokens"))
+    keep_image: bool = Field(False, description=(
+        "Keep the image in the continuation request (an ablation); MMPR drops it"))
+    selection: Literal["first", "filtered"] = Field("filtered", description=(
+        "Which sample becomes chosen: the first one, or the first that passes basic checks"))
+    on_correct: bool = Field(False, description=(
+        "Also make DropoutNTP pairs from correct responses of ground-truth prompts"))
+    max_tokens: int = Field(1024, ge=1, description="Most new tokens of a continuation")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the continuation (0 = greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the continuation (1 = all tokens)")
+    top_k: int = Field(50, ge=-1, description="Top-k sampling of the continuation (-1 = all tokens)")
 
     @field_validator("ratio")
     @classmethod

@@ -33,18 +33,19 @@ from schemas import PAIR_SCHEMA
 from schemas.records import turn_text
 
 class FilterConfig(Section):
-    #: single-text rule name -> params dict, true or false (see methods.quality.DEFAULT_RULES)
-    rules: dict[str, Any] = Field(default_factory=dict)
-    #: pair rules (identical, length_ratio) -> params dict, true or false
-    pair_rules: dict[str, Any] = Field(default_factory=dict)
-    #: require a parseable final answer in chosen responses of correctness/format pairs
-    require_final_answer: bool = True
-    #: keep a pair whose rejected text failed a rule that still leaves it a valid negative
-    #: (repetition, never_ends...); empty or garbled rejected texts always drop the pair
-    keep_pairs_with_bad_rejected: bool = True
-    #: overrides of ``rules`` per method / per source (e.g. dropout_ntp: {never_ends: false})
-    per_method: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    per_source: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    rules: dict[str, Any] = Field(default_factory=dict, description=(
+        "Single-text rules: rule name -> params dict, true or false (methods.quality.DEFAULT_RULES)"))
+    pair_rules: dict[str, Any] = Field(default_factory=dict, description=(
+        "Pair rules (identical, length_ratio) -> params dict, true or false"))
+    require_final_answer: bool = Field(True, description=(
+        "Require a parseable final answer in chosen responses of correctness/format pairs"))
+    keep_pairs_with_bad_rejected: bool = Field(True, description=(
+        "Keep a pair whose rejected text failed a rule that still leaves it a valid negative (repetition, "
+        "never_ends...); empty or garbled rejected texts always drop the pair"))
+    per_method: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Overrides of rules per pair method (e.g. dropout_ntp: {never_ends: false})"))
+    per_source: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Overrides of rules per source (they win over per_method)"))
 
     @model_validator(mode="after")
     def _known_rules(self) -> "FilterConfig":

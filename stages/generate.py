@@ -44,22 +44,23 @@ from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 class AdaptiveConfig(Section):
     """Sampling in rounds (``methods.adaptive``); off = every prompt draws ``generate.n``."""
-    enabled: bool = False
-    #: cumulative samples after each round; the last is capped at (and extended to) generate.n
-    rounds: list[int] = Field(default_factory=lambda: [4, 8, 12, 16, 24, 32])
-    #: "pairs": stop once correctness.max_pairs_per_prompt distinct right x wrong pairs exist
-    #: with every response in at most max_reuse of them; "both": at least min_each right and
-    #: min_each wrong answers
-    stop: Literal["pairs", "both"] = "pairs"
-    max_reuse: int = Field(8, ge=1)
-    min_each: int = Field(1, ge=1)
-    #: give up on a prompt whose samples are all right after this many (null: never)
-    all_right_after: Optional[int] = Field(8, ge=1)
-    #: give up on a prompt with no right sample after this many (null: the whole budget)
-    all_wrong_after: Optional[int] = Field(None, ge=1)
-    #: prompts without ground truth: samples drawn one at a time until one passes
-    #: DropoutNTP's selection rules, at most this many
-    no_gt_max: int = Field(4, ge=1)
+    enabled: bool = Field(False, description=(
+        "Sample in rounds, stopping each prompt once its pairs have what they need; false = every prompt draws "
+        "generate.n samples"))
+    rounds: list[int] = Field(default_factory=lambda: [4, 8, 12, 16, 24, 32], description=(
+        "Cumulative samples after each round; the last is capped at (and extended to) generate.n"))
+    stop: Literal["pairs", "both"] = Field("pairs", description=(
+        '"pairs": stop once correctness.max_pairs_per_prompt distinct right x wrong pairs exist with every response '
+        'in at most max_reuse of them; "both": at least min_each right and min_each wrong answers'))
+    max_reuse: int = Field(8, ge=1, description="With stop: pairs, the most pairs one response may be part of")
+    min_each: int = Field(1, ge=1, description="With stop: both, the right and the wrong answers a prompt needs (each)")
+    all_right_after: Optional[int] = Field(8, ge=1, description=(
+        "Give up on a prompt whose samples are all right after this many (null: never)"))
+    all_wrong_after: Optional[int] = Field(None, ge=1, description=(
+        "Give up on a prompt with no right sample after this many (null: the whole budget)"))
+    no_gt_max: int = Field(4, ge=1, description=(
+        "Prompts without ground truth: samples drawn one at a time until one passes DropoutNTP's selection rules, "
+        "at most this many"))
 
     @model_validator(mode="after")
     def _increasing(self) -> "AdaptiveConfig":
@@ -71,19 +72,21 @@ class AdaptiveConfig(Section):
 
 
 class GenerateConfig(Section):
-    #: prompt template id or group (built-in, or one of the config's ``templates``)
-    template: str = "mmpr_final_answer"
-    #: samples per prompt (adaptive sampling: at most this many)
-    n: int = Field(8, ge=1, le=256)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(50, ge=-1)
-    max_tokens: int = Field(1024, ge=1)
-    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
-    #: record each response's summed log-prob as sampled (``RESPONSE_TYPE.logprob``): the
-    #: grounding stage then scores the sampled texts with their image without a request of
-    #: its own.  null = when the run includes the grounding stage
-    logprobs: Optional[bool] = None
+    template: str = Field("mmpr_final_answer", description=(
+        "Prompt template id or group (built-in, or one of the config's templates) of ground-truth prompts; "
+        "sources[].template overrides it per source"))
+    n: int = Field(8, ge=1, le=256, description="Samples per prompt (adaptive sampling: at most this many)")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description=(
+        "Nucleus sampling: draw from the most likely tokens that make up this much probability (1 = all)"))
+    top_k: int = Field(50, ge=-1, description="Draw from the k most likely tokens (-1 = all)")
+    max_tokens: int = Field(1024, ge=1, description="Most new tokens of a sampled response")
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig, description=(
+        "Adaptive sampling: samples drawn in rounds, a prompt stops when its pairs have what they need"))
+    logprobs: Optional[bool] = Field(None, description=(
+        "Record each response's summed log-prob as sampled (responses.logprob): the grounding stage then scores the "
+        "sampled texts with their image without a request of its own; null = when the run includes the grounding "
+        "stage"))
 
     def stop_rule(self, max_pairs: int) -> StopRule:
         a = self.adaptive

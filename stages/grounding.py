@@ -47,26 +47,30 @@ from schemas.records import assistant_turn, turn_text
 class GroundingThresholds(BaseModel):
     """Removal thresholds; null = rule off.  Gains are mean log-prob per token (nats)."""
     model_config = ConfigDict(extra="forbid")
-    #: every pair with an image: chosen's image gain (with minus without) at least this
-    min_chosen_image_gain: Optional[float] = None
-    #: dropout_ntp: chosen's image gain minus rejected's at least this (0 = rejected less grounded)
-    min_grounding_margin: Optional[float] = None
-    #: image_crop: chosen's gain from the original image to the crop at least this
-    min_crop_gain: Optional[float] = None
+    min_chosen_image_gain: Optional[float] = Field(None, description=(
+        "Every pair with an image: chosen's image gain (mean log-prob per token with minus without the image) at "
+        "least this; null = off"))
+    min_grounding_margin: Optional[float] = Field(None, description=(
+        "dropout_ntp pairs: chosen's image gain minus rejected's at least this (0 = rejected less grounded); null = "
+        "off"))
+    min_crop_gain: Optional[float] = Field(None, description=(
+        "image_crop pairs: chosen's crop gain (mean log-prob per token with the original image minus with the crop) "
+        "at least this; null = off"))
 
 
 class GroundingConfig(Section):
     """The grounding stage's config section (``grounding:``)."""
-    #: run the stage even when run.stages does not list it (an opt-in stage)
-    enabled: bool = False
-    thresholds: GroundingThresholds = Field(default_factory=GroundingThresholds)
-    #: overrides per method / per source (source wins), e.g. {image_crop: {min_crop_gain: 0.05}}
-    per_method: dict[str, GroundingThresholds] = Field(default_factory=dict)
-    per_source: dict[str, GroundingThresholds] = Field(default_factory=dict)
-    #: score a sampled text with its image from the log-probs generation returned while
-    #: sampling it (``generate.logprobs``), when the scoring request would send exactly the
-    #: tokens it was sampled after; false = a prefill request for every text
-    reuse_sampled_logprobs: bool = True
+    enabled: bool = Field(False, description="Run the stage even when run.stages does not list it (an opt-in stage)")
+    thresholds: GroundingThresholds = Field(default_factory=GroundingThresholds, description=(
+        "Removal thresholds of every pair; null = rule off (gains in nats per token)"))
+    per_method: dict[str, GroundingThresholds] = Field(default_factory=dict, description=(
+        "Threshold overrides per pair method, e.g. {image_crop: {min_crop_gain: 0.05}}"))
+    per_source: dict[str, GroundingThresholds] = Field(default_factory=dict, description=(
+        "Threshold overrides per source (they win over per_method)"))
+    reuse_sampled_logprobs: bool = Field(True, description=(
+        "Score a sampled text with its image from the log-probs generation returned while sampling it "
+        "(generate.logprobs) when the scoring request would send exactly the tokens it was sampled after; false = a "
+        "prefill request for every text"))
 
     @field_validator("per_method")
     @classmethod

@@ -32,16 +32,20 @@ from schemas.records import pair_row, response_provenance
 
 
 class ImageCropConfig(Section):
-    #: fraction of prompts (chosen by a seeded hash of sample_id) that get a crop pair
-    fraction: float = Field(0.5, ge=0, le=1)
-    area: tuple[float, float] = (0.01, 0.2)
-    aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    #: "same": chosen = rejected = one response; "pair": reuse a pair's texts
-    text: Literal["same", "pair"] = "same"
-    jpeg_quality: int = Field(95, ge=1, le=100)
-    #: skip a crop pair whose rejected image differs from the original by less than this
-    #: (largest 32x32-thumbnail difference in grey levels, methods/crop_signal.py); 0 = off
-    min_difference: float = Field(16.0, ge=0, le=255)
+    fraction: float = Field(0.5, ge=0, le=1, description=(
+        "Fraction of prompts (chosen by a seeded hash of sample_id) that get a crop pair"))
+    area: tuple[float, float] = Field((0.01, 0.2), description=(
+        "The crop keeps between these fractions of the image's area [low, high] (mDPO: 1-20%)"))
+    aspect: tuple[float, float] = Field((3 / 4, 4 / 3), description=(
+        "The crop's aspect ratio (width / height) is drawn between these [low, high]"))
+    text: Literal["same", "pair"] = Field("same", description=(
+        '"same": chosen = rejected = one response, correct where there is ground truth (only the image differs); '
+        '"pair": a right response as chosen and a wrong one as rejected where there is one'))
+    jpeg_quality: int = Field(95, ge=1, le=100, description=(
+        "JPEG quality of a re-encoded JPEG crop (other formats become PNG, lossless)"))
+    min_difference: float = Field(16.0, ge=0, le=255, description=(
+        "Skip a crop pair whose rejected image differs from the original by less than this (largest 32x32-thumbnail "
+        "difference in grey levels, methods/crop_signal.py); 0 = off"))
 
     @field_validator("area")
     @classmethod

@@ -25,10 +25,11 @@ from schemas import ANSWER_TYPES, PROMPT_SCHEMA
 
 
 class IngestConfig(Section):
-    #: questions longer than this are quarantined (a runaway field, not a prompt)
-    max_question_chars: int = Field(20_000, ge=1)
-    #: rows without any image are quarantined (this is a multimodal pipeline)
-    require_image: bool = True
+    max_question_chars: int = Field(20_000, ge=1, description=(
+        "Questions longer than this are quarantined (a runaway field, not a prompt)"))
+    require_image: bool = Field(True, description=(
+        "Quarantine rows without any image (this is a multimodal pipeline); sources[].require_image overrides it "
+        "per source"))
 
 
 def sample_id_for(source: str, row_key: str) -> str:

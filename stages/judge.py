@@ -25,21 +25,23 @@ from schemas.records import turn_text, user_turn
 
 class JudgeConfig(Section):
     """Optional LLM/VLM judge (LLaVA-RLHF-style factually augmented scoring)."""
-    #: judge model (local folder or hub id); null = the policy model of this run
-    model: Optional[str] = None
-    #: rubric template with {question}, {facts} and {response} placeholders; null = the built-in one
-    rubric: Optional[str] = None
-    #: what the judge is told as facts: the ground truth and/or the source's facts field
-    facts: list[Literal["ground_truth", "facts"]] = Field(default_factory=lambda: ["ground_truth", "facts"])
-    #: show the image to the judge (VLM judges)
-    with_image: bool = True
-    score_range: tuple[float, float] = (1, 10)
-    #: drop pairs whose chosen scores below this (null = off)
-    min_chosen_score: Optional[float] = None
-    #: drop pairs where chosen does not outscore rejected by this much (null = off)
-    margin: Optional[float] = None
-    max_tokens: int = Field(64, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    model: Optional[str] = Field(None, description=(
+        "Judge model (local folder or hub id); null = the policy model of this run"))
+    rubric: Optional[str] = Field(None, description=(
+        "Rubric template with {question}, {facts} and {response} placeholders; null = the built-in one"))
+    facts: list[Literal["ground_truth", "facts"]] = Field(
+        default_factory=lambda: ["ground_truth", "facts"],
+        description="What the judge is told as facts: the ground truth and/or the source's facts field")
+    with_image: bool = Field(True, description="Show the image to the judge (VLM judges)")
+    score_range: tuple[float, float] = Field((1, 10), description=(
+        "The scores the rubric asks for [lowest, highest]; a reply outside it is no score"))
+    min_chosen_score: Optional[float] = Field(None, description=(
+        "Drop pairs whose chosen scores below this (null = off)"))
+    margin: Optional[float] = Field(None, description=(
+        "Drop pairs where chosen does not outscore rejected by this much (null = off)"))
+    max_tokens: int = Field(64, ge=1, description="Most new tokens of a judge reply")
+    temperature: float = Field(0.0, ge=0, description=(
+        "Sampling temperature of the judge (0 = greedy; an unparseable reply is retried once with another seed)"))
 
     @field_validator("rubric")
     @classmethod

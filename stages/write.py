@@ -75,10 +75,11 @@ TMP_PREFIX = ".write-tmp-"
 
 
 class WriteConfig(Section):
-    shard_rows: int = Field(5000, ge=1)
-    test_fraction: float = Field(0.0, ge=0, lt=1)
-    #: trainer layouts written under OUT/exports/ (the formats publish.exports knows)
-    exports: list[str] = Field(default_factory=list)
+    shard_rows: int = Field(5000, ge=1, description="Rows per Parquet shard of the dataset")
+    test_fraction: float = Field(0.0, ge=0, lt=1, description=(
+        "Fraction of prompts whose pairs go to the test split (split by prompt; 0 = train only)"))
+    exports: list[str] = Field(default_factory=list, description=(
+        "Trainer layouts written under OUT/exports/ by the export stage (the formats publish.exports knows)"))
 
     @field_validator("exports")
     @classmethod

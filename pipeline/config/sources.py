@@ -12,17 +12,18 @@ from schemas import ANSWER_TYPES
 
 class TemplateConfig(Section):
     """A prompt template as data (e.g. the exact instruction a reference pipeline used)."""
-    id: str
-    #: the user-turn text; {question} is replaced by the question (other braces stay as they are)
-    text: str
-    #: an optional system turn sent before the user turn
-    system: Optional[str] = None
-    #: how answers to this prompt are read back (methods.extract styles)
-    extraction: Literal["final_answer", "boxed", "think", "any", "final_answer_zh"] = "final_answer"
-    #: language of the text (en, zh, ...); "any" = every language
-    language: str = "en"
-    #: templates sharing a group are language variants of one prompt (default: the id)
-    group: Optional[str] = None
+    id: str = Field(description=(
+        "The template's id, as generate.template and sources[].template name it (or its group)"))
+    text: str = Field(description=(
+        "The user-turn text; {question} is replaced by the question (other braces stay as they are)"))
+    system: Optional[str] = Field(None, description="An optional system turn sent before the user turn")
+    extraction: Literal["final_answer", "boxed", "think", "any", "final_answer_zh"] = Field(
+        "final_answer",
+        description="How answers to this prompt are read back: final_answer, boxed, think, any, final_answer_zh "
+                    "(methods.extract)")
+    language: str = Field("en", description='Language of the text (en, zh, ...); "any" = every language')
+    group: Optional[str] = Field(None, description=(
+        "Templates sharing a group are language variants of one prompt (default: the id)"))
 
     @field_validator("text")
     @classmethod
@@ -33,37 +34,43 @@ class TemplateConfig(Section):
 
 
 class SourceConfig(Section):
-    name: str
-    format: Literal["jsonl", "parquet", "hf", "mmpr", "image_folder"]
-    path: str
-    #: images referenced by relative paths are resolved against this root (default: the file's folder)
-    image_root: Optional[str] = None
-    #: further roots absolute image references (paths, file://, s3://bucket/prefix, gs://...)
-    #: may point into; any reference outside image_root and these is quarantined as
-    #: image_uri_not_allowed before anything is read
-    allowed_image_roots: list[str] = Field(default_factory=list)
-    #: prompt template id or group for this source's ground-truth prompts (null = generate.template)
-    template: Optional[str] = None
-    #: picks the template's language variant: auto = zh when the file name contains "_zh_", else en
-    language: str = "auto"
-    #: quarantine rows without an image (null = ingest.require_image; false for format mmpr,
-    #: whose prompt files hold text-only items)
-    require_image: Optional[bool] = None
-    split: str = "train"
-    answer_type: str = "auto"
-    #: ChartQA-style 5% relaxed numeric accuracy
-    relaxed_numeric: bool = False
-    #: accept True/False as yes/no
-    true_false: bool = False
-    #: rename columns: canonical name -> column in the source
-    fields: dict[str, str] = Field(default_factory=dict)
-    #: question used for image_folder sources and rows without one
-    default_question: Optional[str] = None
-    limit: Optional[int] = Field(None, ge=1)
-    #: multimodal processor arguments for this source's prompts, merged over
-    #: model.mm_processor_kwargs per request (e.g. InternVL {max_dynamic_patch: 24} for
-    #: documents, 6 for natural images; Qwen2.5-VL {min_pixels: ..., max_pixels: ...})
-    mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description=(
+        "The source's name: unique; rows, pairs and the report carry it, per_source settings use it"))
+    format: Literal["jsonl", "parquet", "hf", "mmpr", "image_folder"] = Field(description=(
+        "How the source is read: jsonl, parquet, hf (a hub dataset or a saved one), mmpr (InternVL's MMPR prompt "
+        "files) or image_folder (images with optional .txt captions)"))
+    path: str = Field(description="The file, folder, hub dataset id or object-store URI to read")
+    image_root: Optional[str] = Field(None, description=(
+        "Images referenced by relative paths are resolved against this root (default: the file's folder)"))
+    allowed_image_roots: list[str] = Field(default_factory=list, description=(
+        "Further roots that absolute image references (paths, file://, s3://bucket/prefix, gs://...) may point "
+        "into; a reference outside image_root and these is quarantined as image_uri_not_allowed before anything is "
+        "read"))
+    template: Optional[str] = Field(None, description=(
+        "Prompt template id or group for this source's ground-truth prompts (null = generate.template)"))
+    language: str = Field("auto", description=(
+        "Picks the template's language variant: auto = zh when the file name contains \"_zh_\", else en"))
+    require_image: Optional[bool] = Field(None, description=(
+        "Quarantine rows without an image (null = ingest.require_image; false for format mmpr, whose prompt files "
+        "hold text-only items)"))
+    split: str = Field("train", description="The split read from an hf source")
+    answer_type: str = Field("auto", description=(
+        "How answers are matched: auto (inferred from the answer and choices), multiple_choice, integer, number, "
+        "yes_no, word, text, anls, math or open; a row's own answer_type wins"))
+    relaxed_numeric: bool = Field(False, description=(
+        "Accept numbers within 5% of the ground truth (ChartQA's relaxed accuracy)"))
+    true_false: bool = Field(False, description="Accept True/False as yes/no")
+    fields: dict[str, str] = Field(default_factory=dict, description=(
+        "Rename columns: canonical name (id, question, answer, image, images, choices, answer_type, facts) -> the "
+        "column in the source"))
+    default_question: Optional[str] = Field(None, description=(
+        "Question used for image_folder sources and rows without one"))
+    limit: Optional[int] = Field(None, ge=1, description=(
+        "Read at most this many rows, from the start of the source (null = all)"))
+    mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "Multimodal processor arguments for this source's prompts, merged over model.mm_processor_kwargs per "
+        "request (e.g. InternVL {max_dynamic_patch: 24} for documents, 6 for natural images; Qwen2.5-VL "
+        "{min_pixels: ..., max_pixels: ...}); a max_* value may not exceed the model's"))
 
     @field_validator("answer_type")
     @classmethod

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline {run,stage,export,report,tiny-model,sample-data}``.
+"""Command line: ``python -m pipeline {run,stage,export,report,config,tiny-model,sample-data}``.
 
 Config mistakes exit with status 2 and one message per wrong key, before any
 work starts.
@@ -102,6 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-method", type=int, default=20,
                    help="with --input: sampled pairs shown per method (default: %(default)s)")
 
+    p = sub.add_parser("config", help="print every config key with its type, default and description, "
+                                      "or (--config/--set) a config's resolved values")
+    p.add_argument("--config", help="a YAML config: print the resolved value of each of its keys")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set generate.n=16 (repeatable; without --config: "
+                        "over the defaults)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true", help="the reference as Markdown (docs/config.md)")
+    form.add_argument("--json-schema", action="store_true",
+                      help="the config model as a JSON schema (docs/config.schema.json)")
+
     p = sub.add_parser("tiny-model", help="build the project's tiny local VLM")
     p.add_argument("--out", default="models/tiny-idefics3")
     p.add_argument("--data", default="data/sample")
@@ -149,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from publish.exports import export
             print(json.dumps(export(args.format, args.input, args.output, root=args.root, adopt=args.adopt)["rows"]))
+            return 0
+        if args.command == "config":
+            from pipeline.config import reference
+            if args.config or args.set:
+                if args.markdown or args.json_schema:
+                    raise ConfigError("config: --markdown and --json-schema print the reference, not values")
+                print(reference.resolved_text(load_config(args.config, *_overrides(args))), end="")
+            else:
+                print(reference.json_schema() if args.json_schema else
+                      reference.reference_markdown() if args.markdown else reference.reference_text(), end="")
             return 0
         if args.command == "report" and args.input:
             from publish.html_report import write_html_report

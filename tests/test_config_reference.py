@@ -1,0 +1,218 @@
+"""One configuration reference: the stage sections are fields of the config model, every key
+has a description, ``python -m pipeline config`` prints them, docs/config.md and
+docs/config.schema.json are generated from them, and settings that were environment
+variables are config keys the environment may still override."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+from typing import get_args
+
+import pytest
+from pydantic import BaseModel
+
+from helpers import ROOT
+from pipeline.config.settings import ConfigError, PipelineConfig, load_config
+
+SAMPLE = ROOT / "configs" / "sample.yaml"
+
+#: configs/sample.yaml's hashes, printed by the code before the stage sections became fields and
+#: the environment settings config keys: neither may change a hash (finished work and the
+#: dataset's provenance.config_hash depend on them)
+SAMPLE_CONFIG_HASH = "d871ea70bd70168e"
+SAMPLE_STAGE_HASHES = {
+    "ingest": "278ba900bdafcd02", "generate": "16cfe23d118ee428", "correctness": "a55281ec9896afa7",
+    "dropout_ntp": "e71539571be251c1", "image_crop": "cc7f013d5993f6d1", "grounding": "e2921b80fcdc67ef",
+    "filter": "28f1b5d4f95e3838", "judge": "448d032a8f0085ec", "write": "2d415f9af22172b4",
+    "export": "3fb8f923b80fb042",
+}
+
+
+def _models(model: type[BaseModel], seen: dict[str, type[BaseModel]], where: str = "") -> dict:
+    """Every model reachable from ``model``'s fields (sections, list items, mapping values), by key path."""
+    seen.setdefault(where or "<config>", model)
+    for name, field in model.model_fields.items():
+        todo = [field.annotation]
+        while todo:
+            ann = todo.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                _models(ann, seen, f"{where}{name}.")
+            else:
+                todo.extend(get_args(ann))
+    return seen
+
+
+# -- the stage sections are fields ------------------------------------------------------------
+def test_stage_sections_are_fields_of_the_config_model():
+    from pipeline.core import graph
+
+    full = PipelineConfig.full_model()
+    sections = [n for n in graph.ordered() if graph.stage_class(n).Config is not None]
+    assert list(full.model_fields)[6:] == sections  # after run ... templates, in pipeline order
+    for name in sections:
+        assert full.model_fields[name].annotation is graph.stage_class(name).Config
+    schema = PipelineConfig.model_json_schema()
+    assert {"generate", "correctness", "write", "run"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+    cfg = load_config(SAMPLE)
+    assert isinstance(cfg, PipelineConfig) and type(cfg) is full
+    assert PipelineConfig().generate.n == 8 == PipelineConfig.model_validate({}).generate.n
+
+
+def test_a_config_pickles_copies_and_validates_again():
+    import cloudpickle
+
+    cfg = load_config(SAMPLE)
+    for again in (pickle.loads(pickle.dumps(cfg)), cloudpickle.loads(cloudpickle.dumps(cfg)),
+                  PipelineConfig.model_validate(cfg.resolved()), PipelineConfig.model_validate_json(
+                      json.dumps(cfg.resolved()))):
+        assert again == cfg and again.resolved() == cfg.resolved()
+        assert again.generate.n == cfg.generate.n and again.stage_hash("write") == cfg.stage_hash("write")
+    judged = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"model": "some/judge"})})
+    assert judged.resolved()["judge"]["model"] == "some/judge" and cfg.judge.model is None
+
+
+def test_unknown_keys_still_fail_with_their_path(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("generate: {temprature: 1}\nfoo: 1\njudge:\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "generate.temprature: Extra inputs are not permitted" in str(e.value)
+    assert "foo: Extra inputs are not permitted" in str(e.value)
+
+
+def test_the_hashes_of_the_sample_config_did_not_move():
+    cfg = load_config(SAMPLE)
+    assert cfg.config_hash() == SAMPLE_CONFIG_HASH
+    assert {s: cfg.stage_hash(s) for s in SAMPLE_STAGE_HASHES} == SAMPLE_STAGE_HASHES
+
+
+# -- descriptions and the generated reference ---------------------------------------------------
+def test_every_config_key_has_a_description():
+    missing = [f"{where if where != '<config>' else ''}{name} ({model.__module__}.{model.__qualname__})"
+               for where, model in _models(PipelineConfig.full_model(), {}).items()
+               for name, field in model.model_fields.items() if not (field.description or "").strip()]
+    assert not missing, "config keys without a description (Field(description=...)):\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("path, option", [("docs/config.md", "--markdown"),
+                                          ("docs/config.schema.json", "--json-schema")])
+def test_the_generated_reference_is_up_to_date(path, option):
+    from pipeline.config import reference
+
+    wanted = reference.reference_markdown() if option == "--markdown" else reference.json_schema()
+    assert (ROOT / path).read_text() == wanted, \
+        f"{path} is out of date: run .venv/bin/python -m pipeline config {option} > {path}"
+
+
+def test_the_reference_lists_every_key_with_type_default_and_description():
+    from pipeline.config.reference import keys
+
+    found = {k.key: k for k in keys()}
+    assert found["generate.n"].type == "int (>= 1, <= 256)" and found["generate.n"].default == "8"
+    assert found["sources.<i>.path"].default == "required"
+    assert "grounding.per_method.<name>.min_crop_gain" in found and found["generate.adaptive"].section
+    assert found["executor.write_buffer_mb"].default == "64.0"
+    assert all(k.description for k in found.values())
+
+
+def test_config_command_prints_the_reference():
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "config"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "mmpr-forge configuration: every key, its type, default and description"
+    head = lines[lines.index("run: section"):][:4]
+    assert head == ["run: section",
+                    "    What is built and where: the build's name, folders, seed, partitions and stages.",
+                    'run.name: str = "mmpr"',
+                    "    The build's name: the dataset card's title, the manifest's name and the exports' dataset name"]
+    assert "generate.n: int (>= 1, <= 256) = 8" in lines and "write.shard_rows: int (>= 1) = 5000" in lines
+    assert any(line.startswith("MMPR_FAULT: test machinery") for line in lines)
+
+
+def test_config_command_prints_resolved_values(capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["config", "--config", "configs/sample.yaml", "--set", "generate.n=3",
+                 "--set", "sources.0.limit=5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == 'run.name = "mmpr-sample"'
+    assert "generate.n = 3" in lines and "sources.0.limit = 5" in lines
+    assert main(["config", "--config", "configs/sample.yaml", "--set", "generate.nn=3"]) == 2
+    assert "generate.nn is not a config key; did you mean generate.n?" in capsys.readouterr().err
+
+
+# -- environment settings are config keys ---------------------------------------------------------
+def test_the_environment_overrides_a_moved_setting(monkeypatch):
+    from stages.write import scatter_buffer_bytes
+
+    assert scatter_buffer_bytes(load_config(SAMPLE)) == 64 << 20
+    monkeypatch.setenv("MMPR_WRITE_BUFFER_MB", "8")
+    monkeypatch.setenv("MMPR_LOG_LEVEL", "debug")
+    cfg = load_config(SAMPLE)
+    assert cfg.executor.write_buffer_mb == 8 and scatter_buffer_bytes(cfg) == 8 << 20
+    assert cfg.run.log_level == "DEBUG"
+    assert cfg.config_hash() == SAMPLE_CONFIG_HASH  # neither changes the data
+    assert load_config(SAMPLE, {"executor.write_buffer_mb": 2}).executor.write_buffer_mb == 2  # --set wins
+    monkeypatch.setenv("MMPR_WRITE_BUFFER_MB", "lots")
+    with pytest.raises(ConfigError, match="MMPR_WRITE_BUFFER_MB=lots: Input should be a valid number"):
+        load_config(SAMPLE)
+
+
+@pytest.fixture
+def stage_package(tmp_path, monkeypatch):
+    """A package of stages outside ``stages/``, importable, removed from the registry afterwards."""
+    from pipeline.core import graph
+    from pipeline.core.stage import REGISTRY
+
+    pkg = tmp_path / "shout_stages"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "shout.py").write_text(textwrap.dedent('''
+        """shout: a test stage from a package the config names."""
+        from pydantic import Field
+
+        from pipeline.config.sections import Section
+        from pipeline.core.stage import RowStage
+        from schemas import PROMPT_SCHEMA
+
+
+        class ShoutConfig(Section):
+            volume: int = Field(3, ge=1, description="How loud")
+
+
+        class ShoutStage(RowStage):
+            name = "shout"
+            after = ("ingest",)
+            Config = ShoutConfig
+            opt_in = True
+            input_schema = PROMPT_SCHEMA
+            output_schema = PROMPT_SCHEMA
+
+            def run(self, rows, ctx):
+                yield from rows
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "shout_stages"
+    REGISTRY.pop("shout", None)
+    graph._loaded.discard("shout_stages")
+    for name in [m for m in sys.modules if m == "shout_stages" or m.startswith("shout_stages.")]:
+        del sys.modules[name]
+
+
+def test_stage_packages_is_a_config_key(stage_package, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"run: {{stage_packages: [{stage_package}]}}\nshout: {{volume: 5}}\n")
+    cfg = load_config(path)
+    assert cfg.shout.volume == 5 and "shout" in type(cfg).model_fields
+    assert pickle.loads(pickle.dumps(cfg)).shout.volume == 5
+    path.write_text(f"run: {{stage_packages: [{stage_package}]}}\nshout: {{volume: 0}}\n")
+    with pytest.raises(ConfigError, match="shout.volume: Input should be greater than or equal to 1"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="run.stage_packages: cannot import stage package no_such_stages"):
+        load_config(None, {"run.stage_packages": ["no_such_stages"]})

@@ -80,6 +80,6 @@ def test_a_bad_set_is_blamed_on_that_set_argument(tmp_path, setting, line):
 
 def test_an_unknown_set_key_far_from_any_lists_the_known_ones(tmp_path):
     with pytest.raises(ConfigError) as e:
-        load_config(ROOT / "configs" / "sample.yaml", {"ingest.zzz": 1}, origins={"ingest.zzz": "--set ingest.zzz=1"})
+        load_config(ROOT / SAMPLE_CONFIG, {"ingest.zzz": 1}, origins={"ingest.zzz": "--set ingest.zzz=1"})
     assert str(e.value) == ("--set ingest.zzz=1: ingest.zzz is not a config key "
                             "(keys of ingest: max_question_chars, require_image)")

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from publish.layout import CONFIGS, SPLITS
+from publish import layout
+from publish.layout import SPLITS
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config.settings import PipelineConfig
@@ -22,7 +23,7 @@ def card_header(shards: list[dict], pretty_name: str | None = None, tags: list[s
     this header, so the sizes also make a rebuilt folder load fresh instead of from a stale cache.
     """
     configs, infos = [], []
-    for name, folder in CONFIGS:
+    for name, folder in layout.configs():
         mine = [s for s in shards if s["config"] == name]
         splits = sorted({s["split"] for s in mine}, key=lambda sp: (SPLITS.index(sp) if sp in SPLITS else 99, sp))
         if not splits:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any, Iterable
 
-from publish.layout import IMAGE_METHODS
+from publish.layout import image_methods
 from schemas.records import turn_text
 
 #: longest side of an embedded thumbnail
@@ -143,7 +143,7 @@ def _images_html(method: str, images: list, rejected_images: list, boxes: list,
                  thumbs: list[Thumb]) -> str:
     """The row's images; for image-contrast pairs each original (crop box drawn) next to its rejected image."""
     figs = []
-    if method in IMAGE_METHODS or rejected_images:
+    if method in image_methods() or rejected_images:
         for i, t in enumerate(thumbs):
             box = _box(boxes[i]) if i < len(boxes) else None
             figs.append(image_html(t, f"original {i + 1}" + (" + crop box" if box else ""), box))
@@ -244,7 +244,7 @@ def card_html(row: dict, number: int) -> str:
     else:
         chosen_html, rejected_html, detail = esc(chosen), esc(rejected), ""
     detail += _answers_html(method, prov)
-    if method in IMAGE_METHODS and boxes:
+    if method in image_methods() and boxes:
         detail += _crop_html(boxes, thumbs)
     same = ' <span class="dim">(same text; the image differs)</span>' if chosen == rejected else ""
     return (f'<article class="card" id="card-{number}" data-method="{esc(method)}" data-source="{esc(source)}">'

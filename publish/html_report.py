@@ -52,9 +52,9 @@ from pipeline.files.ownership import open_folder
 # the dataset layout: configs and their folders; image-contrast methods live in their own config
 from publish.html_cards import THUMB_PX, _slug, card_html, esc, image_html, thumbnail  # noqa: F401 -- tests use them
 from publish.grounding_report import grounding_html
-from publish.html_sections import METHOD_ORDER, _method_key, _summary_of, plots_html, summary_html
+from publish.html_sections import _method_key, method_order, _summary_of, plots_html, summary_html
 from publish.sampling_report import sampling_html
-from publish.layout import CONFIGS, IMAGE_METHODS
+from publish.layout import configs, image_methods
 from publish.stats import assistant_chars
 
 log = logging.getLogger("pipeline")
@@ -97,7 +97,7 @@ def dataset_files(root: str, manifest: dict | None) -> list[tuple[str, str]]:
     if manifest and manifest.get("shards"):
         return [(storage.join(root, s["path"]), s.get("config", "default")) for s in manifest["shards"]]
     files = []
-    for config, folder in CONFIGS:
+    for config, folder in configs():
         files += [(u, config) for u in storage.list_files(storage.join(root, folder), ".parquet")]
     return files
 
@@ -147,9 +147,9 @@ class Sample:
 def _expected_methods(config: str, manifest: dict | None) -> set[str]:
     methods = set((manifest or {}).get("totals", {}).get("method", {}))
     if config == "image_crop":
-        return {m for m in methods if m in IMAGE_METHODS}
+        return {m for m in methods if m in image_methods()}
     if config == "default":
-        return {m for m in methods if m not in IMAGE_METHODS}
+        return {m for m in methods if m not in image_methods()}
     return set()
 
 
@@ -167,9 +167,9 @@ def sample_dataset(groups: list[RowGroup], seed: int = 0, per_method: int = PER_
     sources (seeded round-robin).
     """
     sample = Sample(rows_total=sum(g.rows for g in groups))
-    configs = [c for c, _ in CONFIGS if any(g.config == c for g in groups)]
-    configs += sorted({g.config for g in groups} - set(configs))
-    for config in configs:
+    present = [c for c, _ in configs() if any(g.config == c for g in groups)]
+    present += sorted({g.config for g in groups} - set(present))
+    for config in present:
         mine = sorted((g for g in groups if g.config == config), key=lambda g: (g.uri, g.index))
         order = np.random.default_rng([seed, _stable("config", config)]).permutation(len(mine))
         expected = _expected_methods(config, manifest)

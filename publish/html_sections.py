@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from publish import layout
 from publish import svg_plots as plots
 from publish.html_cards import _slug, esc
 
@@ -10,11 +11,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from publish.html_report import Sample
 
 #: methods in the order the report shows them (others follow by name)
-METHOD_ORDER = ("correctness", "format", "dropout_ntp", "image_crop")
+def method_order() -> tuple[str, ...]:
+    return layout.method_order()
 
 
 def _method_key(m: str) -> tuple:
-    return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
+    order = method_order()
+    return (order.index(m), "") if m in order else (len(order), m)
 
 
 def _int(v: Any) -> str:

@@ -26,7 +26,6 @@ from schemas.arrow import (  # noqa: F401
     PAIR_SCHEMA,
     QUARANTINE_SCHEMA,
     ANSWER_TYPES,
-    METHODS,
     hf_features_metadata,
     with_hf_metadata,
 )

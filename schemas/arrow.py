@@ -16,8 +16,6 @@ ANSWER_TYPES = (
     "auto", "multiple_choice", "integer", "number", "yes_no", "word",
     "text", "anls", "math", "open",
 )
-#: how a pair was made
-METHODS = ("correctness", "format", "dropout_ntp", "image_crop")
 
 # -- images: exactly the Hugging Face layout (field order and types matter) --
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])

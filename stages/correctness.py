@@ -23,7 +23,7 @@ from methods.scoring import pass_rate, pass_rate_bin, score_responses
 from pipeline import __version__
 from pipeline.config.settings import Section
 from pipeline.core.seeds import derive_seed, stable_hash
-from pipeline.core.stage import RowStage, StageContext, prefixed
+from pipeline.core.stage import PairMethod, RowStage, StageContext, prefixed
 from pipeline.config.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, response_provenance
@@ -51,6 +51,8 @@ class CorrectnessConfig(Section):
 
 class CorrectnessStage(RowStage):
     name = "correctness"
+    #: right vs wrong answers, and (format) parseable vs unparseable ones
+    pair_methods = (PairMethod("correctness"), PairMethod("format"))
     after = ("generate",)
     Config = CorrectnessConfig
     reads = ("sources", "templates", "run.seed")  # sources: relaxed_numeric, true_false; templates: extraction

@@ -20,7 +20,7 @@ from pipeline.config.settings import Section
 from pipeline.engine.engine import GenRequest
 from pipeline.sources.images import image_uuid, to_pil
 from pipeline.core.seeds import derive_seed, stable_hash
-from pipeline.core.stage import EngineStage, StageContext, prefixed
+from pipeline.core.stage import EngineStage, PairMethod, StageContext, prefixed
 from pipeline.config.templates import extraction_styles, render_user_text
 from pipeline.engine.image_budget import check_context
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
@@ -65,6 +65,7 @@ def continuation_messages(user_text: str, n_images: int, prefix: str, keep_image
 
 class DropoutNTPStage(EngineStage):
     name = "dropout_ntp"
+    pair_methods = (PairMethod("dropout_ntp"),)
     after = ("generate",)
     Config = DropoutNTPConfig
     reads = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")  # model: the engine and tokenizer that continue

@@ -26,9 +26,9 @@ from pydantic import Field, model_validator
 from methods.extract import extract_answer
 from methods.quality import check_pair, check_text, same_text
 from pipeline.config.settings import Section
+from pipeline.core import graph
 from pipeline.core.stage import RowStage, StageContext, prefixed
 from pipeline.config.templates import extraction_style
-from schemas import METHODS as METHODS_FOR_FILTER
 from schemas import PAIR_SCHEMA
 from schemas.records import turn_text
 
@@ -51,9 +51,10 @@ class FilterConfig(Section):
     def _known_rules(self) -> "FilterConfig":
         from methods.quality import resolve_rules
 
-        bad = sorted(set(self.per_method) - set(METHODS_FOR_FILTER))
+        known = graph.method_names()
+        bad = sorted(set(self.per_method) - set(known))
         if bad:
-            raise ValueError(f"per_method: unknown method(s) {bad}; known: {list(METHODS_FOR_FILTER)}")
+            raise ValueError(f"per_method: unknown method(s) {bad}; known: {known}")
         for rules in [self.rules, *self.per_method.values(), *self.per_source.values()]:
             resolve_rules(rules)
         resolve_rules(self.pair_rules, pair=True)

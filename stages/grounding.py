@@ -39,8 +39,9 @@ from methods.grounding import (Scores, answer_token_count, resolve_thresholds, s
 from pipeline.engine.engine import GenRequest
 from pipeline.sources.images import image_uuid, to_pil
 from pipeline.config.settings import Section
+from pipeline.core import graph
 from pipeline.core.stage import EngineStage, StageContext, prefixed
-from schemas import METHODS, PAIR_SCHEMA
+from schemas import PAIR_SCHEMA
 from schemas.records import assistant_turn, turn_text
 
 
@@ -75,9 +76,10 @@ class GroundingConfig(Section):
     @field_validator("per_method")
     @classmethod
     def _known_methods(cls, v: dict) -> dict:
-        bad = sorted(set(v) - set(METHODS))
+        known = graph.method_names()
+        bad = sorted(set(v) - set(known))
         if bad:
-            raise ValueError(f"unknown method(s) {bad}; known: {list(METHODS)}")
+            raise ValueError(f"unknown method(s) {bad}; known: {known}")
         return v
 
     def thresholds_for(self, method: str, source: str) -> dict[str, float | None]:

@@ -25,7 +25,7 @@ from methods.crop_signal import first_distinct
 from pipeline import __version__
 from pipeline.config.settings import Section, ratio_range
 from pipeline.core.seeds import derive_seed, stable_hash
-from pipeline.core.stage import RowStage, StageContext, prefixed
+from pipeline.core.stage import PairMethod, RowStage, StageContext, prefixed
 from pipeline.config.templates import extraction_styles, render_user_text
 from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
 from schemas.records import pair_row, response_provenance
@@ -69,6 +69,8 @@ def selected(seed: int, sample_id: str, fraction: float) -> bool:
 
 class ImageCropStage(RowStage):
     name = "image_crop"
+    #: same text, a cropped image: only trainers that read rejected_images learn from it
+    pair_methods = (PairMethod("image_crop", image_contrast=True),)
     after = ("generate",)
     Config = ImageCropConfig
     #: which responses are right decides the texts of ground-truth pairs

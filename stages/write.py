@@ -60,7 +60,7 @@ from pipeline.files.ownership import Folder, open_folder
 from pipeline.core.stage import DatasetStage, StageStats
 from publish.card import render_card
 from publish.exports import FORMATS
-from publish.layout import CONFIGS, IMAGE_METHODS, SPLITS
+from publish.layout import SPLITS, configs, image_methods
 from publish.parquet import parquet_bytes  # noqa: F401  (bench_report encodes shards as the stage does)
 from publish.shard_order import prompt_keys, prompts_of, row_keys, shard_cuts, split_draw
 from publish.shard_tasks import OUTPUT_SCHEMA, Shard, gather_shard, run_tasks, scatter_partition
@@ -129,6 +129,7 @@ class Plan:
 
 def plan_shards(files: list[str], seed: int, shard_rows: int, test_fraction: float) -> Plan:
     keys, prompts, groups, file_rows = [], [], [], []
+    image = pa.array(image_methods(), pa.string())
     for uri in files:
         pf = storage.parquet_file(uri)
         n_file = 0
@@ -136,8 +137,9 @@ def plan_shards(files: list[str], seed: int, shard_rows: int, test_fraction: flo
             keys.append(row_keys(seed, batch.column("id").to_pylist()))
             prompt = prompts_of(batch)
             prompts.append(prompt_keys(seed, prompt))
-            is_image = pc.is_in(batch.column("method"), pa.array(IMAGE_METHODS)).to_numpy(zero_copy_only=False)
-            g = is_image.astype(np.uint8) * 2
+            # the row's config: 0 = default (text contrast), 1 + i = the i-th image-contrast method's
+            config = pc.fill_null(pc.add(pc.index_in(batch.column("method"), value_set=image), 1), 0)
+            g = config.to_numpy(zero_copy_only=False).astype(np.uint8) * 2
             if test_fraction > 0:
                 g = g + (split_draw(seed, prompt) < test_fraction).astype(np.uint8)
             groups.append(g)
@@ -158,7 +160,7 @@ def plan_shards(files: list[str], seed: int, shard_rows: int, test_fraction: flo
 
     dest = np.full(n, -1, np.int64)
     shards: list[Shard] = []
-    for ci, (config, folder) in enumerate(CONFIGS):
+    for ci, (config, folder) in enumerate(configs()):
         for si, split in enumerate(SPLITS):
             if split == "test" and test_fraction <= 0:
                 continue
@@ -277,7 +279,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         "rows": rows_out,
         "rows_in": plan.rows_in,
         "duplicates_dropped": plan.duplicates,
-        "splits": {c: {s.split: 0 for s in plan.shards if s.config == c} for c, _ in CONFIGS},
+        "splits": {c: {s.split: 0 for s in plan.shards if s.config == c} for c, _ in configs()},
         "totals": {
             "method": row_stats.totals(3),
             "source": row_stats.totals(2),

@@ -146,7 +146,7 @@ def test_stage_sections_validate_with_the_stage_model(tmp_path):
 # -- adding a stage: one class --------------------------------------------------------
 def _echo_stage():
     """A new pair method declared in one class: prompt rows in, pairs out, feeding the filter."""
-    from pipeline.core.stage import RowStage, StageContext
+    from pipeline.core.stage import PairMethod, RowStage, StageContext
     from schemas import PAIR_SCHEMA, PROMPT_SCHEMA
     from schemas.records import pair_row, provenance
 
@@ -156,6 +156,7 @@ def _echo_stage():
     class EchoStage(RowStage):
         """echo: the ground truth as chosen, its negation as rejected (a test method)."""
         name = "echo"
+        pair_methods = (PairMethod("echo"),)
         after = ("ingest",)
         feeds = ("filter",)
         Config = EchoConfig
@@ -187,6 +188,7 @@ def test_adding_a_stage_is_one_class(sample_data, tmp_path):
     echo = _echo_stage()
     try:
         assert "echo" in graph.ordered() and graph.upstream("filter")[-1] == "echo"
+        assert "echo" in graph.method_names()  # the pair method joins what reports and filters know
         with pytest.raises(Exception, match="prefix"):
             make_config(echo={"prefix": ""})
         stages = ["ingest", "echo", "filter", "write"]
@@ -244,3 +246,28 @@ def test_every_registered_stage_has_the_hooks_of_its_kind_only():
         assert hasattr(cls, "prepare") == (cls.kind == "engine"), name
         assert hasattr(cls, "plan_sources") == (cls.kind == "source"), name
     assert graph.stage_class("judge").kind == "engine" and not graph.stage_class("judge").streams
+
+
+def test_an_image_contrast_method_gets_a_dataset_config_of_its_own():
+    """The dataset layout follows the pair methods the stages declare: a new image-contrast
+    method gets its config and folder without editing publish/ or schemas/."""
+    from pipeline.core.stage import REGISTRY, PairMethod, RowStage
+    from publish import layout
+    from schemas import PAIR_SCHEMA
+
+    assert layout.configs() == (("default", "data"), ("image_crop", "data/image_crop"))
+    assert layout.method_order() == ("correctness", "format", "dropout_ntp", "image_crop")
+
+    class BlurStage(RowStage):
+        name = "blur"
+        after = ("ingest",)
+        pair_methods = (PairMethod("blur", image_contrast=True),)
+        output_schema = PAIR_SCHEMA
+
+    try:
+        # in pipeline order of the declaring stages (blur sorts before image_crop after ingest)
+        assert layout.configs() == (("default", "data"), ("blur", "data/blur"), ("image_crop", "data/image_crop"))
+        assert layout.image_methods() == ("blur", "image_crop")
+    finally:
+        REGISTRY.pop(BlurStage.name)
+    assert layout.image_methods() == ("image_crop",)

@@ -25,7 +25,7 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any, Iterable
 
 from pipeline.core.seeds import stable_hash
-from pipeline.core.stage import REGISTRY, Stage
+from pipeline.core.stage import REGISTRY, PairMethod, Stage
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config.settings import PipelineConfig
@@ -74,6 +74,15 @@ def ordered() -> list[str]:
             raise TypeError(f"stage graph has a cycle among {sorted(set(reg) - set(out))}")
         out.append(ready[0])
     return out
+
+
+def pair_methods() -> list[PairMethod]:
+    """Every pair method, in pipeline order of the stages that declare them."""
+    return [m for s in ordered() for m in stage_class(s).pair_methods]
+
+
+def method_names() -> list[str]:
+    return [m.name for m in pair_methods()]
 
 
 def stage_class(name: str) -> type[Stage]:

@@ -124,6 +124,19 @@ KINDS = ("source", "row", "engine", "dataset")
 REGISTRY: dict[str, type["Stage"]] = {}
 
 
+@dataclass(frozen=True)
+class PairMethod:
+    """A way of making pairs, declared by the stage that makes them (``Stage.pair_methods``).
+
+    The dataset's layout, the card, the exports and the reports take the list of methods
+    from the stages (``pipeline.core.graph.pair_methods``), so a new pair method is one stage
+    module."""
+    name: str
+    #: the pair's two sides differ in the image, not the text: its rows get a dataset config
+    #: (and folder, ``data/<name>``) of their own, since a plain DPO trainer learns nothing from them
+    image_contrast: bool = False
+
+
 class Stage:
     """One pipeline step, and the only place a step is declared.
 
@@ -155,6 +168,8 @@ class Stage:
     opt_in: ClassVar[bool] = False
     input_schema: ClassVar[pa.Schema | None] = None
     output_schema: ClassVar[pa.Schema | None]
+    #: the pair methods whose rows this stage makes (the ``method`` column), in their order
+    pair_methods: ClassVar[tuple[PairMethod, ...]] = ()
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -35,7 +35,7 @@ import pyarrow.fs as pafs
 
 from pipeline.files import storage
 from pipeline.files.ownership import Folder
-from publish.layout import CONFIGS
+from publish.layout import configs
 
 log = logging.getLogger("pipeline")
 
@@ -59,7 +59,7 @@ class CanonicalShard:
 
 def canonical_shards(input_dir: str) -> list[CanonicalShard]:
     out = []
-    for config, folder in CONFIGS:
+    for config, folder in configs():
         for uri in storage.list_files(storage.join(input_dir, folder), ".parquet"):
             name = uri.rsplit("/", 1)[1]
             m = _SHARD_RE.match(name)

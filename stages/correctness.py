@@ -1,4 +1,4 @@
-"""correctness: MMPR pairs from ground truth (DESIGN.md section 1).
+"""correctness: MMPR pairs from ground truth (docs/architecture.md, "The methods").
 
 For every prompt with ground truth: extract each sample's final answer, match
 it against the ground truth, and pair correct samples (chosen) with incorrect

@@ -1,4 +1,4 @@
-"""filter: no repetitive or broken sample reaches the dataset (DESIGN.md section 4).
+"""filter: no repetitive or broken sample reaches the dataset (docs/architecture.md, "The methods").
 
 Every pair's chosen and rejected texts go through the rules of
 ``methods.quality`` (Gopher-style repetition, generation loops, never-ending

@@ -1,4 +1,4 @@
-"""image_crop: mDPO conditional image preference pairs (DESIGN.md section 3).
+"""image_crop: mDPO conditional image preference pairs (docs/architecture.md, "The methods").
 
 Same question, same answer text; the rejected side sees a corrupted image: a
 random resized crop keeping 1-20% of the area (aspect 3/4..4/3), resized back

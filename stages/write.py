@@ -1,4 +1,4 @@
-"""write: the final dataset folder (DESIGN.md "Output contract").
+"""write: the final dataset folder (docs/architecture.md, "The output contract").
 
 Reads every pair row the upstream stages made and writes::
 

@@ -3,7 +3,7 @@
 Reads the canonical shards of a dataset folder written by the ``write`` stage
 (``data/*.parquet`` text-contrast pairs and ``data/image_crop/*.parquet``
 image-contrast pairs) one shard at a time and lays them out for a trainer
-(DESIGN.md "Trainer formats").  One module per trainer (``trl``,
+(docs/architecture.md, "Where to add").  One module per trainer (``trl``,
 ``llamafactory``, ``swift``, ``internvl``: each module's docstring describes
 its layout and holds its README); what they share is in ``common``.  The
 format list is the registry those modules fill: adding a format is adding a

@@ -13,7 +13,7 @@ queued prompts hold.  Then the requests are aborted.
 * ``n=N fan-out``: one ``SamplingParams(n=N)`` request per prompt straight into
   vLLM -- what the engine did before: vLLM fans it out into N children, each
   carrying its own copy of the processed image to the engine process.
-* ``per-sample``: the project's ``Engine._add`` -- N requests with ``n=1`` and
+* ``per-sample``: the project's ``pipeline.engine.submission.submit`` -- N requests with ``n=1`` and
   seeds seed+i (the same responses); repeats of a prompt's image hit vLLM's
   multimodal cache and share one copy.
 
@@ -65,6 +65,7 @@ def main() -> int:
 
     from pipeline.config.settings import load_config
     from pipeline.engine.engine import Engine, GenRequest, GenResult
+    from pipeline.engine.submission import submit
     from demo.tiny_model import build_tiny_model
     from stages.generate import user_message
 
@@ -89,7 +90,7 @@ def main() -> int:
         return engine.llm.enqueue([prompt], [req.params], use_tqdm=False)
 
     def per_sample(req: GenRequest) -> list[str]:
-        return engine._add(req, GenResult())
+        return submit(engine, req, GenResult())
 
     modes = [("n=1", 1, per_sample), (f"n={args.n} fan-out (before)", args.n, fanout),
              (f"{args.n} x n=1 per-sample (after)", args.n, per_sample)]

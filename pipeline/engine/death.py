@@ -60,3 +60,19 @@ def wake_on_death(llm_engine: Any, poll_s: float = 0.5) -> None:
             time.sleep(poll_s)
 
     threading.Thread(target=watch, name="mmpr-engine-death-watch", daemon=True).start()
+
+
+def core_died(llm_engine: Any) -> bool:
+    """Whether vLLM has seen its engine core process die (``Engine.dead``)."""
+    core = getattr(llm_engine, "engine_core", None)
+    return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
+
+def raise_if_dead(exc: BaseException, llm_engine: Any) -> None:
+    """Raise ``EngineDead`` from ``exc`` when it (or what caused it) is a dead engine, or the
+    engine core is gone; return otherwise, for the caller to handle ``exc`` as a refusal.
+
+    The one test every call into vLLM makes when it fails: a request refused is that
+    request's error, a dead engine is never any row's."""
+    if engine_dead_cause(exc) or core_died(llm_engine):
+        raise EngineDead(f"vLLM engine died: {exc}") from exc

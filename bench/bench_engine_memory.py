@@ -63,7 +63,7 @@ def main() -> int:
     from PIL import Image
     from vllm import SamplingParams
 
-    from pipeline.config.settings import load_config
+    from pipeline.config.loading import load_config
     from pipeline.engine.engine import Engine, GenRequest, GenResult
     from pipeline.engine.submission import submit
     from demo.tiny_model import build_tiny_model

@@ -141,7 +141,8 @@ def _html_report(config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config.settings import ConfigError, load_config
+    from pipeline.config.settings import ConfigError
+    from pipeline.config.loading import load_config
     from pipeline.run.logs import setup_logging
 
     setup_logging()

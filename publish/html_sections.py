@@ -116,6 +116,14 @@ def summary_html(report: dict | None, manifest: dict | None) -> str:
                 for s, by in sm.items()]
         parts.append("<h3>Pairs per source (written)</h3>" + _table(["source", *ms, "total"], rows))
 
+    parts.append(_stage_notes(summ))
+    parts.append(_lengths_html((manifest or {}).get("lengths", {})))
+    return "".join(parts)
+
+
+def _stage_notes(summ: dict) -> str:
+    """Notes from the pair stages' summaries: format errors and prompts without a right answer
+    (correctness), generated tokens per pair against the papers' (dropout_ntp)."""
     notes = []
     c = summ.get("correctness")
     if c:
@@ -127,22 +135,24 @@ def summary_html(report: dict | None, manifest: dict | None) -> str:
         refs = ", ".join(f"{k}: {v}" for k, v in (d.get("reference_tokens_per_pair") or {}).items())
         notes.append(f"dropout_ntp: {d.get('generated_tokens_per_pair')} generated tokens per pair "
                      f"({d.get('continuation_tokens_per_pair')} for the continuation" + (f"; {refs})" if refs else ")"))
-    if notes:
-        parts.append("<ul class=notes>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    return "<ul class=notes>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else ""
 
-    lengths = (manifest or {}).get("lengths", {})
-    if lengths:
-        def q(d: dict) -> str:
-            return " / ".join("-" if d.get(k) is None else f"{d[k]:g}" for k in ("mean", "median", "p90"))
-        rows = [[f'<span class="badge m-{esc(_slug(m))}">{esc(m)}</span>', _int(d.get("rows")),
-                 q(d.get("chosen_chars", {})), q(d.get("rejected_chars", {})),
-                 "-" if d.get("rejected_longer_fraction") is None else f"{d['rejected_longer_fraction']:.0%}",
-                 q(d.get("chosen_tokens", {})), q(d.get("rejected_tokens", {}))]
-                for m, d in sorted(lengths.items(), key=lambda kv: _method_key(kv[0]))]
-        parts.append("<h3>Answer lengths (all written rows, from the manifest)</h3>" + _table(
-            ["method", "rows", "chosen chars mean / median / p90", "rejected chars mean / median / p90",
-             "rejected longer", "chosen tokens mean / median / p90", "rejected tokens mean / median / p90"], rows))
-    return "".join(parts)
+
+def _lengths_html(lengths: dict) -> str:
+    """Chosen and rejected lengths per method, from the manifest."""
+    if not lengths:
+        return ""
+
+    def q(d: dict) -> str:
+        return " / ".join("-" if d.get(k) is None else f"{d[k]:g}" for k in ("mean", "median", "p90"))
+    rows = [[f'<span class="badge m-{esc(_slug(m))}">{esc(m)}</span>', _int(d.get("rows")),
+             q(d.get("chosen_chars", {})), q(d.get("rejected_chars", {})),
+             "-" if d.get("rejected_longer_fraction") is None else f"{d['rejected_longer_fraction']:.0%}",
+             q(d.get("chosen_tokens", {})), q(d.get("rejected_tokens", {}))]
+            for m, d in sorted(lengths.items(), key=lambda kv: _method_key(kv[0]))]
+    return "<h3>Answer lengths (all written rows, from the manifest)</h3>" + _table(
+        ["method", "rows", "chosen chars mean / median / p90", "rejected chars mean / median / p90",
+         "rejected longer", "chosen tokens mean / median / p90", "rejected tokens mean / median / p90"], rows)
 
 
 def plots_html(sample: Sample, report: dict | None, prompts: dict[str, list[tuple[int, int]]] | None) -> str:

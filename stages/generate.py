@@ -224,7 +224,7 @@ class GenerateStage(EngineStage):
     def _count_rounds(sampler: PromptSampler, ctx: StageContext) -> dict:
         """The prompt's rounds into the stage counters; its ``sampling`` provenance fields."""
         o = sampler.outcome
-        # no reason: a later round was refused by the engine (``Engine._next_round``)
+        # no reason: a later round was refused by the engine (``pipeline.engine.rounds.next_round``)
         reason = o.stop_reason or "refused"
         ctx.stats.inc("adaptive.prompts")
         ctx.stats.inc("adaptive.budget_samples", sampler.rule.budget)

@@ -216,6 +216,32 @@ def scatter_buffer_bytes(config: PipelineConfig) -> int:
     return max(1, int(config.executor.write_buffer_mb * (1 << 20)))
 
 
+def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict], row_stats: Stats) -> dict:
+    """``manifest.json``: shards with checksums, totals per method and source, lengths, the
+    pipeline version and the resolved config with its hash."""
+    manifest = {
+        "name": config.run.name,
+        "pipeline_version": __version__,
+        "config_hash": config.config_hash(),
+        "rows": sum(s["rows"] for s in shard_entries),
+        "rows_in": plan.rows_in,
+        "duplicates_dropped": plan.duplicates,
+        "splits": {c: {s.split: 0 for s in plan.shards if s.config == c} for c, _ in configs()},
+        "totals": {
+            "method": row_stats.totals(3),
+            "source": row_stats.totals(2),
+            "source_method": row_stats.source_method(),
+        },
+        "lengths": row_stats.lengths(),
+        "shards": shard_entries,
+        "exports": list(config.write.exports),
+        "config": config.resolved(),
+    }
+    for cfg, splits in row_stats.splits().items():
+        manifest["splits"][cfg].update(splits)
+    return manifest
+
+
 def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str | None = None) -> StageStats:
     """Write the final dataset folder from the pair files of ``input_dirs``; see the module docstring."""
     t0 = time.perf_counter()
@@ -270,28 +296,8 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         if results:
             stats.inc(f"peak_task_mb.{step}", round(max(r["peak_mb"] for r in results), 1))
 
-    rows_out = sum(s["rows"] for s in shard_entries)
-    lengths = row_stats.lengths()
-    manifest = {
-        "name": config.run.name,
-        "pipeline_version": __version__,
-        "config_hash": config.config_hash(),
-        "rows": rows_out,
-        "rows_in": plan.rows_in,
-        "duplicates_dropped": plan.duplicates,
-        "splits": {c: {s.split: 0 for s in plan.shards if s.config == c} for c, _ in configs()},
-        "totals": {
-            "method": row_stats.totals(3),
-            "source": row_stats.totals(2),
-            "source_method": row_stats.source_method(),
-        },
-        "lengths": lengths,
-        "shards": shard_entries,
-        "exports": list(wc.exports),
-        "config": config.resolved(),
-    }
-    for cfg, splits in row_stats.splits().items():
-        manifest["splits"][cfg].update(splits)
+    manifest = build_manifest(config, plan, shard_entries, row_stats)
+    rows_out = manifest["rows"]
     storage.write_bytes(storage.join(out, "README.md"),
                         render_card(config, manifest, sorted(row_stats.models)).encode())
     storage.write_json(storage.join(out, "manifest.json"), manifest)  # last: the dataset is complete

@@ -45,6 +45,14 @@ def png(color=(200, 30, 30), size=(24, 16), mode: str = "RGB") -> bytes:
     return encode(Image.new(mode, size, color))
 
 
+def users_folder(path: Path) -> Path:
+    """A folder of someone's own files (``src/train.py``, ``notes.txt``), as a project is."""
+    (path / "src").mkdir(parents=True)
+    (path / "src" / "train.py").write_text("print('mine')\n")
+    (path / "notes.txt").write_text("mine\n")
+    return path
+
+
 def shipped_config(name: str = "sample.yaml") -> dict:
     """A config under configs/, as the YAML data it holds."""
     import yaml
@@ -81,7 +89,7 @@ def config_file(folder: Path, config: dict | str, name: str = "c.yaml") -> Path:
 
 def load_config_file(folder: Path, config: dict | str):
     """``load_config`` of ``config_file(folder, config)``: what a user's file would give."""
-    from pipeline.config.settings import load_config
+    from pipeline.config.loading import load_config
 
     return load_config(config_file(folder, config))
 
@@ -183,14 +191,7 @@ def shard_hashes(dataset) -> dict[str, str]:
             for rel in storage.walk_files(data) if rel.endswith(".parquet")}
 
 
-def users_folder(path: Path) -> Path:
-    """A folder of someone's own files (``src/train.py``, ``notes.txt``), as a project is."""
-    (path / "src").mkdir(parents=True)
-    (path / "src" / "train.py").write_text("print('mine')\n")
-    (path / "notes.txt").write_text("mine\n")
-    return path
-
-
 def read_jsonl(path) -> list[dict]:
+    """The objects of a JSON Lines file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import ROOT, SAMPLE_CONFIG, load_config_file, run_cli
-from pipeline.config.settings import ConfigError, load_config
+from pipeline.config.settings import ConfigError
+from pipeline.config.loading import load_config
 
 
 @pytest.mark.parametrize("yaml_text, key, words", [

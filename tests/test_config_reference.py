@@ -15,7 +15,8 @@ import pytest
 from pydantic import BaseModel
 
 from helpers import ROOT
-from pipeline.config.settings import ConfigError, PipelineConfig, load_config
+from pipeline.config.settings import ConfigError, PipelineConfig
+from pipeline.config.loading import load_config
 
 SAMPLE = ROOT / "configs" / "sample.yaml"
 

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from helpers import INTERNLM_TEMPLATE, ROOT, encode, load_config_file, make_config
-from pipeline.config.settings import ConfigError, load_config
+from pipeline.config.settings import ConfigError
+from pipeline.config.loading import load_config
 from pipeline.engine.engine import GenRequest, engine_kwargs
 from stages import make_stage
 

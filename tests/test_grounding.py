@@ -88,7 +88,8 @@ def test_thresholds_source_overrides_method_overrides_default():
 
 # -- config ------------------------------------------------------------------------
 def test_grounding_is_opt_in_and_placed_before_filter():
-    from pipeline.config.settings import ConfigError, PipelineConfig, load_config  # noqa: F401
+    from pipeline.config.settings import ConfigError, PipelineConfig  # noqa: F401
+    from pipeline.config.loading import load_config
     from pipeline.core.graph import input_stages
 
     cfg = PipelineConfig()

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from helpers import ROOT, SAMPLE_CONFIG, config_file, load_config_file, make_config, run_cli, shipped_config
-from pipeline.config.settings import ConfigError, PipelineConfig, load_config
+from pipeline.config.settings import ConfigError, PipelineConfig
+from pipeline.config.loading import load_config
 from pipeline.engine.image_budget import image_cost, prompts_in_flight
 from pipeline.run.preflight import check_model
 

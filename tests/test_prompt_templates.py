@@ -10,7 +10,8 @@ import pytest
 
 from helpers import load_config_file, make_config
 from methods.extract import extract_answer
-from pipeline.config.settings import ConfigError, load_config
+from pipeline.config.settings import ConfigError
+from pipeline.config.loading import load_config
 from pipeline.files.image_refs import ImageError, allowed_roots, resolve_image_ref
 from pipeline.config.internvl_instructions import INSTRUCTIONS
 from schemas.placeholders import MARK, interleaved, parse_placeholders, user_content, with_marks

@@ -22,7 +22,8 @@ from pydantic import Field
 
 from helpers import ROOT, SAMPLE_CONFIG, load_config_file, make_config
 from pipeline.core import graph
-from pipeline.config.settings import ConfigError, Section, load_config
+from pipeline.config.settings import ConfigError, Section
+from pipeline.config.loading import load_config
 
 PIPELINE_STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"]
 

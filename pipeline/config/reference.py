@@ -17,7 +17,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from pipeline.config.settings import ENV_OVERRIDES, PipelineConfig
+from pipeline.config.settings import PipelineConfig
+from pipeline.config.loading import ENV_OVERRIDES
 
 #: environment variables the pipeline reads (besides Ray's, vLLM's and the AWS ones):
 #: name -> (the config key it overrides or extends, or None, and what it does)

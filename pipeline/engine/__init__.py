@@ -1,1 +1,1 @@
-"""The vLLM engine: one engine per process and its requests, the Ray engine pool, dead-engine detection, the image budget."""
+"""The vLLM engine: one engine per process, its requests, admission into it, adaptive rounds, rescoring, dead-engine detection and the image budget (the Ray engine pool that shares engines across stages is pipeline/run/engine_pool.py)."""

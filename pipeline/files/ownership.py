@@ -68,14 +68,9 @@ class Folder:
     def load(cls, uri: str, role: str, key: str = "") -> "Folder | None":
         """The folder's record (or one rebuilt from an older version's files); None when the
         folder is missing, empty or not the pipeline's."""
-        rec = storage.join(uri, RECORD)
-        if storage.exists(rec):
-            try:
-                data = storage.read_json(rec)
-            except (OSError, ValueError):
-                data = None
-            if isinstance(data, dict) and data.get("tool") == "mmpr-forge":
-                return cls(uri, data.get("role", role), set(data.get("entries", [])), key)
+        data = _json_or_none(storage.join(uri, RECORD))
+        if isinstance(data, dict) and data.get("tool") == "mmpr-forge":
+            return cls(uri, data.get("role", role), set(data.get("entries", [])), key)
         legacy = _legacy_entries(uri, role)
         if legacy is not None:
             return cls(uri, role, legacy, key)
@@ -186,15 +181,19 @@ def _markers_with_hash(uri: str) -> bool:
     return False
 
 
+def _json_or_none(uri: str) -> object:
+    """A JSON file's content; None when it is missing or unreadable."""
+    try:
+        return storage.read_json(uri) if storage.exists(uri) else None
+    except (OSError, ValueError):
+        return None
+
+
 def _legacy_entries(uri: str, role: str) -> set[str] | None:
     """The ledger of a folder an earlier version wrote, rebuilt from the files it names; None
     when the folder shows no sign of being the pipeline's."""
     if role == "dataset":
-        manifest = storage.join(uri, "manifest.json")
-        try:
-            data = storage.read_json(manifest) if storage.exists(manifest) else None
-        except (OSError, ValueError):
-            data = None
+        data = _json_or_none(storage.join(uri, "manifest.json"))
         if not (isinstance(data, dict) and "pipeline_version" in data and "shards" in data):
             return None
         return {*DATASET_ENTRIES, *(s["path"] for s in data["shards"] if isinstance(s, dict) and "path" in s)}
@@ -214,11 +213,7 @@ def _legacy_entries(uri: str, role: str) -> set[str] | None:
     if role == "stage":
         return set(STAGE_ENTRIES) if _markers_with_hash(uri) else None
     if role == "export":
-        index = storage.join(uri, "export.json")
-        try:
-            data = storage.read_json(index) if storage.exists(index) else None
-        except (OSError, ValueError):
-            data = None
+        data = _json_or_none(storage.join(uri, "export.json"))
         if not (isinstance(data, dict) and "format" in data):
             return None
         return {"export.json", *data.get("files", [])}

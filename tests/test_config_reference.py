@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
 import sys
 import textwrap
 from typing import get_args
@@ -14,11 +13,11 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from helpers import ROOT
+from helpers import ROOT, SAMPLE_CONFIG, config_file, load_config_file, run_cli
 from pipeline.config.settings import ConfigError, PipelineConfig
 from pipeline.config.loading import load_config
 
-SAMPLE = ROOT / "configs" / "sample.yaml"
+SAMPLE = ROOT / SAMPLE_CONFIG
 
 #: configs/sample.yaml's hashes, printed by the code before the stage sections became fields and
 #: the environment settings config keys: neither may change a hash (finished work and the
@@ -77,10 +76,8 @@ def test_a_config_pickles_copies_and_validates_again():
 
 
 def test_unknown_keys_still_fail_with_their_path(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("generate: {temprature: 1}\nfoo: 1\njudge:\n")
     with pytest.raises(ConfigError) as e:
-        load_config(path)
+        load_config_file(tmp_path, "generate: {temprature: 1}\nfoo: 1\njudge:\n")
     assert "generate.temprature: Extra inputs are not permitted" in str(e.value)
     assert "foo: Extra inputs are not permitted" in str(e.value)
 
@@ -121,8 +118,7 @@ def test_the_reference_lists_every_key_with_type_default_and_description():
 
 
 def test_config_command_prints_the_reference():
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "config"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_cli("config")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "mmpr-forge configuration: every key, its type, default and description"
@@ -139,12 +135,12 @@ def test_config_command_prints_resolved_values(capsys, monkeypatch):
     from pipeline.cli import main
 
     monkeypatch.chdir(ROOT)
-    assert main(["config", "--config", "configs/sample.yaml", "--set", "generate.n=3",
+    assert main(["config", "--config", SAMPLE_CONFIG, "--set", "generate.n=3",
                  "--set", "sources.0.limit=5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == 'run.name = "mmpr-sample"'
     assert "generate.n = 3" in lines and "sources.0.limit = 5" in lines
-    assert main(["config", "--config", "configs/sample.yaml", "--set", "generate.nn=3"]) == 2
+    assert main(["config", "--config", SAMPLE_CONFIG, "--set", "generate.nn=3"]) == 2
     assert "generate.nn is not a config key; did you mean generate.n?" in capsys.readouterr().err
 
 
@@ -207,8 +203,7 @@ def stage_package(tmp_path, monkeypatch):
 
 
 def test_stage_packages_is_a_config_key(stage_package, tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(f"run: {{stage_packages: [{stage_package}]}}\nshout: {{volume: 5}}\n")
+    path = config_file(tmp_path, f"run: {{stage_packages: [{stage_package}]}}\nshout: {{volume: 5}}\n")
     cfg = load_config(path)
     assert cfg.shout.volume == 5 and "shout" in type(cfg).model_fields
     assert pickle.loads(pickle.dumps(cfg)).shout.volume == 5

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 LAYERS = [
     ("schemas", 0), ("methods", 0), ("pipeline.errors", 0), ("pipeline", 0),

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers import config_file, encode
 from pair_data import SOURCES, write_inputs
 from pipeline import __version__
 from pipeline.config.settings import PipelineConfig
@@ -282,10 +283,9 @@ def test_cli_stage_write(inputs, tmp_path):
     """``python -m pipeline stage write --input <stage folder> --output DIR`` writes the dataset folder."""
     from pipeline.cli import main
 
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"run": {"seed": 7, "output_dir": str(tmp_path / "unused")},
-                                   "executor": {"kind": "local"},
-                                   "write": {"shard_rows": 7, "exports": ["swift"]}}))
+    cfg = config_file(tmp_path, {"run": {"seed": 7, "output_dir": str(tmp_path / "unused")},
+                                 "executor": {"kind": "local"}, "write": {"shard_rows": 7, "exports": ["swift"]}},
+                      "cfg.yaml")
     out = tmp_path / "cli"
     assert main(["stage", "write", "--config", str(cfg), "--input", inputs[0][0], "--output", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
@@ -297,7 +297,6 @@ def test_cli_stage_write(inputs, tmp_path):
 
 def test_parquet_bytes_skips_recompressing_compressed_images_only():
     """JPEG/PNG bytes are stored as they are; a BMP (raw pixels) still gets zstd."""
-    import io as _io
 
     import pyarrow as pa
 
@@ -317,9 +316,7 @@ def test_parquet_bytes_skips_recompressing_compressed_images_only():
     rows = [make_pair("src_a", i, "correctness") for i in range(4)]
     c = codecs(rows)
     assert c["images.list.element.bytes"] == "UNCOMPRESSED" and c["id"] == "ZSTD"
-    buf = _io.BytesIO()
-    Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "BMP")
-    rows[2]["images"] = [{"bytes": buf.getvalue(), "path": None}]
+    rows[2]["images"] = [{"bytes": encode(Image.new("RGB", (16, 16), (1, 2, 3)), "BMP"), "path": None}]
     assert codecs(rows)["images.list.element.bytes"] == "ZSTD"
 
 
@@ -351,8 +348,6 @@ def test_rebuilt_folder_loads_fresh_not_from_the_datasets_cache(inputs, tmp_path
 def _repeated_image_inputs(base: Path, prompts: int = 80, pairs: int = 15) -> tuple[list[str], dict]:
     """``prompts`` prompts x ``pairs`` correctness pairs sharing one noise PNG (~28 KB, incompressible),
     a prompt's pairs spread over two input files; returns (dirs, sample_id -> PNG bytes)."""
-    import io as _io
-
     import numpy as np
 
     from pipeline.core.seeds import stable_hash
@@ -362,10 +357,8 @@ def _repeated_image_inputs(base: Path, prompts: int = 80, pairs: int = 15) -> tu
     rng = np.random.default_rng(0)
     pngs, rows = {}, []
     for p in range(prompts):
-        buf = _io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), "RGB").save(buf, "PNG")
         sid = stable_hash("prompt", p)
-        pngs[sid] = buf.getvalue()
+        pngs[sid] = encode(Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), "RGB"))
         for k in range(pairs):
             chosen, rejected = f"Reasoning {k} for {p}.\nFinal answer: {p}", f"Guess {k}.\nFinal answer: {p + k + 1}"
             rows.append(pair_row(

@@ -151,11 +151,11 @@ class Folder:
             "tool": "mmpr-forge", "role": self.role, "entries": sorted(self.entries)})
 
 
-def open_folder(uri: str, role: str, key: str = "") -> Folder:
+def open_folder(uri: str, role: str, key: str = "", adopt: bool = False) -> Folder:
     """The folder as a stage that writes into it sees it: its record when the CLI (or an
     earlier run) claimed it, else claimed now (so a stage called from Python, without the
     CLI's up-front claim, still never writes into someone else's folder)."""
-    return Folder.load(uri, role, key) or Folder.claim(uri, role, key)
+    return Folder.load(uri, role, key) or Folder.claim(uri, role, key, adopt)
 
 
 # -- folders written before records existed -------------------------------------------------

@@ -121,7 +121,11 @@ def claim_targets(config: PipelineConfig, stage: str | None = None, output: str 
     """Claim the folders of ``run`` or ``stage`` and reserve what they will write; by key.
     Idempotent: the CLI claims up front, and ``run_pipeline`` / ``run_stage`` claim again
     for callers from Python (a no-op on the CLI's own folders)."""
-    found = _checked(config, stage, output, adopt)
+    return _claim(_checked(config, stage, output, adopt), adopt)
+
+
+def _claim(found: list[Target], adopt: bool) -> dict[str, Folder]:
+    """Claim checked folders and reserve what they will write; by key."""
     folders = {}
     for t in found:
         folder = Folder.claim(t.uri, t.role, t.key, adopt)
@@ -143,7 +147,7 @@ def claim_folders(config: PipelineConfig, stage: str | None = None, output: str 
         for t in found:
             if t.lock:
                 locks.append(FolderLock(t.uri, t.key).acquire(command))
-        yield claim_targets(config, stage, output, adopt)
+        yield _claim(found, adopt)  # checked above: the lock changed nothing there but the lock file
     except ConfigError:
         for lock in locks:
             lock.release()

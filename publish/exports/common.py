@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.files import storage
-from pipeline.files.ownership import Folder
+from pipeline.files.ownership import open_folder
 from publish.layout import configs
 
 log = logging.getLogger("pipeline")
@@ -194,7 +194,7 @@ class ExportFolder:
     def __init__(self, fmt: str, input_dir: str, root: str, image_root: str | None = None,
                  adopt: bool = False) -> None:
         self.fmt, self.input_dir, self.root, self.image_root = fmt, input_dir, root, image_root
-        self.ledger = Folder.load(root, "export", "--output") or Folder.claim(root, "export", "--output", adopt)
+        self.ledger = open_folder(root, "export", "--output", adopt)
         self.claimed: list[str] = []  # entries this export added to the ledger (undone by abort)
         self.files: set[str] = set()
         self.images: dict[str, str] = {}  # content hash -> relative path

@@ -115,7 +115,7 @@ def main() -> None:
 
     f, a = results["fixed"], results["adaptive"]
     print(f"\nsample prompts x{args.repeat}, tiny model, n={n}, max_tokens={args.max_tokens}, max_pairs_per_prompt="
-          f"{base.correctness.max_pairs_per_prompt}")
+          f"{base.scoring.max_pairs_per_prompt}")
     print(f"{'':28}{'fixed-N':>12}{'adaptive':>12}")
     for key, label, fmt in (("samples", "samples drawn", "{:,.0f}"), ("pairs", "correctness pairs", "{:,.0f}"),
                             ("prompts_covered", "prompts with a pair", "{:,.0f}"),

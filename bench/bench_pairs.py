@@ -172,7 +172,7 @@ def make_config(work_dir: str, partition_rows: int):
         "executor": {"kind": "local"},
         "sources": [src("bench_vqa"), src("bench_mc"), src("bench_chart", relaxed_numeric=True),
                     src("bench_doc")],
-        "correctness": {"threshold": 0.9, "max_pairs_per_prompt": 15},
+        "scoring": {"threshold": 0.9, "max_pairs_per_prompt": 15},
     })
 
 
@@ -252,7 +252,7 @@ def main() -> int:
     clear_caches()
     gc.collect()
     t0 = time.perf_counter()
-    n_scored = sum(len(score_responses(r, config.correctness, config.source(r["source"]), EXTRACTION_STYLE))
+    n_scored = sum(len(score_responses(r, config.scoring, config.source(r["source"]), EXTRACTION_STYLE))
                    for r in match_rows)
     t_match = time.perf_counter() - t0
     assert n_scored == n_match

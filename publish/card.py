@@ -85,8 +85,8 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> 
             f"| {triple(d['rejected_tokens'], 'mean', 'median', 'p90')} |")
     ratios = [f"- {meth}: " + " / ".join(_fmt(d["rejected_over_chosen"], k) for k in ("p10", "p25", "median", "p75", "p90"))
               for meth, d in lengths.items()]
-    exports = (f" Trainer exports: {', '.join(f'`exports/{e}/`' for e in manifest['exports'])}."
-               if manifest["exports"] else "")
+    # the export stage runs after write: the card points at its index rather than naming formats
+    exports = " Trainer exports, when the build makes them, are under `exports/<format>/`, listed in `exports/export.json`."
     template = (resources.files("publish") / "assets" / "card.md").read_text(encoding="utf-8")
     lines = lambda items: "".join(f"{x}\n" for x in items)  # noqa: E731 -- a table's rows, each ending a line
     return Template(template).substitute(

@@ -14,7 +14,7 @@ later use (harder prompts, more samples).
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Literal, Optional
+from typing import Iterable, Iterator, Optional
 
 from pydantic import Field
 
@@ -30,17 +30,7 @@ from schemas.records import pair_row, response_provenance
 
 
 class CorrectnessConfig(Section):
-    threshold: float = Field(0.9, ge=0, le=1, description=(
-        "A response is correct when its match score is above this (exact and rule matches score 1, ANLS between 0 "
-        "and 1)"))
-    max_pairs_per_prompt: int = Field(15, ge=1, description=(
-        "Most right x wrong pairs made from one prompt's responses"))
-    numeric_rel_tol: float = Field(1e-3, ge=0, description="Relative tolerance of numeric matches (0.001 = 0.1%)")
-    anls_cutoff: float = Field(0.5, ge=0, le=1, description=(
-        "ANLS answers (answer_type anls) scoring below this similarity score 0 (DocVQA's 0.5)"))
-    extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = Field(None, description=(
-        "How final answers are read from responses: final_answer, boxed, think, any; null = the style of the "
-        "prompt's template"))
+    """The correctness pairs (how responses are scored is the shared ``scoring`` section)."""
     format_negatives: bool = Field(True, description=(
         'Also use unparseable responses (no final answer) as rejected, in pairs of method "format"'))
     max_format_pairs_per_prompt: int = Field(3, ge=0, description=(
@@ -55,7 +45,8 @@ class CorrectnessStage(RowStage):
     pair_methods = (PairMethod("correctness"), PairMethod("format"))
     after = ("generate",)
     Config = CorrectnessConfig
-    reads = ("sources", "templates", "run.seed")  # sources: relaxed_numeric, true_false; templates: extraction
+    #: scoring: which responses are right; sources: relaxed_numeric, true_false; templates: extraction
+    uses = ("scoring", "sources", "templates", "run.seed")
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
 
@@ -94,12 +85,12 @@ class CorrectnessStage(RowStage):
                 f"prompts all wrong {s['prompts_all_wrong']}, all correct {s['prompts_all_correct']}{errors}")
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
-        cc, seed = self.config.correctness, self.config.run.seed
+        cc, sc, seed = self.config.correctness, self.config.scoring, self.config.run.seed
         chash = self.config.config_hash()
         for row in rows:
             if not row["answer"]:
                 continue
-            scored = score_responses(row, cc, self.config.source(row["source"]), extraction_styles(self.config),
+            scored = score_responses(row, sc, self.config.source(row["source"]), extraction_styles(self.config),
                                      ctx.stats.counters)
             right = [s for s in scored if s.usable_chosen]
             wrong = [s for s in scored if s.usable_rejected]
@@ -128,7 +119,7 @@ class CorrectnessStage(RowStage):
                 continue
             pair_seed = derive_seed(seed, row["sample_id"], "correctness")
             pairs = [("correctness", c, r) for c, r in
-                     select_pairs(right, wrong, cc.max_pairs_per_prompt, pair_seed, cc.length_balance_ratio)]
+                     select_pairs(right, wrong, sc.max_pairs_per_prompt, pair_seed, cc.length_balance_ratio)]
             if cc.format_negatives and cc.max_format_pairs_per_prompt:
                 pairs += [("format", c, r) for c, r in
                           select_pairs(right, unparsed, cc.max_format_pairs_per_prompt, pair_seed + 1,

@@ -68,7 +68,8 @@ class DropoutNTPStage(EngineStage):
     pair_methods = (PairMethod("dropout_ntp"),)
     after = ("generate",)
     Config = DropoutNTPConfig
-    reads = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")  # model: the engine and tokenizer that continue
+    #: model: the engine and tokenizer that continue
+    uses = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
 
@@ -81,10 +82,9 @@ class DropoutNTPStage(EngineStage):
                           config.generate.max_tokens + config.dropout_ntp.max_tokens)
 
     @classmethod
-    def hash_keys(cls, config) -> tuple[str, ...]:
+    def uses_in(cls, config) -> tuple[str, ...]:
         """With ``on_correct``, which responses are correct (the scoring settings) matters too."""
-        scored = tuple(f"correctness.{k}" for k in scoring.SETTINGS) if config.dropout_ntp.on_correct else ()
-        return cls.reads + scored
+        return cls.uses + (tuple(f"scoring.{k}" for k in scoring.SETTINGS) if config.dropout_ntp.on_correct else ())
 
     @classmethod
     def summarize(cls, d: dict) -> dict:
@@ -115,7 +115,7 @@ class DropoutNTPStage(EngineStage):
         if row["answer"]:
             if not cfg.on_correct:
                 return []
-            scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
+            scored = scoring.score_responses(row, self.config.scoring, self.config.source(row["source"]),
                                              extraction_styles(self.config))
             correct = {s.index for s in scored if s.usable_chosen}
             responses = [r for r in responses if r["index"] in correct]

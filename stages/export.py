@@ -1,11 +1,11 @@
-"""export: trainer layouts of the written dataset under OUT/exports/<format> (write.exports).
+"""export: trainer layouts of the written dataset under OUT/exports/<format> (export.formats).
 
 A whole-dataset step after ``write``: it reads the dataset folder write made
 (its shards, never the work folder) and lays it out for each format in
-``write.exports`` (``publish.exports``, one module per trainer), then writes
+``export.formats`` (``publish.exports``, one module per trainer), then writes
 ``exports/export.json`` listing what each export holds.  It joins a run by
 itself whenever ``write`` runs with formats listed, so configs name the
-formats once, in ``write.exports``.
+formats once, in ``export.formats``.
 
 ``python -m pipeline stage export --input DATASET --output DIR`` exports the
 dataset folder DATASET into ``DIR/exports/<format>`` (DIR = DATASET adds them
@@ -16,32 +16,50 @@ from __future__ import annotations
 import logging
 import time
 
-from pipeline.files import storage
+from pydantic import Field, field_validator
+
+from pipeline.config.sections import Section
 from pipeline.core.stage import DatasetStage, StageStats
+from pipeline.files import storage
+from publish.exports import FORMATS, export_dataset
 
 log = logging.getLogger("pipeline")
+
+
+class ExportConfig(Section):
+    formats: list[str] = Field(default_factory=list, description=(
+        "Trainer layouts written under OUT/exports/ (the formats publish.exports knows); any listed makes "
+        "the export stage run after write"))
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        unknown = [f for f in v if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
+        return v
 
 
 class ExportStage(DatasetStage):
     name = "export"
     after = ("write",)
     opt_in = True
-    reads = ("write.exports", "run.name")
+    Config = ExportConfig
+    uses = ("run.name",)
     output_schema = None
     units = "formats"
 
     @classmethod
     def enabled_by(cls, config) -> bool:
-        return bool(config.write.exports) and "write" in config.run.stages
+        return bool(config.export.formats) and "write" in config.run.stages
 
     def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:
         """``output_dir`` is the dataset folder in a run (write's own work folder holds nothing);
         an input that is a written dataset folder (it has a manifest) is read instead."""
-        from publish.exports import export_dataset
 
         t0 = time.perf_counter()
         stats = StageStats()
-        formats = list(self.config.write.exports)
+        formats = list(self.config.export.formats)
         if not formats:
             return stats
         dataset = next((d for d in input_dirs if storage.exists(storage.join(d, "manifest.json"))), output_dir)

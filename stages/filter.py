@@ -81,7 +81,7 @@ class FilterStage(RowStage):
     #: the pair stages, through grounding when it runs (a disabled grounding is looked through)
     after = ("grounding",)
     Config = FilterConfig
-    reads = ("templates",)  # the extraction style of a pair's template (require_final_answer)
+    uses = ("templates",)  # the extraction style of a pair's template (require_final_answer)
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 

@@ -34,10 +34,12 @@ from pipeline.config.settings import Section
 from pipeline.engine.engine import GenRequest
 from pipeline.sources.images import image_uuid, to_pil
 from pipeline.core.seeds import derive_seed
+from pipeline.core.graph import wanted
 from pipeline.core.stage import EngineStage, StageContext
 from schemas.placeholders import user_content
 from pipeline.core.stage import prefixed
-from pipeline.config.templates import BUILTIN_TEMPLATES, extraction_styles, prompt_text, template_for_source
+from pipeline.config.templates import (BUILTIN_TEMPLATES, check_templates, extraction_styles, prompt_text,
+                                      template_for_source)
 from pipeline.engine.image_budget import check_context
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
@@ -85,8 +87,8 @@ class GenerateConfig(Section):
         "Adaptive sampling: samples drawn in rounds, a prompt stops when its pairs have what they need"))
     logprobs: Optional[bool] = Field(None, description=(
         "Record each response's summed log-prob as sampled (responses.logprob): the grounding stage then scores the "
-        "sampled texts with their image without a request of its own; null = when the run includes the grounding "
-        "stage"))
+        "sampled texts with their image without a request of its own; null = when a stage of the run wants them "
+        "(grounding, with reuse_sampled_logprobs)"))
 
     def stop_rule(self, max_pairs: int) -> StopRule:
         a = self.adaptive
@@ -113,7 +115,7 @@ class GenerateStage(EngineStage):
     name = "generate"
     after = ("ingest",)
     Config = GenerateConfig
-    reads = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")
+    uses = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")
     input_schema = PROMPT_SCHEMA
     output_schema = RESPONSE_SCHEMA
 
@@ -122,15 +124,13 @@ class GenerateStage(EngineStage):
         """A prompt's worst-case image tokens plus max_tokens must fit the model's context."""
         if "generate" in config.run.stages:
             check_context(config, "generate.max_tokens", config.generate.max_tokens)
+        check_templates(config, config.generate.template, "generate.template")
 
     @classmethod
-    def hash_keys(cls, config) -> tuple[str, ...]:
+    def uses_in(cls, config) -> tuple[str, ...]:
         """Adaptive sampling stops on scored responses: the scoring settings and the pair
         budget decide which samples are drawn."""
-        if not config.generate.adaptive.enabled:
-            return cls.reads
-        return cls.reads + tuple(f"correctness.{k}" for k in scoring.SETTINGS) + (
-            "correctness.max_pairs_per_prompt",)
+        return cls.uses + (("scoring",) if config.generate.adaptive.enabled else ())
 
     @classmethod
     def summarize(cls, c: dict) -> dict:
@@ -165,8 +165,15 @@ class GenerateStage(EngineStage):
     def preview_messages(self, row: dict) -> list[dict] | None:
         if "question" not in row or "images" not in row:
             return None
-        template = template_for_source(self.config, row["source"]) if row["answer"] else BUILTIN_TEMPLATES["plain"]
+        template = self.template(row)
         return prompt_messages(row, template, None)  # content parts: the pre-flight applies the placeholder
+
+    def template(self, row: dict):
+        """The template a prompt row is sent in: its source's (or generate.template) when it has
+        ground truth, the plain one otherwise."""
+        if not row["answer"]:
+            return BUILTIN_TEMPLATES["plain"]
+        return template_for_source(self.config, row["source"], self.config.generate.template)
 
     def sampling(self, sample_id: str) -> dict:
         g = self.config.generate
@@ -174,12 +181,13 @@ class GenerateStage(EngineStage):
                 "max_tokens": g.max_tokens, "seed": derive_seed(self.config.run.seed, sample_id, "generate")}
 
     def wants_logprobs(self) -> bool:
+        """``generate.logprobs``, or when null, whether a stage of this run wants them."""
         flag = self.config.generate.logprobs
-        return "grounding" in self.config.run.stages if flag is None else flag
+        return wanted(self.pipeline_config, "logprobs") if flag is None else flag
 
     def sampler(self, row: dict, template) -> PromptSampler | None:
         """The round-by-round stopping rule of one prompt (None: fixed-N sampling)."""
-        g, cc = self.config.generate, self.config.correctness
+        g, cc = self.config.generate, self.config.scoring
         if not g.adaptive.enabled:
             return None
         source, styles = self.config.source(row["source"]), extraction_styles(self.config)
@@ -197,7 +205,7 @@ class GenerateStage(EngineStage):
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
         from vllm import SamplingParams
 
-        plain, placeholder = BUILTIN_TEMPLATES["plain"], self.config.model.image_placeholder
+        placeholder = self.config.model.image_placeholder
         # the sampled token's log-prob only (flat: no dict per token), computed from logits vLLM has
         logprobs = {"logprobs": 0, "flat_logprobs": True} if self.wants_logprobs() else {}
         todo, requests = [], []
@@ -207,7 +215,7 @@ class GenerateStage(EngineStage):
             except Exception as e:  # noqa: BLE001 -- a stored image that no longer decodes
                 ctx.quarantine(row, "image_decode_error", str(e))
                 continue
-            template = template_for_source(self.config, row["source"]) if row["answer"] else plain
+            template = self.template(row)
             sampling = self.sampling(row["sample_id"])
             stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
             sampler = self.sampler(row, template)

@@ -159,13 +159,18 @@ class GroundingStage(EngineStage):
     opt_in = True
     Config = GroundingConfig
     #: model: the policy model scores; sources: their processor settings
-    reads = ("model", "sources", "run.seed", "engine.batch_invariant")
+    uses = ("model", "sources", "run.seed", "engine.batch_invariant")
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 
     _params = None  # the SamplingParams of every scoring request (scoring_params)
     _prefix_params = None  # and of the prompt-only requests that fill the prefix cache (prefix_request)
     _image_tokens = None  # the model's worst case per image (fills_a_block)
+
+    @classmethod
+    def wants(cls, config) -> frozenset[str]:
+        """The sampled texts' log-probs (generate records them), so those need no request here."""
+        return frozenset({"logprobs"}) if config.grounding.reuse_sampled_logprobs else frozenset()
 
     @classmethod
     def summarize(cls, c: dict) -> dict:

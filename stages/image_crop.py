@@ -74,7 +74,7 @@ class ImageCropStage(RowStage):
     after = ("generate",)
     Config = ImageCropConfig
     #: which responses are right decides the texts of ground-truth pairs
-    reads = ("run.seed", "sources", "templates", *(f"correctness.{k}" for k in scoring.SETTINGS))
+    uses = ("run.seed", "sources", "templates", *(f"scoring.{k}" for k in scoring.SETTINGS))
     input_schema = RESPONSE_SCHEMA
     output_schema = PAIR_SCHEMA
 
@@ -97,7 +97,7 @@ class ImageCropStage(RowStage):
         if not row["answer"]:
             ok = [r for r in responses if r["text"].strip() and r["finish_reason"] != "length"]
             return (ok[0], ok[0], None) if ok else None
-        scored = scoring.score_responses(row, self.config.correctness, self.config.source(row["source"]),
+        scored = scoring.score_responses(row, self.config.scoring, self.config.source(row["source"]),
                                          extraction_styles(self.config))
         right = [responses[i] for i, s in enumerate(scored) if s.usable_chosen]
         wrong = [responses[i] for i, s in enumerate(scored) if not s.correct and not s.states_truth]

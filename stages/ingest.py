@@ -68,7 +68,7 @@ def _as_str_list(value: Any, what: str, reason: str, allow_scalar: bool = True) 
 class IngestStage(SourceStage):
     name = "ingest"
     Config = IngestConfig
-    reads = ("sources", "model.max_images_per_prompt", "run.partition_rows")
+    uses = ("sources", "model.max_images_per_prompt", "run.partition_rows")
     input_schema = None  # raw rows from pipeline.sources.readers
     output_schema = PROMPT_SCHEMA
 

@@ -67,7 +67,7 @@ class JudgeStage(EngineStage):
     after = ("filter",)
     Config = JudgeConfig
     #: model: the judge when judge.model is null; sources: their processor settings then
-    reads = ("model", "sources", "run.seed", "engine.batch_invariant")
+    uses = ("model", "sources", "run.seed", "engine.batch_invariant")
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 

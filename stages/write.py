@@ -7,7 +7,7 @@ Reads every pair row the upstream stages made and writes::
     OUT/data/image_crop/train-...parquet         image-contrast pairs (mDPO crops), their own config
     OUT/manifest.json                            shards + SHA-256, totals, version, resolved config + hash
     OUT/README.md                                dataset card: HF ``configs:`` header, statistics, how to rebuild
-    OUT/exports/<format>/                        trainer layouts in write.exports (the export stage, after write)
+    OUT/exports/<format>/                        trainer layouts in export.formats (the export stage, after write)
 
 Writing is a whole-dataset step (global seeded shuffle, exact dedup, split by
 prompt).  The driver only plans; the bytes move in tasks (``publish.shard_tasks``:
@@ -50,7 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from pipeline import __version__
 from pipeline.run import faults
@@ -59,7 +59,6 @@ from pipeline.config.settings import PipelineConfig, Section
 from pipeline.files.ownership import Folder, open_folder
 from pipeline.core.stage import DatasetStage, StageStats
 from publish.card import render_card
-from publish.exports import FORMATS
 from publish.layout import SPLITS, configs, image_methods
 from publish.parquet import parquet_bytes  # noqa: F401  (bench_report encodes shards as the stage does)
 from publish.shard_order import prompt_keys, prompts_of, row_keys, shard_cuts, split_draw
@@ -78,16 +77,6 @@ class WriteConfig(Section):
     shard_rows: int = Field(5000, ge=1, description="Rows per Parquet shard of the dataset")
     test_fraction: float = Field(0.0, ge=0, lt=1, description=(
         "Fraction of prompts whose pairs go to the test split (split by prompt; 0 = train only)"))
-    exports: list[str] = Field(default_factory=list, description=(
-        "Trainer layouts written under OUT/exports/ by the export stage (the formats publish.exports knows)"))
-
-    @field_validator("exports")
-    @classmethod
-    def _known_formats(cls, v: list[str]) -> list[str]:
-        unknown = [f for f in v if f not in FORMATS]
-        if unknown:
-            raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
-        return v
 
 
 class WriteStage(DatasetStage):
@@ -96,7 +85,7 @@ class WriteStage(DatasetStage):
     name = "write"
     after = ("judge",)
     Config = WriteConfig
-    reads = ("run.seed", "run.name")
+    uses = ("run.seed", "run.name", "sources", "model")  # sources, model: the card names them
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 
@@ -234,7 +223,6 @@ def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict]
         },
         "lengths": row_stats.lengths(),
         "shards": shard_entries,
-        "exports": list(config.write.exports),
         "config": config.resolved(),
     }
     for cfg, splits in row_stats.splits().items():

@@ -22,7 +22,7 @@ SAMPLE_CONFIG = "configs/sample.yaml"
 #: signal lands mid-stage
 SMALL = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "generate.n=4",
          "--set", "generate.max_tokens=48", "--set", "dropout_ntp.max_tokens=48",
-         "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "write.exports=[]",
+         "--set", "run.partition_rows=8", "--set", "write.shard_rows=40", "--set", "export.formats=[]",
          "--set", "model.engine_kwargs={max_num_seqs: 16}"]
 #: an InternLM-style chat template (InternVL's): it prints ``message['content']`` as a string
 INTERNLM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

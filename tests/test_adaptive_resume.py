@@ -20,7 +20,7 @@ from stages import make_stage
 
 ADAPTIVE = {"enabled": True, "rounds": [2, 4], "all_right_after": 2, "no_gt_max": 2}
 SETS = ["--set", "sources.0.limit=24", "--set", "sources.1.limit=8", "--set", "generate.n=4",
-        "--set", "generate.max_tokens=48", "--set", "run.partition_rows=8", "--set", "correctness.max_pairs_per_prompt=3",
+        "--set", "generate.max_tokens=48", "--set", "run.partition_rows=8", "--set", "scoring.max_pairs_per_prompt=3",
         "--set", "generate.adaptive={enabled: true, rounds: [2, 4], all_right_after: 2, no_gt_max: 2}",
         "--set", "model.engine_kwargs={max_num_seqs: 16}"]
 
@@ -30,7 +30,7 @@ def _cfg():
         {"name": "sample_gt", "format": "jsonl", "path": "data/sample/gt.jsonl", "limit": 24},
         {"name": "sample_open", "format": "jsonl", "path": "data/sample/open.jsonl", "limit": 8}],
         generate={"n": 4, "max_tokens": 48, "adaptive": ADAPTIVE}, run={"partition_rows": 8},
-        correctness={"max_pairs_per_prompt": 3})
+        scoring={"max_pairs_per_prompt": 3})
 
 
 def _rows(folder) -> dict:

@@ -24,7 +24,7 @@ ADAPTIVE = {"enabled": True, "rounds": [2, 4, 8], "max_reuse": 2, "all_right_aft
 
 def _cfg(adaptive: dict | None = None):
     generate = {"n": N, "max_tokens": 48, **({"adaptive": adaptive} if adaptive else {})}
-    return make_config(executor={"kind": "local"}, generate=generate, correctness={"max_pairs_per_prompt": 3},
+    return make_config(executor={"kind": "local"}, generate=generate, scoring={"max_pairs_per_prompt": 3},
                        run={"partition_rows": 24, "seed": 11})
 
 
@@ -72,7 +72,7 @@ def test_each_prompt_stops_for_the_reason_its_samples_give(runs):
             assert reason == ("no_gt_chosen" if ok[-1] else "no_gt_cap"), row["sample_id"]
             assert not any(ok[:-1]) and (ok[-1] or n == ADAPTIVE["no_gt_max"])
             continue
-        scored = score_responses(row, cfg.correctness, cfg.source(row["source"]), styles)
+        scored = score_responses(row, cfg.scoring, cfg.source(row["source"]), styles)
         right = sum(s.usable_chosen for s in scored)
         wrong = sum(s.usable_rejected for s in scored)
         if reason == "enough_pairs":

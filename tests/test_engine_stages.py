@@ -96,7 +96,7 @@ def test_tiny_model_answers_in_format_and_mixes_right_and_wrong(generated):
 
     _, table, _ = generated["gt"]
     cfg = _cfg()
-    scored = [score_responses(row, cfg.correctness, cfg.source(row["source"]), EXTRACTION_STYLE)
+    scored = [score_responses(row, cfg.scoring, cfg.source(row["source"]), EXTRACTION_STYLE)
               for row in table.to_pylist()]
     flat = [s for row in scored for s in row]
     parsed = sum(s.answer is not None for s in flat) / len(flat)

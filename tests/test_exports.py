@@ -30,7 +30,7 @@ def dataset(tmp_path_factory):
     out = base / "out"
     cfg = PipelineConfig.model_validate({
         "run": {"name": "export-test", "seed": 3, "output_dir": str(out)}, "executor": {"kind": "local"},
-        "write": {"shard_rows": 10, "test_fraction": 0.25, "exports": list(FORMATS)},
+        "write": {"shard_rows": 10, "test_fraction": 0.25}, "export": {"formats": list(FORMATS)},
     })
     write_dataset(cfg, dirs)
     stage = make_stage("export", cfg)
@@ -276,13 +276,13 @@ def test_swift_leaves_out_pairs_whose_rejected_equals_chosen(tmp_path):
 def test_the_export_stage_runs_after_write_when_formats_are_listed():
     from pipeline.core.graph import input_stages
 
-    on = PipelineConfig.model_validate({"write": {"exports": ["swift"]}})
+    on = PipelineConfig.model_validate({"export": {"formats": ["swift"]}})
     assert on.run.stages[-2:] == ["write", "export"] and input_stages(on, "export") == ["write"]
-    assert "export" not in PipelineConfig.model_validate({"write": {"exports": []}}).run.stages
-    no_write = PipelineConfig.model_validate({"run": {"stages": ["ingest", "generate"]}, "write": {"exports": ["swift"]}})
+    assert "export" not in PipelineConfig.model_validate({"export": {"formats": []}}).run.stages
+    no_write = PipelineConfig.model_validate({"run": {"stages": ["ingest", "generate"]}, "export": {"formats": ["swift"]}})
     assert "export" not in no_write.run.stages
     with pytest.raises(ValueError, match="unknown export format"):
-        PipelineConfig.model_validate({"write": {"exports": ["axolotl"]}})
+        PipelineConfig.model_validate({"export": {"formats": ["axolotl"]}})
 
 
 #: how an export README runs the exporter: from the mmpr-forge checkout, with its virtualenv

@@ -94,7 +94,7 @@ def test_templates_are_data_picked_per_source_and_language(tmp_path):
           - {name: d, format: mmpr, path: /d/geoqa_zh_20240611.jsonl}
           - {name: e, format: jsonl, path: /d/x.jsonl, template: internvl_en, language: zh}
     """)
-    picked = {s.name: template_for_source(cfg, s.name) for s in cfg.sources}
+    picked = {s.name: template_for_source(cfg, s.name, cfg.generate.template) for s in cfg.sources}
     assert {k: t.id for k, t in picked.items()} == {
         "a": "ours_en", "b": "ours_zh", "c": "internvl_zh_v2",
         "d": "mmpr_final_answer",  # our default has no Chinese variant: kept

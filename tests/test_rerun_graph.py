@@ -23,12 +23,12 @@ BASE = {
     "executor": {"kind": "local"},
     "generate": {"n": 4, "max_tokens": 32},
     "dropout_ntp": {"max_tokens": 32},
-    "write": {"shard_rows": 40, "exports": []},
+    "write": {"shard_rows": 40}, "export": {"formats": []},
 }
 #: (change, stages whose markers must be rewritten) -- applied one after the other
 STEPS = [
     ({"generate": {"temperature": 0.7}}, {"generate", "correctness", "dropout_ntp", "image_crop", "filter"}),
-    ({"correctness": {"max_pairs_per_prompt": 2}}, {"correctness", "filter"}),
+    ({"scoring": {"max_pairs_per_prompt": 2}}, {"correctness", "filter"}),
     ({"dropout_ntp": {"temperature": 0.5}}, {"dropout_ntp", "filter"}),
     ({"image_crop": {"fraction": 0.9}}, {"image_crop", "filter"}),
     ({"filter": {"require_final_answer": False}}, {"filter"}),

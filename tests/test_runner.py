@@ -125,7 +125,7 @@ def test_plan_names_partitions_after_inputs_and_prefixes_multiple_inputs(tmp_pat
 
 @pytest.mark.parametrize("change, affected, unaffected", [
     ({"generate": {"n": 16}}, ["generate", "correctness", "filter"], ["ingest"]),
-    ({"correctness": {"max_pairs_per_prompt": 3}}, ["correctness", "filter"], ["ingest", "generate"]),
+    ({"scoring": {"max_pairs_per_prompt": 3}}, ["correctness", "filter"], ["ingest", "generate"]),
     ({"image_crop": {"fraction": 0.9}}, ["image_crop", "filter"], ["generate", "correctness", "dropout_ntp"]),
     ({"executor": {"cpu_concurrency": 2}, "engine": {"replicas": 4}}, [], ["ingest", "generate", "filter"]),
     ({"run": {"work_dir": "elsewhere", "output_dir": "x"}}, [], ["ingest", "generate", "filter"]),

@@ -65,7 +65,7 @@ def _config(s3_sources, work: str, out: str):
                  {"name": "sample_open", "format": "jsonl", "path": s3_sources["open"]}],
         generate={"n": 4, "max_tokens": 48},
         dropout_ntp={"max_tokens": 48},
-        write={"shard_rows": 40, "exports": ["llamafactory"]},
+        write={"shard_rows": 40}, export={"formats": ["llamafactory"]},
     )
 
 

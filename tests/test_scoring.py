@@ -30,7 +30,7 @@ def _row(answer: str, texts: list[str], answer_type: str = "math") -> dict:
 def test_scoring_matches_like_the_correctness_stage():
     cfg = make_config()
     row = _row("\\frac{1}{2}", ["so\nFinal answer: 0.5", "so\nFinal answer: 1/3", "no final line"])
-    scored = score_responses(row, cfg.correctness, cfg.source("sample_gt"), EXTRACTION_STYLE)
+    scored = score_responses(row, cfg.scoring, cfg.source("sample_gt"), EXTRACTION_STYLE)
     assert [(s.answer, s.correct) for s in scored] == [("0.5", True), ("1/3", False), (None, False)]
 
 
@@ -43,7 +43,7 @@ def test_math_verify_exceptions_are_counted_not_silent(monkeypatch):
     # unique answers: the parser cache must not hide the call
     row = _row("\\sqrt{7}+\\frac{3}{11}", ["so\nFinal answer: \\frac{3}{11}+\\sqrt{7}", "Final answer: 9"])
     counters: dict = {}
-    scored = score_responses(row, cfg.correctness, cfg.source("sample_gt"), EXTRACTION_STYLE, counters)
+    scored = score_responses(row, cfg.scoring, cfg.source("sample_gt"), EXTRACTION_STYLE, counters)
     assert not any(s.correct for s in scored)
     assert counters.get("scoring_errors.math_verify.RuntimeError", 0) >= 1
     ctx = StageContext("correctness", "p", cfg)
@@ -56,5 +56,5 @@ def test_math_verify_exceptions_are_counted_not_silent(monkeypatch):
 @pytest.mark.parametrize("stage", ["image_crop", "dropout_ntp"])
 def test_methods_that_need_right_answers_hash_the_scoring_settings(stage):
     base = make_config(dropout_ntp={"on_correct": True})
-    stricter = make_config(dropout_ntp={"on_correct": True}, correctness={"numeric_rel_tol": 0.1})
+    stricter = make_config(dropout_ntp={"on_correct": True}, scoring={"numeric_rel_tol": 0.1})
     assert base.stage_hash(stage) != stricter.stage_hash(stage)

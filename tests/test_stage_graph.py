@@ -99,7 +99,7 @@ def _downstream(stage: str, enabled: list[str]) -> set[str]:
 CHANGES = [
     ({"ingest": {"max_question_chars": 99}}, "ingest"),
     ({"generate": {"temperature": 0.5}}, "generate"),
-    ({"correctness": {"max_pairs_per_prompt": 3}}, "correctness"),
+    ({"scoring": {"max_pairs_per_prompt": 3}}, "correctness"),
     ({"dropout_ntp": {"temperature": 0.3}}, "dropout_ntp"),
     ({"image_crop": {"fraction": 0.9}}, "image_crop"),
     ({"filter": {"require_final_answer": False}}, "filter"),
@@ -119,9 +119,9 @@ def test_a_stage_parameter_changes_exactly_that_stage_and_its_downstream(change,
 
 @pytest.mark.parametrize("change, moved", [
     # scoring settings decide which responses are right: image_crop's texts depend on them
-    ({"correctness": {"threshold": 0.5}}, {"correctness", "image_crop", "filter", "judge", "write"}),
+    ({"scoring": {"threshold": 0.5}}, {"correctness", "image_crop", "filter", "judge", "write"}),
     # ... and dropout_ntp's only when it pairs correct responses
-    ({"correctness": {"threshold": 0.5}, "dropout_ntp": {"on_correct": True}},
+    ({"scoring": {"threshold": 0.5}, "dropout_ntp": {"on_correct": True}},
      {"correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"}),
     ({"run": {"seed": 5}}, set(PIPELINE_STAGES) - {"ingest", "filter"} | {"filter"}),
     ({"run": {"partition_rows": 5}}, set(PIPELINE_STAGES)),
@@ -197,7 +197,7 @@ def test_adding_a_stage_is_one_class(sample_data, tmp_path):
                           executor={"kind": "local"}, echo={"prefix": "Surely not"},
                           sources=[{"name": "sample_gt", "format": "jsonl", "path": str(sample_data / "gt.jsonl"),
                                     "limit": 6}],
-                          write={"shard_rows": 100, "exports": []})
+                          write={"shard_rows": 100}, export={"formats": []})
         assert "  echo         the ground truth as chosen, its negation as rejected" in _stage_help()
         report = run_pipeline(cfg)
         rows = datasets.load_dataset("parquet", data_files=str(tmp_path / "o" / "data" / "*.parquet"))["train"]

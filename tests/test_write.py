@@ -33,7 +33,7 @@ def config(out: Path, seed: int = 7, shard_rows: int = 7, test_fraction: float =
         "run": {"name": "write-test", "seed": seed, "output_dir": str(out), "work_dir": str(out) + "-work"},
         "executor": {"kind": executor, "write_workers": workers, **buffer},
         "sources": [{"name": s, "format": "jsonl", "path": f"{s}.jsonl"} for s in SOURCES],
-        "write": {"shard_rows": shard_rows, "test_fraction": test_fraction, "exports": list(exports)},
+        "write": {"shard_rows": shard_rows, "test_fraction": test_fraction}, "export": {"formats": list(exports)},
     })
 
 
@@ -284,7 +284,7 @@ def test_cli_stage_write(inputs, tmp_path):
     from pipeline.cli import main
 
     cfg = config_file(tmp_path, {"run": {"seed": 7, "output_dir": str(tmp_path / "unused")},
-                                 "executor": {"kind": "local"}, "write": {"shard_rows": 7, "exports": ["swift"]}},
+                                 "executor": {"kind": "local"}, "write": {"shard_rows": 7}, "export": {"formats": ["swift"]}},
                       "cfg.yaml")
     out = tmp_path / "cli"
     assert main(["stage", "write", "--config", str(cfg), "--input", inputs[0][0], "--output", str(out)]) == 0

@@ -16,10 +16,11 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.config.model import (  # noqa: F401 -- re-exported: `from pipeline.config.settings import X` keeps working
     DTYPES, MODALITIES, RESERVED_ENGINE_KWARGS, TINY_MODEL, TYPED_ENGINE_KWARGS, EngineConfig, ModelConfig)
 from pipeline.config.sections import Section, StageSections
+from pipeline.config.shared import ScoringConfig, move_old_keys
 from pipeline.errors import ConfigError  # noqa: F401 -- re-exported: callers catch it from the config
 from pipeline.core.seeds import stable_hash
 from pipeline.config.sources import SourceConfig, TemplateConfig
-from pipeline.config.templates import BUILTIN_TEMPLATES, pick_template, template_table
+from pipeline.config.templates import BUILTIN_TEMPLATES
 
 
 _Section = Section
@@ -127,6 +128,7 @@ class PipelineConfig(StageSections):
         "The input datasets, each read, validated and normalised by ingest (names must be unique)"))
     templates: list[TemplateConfig] = Field(default_factory=list, description=(
         "Prompt templates as data, besides the built-in ones (pipeline.config.templates)"))
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig, description=ScoringConfig.__doc__)
 
     if TYPE_CHECKING:  # the stage sections are fields of the full model only: Any to type checkers
         def __getattr__(self, name: str) -> Any: ...
@@ -134,7 +136,9 @@ class PipelineConfig(StageSections):
     @model_validator(mode="before")
     @classmethod
     def _empty_stage_sections(cls, data: Any) -> Any:
-        """An empty stage section in the YAML (``judge:``) is that section's defaults."""
+        """An empty stage section in the YAML (``judge:``) is that section's defaults; keys an
+        earlier version kept elsewhere are read at their new place (``pipeline.config.shared``)."""
+        data = move_old_keys(data)
         names = getattr(cls, "__stage_sections__", ())
         if isinstance(data, dict) and any(data.get(n, {}) is None for n in names):
             data = {k: v for k, v in data.items() if not (k in names and v is None)}
@@ -168,19 +172,12 @@ class PipelineConfig(StageSections):
             self.run.stages = [*self.run.stages, *wanted]
 
     def _templates_known(self) -> "PipelineConfig":
+        """Template ids are unique and none shadows a built-in one (which template each use
+        picks is checked by the stage that picks it: ``Stage.check_config``)."""
         ids = [t.id for t in self.templates]
         clash = sorted({i for i in ids if ids.count(i) > 1 or i in BUILTIN_TEMPLATES})
         if clash:
             raise ValueError(f"templates: id(s) {clash} are duplicated or built-in; give each template its own id")
-        table = template_table(self.templates)
-        uses = [("generate.template", self.generate.template, "auto")]
-        uses += [(f"sources.{i}.template", s.template or self.generate.template, s.language)
-                 for i, s in enumerate(self.sources)]
-        for key, wanted, language in uses:
-            try:
-                pick_template(table, wanted, None if language == "auto" else language, strict=language != "auto")
-            except KeyError as e:
-                raise ValueError(f"{key}: {e.args[0]}") from None
         return self
 
     @model_validator(mode="after")

@@ -149,15 +149,29 @@ def detect_language(path: str) -> str:
     return "zh" if "_zh_" in os.path.basename(path.rstrip("/")) else "en"
 
 
-def template_for_source(config: Any, source: str) -> Template:
-    """The template a source's ground-truth prompts are wrapped in."""
+def template_for_source(config: Any, source: str, default: str) -> Template:
+    """The template a source's ground-truth prompts are wrapped in: the source's own, else
+    ``default`` (the stage's setting)."""
     table = template_table(config.templates)
     src = config.source(source)
-    wanted = (src.template if src is not None else None) or config.generate.template
+    wanted = (src.template if src is not None else None) or default
     if src is None:
         return pick_template(table, wanted, "en")
     explicit = src.language != "auto"
     return pick_template(table, wanted, src.language if explicit else detect_language(src.path), strict=explicit)
+
+
+def check_templates(config: Any, default: str, key: str) -> None:
+    """Every source's template (or ``default``, the setting ``key``) exists in the language the
+    source asks for: raise ValueError naming the key to fix."""
+    table = template_table(config.templates)
+    uses = [(key, default, "auto")]
+    uses += [(f"sources.{i}.template", s.template or default, s.language) for i, s in enumerate(config.sources)]
+    for name, wanted, language in uses:
+        try:
+            pick_template(table, wanted, None if language == "auto" else language, strict=language != "auto")
+        except KeyError as e:
+            raise ValueError(f"{name}: {e.args[0]}") from None
 
 
 def template_by_id(config: Any, template_id: str | None) -> Template:

@@ -11,9 +11,11 @@ names a stage: order, inputs and hashes all come from what the classes declare.
 * **inputs**: a stage reads its nearest *enabled* upstream stages; a disabled
   stage that keeps the schema (filter, judge: pairs in, pairs out) is looked
   through to what it would have read.
-* **hash**: a stage's hash covers its own config section, the keys it declares
-  it reads, and the hashes of the stages it really reads --
-  nothing else, so tuning one stage never redoes a sibling.
+* **hash**: a stage's hash covers its own config section, the settings it declares
+  it uses (``Stage.uses``; the only others it can read), and the hashes of the
+  stages it really reads -- nothing else, so tuning one stage never redoes a sibling.
+* **wants**: what a stage needs of its upstream output (``Stage.wants``), asked
+  with ``wanted``, so an upstream stage never names the stages downstream of it.
 """
 from __future__ import annotations
 
@@ -115,6 +117,11 @@ def input_stages(config: "PipelineConfig", stage: str) -> list[str]:
     return sorted(dict.fromkeys(found), key=rank.__getitem__)
 
 
+def wanted(config: "PipelineConfig", capability: str) -> bool:
+    """Whether a stage of this run wants ``capability`` of its upstream output (``Stage.wants``)."""
+    return any(capability in stage_class(s).wants(config) for s in config.run.stages)
+
+
 def config_value(resolved: dict, dotted: str) -> Any:
     """``resolved["a"]["b"]`` for ``"a.b"`` (None when a key is missing)."""
     return reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, dotted.split("."), resolved)
@@ -131,7 +138,7 @@ def stage_hash(config: "PipelineConfig", stage: str) -> str:
             part = {
                 "stage": s,
                 "section": resolved.get(s),
-                "reads": {k: config_value(resolved, k) for k in cls.hash_keys(config)},
+                "uses": {k: config_value(resolved, k) for k in cls.uses_in(config)},
                 "inputs": {up: h(up) for up in input_stages(config, s)},
             }
             memo[s] = stable_hash(json.dumps(part, sort_keys=True))[:16]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 import pyarrow as pa
 
+from pipeline.core.settings_view import SettingsView
 from schemas import QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,8 +146,9 @@ class Stage:
     scheduled and which hooks it has.  A subclass with a ``name`` registers itself on
     definition.  What it declares is all the framework knows about it: ``after``
     (the stages whose output it reads), ``Config`` (its config section, a pydantic
-    model; the section is named after the stage), ``reads`` (other config keys its
-    output depends on, dotted: ``run.seed``, ``model``, ``sources``...), the schemas
+    model; the section is named after the stage), ``uses`` (the settings outside its
+    section it reads, dotted: a shared section such as ``scoring``, or ``run.seed``,
+    ``model``, ``sources``...), ``wants`` (what it needs of upstream output), the schemas
     (``input_schema`` is checked when a partition is read) and ``summarize``.  The
     registry, the stage order, the graph, the config sections, the stage hashes, the
     CLI help and the report rows are derived from these (``pipeline.core.graph``);
@@ -162,8 +164,10 @@ class Stage:
     feeds: ClassVar[tuple[str, ...]] = ()
     #: the config section, named after the stage (``None``: the stage has no section)
     Config: ClassVar[type | None] = None
-    #: config keys outside the section that change this stage's output (part of its hash)
-    reads: ClassVar[tuple[str, ...]] = ()
+    #: the settings outside its own section this stage reads: shared sections (``scoring``) or
+    #: dotted keys (``run.seed``).  They are part of its hash, and ``self.config`` refuses any
+    #: other (``pipeline.core.settings_view``), so the hash cannot miss a setting
+    uses: ClassVar[tuple[str, ...]] = ()
     #: off unless listed in ``run.stages`` or its section sets ``enabled: true``
     opt_in: ClassVar[bool] = False
     input_schema: ClassVar[pa.Schema | None] = None
@@ -184,7 +188,10 @@ class Stage:
         REGISTRY[cls.name] = cls
 
     def __init__(self, config: "PipelineConfig") -> None:
-        self.config = config
+        #: the whole config, for the framework that runs the stage (hashes, executors, engines)
+        self.pipeline_config = config
+        #: what the stage's own code reads: its section and the settings it declares
+        self.config: Any = SettingsView(config, (self.name, *self.uses_in(config)), self.name)
 
     @property
     def section(self) -> Any:
@@ -215,9 +222,18 @@ class Stage:
         framework never names a stage's section; a stage that is off usually checks nothing."""
 
     @classmethod
-    def hash_keys(cls, config: "PipelineConfig") -> tuple[str, ...]:
-        """The config keys outside its section this stage's output depends on (default: ``reads``)."""
-        return cls.reads
+    def uses_in(cls, config: "PipelineConfig") -> tuple[str, ...]:
+        """The settings outside its section this stage reads under ``config`` (default: ``uses``);
+        a stage that reads a setting only in some modes adds it here in those modes, so its
+        hash changes only when its output can."""
+        return cls.uses
+
+    @classmethod
+    def wants(cls, config: "PipelineConfig") -> frozenset[str]:
+        """What this stage needs its upstream stages to record, when it runs under ``config``
+        (e.g. ``"logprobs"``: each response's sampled log-prob).  An upstream stage asks
+        ``pipeline.core.graph.wanted`` instead of naming the stages that might need it."""
+        return frozenset()
 
     @classmethod
     def summarize(cls, counters: dict) -> dict:
@@ -277,8 +293,8 @@ class EngineStage(Stage):
     streams: ClassVar[bool] = True
 
     def engine_config(self) -> "PipelineConfig":
-        """The config whose model this stage's engine runs (a judge may use another model)."""
-        return self.config
+        """The whole config whose model this stage's engine runs (a judge may use another model)."""
+        return self.pipeline_config
 
     def preview_messages(self, row: dict) -> list[dict] | None:
         """The chat messages this stage would send for an input ``row`` (stages that prompt

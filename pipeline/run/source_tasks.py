@@ -50,7 +50,7 @@ def run_source(stage: Stage, out_dir: str, executor: Callable[[], object] | None
     """Plan, run the unfinished ranges, redo what the stage asks; returns (stats of the
     partitions run now, partitions, partitions already done).  ``executor`` makes the
     executor (called only when there is work); default: this process."""
-    h = stage.config.stage_hash(stage.name)
+    h = stage.pipeline_config.stage_hash(stage.name)
     planned = planned_partitions(stage, out_dir, h)
     tasks = [Task(stage.name, name, inputs, out_dir, h) for name, inputs in planned]
     pending = [t for t in tasks if not completed(t)]
@@ -63,7 +63,7 @@ def run_source(stage: Stage, out_dir: str, executor: Callable[[], object] | None
             if runner is None:
                 from pipeline.run.executors import LocalExecutor
 
-                runner = executor() if executor else LocalExecutor(stage.config)
+                runner = executor() if executor else LocalExecutor(stage.pipeline_config)
             runner.run(stage.name, batch)
             ran.update(t.name for t in batch)
 

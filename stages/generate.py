@@ -187,9 +187,10 @@ class GenerateStage(EngineStage):
 
     def sampler(self, row: dict, template) -> PromptSampler | None:
         """The round-by-round stopping rule of one prompt (None: fixed-N sampling)."""
-        g, cc = self.config.generate, self.config.scoring
+        g = self.config.generate
         if not g.adaptive.enabled:
             return None
+        cc = self.config.scoring  # declared only with adaptive sampling (uses_in)
         source, styles = self.config.source(row["source"]), extraction_styles(self.config)
 
         def score(completions):

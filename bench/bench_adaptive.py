@@ -67,11 +67,11 @@ def run_mode(config, prompts_dir: str, work: str, engine) -> dict:
     g = gen.counters
     gt_tokens = g["tokens_generated"] - g.get("tokens_generated.no_gt", 0)
     no_gt_tokens = g.get("tokens_generated.no_gt", 0) + dnt.counters.get("dropout_ntp.continuation_tokens", 0)
-    chosen = {(p["provenance"]["sample_id"], p["provenance"]["chosen_index"]) for p in corr_pairs}
+    chosen = {(p["provenance"]["prompt_id"], p["provenance"]["chosen_index"]) for p in corr_pairs}
     dnt_pairs = dnt.counters.get("pairs.dropout_ntp", 0)
     return {
         "samples": g["responses"], "pairs": len(corr_pairs),
-        "prompts_covered": len({p["provenance"]["sample_id"] for p in corr_pairs}),
+        "prompts_covered": len({p["provenance"]["prompt_id"] for p in corr_pairs}),
         "gt_tokens": gt_tokens, "tokens_per_pair": gt_tokens / max(len(corr_pairs), 1),
         "pairs_per_chosen": len(corr_pairs) / max(len(chosen), 1),
         "dnt_pairs": dnt_pairs, "dnt_tokens_per_pair": no_gt_tokens / max(dnt_pairs, 1),

@@ -67,7 +67,7 @@ def main() -> int:
     from pipeline.engine.engine import Engine, GenRequest, GenResult
     from pipeline.engine.submission import submit
     from demo.tiny_model import build_tiny_model
-    from stages.generate import user_message
+    from stages.generate import request_user_turn
 
     cfg = load_config(ROOT / "configs" / "sample.yaml", {
         "executor.kind": "local", "model.tiny_model_dir": str(ROOT / "models" / "tiny-idefics3"),
@@ -80,7 +80,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
 
     def requests(n: int) -> list[GenRequest]:
-        return [GenRequest([user_message("Describe the image.", 1)],
+        return [GenRequest([request_user_turn("Describe the image.", 1)],
                            [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))],
                            SamplingParams(n=n, max_tokens=2048, seed=1000 + i, temperature=1.0))
                 for i in range(args.prompts)]

@@ -13,7 +13,7 @@ asked for than the sample has).
 * **bare vLLM**: a plain script's view of the same work -- the same chat
   template rendering, the same decoded images, the same ``SamplingParams``
   (``n``, temperature, top-k, max_tokens and the per-prompt seed the stage
-  derives from each ``sample_id``), built before the clock starts, then ONE
+  derives from each ``prompt_id``), built before the clock starts, then ONE
   ``llm.generate`` call over all prompts.  Only that call is timed.
 * **pipeline**: ``LocalExecutor.run("generate", tasks)`` over the partitions
   -- the project's code path (``run_task``: read Parquet, decode images,
@@ -93,7 +93,7 @@ def prepare_inputs(config, work: str, n_prompts: int | None, partition_rows: int
     for i in range(len(base) * repeat if n_prompts is None else n_prompts):
         r = dict(base[i % len(base)])
         if i >= len(base):  # a second pass over the sample: new ids, so new seeds
-            r["sample_id"] = f"{r['sample_id']}#{i // len(base)}"
+            r["prompt_id"] = f"{r['prompt_id']}#{i // len(base)}"
             r["row_key"] = f"{r['row_key']}#{i // len(base)}"
         rows.append(r)
     in_dir = os.path.join(work, "prompts")
@@ -126,7 +126,7 @@ def bare_requests(config, tokenizer, rows: list[dict]):
         prompts.append(prompt)
         params.append(SamplingParams(n=g.n, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
                                      max_tokens=g.max_tokens,
-                                     seed=derive_seed(config.run.seed, row["sample_id"], "generate")))
+                                     seed=derive_seed(config.run.seed, row["prompt_id"], "generate")))
     return prompts, params
 
 
@@ -136,8 +136,8 @@ def read_responses(out_dir: str) -> tuple[dict[str, list[str]], int]:
     texts: dict[str, list[str]] = {}
     tokens = 0
     for uri in storage.list_files(storage.join(out_dir, "data"), ".parquet"):
-        for row in storage.read_table(uri, columns=["sample_id", "responses"]).to_pylist():
-            texts[row["sample_id"]] = [r["text"] for r in row["responses"]]
+        for row in storage.read_table(uri, columns=["prompt_id", "responses"]).to_pylist():
+            texts[row["prompt_id"]] = [r["text"] for r in row["responses"]]
             tokens += sum(r["num_tokens"] for r in row["responses"])
     return texts, tokens
 
@@ -218,7 +218,7 @@ def main() -> int:
         outs = bare_generate(prompts, params, use_tqdm=False)
         dt = time.perf_counter() - t
         tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-        texts = {row["sample_id"]: [c.text.strip() for c in o.outputs] for row, o in zip(rows, outs)}
+        texts = {row["prompt_id"]: [c.text.strip() for c in o.outputs] for row, o in zip(rows, outs)}
         return dt, tokens, texts
 
     part_slices = [slice(p, p + args.partition_rows) for p in range(0, len(rows), args.partition_rows)]

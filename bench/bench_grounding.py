@@ -99,13 +99,13 @@ def synthetic_pairs(gen_dir: str, out_dir: str, max_pairs: int = 15) -> list[str
             texts = [x["text"] for x in r["responses"]]
             right, wrong = texts[0::2], texts[1::2]
             common = dict(source=r["source"], question=r["question"], user_text=r["question"], images=r["images"],
-                          prov=provenance(sample_id=r["sample_id"]))
+                          prov=provenance(prompt_id=r["prompt_id"]))
             combos = [(c, w) for c in right for w in wrong][:max_pairs]
-            rows += [pair_row(pair_id=f"{r['sample_id']}-{i}", method="correctness", chosen=c, rejected=w, **common)
+            rows += [pair_row(pair_id=f"{r['prompt_id']}-{i}", method="correctness", chosen=c, rejected=w, **common)
                      for i, (c, w) in enumerate(combos)]
             if r["images"]:
                 crop, _ = corrupt_image(r["images"][0]["bytes"], seed=0)
-                rows.append(pair_row(pair_id=f"{r['sample_id']}-crop", method="image_crop", chosen=texts[0],
+                rows.append(pair_row(pair_id=f"{r['prompt_id']}-crop", method="image_crop", chosen=texts[0],
                                      rejected=texts[0], rejected_images=[{"bytes": crop, "path": None}], **common))
         storage.write_table(storage.join(out_dir, "data", uri.rsplit("/", 1)[1]), from_rows(rows, PAIR_SCHEMA))
     return [out_dir]

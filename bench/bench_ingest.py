@@ -111,7 +111,7 @@ def main() -> int:
         for workers in (1, 2):
             wall, stats = run_ingest(source, workers, args.partition_rows, base / f"run{workers}" / "ingest")
             assert stats.rows_in == rows, (stats.rows_in, rows)
-            dups = stats.quarantined.get("duplicate_sample_id", 0)
+            dups = stats.quarantined.get("duplicate_prompt_id", 0)
             rates[workers] = rows / wall
             print(f"ingest {workers} worker{'s' if workers > 1 else ''}: {rows} rows in {wall:.1f} s, "
                   f"{rates[workers]:.0f} rows/s ({stats.rows_out} kept, {dups} duplicates; "

@@ -149,7 +149,7 @@ def make_partition(index: int, n_prompts: int, samples: int, seed: int, image_kb
             responses.append({"index": k, "text": text, "finish_reason": "stop",
                               "num_tokens": len(text) // 4, "seed": 1000 + k})
         rows.append({
-            "sample_id": sid, "source": q["source"], "row_key": sid, "question": q["question"],
+            "prompt_id": sid, "source": q["source"], "row_key": sid, "question": q["question"],
             "images": [_image_record(rng, image_kb, shared_image)], "answer": q["answer"],
             "answer_type": q["answer_type"], "choices": q["choices"], "facts": None,
             "template_id": "mmpr_final_answer",

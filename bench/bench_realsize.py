@@ -222,7 +222,7 @@ def main() -> int:
         dt = time.perf_counter() - t
         n_prompt_tokens = sum(len(o.prompt_token_ids or []) for o in outs)
         tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
-        resp = {row["sample_id"]: [(c.text.strip(), len(c.token_ids)) for c in o.outputs]
+        resp = {row["prompt_id"]: [(c.text.strip(), len(c.token_ids)) for c in o.outputs]
                 for row, o in zip(rows, outs)}
         return dt, tokens, resp, step_timer.seconds
 

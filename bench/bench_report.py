@@ -100,7 +100,7 @@ def templates(image_crop: bool):
             images=[{"bytes": img, "path": None}], chosen=chosen, rejected=rejected,
             rejected_images=[{"bytes": pngs[(k + 1) % 64], "path": None}] if image_crop else [],
             prov=provenance(
-                sample_id=f"s{k}", source_row_id=f"row-{k}", model="bench-model", model_revision="main",
+                prompt_id=f"s{k}", row_key=f"row-{k}", model="bench-model", model_revision="main",
                 template_id="mmpr_final_answer",
                 sampling={"n": 16, "temperature": 1.0, "top_p": 1.0, "top_k": 50, "max_tokens": 1024, "seed": k},
                 chosen_index=k % 16, rejected_index=(k + 3) % 16, chosen_seed=k, rejected_seed=k + 3,
@@ -133,7 +133,7 @@ def make_dataset(out: Path, rows: int, shard_rows: int) -> tuple[int, int]:
     for config, folder, n in plan:
         template = templates(config == "image_crop")
         prov_type = template.schema.field("provenance").type
-        sid_at = prov_type.get_field_index("sample_id")
+        sid_at = prov_type.get_field_index("prompt_id")
         count = -(-n // shard_rows)
         for i in range(count):
             m = min(shard_rows, n - i * shard_rows)

@@ -111,20 +111,20 @@ class JpegMixer:
         return b"".join(parts)
 
 
-def _with_sample_ids(table, sample_ids):
-    """``table`` with ``provenance.sample_id`` replaced (one prompt per PAIRS_PER_IMAGE rows)."""
+def _with_prompt_ids(table, prompt_ids):
+    """``table`` with ``provenance.prompt_id`` replaced (one prompt per PAIRS_PER_IMAGE rows)."""
     import pyarrow as pa
 
     prov = table.column("provenance").combine_chunks()
     fields = list(prov.type)
-    arrays = [sample_ids if f.name == "sample_id" else prov.field(i) for i, f in enumerate(fields)]
+    arrays = [prompt_ids if f.name == "prompt_id" else prov.field(i) for i, f in enumerate(fields)]
     i = table.schema.get_field_index("provenance")
     return table.set_column(i, table.schema.field(i), pa.StructArray.from_arrays(arrays, fields=fields))
 
 
 def make_inputs(base: Path, rows: int, pairs_per_image: int = 1, image_size: int = 448) -> tuple[list[str], int]:
     """Stage folders of PAIR_SCHEMA part files; returns (dirs, input bytes).  Rows ``i`` and ``j``
-    share a prompt (``sample_id``) and its JPEG when ``i // pairs_per_image == j // pairs_per_image``."""
+    share a prompt (``prompt_id``) and its JPEG when ``i // pairs_per_image == j // pairs_per_image``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -141,7 +141,7 @@ def make_inputs(base: Path, rows: int, pairs_per_image: int = 1, image_size: int
         images=[{"bytes": b"", "path": None}],
         chosen=f"I count the objects carefully, one by one, row by row. There are {k % 9}.\nFinal answer: {k % 9}",
         rejected=f"Looking at the image there seem to be {k % 9 + 2} objects.\nFinal answer: {k % 9 + 2}",
-        prov=provenance(sample_id="p", model="bench", chosen_tokens=30, rejected_tokens=20),
+        prov=provenance(prompt_id="p", model="bench", chosen_tokens=30, rejected_tokens=20),
     ) for k in range(PART_ROWS)], PAIR_SCHEMA)
 
     n_dups = int(rows * DUP_FRACTION)
@@ -164,7 +164,7 @@ def make_inputs(base: Path, rows: int, pairs_per_image: int = 1, image_size: int
         t = template.slice(0, n)
         for name, col in columns.items():
             t = t.set_column(t.schema.get_field_index(name), PAIR_SCHEMA.field(name), col)
-        t = _with_sample_ids(t, pa.array([stable_hash("p", p) for p in prompt], pa.string()))
+        t = _with_prompt_ids(t, pa.array([stable_hash("p", p) for p in prompt], pa.string()))
         out = dirs[part % len(dirs)] / "data" / f"part-{part:05d}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(t, out, compression="zstd", dictionary_pagesize_limit=256 << 20)  # a stage's file:

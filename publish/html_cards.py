@@ -210,7 +210,7 @@ def _provenance_html(row: dict, prov: dict) -> str:
     revision = f" @ {esc(prov['model_revision'])}" if prov.get("model_revision") else ""
     rows = [
         ("pair id", f"<code>{esc(row.get('id'))}</code>"),
-        ("sample id / source row", _codes([prov.get("sample_id"), prov.get("source_row_id")])),
+        ("prompt id / row key", _codes([prov.get("prompt_id"), prov.get("row_key")])),
         ("model", esc(prov.get("model")) + revision),
         ("template", esc(prov.get("template_id"))),
         ("tokens chosen / rejected", _pair(prov.get("chosen_tokens"), prov.get("rejected_tokens"))),

@@ -18,7 +18,7 @@ What it reads, and how much:
   histograms, and the pool the pair cards are drawn from.  Reading stops after
   ``STATS_ROWS`` rows once every method the manifest lists has enough card
   candidates (``MAX_SCAN_ROWS`` at most).
-* ``method`` and ``provenance.sample_id`` of every row (two narrow columns) for
+* ``method`` and ``provenance.prompt_id`` of every row (two narrow columns) for
   the pairs-per-prompt distribution of the written dataset, up to
   ``PROMPT_SCAN_MAX_ROWS`` rows; above that the correctness stage's own
   counter from ``report.json`` is shown instead.
@@ -241,9 +241,9 @@ def pairs_per_prompt(files: list[tuple[str, str]]) -> dict[str, list[tuple[int, 
     """Per method: (pairs of one prompt, prompts with that many) over every written row."""
     parts = []
     for uri, _ in files:
-        t = storage.parquet_file(uri).read(columns=["method", "provenance.sample_id"])
+        t = storage.parquet_file(uri).read(columns=["method", "provenance.prompt_id"])
         parts.append(pa.table({"method": t.column("method"),
-                               "sid": pc.struct_field(t.column("provenance"), "sample_id")}))
+                               "sid": pc.struct_field(t.column("provenance"), "prompt_id")}))
     if not parts:
         return {}
     table = pa.concat_tables(parts)

@@ -172,7 +172,7 @@ def plots_html(sample: Sample, report: dict | None, prompts: dict[str, list[tupl
         for m, dist in prompts.items():
             ppp.append(plots.column_chart([(str(k), n) for k, n in dist], f"{m}: pairs per prompt",
                                           xlabel="pairs of one prompt", ylabel="prompts"))
-        note = "Written pairs that share a prompt (provenance.sample_id), per method."
+        note = "Written pairs that share a prompt (provenance.prompt_id), per method."
     else:
         dist = summ.get("correctness", {}).get("pairs_per_prompt", {})
         if dist:

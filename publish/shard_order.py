@@ -1,6 +1,6 @@
 """Where each written pair goes: seeded keys, prompt-grouped shard cuts, row order inside a shard.
 
-A prompt's pairs (rows with the same ``provenance.sample_id``; a row without
+A prompt's pairs (rows with the same ``provenance.prompt_id``; a row without
 one is its own prompt) stay together: prompts are shuffled across a split's
 shards by a seeded prompt key, and inside a shard they are packed into Parquet
 row groups of about ``ROW_GROUP_BYTES`` of *distinct* data, whose rows are then
@@ -49,9 +49,9 @@ def prompt_keys(seed: int, prompts: Iterable[str]) -> np.ndarray:
 
 
 def prompts_of(table: pa.Table | pa.RecordBatch) -> list[str]:
-    """Each row's prompt: its ``provenance.sample_id``, or its own id when it has none."""
+    """Each row's prompt: its ``provenance.prompt_id``, or its own id when it has none."""
     ids = table.column("id").to_pylist()
-    sample = pc.struct_field(table.column("provenance"), "sample_id").to_pylist()
+    sample = pc.struct_field(table.column("provenance"), "prompt_id").to_pylist()
     return [s if s else i for s, i in zip(sample, ids)]
 
 

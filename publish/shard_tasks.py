@@ -136,8 +136,8 @@ def scatter_partition(uri: str, planned_rows: int, dest: np.ndarray, config_hash
     for batch in storage.parquet_file(uri).iter_batches(batch_size=batch_rows):
         table = conform(batch, uri, config_hash)
         if not buckets.compress and table.num_rows > 1:
-            sample_ids = pc.struct_field(table.column("provenance"), "sample_id")
-            buckets.compress = pc.count_distinct(sample_ids).as_py() < table.num_rows
+            prompt_ids = pc.struct_field(table.column("provenance"), "prompt_id")
+            buckets.compress = pc.count_distinct(prompt_ids).as_py() < table.num_rows
         d = dest[seen:seen + table.num_rows]
         seen += table.num_rows
         order = np.argsort(d, kind="stable")

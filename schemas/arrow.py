@@ -54,7 +54,7 @@ RESPONSE_TYPE = pa.struct([
 ])
 
 _PROMPT_FIELDS = [
-    pa.field("sample_id", pa.string(), nullable=False),
+    pa.field("prompt_id", pa.string(), nullable=False),
     pa.field("source", pa.string(), nullable=False),
     pa.field("row_key", pa.string(), nullable=False),
     pa.field("question", pa.string(), nullable=False),
@@ -101,8 +101,8 @@ GROUNDING_TYPE = pa.struct([
 ] + [("policy_margin", pa.float64()), ("grounding_margin", pa.float64())])
 
 PROVENANCE_TYPE = pa.struct([
-    ("sample_id", pa.string()),
-    ("source_row_id", pa.string()),
+    ("prompt_id", pa.string()),
+    ("row_key", pa.string()),
     ("model", pa.string()),
     ("model_revision", pa.string()),
     ("template_id", pa.string()),
@@ -176,7 +176,7 @@ QUARANTINE_SCHEMA = pa.schema([
     pa.field("stage", pa.string()),
     pa.field("source", pa.string()),
     pa.field("row_key", pa.string()),
-    pa.field("sample_id", pa.string()),
+    pa.field("prompt_id", pa.string()),
     pa.field("reason", pa.string()),
     pa.field("detail", pa.string()),
     pa.field("record", pa.string()),

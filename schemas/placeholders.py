@@ -19,7 +19,7 @@ from typing import Sequence
 PLACEHOLDER = "<image>"
 #: stands for an image inside rendered text until it is split into content parts
 #: (a private-use character: never in real questions, survives template filling)
-MARK = "\ue000"
+IMAGE_MARK = "\ue000"
 
 
 def parse_placeholders(question: str) -> tuple[str, list[int]]:
@@ -46,31 +46,31 @@ def interleaved(n_images: int, positions: Sequence[int]) -> bool:
 
 
 def with_marks(question: str, positions: Sequence[int]) -> str:
-    """The question with ``MARK`` at each image position (fill a template with this)."""
+    """The question with ``IMAGE_MARK`` at each image position (fill a template with this)."""
     out, last = [], 0
     for p in positions:
-        out += [question[last:p], MARK]
+        out += [question[last:p], IMAGE_MARK]
         last = p
     return "".join(out) + question[last:]
 
 
 def user_content(text: str, n_images: int, placeholder: str | None = None) -> list[dict] | str:
-    """A user turn's content: image parts where ``text`` has ``MARK``s, else all images first.
+    """A user turn's content: image parts where ``text`` has ``IMAGE_MARK``s, else all images first.
 
     With ``placeholder`` (chat templates that take plain strings, InternVL's
     ``"<image>"``) the content is one string: images-first as
     ``"<image>\\n" * n + text``, interleaved as the text with each mark replaced."""
     if n_images == 0:  # text-only, or DropoutNTP's image-free continuation: no marks either
-        text = text.replace(MARK, "")
+        text = text.replace(IMAGE_MARK, "")
         return text if placeholder is not None else [{"type": "text", "text": text}]
-    if MARK not in text:
+    if IMAGE_MARK not in text:
         if placeholder is not None:
             return f"{placeholder}\n" * n_images + text
         return [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
     if placeholder is not None:
-        return text.replace(MARK, placeholder)
+        return text.replace(IMAGE_MARK, placeholder)
     parts: list[dict] = []
-    for i, chunk in enumerate(text.split(MARK)):
+    for i, chunk in enumerate(text.split(IMAGE_MARK)):
         if i:
             parts.append({"type": "image"})
         if chunk:

@@ -42,7 +42,7 @@ def response_provenance(row: dict, chosen: dict | None = None, rejected: dict | 
     tokens, finish reason and sampled log-prob of the ``chosen``/``rejected`` responses it took,
     plus ``fields``."""
     shared: dict[str, Any] = {
-        "sample_id": row["sample_id"], "source_row_id": row["row_key"], "facts": row["facts"],
+        "prompt_id": row["prompt_id"], "row_key": row["row_key"], "facts": row["facts"],
         "model": row["model"], "model_revision": row["model_revision"], "template_id": row["template_id"],
         "template_hash": row.get("template_hash"), "sampling": row["sampling"], "answer_type": row["answer_type"], "ground_truth": row["answer"] or None,
         "samples_drawn": len(row["responses"] or []),

@@ -117,7 +117,7 @@ class CorrectnessStage(RowStage):
             if not wrong and not unparsed:
                 ctx.stats.inc("prompts.all_correct")
                 continue
-            pair_seed = derive_seed(seed, row["sample_id"], "correctness")
+            pair_seed = derive_seed(seed, row["prompt_id"], "correctness")
             pairs = [("correctness", c, r) for c, r in
                      select_pairs(right, wrong, sc.max_pairs_per_prompt, pair_seed, cc.length_balance_ratio)]
             if cc.format_negatives and cc.max_format_pairs_per_prompt:
@@ -133,7 +133,7 @@ class CorrectnessStage(RowStage):
                 ctx.stats.inc(f"chars.{method}.chosen", len(c.text))
                 ctx.stats.inc(f"chars.{method}.rejected", len(r.text))
                 yield pair_row(
-                    pair_id=stable_hash(row["sample_id"], method, c.text, r.text),
+                    pair_id=stable_hash(row["prompt_id"], method, c.text, r.text),
                     method=method, source=row["source"], question=row["question"],
                     user_text=user_text, images=row["images"], chosen=c.text, rejected=r.text,
                     prov=response_provenance(

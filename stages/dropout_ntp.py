@@ -148,7 +148,7 @@ class DropoutNTPStage(EngineStage):
                     continue
                 user_text = render_user_text(self.config, row)
                 images = [to_pil(im) for im in row["images"]] if cfg.keep_image else []
-                s = derive_seed(seed, row["sample_id"], "dropout_ntp", chosen["index"])
+                s = derive_seed(seed, row["prompt_id"], "dropout_ntp", chosen["index"])
                 params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                         max_tokens=cfg.max_tokens, seed=s, **ctx.engine.stop_kwargs)
                 messages = continuation_messages(user_text, len(row["images"]), cut.prefix, cfg.keep_image)
@@ -178,7 +178,7 @@ class DropoutNTPStage(EngineStage):
             ctx.stats.inc("dropout_ntp.chosen_tokens", chosen["num_tokens"])
             ctx.stats.inc("dropout_ntp.continuation_tokens", cont.num_tokens)
             yield pair_row(
-                pair_id=stable_hash(row["sample_id"], "dropout_ntp", chosen["text"], rejected),
+                pair_id=stable_hash(row["prompt_id"], "dropout_ntp", chosen["text"], rejected),
                 method="dropout_ntp", source=row["source"], question=row["question"],
                 user_text=user_text, images=row["images"], chosen=chosen["text"], rejected=rejected,
                 prov=response_provenance(

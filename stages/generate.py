@@ -12,7 +12,7 @@ README "Adaptive sampling"): the rounds of every prompt go through the same
 engine stream, so scoring one prompt's round never idles the engine.
 
 The N samples of a prompt are described by one ``SamplingParams(n=N)``
-seeded from the prompt's ``sample_id``; the engine sends them as N requests
+seeded from the prompt's ``prompt_id``; the engine sends them as N requests
 with seeds ``seed + i`` (what vLLM's own n-fan-out gives sample i; recorded
 per response; seeds are hashed, so two prompts never share a random stream),
 so the same config gives the same responses regardless of partitioning or
@@ -98,9 +98,10 @@ class GenerateConfig(Section):
                         all_wrong_after=a.all_wrong_after, no_gt_max=a.no_gt_max)
 
 
-def user_message(text: str, n_images: int, placeholder: str | None = None) -> dict:
-    """A user turn: image parts first, then the text (the order MMPR prompts use), or
-    interleaved where ``text`` marks them (``schemas.placeholders``)."""
+def request_user_turn(text: str, n_images: int, placeholder: str | None = None) -> dict:
+    """The user turn sent to the engine: image parts first, then the text (the order MMPR prompts
+    use), or interleaved where ``text`` marks them (``schemas.placeholders``); a placeholder makes
+    the content one string.  The turn stored in the data is ``schemas.records.user_turn``."""
     return {"role": "user", "content": user_content(text, n_images, placeholder)}
 
 
@@ -108,7 +109,7 @@ def prompt_messages(row: dict, template, placeholder: str | None) -> list[dict]:
     """The chat sent for a prompt row: the template's system turn, then the user turn with
     each image once, where its ``<image>`` placeholder stood (several) or first (one)."""
     system = [{"role": "system", "content": [{"type": "text", "text": template.system}]}] if template.system else []
-    return system + [user_message(prompt_text(row, template), len(row["images"] or []), placeholder)]
+    return system + [request_user_turn(prompt_text(row, template), len(row["images"] or []), placeholder)]
 
 
 class GenerateStage(EngineStage):
@@ -175,10 +176,10 @@ class GenerateStage(EngineStage):
             return BUILTIN_TEMPLATES["plain"]
         return template_for_source(self.config, row["source"], self.config.generate.template)
 
-    def sampling(self, sample_id: str) -> dict:
+    def sampling(self, prompt_id: str) -> dict:
         g = self.config.generate
         return {"n": g.n, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
-                "max_tokens": g.max_tokens, "seed": derive_seed(self.config.run.seed, sample_id, "generate")}
+                "max_tokens": g.max_tokens, "seed": derive_seed(self.config.run.seed, prompt_id, "generate")}
 
     def wants_logprobs(self) -> bool:
         """``generate.logprobs``, or when null, whether a stage of this run wants them."""
@@ -217,7 +218,7 @@ class GenerateStage(EngineStage):
                 ctx.quarantine(row, "image_decode_error", str(e))
                 continue
             template = self.template(row)
-            sampling = self.sampling(row["sample_id"])
+            sampling = self.sampling(row["prompt_id"])
             stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
             sampler = self.sampler(row, template)
             params = SamplingParams(**{**sampling, "n": sampler.first_count() if sampler else sampling["n"]},

@@ -121,7 +121,7 @@ def answer_head(engine, messages: list[dict]) -> str | None:
 @dataclass
 class RenderedView:
     """One prompt under one image condition, rendered once for all the texts scored after it."""
-    messages: list[dict]  # chat-template messages (prompt_messages)
+    messages: list[dict]  # chat-template messages (scoring_messages)
     prompt: str  # rendered with the generation prompt
     prompt_ids: list[int]
     source: list[dict]  # the stored images ({bytes, path})
@@ -143,7 +143,7 @@ class RenderedView:
             return self.prompt + text
 
 
-def prompt_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
+def scoring_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
     """The stored prompt turns (system, user) as chat-template messages, each image part
     where generation had it, or dropped unless kept."""
     return [{"role": m["role"],
@@ -253,7 +253,7 @@ class GroundingStage(EngineStage):
         """The view's key and its rendering, made once per view (``cache``)."""
         source, key = self.view(row, condition)
         if key not in cache:
-            messages = prompt_messages(row["prompt"], bool(source))
+            messages = scoring_messages(row["prompt"], bool(source))
             prompt = ctx.engine.render(messages)
             head = answer_head(ctx.engine, messages)
             cache[key] = RenderedView(messages, prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"],

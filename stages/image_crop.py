@@ -33,7 +33,7 @@ from schemas.records import pair_row, response_provenance
 
 class ImageCropConfig(Section):
     fraction: float = Field(0.5, ge=0, le=1, description=(
-        "Fraction of prompts (chosen by a seeded hash of sample_id) that get a crop pair"))
+        "Fraction of prompts (chosen by a seeded hash of prompt_id) that get a crop pair"))
     area: tuple[float, float] = Field((0.01, 0.2), description=(
         "The crop keeps between these fractions of the image's area [low, high] (mDPO: 1-20%)"))
     aspect: tuple[float, float] = Field((3 / 4, 4 / 3), description=(
@@ -62,9 +62,9 @@ class ImageCropConfig(Section):
 CROP_TRIES = 3
 
 
-def selected(seed: int, sample_id: str, fraction: float) -> bool:
+def selected(seed: int, prompt_id: str, fraction: float) -> bool:
     """A seeded, id-based draw: the same prompts are chosen on every run."""
-    return derive_seed(seed, sample_id, "image_crop.select") < fraction * 0x80000000
+    return derive_seed(seed, prompt_id, "image_crop.select") < fraction * 0x80000000
 
 
 class ImageCropStage(RowStage):
@@ -115,14 +115,14 @@ class ImageCropStage(RowStage):
             if not row["images"]:  # text-only: no image to corrupt
                 ctx.stats.inc("skipped.text_only")
                 continue
-            if not selected(seed, row["sample_id"], cfg.fraction):
+            if not selected(seed, row["prompt_id"], cfg.fraction):
                 continue
             texts = self._texts(row)
             if texts is None:
                 ctx.stats.inc("dropped.no_usable_response")
                 continue
             chosen, rejected, rate = texts
-            crop_seed = derive_seed(seed, row["sample_id"], "image_crop")
+            crop_seed = derive_seed(seed, row["prompt_id"], "image_crop")
             corrupt = partial(corrupt_image, area=tuple(cfg.area), aspect=tuple(cfg.aspect),
                               jpeg_quality=cfg.jpeg_quality)
             corrupted, boxes, distinct = [], [], False
@@ -146,7 +146,7 @@ class ImageCropStage(RowStage):
             ctx.stats.inc("pairs.image_crop")
             user_text = render_user_text(self.config, row)
             yield pair_row(
-                pair_id=stable_hash(row["sample_id"], "image_crop", chosen["text"], rejected["text"], boxes),
+                pair_id=stable_hash(row["prompt_id"], "image_crop", chosen["text"], rejected["text"], boxes),
                 method="image_crop", source=row["source"], question=row["question"], user_text=user_text,
                 images=row["images"], rejected_images=corrupted, chosen=chosen["text"],
                 rejected=rejected["text"],

@@ -5,7 +5,7 @@ Every problem with a row becomes a quarantine entry with a specific reason
 non_finite_number, ...); the rest of the source goes on.  Whatever else
 reading or normalising one row raises quarantines that row alone, as
 ``unreadable_row`` (``pipeline.sources.readers``) or ``ingest_error``, with the file and
-line or entry in the detail.  The ``sample_id`` is a hash of the source name
+line or entry in the detail.  The ``prompt_id`` is a hash of the source name
 and the row's key, so it is stable across runs and machines.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class IngestConfig(Section):
         "per source"))
 
 
-def sample_id_for(source: str, row_key: str) -> str:
+def prompt_id_for(source: str, row_key: str) -> str:
     return stable_hash(source, row_key)
 
 
@@ -147,14 +147,14 @@ class IngestStage(SourceStage):
         """Quarantine one raw row.  An exception escaping ``run`` would refuse the whole range
         (``stage_error``) after retrying it, though the next row may be fine."""
         ctx.quarantine({"source": raw["source"], "row_key": raw["row_key"],
-                        "sample_id": sample_id_for(raw["source"], raw["row_key"]),
+                        "prompt_id": prompt_id_for(raw["source"], raw["row_key"]),
                         **(raw["data"] or {})}, reason, detail)
 
     def _normalise(self, raw: dict) -> dict:
         if raw.get("error"):
             raise RowError(*raw["error"])
         if raw.get("duplicate"):
-            raise RowError("duplicate_sample_id", f"row key {raw['row_key']!r} seen before in this source")
+            raise RowError("duplicate_prompt_id", f"row key {raw['row_key']!r} seen before in this source")
         src = self.config.source(raw["source"])
         fields = {k: src.fields.get(k, k) for k in
                   ("question", "answer", "image", "images", "choices", "answer_type", "facts")}
@@ -189,7 +189,7 @@ class IngestStage(SourceStage):
         if facts is not None and not isinstance(facts, str):
             facts = str(facts)
         return {
-            "sample_id": sample_id_for(raw["source"], raw["row_key"]),
+            "prompt_id": prompt_id_for(raw["source"], raw["row_key"]),
             "source": raw["source"], "row_key": raw["row_key"], "question": question,
             "images": images, "image_positions": positions, "answer": answers, "answer_type": answer_type,
             "choices": choices, "facts": facts,

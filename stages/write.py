@@ -13,11 +13,11 @@ Writing is a whole-dataset step (global seeded shuffle, exact dedup, split by
 prompt).  The driver only plans; the bytes move in tasks (``publish.shard_tasks``:
 Ray tasks under the Ray executor, ``executor.write_workers`` at once, in-process otherwise):
 
-1. *Plan* (driver): stream only ``id``, ``method`` and ``provenance.sample_id``
+1. *Plan* (driver): stream only ``id``, ``method`` and ``provenance.prompt_id``
    from the inputs, a few dozen bytes per row.  Each row gets a 128-bit key
    ``blake2b(seed, id)``; equal keys are equal ids (the ids are 128-bit content
    hashes themselves), so later copies of an id are dropped.  Each prompt
-   (``sample_id``) gets a seeded 64-bit key.  Rows are grouped by (config,
+   (``prompt_id``) gets a seeded 64-bit key.  Rows are grouped by (config,
    split), ordered by prompt key and cut into ``ceil(n / shard_rows)`` shards
    at prompt boundaries (``publish.shard_order``): a prompt's pairs share a shard.
 2. *Scatter* (one task per input file): stream the file's rows, buffer each by
@@ -122,7 +122,7 @@ def plan_shards(files: list[str], seed: int, shard_rows: int, test_fraction: flo
     for uri in files:
         pf = storage.parquet_file(uri)
         n_file = 0
-        for batch in pf.iter_batches(batch_size=65536, columns=["id", "method", "provenance.sample_id"]):
+        for batch in pf.iter_batches(batch_size=65536, columns=["id", "method", "provenance.prompt_id"]):
             keys.append(row_keys(seed, batch.column("id").to_pylist()))
             prompt = prompts_of(batch)
             prompts.append(prompt_keys(seed, prompt))

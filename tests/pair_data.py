@@ -30,7 +30,7 @@ def image(seed: int, fmt: str = "PNG", size: int = 24) -> dict:
 
 
 def make_pair(source: str, i: int, method: str) -> dict:
-    sample_id = stable_hash(source, i)
+    prompt_id = stable_hash(source, i)
     n_images = 2 if (source, i) == ("src_b", 5) else 1
     images = [image(derive_seed(source, i, k) % 10_000, "JPEG" if i % 2 else "PNG") for k in range(n_images)]
     question = f"[{source}] how many circles are in picture {i}?"
@@ -46,10 +46,10 @@ def make_pair(source: str, i: int, method: str) -> dict:
         rejected = chosen
         rejected_images = [image(derive_seed(source, i, k, "crop") % 10_000) for k in range(n_images)]
     return pair_row(
-        pair_id=stable_hash(sample_id, method, chosen, rejected), method=method, source=source,
+        pair_id=stable_hash(prompt_id, method, chosen, rejected), method=method, source=source,
         question=question, user_text=question + "\nThink step by step.", images=images,
         chosen=chosen, rejected=rejected, rejected_images=rejected_images,
-        prov=provenance(sample_id=sample_id, source_row_id=f"{source}-{i}", model="tiny",
+        prov=provenance(prompt_id=prompt_id, row_key=f"{source}-{i}", model="tiny",
                         chosen_tokens=len(chosen.split()), rejected_tokens=len(rejected.split()),
                         crop_boxes=[[0, 0, 4, 4]] * n_images if method == "image_crop" else None),
     )

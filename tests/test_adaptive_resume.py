@@ -34,7 +34,7 @@ def _cfg():
 
 
 def _rows(folder) -> dict:
-    return {r["sample_id"]: r for r in stage_rows(folder)}
+    return {r["prompt_id"]: r for r in stage_rows(folder)}
 
 
 def test_killed_adaptive_generate_resumes_to_the_same_responses(engine, tmp_path):

@@ -42,7 +42,7 @@ def runs(tmp_path_factory, sample_data, engine):
                  for i, uri in enumerate(parts)]
         stats = run_engine_tasks(make_stage("generate", cfg), tasks, engine)
         rows = [r for t in tasks for r in pq.read_table(t.data_uri()).to_pylist()]
-        out[mode] = (cfg, stats, {r["sample_id"]: r for r in rows})
+        out[mode] = (cfg, stats, {r["prompt_id"]: r for r in rows})
     return out
 
 
@@ -69,7 +69,7 @@ def test_each_prompt_stops_for_the_reason_its_samples_give(runs):
         reason, n = row["sampling"]["stop_reason"], len(row["responses"])
         if not row["answer"]:
             ok = [usable_as_dropout_chosen(r["text"], r["finish_reason"]) for r in row["responses"]]
-            assert reason == ("no_gt_chosen" if ok[-1] else "no_gt_cap"), row["sample_id"]
+            assert reason == ("no_gt_chosen" if ok[-1] else "no_gt_cap"), row["prompt_id"]
             assert not any(ok[:-1]) and (ok[-1] or n == ADAPTIVE["no_gt_max"])
             continue
         scored = score_responses(row, cfg.scoring, cfg.source(row["source"]), styles)

@@ -89,9 +89,9 @@ def test_first_distinct_tries_seeds_in_order(distinct_at, tries, kept_box):
     assert (diff >= MIN_DIFFERENCE) is (distinct_at is not None)
 
 
-def _row(sample_id, data):
+def _row(prompt_id, data):
     return {
-        "sample_id": sample_id, "source": "sample_gt", "row_key": sample_id, "question": "How many circles?",
+        "prompt_id": prompt_id, "source": "sample_gt", "row_key": prompt_id, "question": "How many circles?",
         "images": [{"bytes": data, "path": None}], "answer": ["3"], "answer_type": "integer", "choices": [],
         "facts": None, "template_id": "mmpr_final_answer", "prompt_text": "q", "prompt_tokens": 3, "model": "m",
         "model_revision": "r", "sampling": None,
@@ -106,9 +106,9 @@ def test_image_crop_stage_skips_near_identical_crops(tmp_path, min_difference, k
     rows = [_row("uniform", uniform()), _row("noisy", noisy((128, 128))), _row("normal", circles())]
     cfg = make_config(image_crop={"fraction": 1.0, "min_difference": min_difference})
     out, stats = run_stage_on("image_crop", cfg, rows, RESPONSE_SCHEMA, tmp_path)
-    assert {r["provenance"]["sample_id"] for r in out} == kept
+    assert {r["provenance"]["prompt_id"] for r in out} == kept
     assert stats.counters["dropped.near_identical_crop"] == 3 - len(kept)
     assert stats.counters["crops.retried"] == (2 if min_difference else 0)
     for r in out:
         got = image_difference(r["images"][0]["bytes"], r["rejected_images"][0]["bytes"])
-        assert (got >= MIN_DIFFERENCE) is (r["provenance"]["sample_id"] == "normal")
+        assert (got >= MIN_DIFFERENCE) is (r["provenance"]["prompt_id"] == "normal")

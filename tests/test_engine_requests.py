@@ -12,7 +12,7 @@ from pipeline.sources.images import to_pil
 from pipeline.core.graph import make_stage
 from pipeline.run.orchestrator import run_source
 from pipeline.core.seeds import derive_seed
-from stages.generate import user_message
+from stages.generate import request_user_turn
 
 N = 6
 
@@ -28,10 +28,10 @@ def rows(tmp_path_factory, sample_data):
 def _requests(rows, n=N, max_tokens=40):
     from vllm import SamplingParams
 
-    return [GenRequest([user_message(r["question"] + " Answer with a sentence.", len(r["images"]))],
+    return [GenRequest([request_user_turn(r["question"] + " Answer with a sentence.", len(r["images"]))],
                        [to_pil(im) for im in r["images"]],
                        SamplingParams(n=n, temperature=1.0, top_k=50, max_tokens=max_tokens,
-                                      seed=derive_seed(3, r["sample_id"], "generate")))
+                                      seed=derive_seed(3, r["prompt_id"], "generate")))
             for r in rows]
 
 
@@ -94,11 +94,11 @@ def test_prompts_in_flight_are_bounded_and_change_nothing(engine, rows, monkeypa
 
 
 def test_low_water_admits_prompts_only_while_the_scheduler_has_room(engine, rows, monkeypatch):
-    """With low_water N the engine takes one more prompt only when fewer than N sequences are
+    """With refill_threshold N the engine takes one more prompt only when fewer than N sequences are
     unfinished: at most 2N-1 sequences at once, never a whole partition queued."""
     requests = _requests(rows)
     seen = _watch_unfinished(engine, monkeypatch)
-    monkeypatch.setattr(engine, "low_water", N)
+    monkeypatch.setattr(engine, "refill_threshold", N)
     results = engine.generate(requests)
     assert all(len(r.completions) == N for r in results)
     assert max(seen) <= 2 * N - 1 < len(rows) * N

@@ -231,7 +231,7 @@ def test_per_source_kwargs_reach_vllm_and_change_the_image_tokens(engine, sample
 
     png = _png(sample_data)
     cfg = _split_config(generate={"n": 1, "max_tokens": 2})
-    rows = [{"sample_id": f"s-{src}", "source": src, "row_key": "0", "question": "How many circles?",
+    rows = [{"prompt_id": f"s-{src}", "source": src, "row_key": "0", "question": "How many circles?",
              "images": [{"bytes": png, "path": None}], "answer": [], "answer_type": "open", "choices": [],
              "facts": None} for src in ("sample_gt", "sample_open")]
     stage = make_stage("generate", cfg)
@@ -283,7 +283,7 @@ def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):
         tokenizer = None
         stop_kwargs: dict = {}
 
-    row = {"sample_id": "s1", "source": "sample_gt", "row_key": "0", "question": "Describe it.", "images": image,
+    row = {"prompt_id": "s1", "source": "sample_gt", "row_key": "0", "question": "Describe it.", "images": image,
            "answer": [], "answer_type": "open", "choices": [], "facts": None, "template_id": "plain",
            "responses": [{"index": 0, "text": "There are three blue circles and three orange squares here.",
                           "finish_reason": "stop", "num_tokens": 12, "seed": 1}]}
@@ -293,7 +293,7 @@ def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):
 
     pair = pair_row(pair_id="p", method="correctness", source="sample_gt", question="How many circles?",
                     user_text="How many circles?", images=image, chosen="3", rejected="4",
-                    prov=provenance(sample_id="s1", ground_truth=["3"]))
+                    prov=provenance(prompt_id="s1", ground_truth=["3"]))
     assert make_stage("judge", cfg).requests_for(pair, "chosen", 0).mm_processor_kwargs == SPLIT
     # a separate judge model gets none of the policy model's processor settings
     other = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"model": "some/judge"})})

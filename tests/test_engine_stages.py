@@ -80,7 +80,7 @@ def test_generate_writes_n_samples_per_prompt_with_id_seeds(generated, prompts):
     cfg = _cfg()
     for row in table.to_pylist():
         assert len(row["responses"]) == N
-        assert row["sampling"]["seed"] == derive_seed(cfg.run.seed, row["sample_id"], "generate")
+        assert row["sampling"]["seed"] == derive_seed(cfg.run.seed, row["prompt_id"], "generate")
         assert all(r["num_tokens"] > 0 and r["finish_reason"] in ("stop", "length") for r in row["responses"])
         assert "<image>" in row["prompt_text"] and "Final answer" in row["prompt_text"]
         assert row["prompt_tokens"] > 0
@@ -118,7 +118,7 @@ def test_over_long_prompt_is_quarantined_alone(prompts, engine, tmp_path):
     pq.write_table(__import__("pyarrow").Table.from_pylist(rows, schema=pq.read_schema(prompts[0])), src)
     stats, table, task = _run("generate", _cfg(), str(src), tmp_path / "out", engine)
     assert table.num_rows == 2
-    assert rows[1]["sample_id"] not in table.column("sample_id").to_pylist()
+    assert rows[1]["prompt_id"] not in table.column("prompt_id").to_pylist()
     q = pq.read_table(task.quarantine_uri()).to_pylist()
     assert [r["reason"] for r in q] == ["prompt_too_long"]
 

@@ -15,7 +15,7 @@ from PIL import Image
 from helpers import ROOT, read_jsonl
 from pair_data import write_inputs
 from pipeline.config.settings import PipelineConfig
-from pipeline.run.orchestrator import summarize
+from pipeline.run.orchestrator import stage_line
 from publish.exports import FORMATS, export
 from stages import make_stage
 from stages.write import write_dataset
@@ -35,7 +35,7 @@ def dataset(tmp_path_factory):
     write_dataset(cfg, dirs)
     stage = make_stage("export", cfg)
     stats = stage.run_dataset([], str(out))  # the stage after write in a run
-    (out / "export-summary.txt").write_text(summarize(stage, stats, stats, int(stats.counters[stage.units]), 0, 1.0))
+    (out / "export-summary.txt").write_text(stage_line(stage, stats, stats, int(stats.counters[stage.units]), 0, 1.0))
     rows = {}
     for f in glob.glob(str(out / "data" / "*.parquet")) + glob.glob(str(out / "data/image_crop/*.parquet")):
         split = os.path.basename(f).split("-")[0]

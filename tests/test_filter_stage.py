@@ -19,7 +19,7 @@ NO_ANSWER = ("The image shows three blue circles arranged in a row on a white ba
 def _row(pid, chosen, rejected, method="correctness", finish=("stop", "stop")):
     return pair_row(pair_id=pid, method=method, source="s", question="How many circles are there?",
                     user_text="How many circles are there?", images=[], chosen=chosen, rejected=rejected,
-                    prov=provenance(sample_id=pid, template_id="mmpr_final_answer",
+                    prov=provenance(prompt_id=pid, template_id="mmpr_final_answer",
                                     chosen_finish_reason=finish[0], rejected_finish_reason=finish[1]))
 
 

@@ -84,9 +84,9 @@ def test_chosen_answer_in_any_rejected_statement_drops_the_pair():
     assert [r.index for _, r in pairs] == [1]
 
 
-def _response_row(sample_id, answer, answer_type, texts, choices=None):
+def _response_row(prompt_id, answer, answer_type, texts, choices=None):
     return {
-        "sample_id": sample_id, "source": "sample_gt", "row_key": sample_id, "question": "Q?", "images": [],
+        "prompt_id": prompt_id, "source": "sample_gt", "row_key": prompt_id, "question": "Q?", "images": [],
         "answer": answer, "answer_type": answer_type, "choices": choices or [], "facts": None,
         "template_id": "mmpr_final_answer", "prompt_text": "Q?", "prompt_tokens": 3, "model": "m",
         "model_revision": "r", "sampling": None,
@@ -116,9 +116,9 @@ def correctness_run(tmp_path_factory):
 
 def test_correctness_stage_sets_aside_unclean_responses(correctness_run):
     pairs, stats = correctness_run
-    text = {p["provenance"]["sample_id"]: [] for p in pairs}
+    text = {p["provenance"]["prompt_id"]: [] for p in pairs}
     for p in pairs:
-        text[p["provenance"]["sample_id"]].append((p["chosen"][-1]["content"][0]["text"],
+        text[p["provenance"]["prompt_id"]].append((p["chosen"][-1]["content"][0]["text"],
                                                    p["rejected"][-1]["content"][0]["text"], p["method"]))
     # the conflicting response is never chosen; the clean right answer takes its place
     assert [(c, r) for c, r, m in text["bars"] if m == "correctness"] == [(CLEAN_RIGHT_40, WRONG_95)]

@@ -189,7 +189,7 @@ def run_stage(config, engine, rows):
 
     ctx = StageContext("grounding", "part-0", config, engine)
     out = list(make_stage("grounding", config).run(rows, ctx))
-    return out, ctx.finish()
+    return out, ctx.close()
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_prefix_cache_hits_give_the_uncached_numbers(f32_config, f32_engine, sam
 
         ctx = StageContext("grounding", "p", f32_config, f32_engine)
         out = list(stage.run(rows, ctx))
-        return _values(out), ctx.finish().counters
+        return _values(out), ctx.close().counters
 
     f32_engine.llm.reset_prefix_cache()
     reference, ref_stats = run(skip_cache=True)

@@ -75,7 +75,7 @@ def corpus(tmp_path: Path):
         question="q", answer="a")
     add("placeholders", "image_placeholder_mismatch", image=f"imgs/{ok}", question="<image>\n<image>\nq",
         answer="a")
-    add("good-1", "duplicate_sample_id", image=f"imgs/{ok}", question="dup", answer="red")
+    add("good-1", "duplicate_prompt_id", image=f"imgs/{ok}", question="dup", answer="red")
     rows.append(b'{"id": "bad-utf8", "question": "caf\xe9", "image": "x.png"}')
     expect["#bad-utf8"] = "invalid_utf8"
     rows.append(b'{"id": "broken json", "question": ')
@@ -187,8 +187,8 @@ def test_ground_truth_and_ids_are_normalised(corpus, tmp_path):
     assert by_key["good-open"]["answer"] == [] and by_key["good-open"]["answer_type"] == "open"
     # the sample id is a stable hash of (source, row key): same in every run
     _, rows2, _ = _ingest(src, root, tmp_path / "out2")
-    assert [r["sample_id"] for r in rows] == [r["sample_id"] for r in rows2]
-    assert len({r["sample_id"] for r in rows}) == len(rows)
+    assert [r["prompt_id"] for r in rows] == [r["prompt_id"] for r in rows2]
+    assert len({r["prompt_id"] for r in rows}) == len(rows)
 
 
 def test_a_bad_image_in_a_multi_image_row_quarantines_the_row(tmp_path):
@@ -226,7 +226,7 @@ def _outputs(out: Path) -> tuple[list[dict], list[tuple]]:
 
 def _q(q: dict) -> tuple:
     """A quarantine row's identity and reason (object addresses in details differ per process)."""
-    return q["source"], q["row_key"], q["sample_id"], q["reason"], re.sub(r"0x[0-9a-f]+", "0x", q["detail"])
+    return q["source"], q["row_key"], q["prompt_id"], q["reason"], re.sub(r"0x[0-9a-f]+", "0x", q["detail"])
 
 
 @pytest.mark.parametrize("partition_rows", [1, 3, 7, 1000])
@@ -242,7 +242,7 @@ def test_ranges_make_what_one_reader_makes(corpus, sample_data, tmp_path, partit
     rows, quarantine = _outputs(tmp_path / "out")
     assert rows == [{k: r[k] for k in rows[0]} for r in want_rows]
     want_q = [_q(q) for q in want._quarantine]
-    assert sorted(quarantine) == sorted(want_q) and want.stats.quarantined["duplicate_sample_id"] == 1
+    assert sorted(quarantine) == sorted(want_q) and want.stats.quarantined["duplicate_prompt_id"] == 1
     assert stats.quarantined == want.stats.quarantined and stats.counters == want.stats.counters
     assert stats.rows_out == len(want_rows)
 
@@ -250,7 +250,7 @@ def test_ranges_make_what_one_reader_makes(corpus, sample_data, tmp_path, partit
 def test_duplicates_across_ranges_keep_the_first_in_file_order(tmp_path, monkeypatch):
     """Keys repeated inside a range, across ranges, three times, on a row that fails
     validation anyway, and rows keyed by line: the first occurrence wins, every later one is
-    quarantined as duplicate_sample_id, a redone range loads no image it kept before, and a
+    quarantined as duplicate_prompt_id, a redone range loads no image it kept before, and a
     rerun redoes nothing."""
     import stages.ingest
 
@@ -266,13 +266,13 @@ def test_duplicates_across_ranges_keep_the_first_in_file_order(tmp_path, monkeyp
     cfg = make_config(run={"partition_rows": 4}, sources=[{"name": "d", "format": "jsonl", "path": str(src)}])
     stats, n, _ = run_source(make_stage("ingest", cfg), str(tmp_path / "out"))
     rows, quarantine = _outputs(tmp_path / "out")
-    dups = sorted(q[1] for q in quarantine if q[3] == "duplicate_sample_id")
+    dups = sorted(q[1] for q in quarantine if q[3] == "duplicate_prompt_id")
     # line 2 "a" (same range as line 0), line 6 "b" (range 1), "#4" (the id of line 4's key), line 9 "a"
     # (third), line 12 "bad" (its first, line 10, is quarantined for its image)
     assert dups == ["#4", "a", "a", "b", "bad"], quarantine
     assert [r["row_key"] for r in rows] == ["a", "b", "c", "#4", "d", "e", "f", "g"]
     assert [r["question"] for r in rows][:2] == ["q0", "q1"]
-    assert stats.quarantined == {"duplicate_sample_id": 5, "missing_image_file": 1} and n == 4
+    assert stats.quarantined == {"duplicate_prompt_id": 5, "missing_image_file": 1} and n == 4
     redone = storage.read_json(str(tmp_path / "out" / "markers" / "part-00002.json"))
     assert json.loads(redone["inputs"][0])["dups"] == [8, 9]
     # first pass: 13 rows reach their images (not the in-range repeat at line 2); the redo of

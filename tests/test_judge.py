@@ -61,7 +61,7 @@ def _pairs(png: bytes) -> list[dict]:
         rows.append(pair_row(pair_id=f"p{i}", method="correctness", source="s", question="How many circles?",
                              user_text="How many circles?", images=[{"bytes": png, "path": None}],
                              chosen=chosen, rejected=rejected,
-                             prov=provenance(sample_id=f"s{i}", ground_truth=["3"], facts="Three blue circles.")))
+                             prov=provenance(prompt_id=f"s{i}", ground_truth=["3"], facts="Three blue circles.")))
     return rows
 
 

@@ -72,7 +72,7 @@ def test_generate_output_has_n_samples_per_prompt(work):
     n = CFG["generate"]["n"]
     for row in table.to_pylist():
         assert len(row["responses"]) == n
-        seed = derive_seed(CFG["run"]["seed"], row["sample_id"], "generate")
+        seed = derive_seed(CFG["run"]["seed"], row["prompt_id"], "generate")
         assert [r["seed"] for r in row["responses"]] == [seed + i for i in range(n)]
     ingested = sum(pq.read_metadata(p).num_rows for p in (work / "ingest" / "data").glob("*.parquet"))
     generated = sum(pq.read_metadata(p).num_rows for p in (work / "generate" / "data").glob("*.parquet"))
@@ -99,7 +99,7 @@ def test_provenance_is_complete_and_typed(sample_build):
     rows = _rows(sample_build / "data")
     for row in rows:
         p = row["provenance"]
-        assert p["sample_id"] and p["source_row_id"] and p["model"] and p["template_id"]
+        assert p["prompt_id"] and p["row_key"] and p["model"] and p["template_id"]
         assert p["sampling"]["n"] == CFG["generate"]["n"] and p["pipeline_version"]
         assert p["config_hash"] == manifest["config_hash"]
         assert p["chosen_tokens"] > 0 and p["rejected_tokens"] > 0
@@ -147,6 +147,6 @@ def test_write_shards_store_each_image_about_once(sample_build):
     shard_of: dict[tuple, set] = {}
     for f in files:
         for r in pq.read_table(f, columns=["method", "provenance"]).to_pylist():
-            key = (r["method"] == "image_crop", r["provenance"]["sample_id"])
+            key = (r["method"] == "image_crop", r["provenance"]["prompt_id"])
             shard_of.setdefault(key, set()).add(f)
     assert max(len(v) for v in shard_of.values()) == 1

@@ -14,7 +14,7 @@ from pipeline.config.settings import ConfigError
 from pipeline.config.loading import load_config
 from pipeline.files.image_refs import ImageError, allowed_roots, resolve_image_ref
 from pipeline.config.internvl_instructions import INSTRUCTIONS
-from schemas.placeholders import MARK, interleaved, parse_placeholders, user_content, with_marks
+from schemas.placeholders import IMAGE_MARK, interleaved, parse_placeholders, user_content, with_marks
 from pipeline.config.templates import BUILTIN_TEMPLATES, render_question, template_for_source
 
 
@@ -40,7 +40,7 @@ def test_several_images_render_where_their_placeholders_stood():
     q, pos = parse_placeholders(original)
     assert interleaved(2, pos) and not interleaved(1, [0]) and not interleaved(2, [])
     marked = with_marks(q, pos)
-    assert marked.replace(MARK, "<image>") == original
+    assert marked.replace(IMAGE_MARK, "<image>") == original
     assert user_content(marked, 2, "<image>") == original  # InternVL's string content: the original text
     assert user_content(marked, 2) == [
         {"type": "text", "text": "Image-1: "}, {"type": "image"}, {"type": "text", "text": "\nImage-2: "},

@@ -169,7 +169,7 @@ def test_a_dead_engine_actor_is_restarted_and_its_partition_retried(clean_run, t
     assert attempts == 2
     rows = stage_rows(tmp_path / "gen")
     n_in = sum(pq.read_metadata(p).num_rows for p in (ingest / "data").glob("*.parquet"))
-    assert len(rows) == n_in and len({r["sample_id"] for r in rows}) == n_in
+    assert len(rows) == n_in and len({r["prompt_id"] for r in rows}) == n_in
 
 
 def test_a_worker_that_always_dies_gets_its_partition_quarantined(clean_run, tmp_path):

@@ -14,7 +14,7 @@ from pipeline.run.orchestrator import plan
 from pipeline.run.runner import Task, completed, invalidate_if_changed, run_task, stage_totals
 from pipeline.core.stage import RowStage, StageContext
 
-SCHEMA = pa.schema([("sample_id", pa.string()), ("x", pa.int64())])
+SCHEMA = pa.schema([("prompt_id", pa.string()), ("x", pa.int64())])
 
 
 class Doubler(RowStage, register=False):
@@ -37,13 +37,13 @@ class Doubler(RowStage, register=False):
                 ctx.quarantine(r, "negative", f"x={r['x']}")
                 continue
             ctx.stats.inc("doubled")
-            yield {"sample_id": r["sample_id"], "x": 2 * r["x"]}
+            yield {"prompt_id": r["prompt_id"], "x": 2 * r["x"]}
 
 
 def _input(tmp_path, name="part-00000", xs=(1, 2, -3, 4)):
     uri = tmp_path / "in" / "data" / f"{name}.parquet"
     uri.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([{"sample_id": f"s{i}", "x": x} for i, x in enumerate(xs)],
+    pq.write_table(pa.Table.from_pylist([{"prompt_id": f"s{i}", "x": x} for i, x in enumerate(xs)],
                                         schema=SCHEMA), uri)
     return str(uri)
 
@@ -55,7 +55,7 @@ def test_partition_writes_output_quarantine_and_marker_last(tmp_path):
     stats = run_task(Doubler(cfg), task)
     assert pq.read_table(task.data_uri()).column("x").to_pylist() == [2, 4, 8]
     q = pq.read_table(task.quarantine_uri()).to_pylist()
-    assert [(r["sample_id"], r["reason"]) for r in q] == [("s2", "negative")]
+    assert [(r["prompt_id"], r["reason"]) for r in q] == [("s2", "negative")]
     marker = json.loads(open(task.marker_uri()).read())
     assert marker["stage_hash"] == "h1" and marker["stats"]["rows_in"] == 4 and marker["stats"]["rows_out"] == 3
     assert completed(task) and stats.counters["doubled"] == 3
@@ -94,7 +94,7 @@ def test_an_input_partition_is_checked_against_the_stage_input_schema(tmp_path):
     from pipeline.run.runner import InputSchemaError
 
     src = tmp_path / "wrong.parquet"
-    pq.write_table(pa.table({"sample_id": ["a"], "y": [1]}), src)
+    pq.write_table(pa.table({"prompt_id": ["a"], "y": [1]}), src)
     task = Task("doubler", "w", (str(src),), str(tmp_path / "out"), "h")
     with pytest.raises(InputSchemaError, match=r"wrong.parquet: missing column\(s\) \['x'\]"):
         run_task(Doubler(make_config()), task)

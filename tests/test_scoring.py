@@ -18,7 +18,7 @@ from pipeline.config.templates import EXTRACTION_STYLE
 
 def _row(answer: str, texts: list[str], answer_type: str = "math") -> dict:
     return {
-        "sample_id": "s", "source": "sample_gt", "row_key": "k", "question": "Simplify.", "images": [],
+        "prompt_id": "s", "source": "sample_gt", "row_key": "k", "question": "Simplify.", "images": [],
         "answer": [answer], "answer_type": answer_type, "choices": [], "facts": None,
         "template_id": "mmpr_final_answer", "prompt_text": "", "prompt_tokens": 0, "model": "m",
         "model_revision": None, "sampling": None,

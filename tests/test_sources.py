@@ -74,7 +74,7 @@ def test_every_format_normalises_to_prompt_rows(fmt, tmp_path):
     for row, want in zip(rows, ROWS):
         img = Image.open(io.BytesIO(row["images"][0]["bytes"]))
         assert img.getpixel((0, 0)) == want["color"]
-        assert row["source"] == f"src_{fmt}" and len(row["sample_id"]) == 32
+        assert row["source"] == f"src_{fmt}" and len(row["prompt_id"]) == 32
         if fmt == "image_folder":
             assert row["question"] == "Describe the image." and row["answer"] == []
             assert row["facts"] == f"A {want['id']} caption."

@@ -170,10 +170,10 @@ def _echo_stage():
                     continue
                 ctx.stats.inc("pairs.echo")
                 answer = f"Final answer: {row['answer'][0]}"
-                yield pair_row(pair_id=f"echo-{row['sample_id']}", method="echo", source=row["source"],
+                yield pair_row(pair_id=f"echo-{row['prompt_id']}", method="echo", source=row["source"],
                                question=row["question"], user_text=row["question"], images=row["images"],
                                chosen=answer, rejected=f"{self.section.prefix} {answer}",
-                               prov=provenance(sample_id=row["sample_id"], template_id="mmpr_final_answer"))
+                               prov=provenance(prompt_id=row["prompt_id"], template_id="mmpr_final_answer"))
 
         @classmethod
         def summarize(cls, counters: dict) -> dict:

@@ -20,7 +20,7 @@ def _response_row(images: list) -> dict:
              "Distance over time gives 40 km/h.\nFinal answer: 40",
              "I think it is 90.\nFinal answer: 90"]
     t = BUILTIN_TEMPLATES["mmpr_final_answer"]
-    return {"sample_id": "t1", "source": "mmpr_text", "row_key": "0", "question": QUESTION, "images": images,
+    return {"prompt_id": "t1", "source": "mmpr_text", "row_key": "0", "question": QUESTION, "images": images,
             "image_positions": [], "answer": ["40"], "answer_type": "number", "choices": [], "facts": None,
             "template_id": t.id, "template_hash": t.hash, "prompt_text": "", "prompt_tokens": 1, "model": "m",
             "model_revision": "", "sampling": None,

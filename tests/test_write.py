@@ -155,12 +155,12 @@ def test_shard_sizes_names_and_a_prompt_in_one_shard(built):
     assert count >= math.ceil(n_text / 7) - 1
     assert [os.path.basename(f) for f in files] == [f"train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
     sizes = [pq.ParquetFile(f).metadata.num_rows for f in files]
-    per_prompt = Counter(r["provenance"]["sample_id"] for r in rows if r["method"] in TEXT_METHODS)
+    per_prompt = Counter(r["provenance"]["prompt_id"] for r in rows if r["method"] in TEXT_METHODS)
     assert sum(sizes) == n_text and max(sizes) <= 7 + max(per_prompt.values()) and min(sizes) > 0
     shard_of: dict[str, set] = {}
     for f in files + shard_files(out, "data/image_crop"):
         for r in rows_of([f]):
-            shard_of.setdefault((r["method"] == "image_crop", r["provenance"]["sample_id"]), set()).add(f)
+            shard_of.setdefault((r["method"] == "image_crop", r["provenance"]["prompt_id"]), set()).add(f)
     assert all(len(v) == 1 for v in shard_of.values()), "a prompt's pairs are split over shards"
     assert max(per_prompt.values()) > 1  # the inputs do have prompts with several pairs
 
@@ -224,8 +224,8 @@ def test_test_split_is_by_prompt(inputs, tmp_path):
     train = rows_of(glob.glob(str(out / "data" / "train-*.parquet")) + glob.glob(str(out / "data/image_crop/train-*")))
     test = rows_of(glob.glob(str(out / "data" / "test-*.parquet")) + glob.glob(str(out / "data/image_crop/test-*")))
     assert train and test
-    train_prompts = {r["provenance"]["sample_id"] for r in train}
-    test_prompts = {r["provenance"]["sample_id"] for r in test}
+    train_prompts = {r["provenance"]["prompt_id"] for r in train}
+    test_prompts = {r["provenance"]["prompt_id"] for r in test}
     assert not train_prompts & test_prompts
     assert 0.1 < len(test_prompts) / (len(train_prompts) + len(test_prompts)) < 0.5
     ds = load_folder(out)
@@ -347,7 +347,7 @@ def test_rebuilt_folder_loads_fresh_not_from_the_datasets_cache(inputs, tmp_path
 
 def _repeated_image_inputs(base: Path, prompts: int = 80, pairs: int = 15) -> tuple[list[str], dict]:
     """``prompts`` prompts x ``pairs`` correctness pairs sharing one noise PNG (~28 KB, incompressible),
-    a prompt's pairs spread over two input files; returns (dirs, sample_id -> PNG bytes)."""
+    a prompt's pairs spread over two input files; returns (dirs, prompt_id -> PNG bytes)."""
     import numpy as np
 
     from pipeline.core.seeds import stable_hash
@@ -364,7 +364,7 @@ def _repeated_image_inputs(base: Path, prompts: int = 80, pairs: int = 15) -> tu
             rows.append(pair_row(
                 pair_id=stable_hash(sid, k), method="correctness", source="src", question=f"q{p}",
                 user_text=f"q{p}", images=[{"bytes": pngs[sid], "path": None}], chosen=chosen, rejected=rejected,
-                prov=provenance(sample_id=sid, model="tiny", chosen_tokens=5, rejected_tokens=5)))
+                prov=provenance(prompt_id=sid, model="tiny", chosen_tokens=5, rejected_tokens=5)))
     data = base / "correctness" / "data"
     data.mkdir(parents=True)
     for k in range(2):
@@ -391,7 +391,7 @@ def test_a_prompts_repeated_image_is_stored_about_once_and_still_decodes(tmp_pat
     assert size["distinct_image_bytes"] == sum(map(len, pngs.values()))
     assert size["ratio"] <= 1.3, size
     for f in files:
-        sids = [r["provenance"]["sample_id"] for r in rows_of([f])]
+        sids = [r["provenance"]["prompt_id"] for r in rows_of([f])]
         runs = 1 + sum(a != b for a, b in zip(sids, sids[1:]))
         assert runs > len(set(sids)), f"{f}: rows are not shuffled inside the shard"
         meta = pq.ParquetFile(f).metadata
@@ -400,5 +400,5 @@ def test_a_prompts_repeated_image_is_stored_about_once_and_still_decodes(tmp_pat
     ds = load(files)
     assert len(ds) == 80 * 15
     for row in ds.select(range(0, len(ds), 97)):
-        want = Image.open(_io.BytesIO(pngs[row["provenance"]["sample_id"]]))
+        want = Image.open(_io.BytesIO(pngs[row["provenance"]["prompt_id"]]))
         assert np.array_equal(np.asarray(row["images"][0]), np.asarray(want))

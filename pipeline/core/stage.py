@@ -96,7 +96,7 @@ class StageContext:
             "stage": self.stage,
             "source": str(row.get("source", "")),
             "row_key": str(row.get("row_key", "")),
-            "sample_id": str(row.get("sample_id", "")),
+            "prompt_id": str(row.get("prompt_id", "")),
             "reason": reason,
             "detail": detail[:2000],
             "record": _json_safe({k: v for k, v in row.items() if k not in ("images",)}),
@@ -112,7 +112,8 @@ class StageContext:
     def quarantine_table(self) -> pa.Table:
         return pa.Table.from_pylist(self._quarantine, schema=QUARANTINE_SCHEMA)
 
-    def finish(self) -> StageStats:
+    def close(self) -> StageStats:
+        """Stop the partition's clock; its stats (``EngineStage.finish`` is another thing: results -> rows)."""
         self.stats.wall_s = time.perf_counter() - self._t0
         return self.stats
 

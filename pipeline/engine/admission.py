@@ -1,7 +1,7 @@
 """The admission loop: prompts enter the engine only while it has room; results leave in order.
 
 ``Engine.generate_stream`` runs here.  Prompts are admitted one at a time while the engine
-has fewer unfinished sequences than it schedules at once (``low_water``: ``max_num_seqs`` x
+has fewer unfinished sequences than it schedules at once (``refill_threshold``: ``max_num_seqs`` x
 pipeline stages) and fewer than ``max_prompts`` prompts in flight
 (``pipeline.engine.image_budget``), so the long tail of one partition overlaps the start of
 the next without queueing a partition's images in memory.  Every finished request is filed
@@ -124,7 +124,7 @@ class Admission:
 
     def fill(self, llm_engine: Any) -> None:
         """Admit prompts while the engine has room, pulling the next batch when none is queued."""
-        while (llm_engine.get_num_unfinished_requests() < self.engine.low_water
+        while (llm_engine.get_num_unfinished_requests() < self.engine.refill_threshold
                and self.in_flight < self.engine.max_prompts):
             if not self.queued and (self.exhausted or not self.pull()):
                 self.exhausted = True
@@ -177,7 +177,7 @@ def stream(engine: "Engine", batches: Iterable[Sequence[GenRequest]]) -> Iterato
             outputs = llm_engine.step()
             now = time.perf_counter()
             # the engine core works on what it holds until the next step: count that as busy
-            engine.occupied_s += min(running, engine.low_water) / engine.low_water * (now - last)
+            engine.occupied_s += min(running, engine.refill_threshold) / engine.refill_threshold * (now - last)
             last = now
             for out in outputs:
                 adm.receive(out)

@@ -78,9 +78,9 @@ class Engine:
         #: tokens per KV-cache block: the prefix cache shares whole blocks only
         self.kv_block_size = vllm_config.cache_config.block_size if vllm_config.cache_config.enable_prefix_caching else 0
         #: unfinished sequences below which the next prompts are admitted
-        self.low_water = refill_threshold(vllm_config)
+        self.refill_threshold = refill_threshold(vllm_config)
         #: prompts (with their images) admitted into the engine at once
-        self.max_prompts = prompts_in_flight(config, self.low_water)
+        self.max_prompts = prompts_in_flight(config, self.refill_threshold)
         #: the model's configured stops, for every SamplingParams built for this engine
         self.stop_kwargs = stop_kwargs(config, self.tokenizer)
         wake_on_death(self.llm.llm_engine)
@@ -107,7 +107,7 @@ class Engine:
         """Results batch by batch, in order, with the engine fed across batch boundaries.
 
         Prompts are admitted one at a time while the engine has fewer unfinished
-        sequences than it schedules at once (``low_water``) and fewer than
+        sequences than it schedules at once (``refill_threshold``) and fewer than
         ``max_prompts`` prompts in flight, so the long tail of one partition
         overlaps the start of the next without queueing a partition's images.
         Each prompt is added on its own: one that vLLM refuses (too long for

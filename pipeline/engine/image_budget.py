@@ -135,15 +135,15 @@ def check_context(config: "PipelineConfig", key: str, new_tokens: int) -> None:
             f"model.max_images_per_prompt, the engine-wide model.mm_processor_kwargs or {key}")
 
 
-def prompts_in_flight(config: "PipelineConfig", low_water: int) -> int:
+def prompts_in_flight(config: "PipelineConfig", refill_threshold: int) -> int:
     """Prompts an engine admits at once: ``engine.max_prompts_in_flight`` when set, else
     ``engine.image_memory_gib`` over the worst-case pixels of one prompt (at least 1).
-    Unknown families are bounded only by the scheduler (``low_water`` sequences)."""
+    Unknown families are bounded only by the scheduler (``refill_threshold`` sequences)."""
     e, m = config.engine, config.model
     if e.max_prompts_in_flight is not None:
         return e.max_prompts_in_flight
     cost = image_cost(m)
     if cost is None:
-        return max(1, low_water)
+        return max(1, refill_threshold)
     per_prompt = max(1, cost.pixel_bytes * m.max_images_per_prompt)
     return max(1, int(e.image_memory_gib * 2**30 // per_prompt))

@@ -38,8 +38,10 @@ def plan(config: PipelineConfig, stage: str, input_dirs: list[str], out_dir: str
     return tasks
 
 
-def summarize(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_skipped: int,
-              wall_s: float) -> str:
+def stage_line(stage: Stage, total: StageStats, ran: StageStats, n_tasks: int, n_skipped: int,
+               wall_s: float) -> str:
+    """The line a stage ends with in the terminal: partitions, rows, quarantine, time (the
+    stage's own metrics come from ``Stage.summarize`` / ``summary_line``)."""
     c = ran.counters
     q = ", ".join(f"{k}: {v}" for k, v in sorted(total.quarantined.items())) or "none"
     unit = stage.units if stage.kind == "dataset" else "partitions"
@@ -118,7 +120,7 @@ def run_stages(config: PipelineConfig) -> dict[str, float]:
             executor = executor or make_executor(config)
             ran = executor.run(name, pending)
         timings[name] = time.perf_counter() - t0
-        echo(summarize(stage, stage_totals(out_dir), ran, len(tasks), len(tasks) - len(pending), timings[name]))
+        echo(stage_line(stage, stage_totals(out_dir), ran, len(tasks), len(tasks) - len(pending), timings[name]))
     return timings
 
 
@@ -144,7 +146,7 @@ def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
 
     def finished(run) -> None:
         timings[run.name] = run.ended - run.started if run.started else 0.0
-        lines.append(summarize(stages[run.name], stage_totals(stage_dir(config, run.name)), run.ran,
+        lines.append(stage_line(stages[run.name], stage_totals(stage_dir(config, run.name)), run.ran,
                                len(run.tasks), run.skipped, timings[run.name]))
 
     try:
@@ -179,14 +181,14 @@ def _run_whole(config: PipelineConfig, stage: Stage) -> float:
         inputs, out_dir = [stage_dir(config, s) for s in input_stages(config, stage.name)], config.run.output_dir
     ran, total, n_tasks, n_skipped = _whole(config, stage, inputs, out_dir)
     wall = time.perf_counter() - t0
-    echo(summarize(stage, total, ran, n_tasks, n_skipped, wall))
+    echo(stage_line(stage, total, ran, n_tasks, n_skipped, wall))
     return wall
 
 
 def _whole(config: PipelineConfig, stage: Stage, inputs: list[str], out_dir: str
            ) -> tuple[StageStats, StageStats, int, int]:
     """Run a source stage into ``out_dir``, or a dataset stage over ``inputs``; returns (stats of
-    what ran now, the stage's totals, its units of work, those already done) for ``summarize``."""
+    what ran now, the stage's totals, its units of work, those already done) for ``stage_line``."""
     from pipeline.run.executors import make_executor
 
     if stage.kind == "source":
@@ -220,7 +222,7 @@ def run_stage(config: PipelineConfig, stage: str, input_path: str, output_dir: s
         ran, totals, n_tasks, n_skipped = _whole(config, step, [input_path], output_dir)
     else:
         ran, totals, n_tasks, n_skipped = _run_partitions(config, step, input_path, output_dir)
-    echo(summarize(step, totals, ran, n_tasks, n_skipped, time.perf_counter() - t0))
+    echo(stage_line(step, totals, ran, n_tasks, n_skipped, time.perf_counter() - t0))
     # the stage's own line, as a whole run's summary has it (policy accuracy, grounding requests, ...)
     summary = step.summarize(totals.counters)
     line = step.summary_line(summary) if summary else None

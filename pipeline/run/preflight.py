@@ -150,7 +150,7 @@ LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_len
                "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
 #: RoPE types whose max_position_embeddings is already scaled (vLLM's _get_and_verify_max_len)
 PRESCALED_ROPE = ("su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling")
-MARK = "\x00MMPR-END\x00"
+END_MARK = "\x00MMPR-END\x00"
 
 
 def check_model(config: "PipelineConfig") -> None:
@@ -272,7 +272,7 @@ def end_of_turn(tokenizer: Any, messages: list[dict], placeholder: str | None, s
     """What the chat template writes right after an assistant turn's text (None: nothing)."""
     from pipeline.engine.engine import _as_string_content
 
-    convo = messages + [{"role": "assistant", "content": [{"type": "text", "text": MARK}]}]
+    convo = messages + [{"role": "assistant", "content": [{"type": "text", "text": END_MARK}]}]
     if placeholder is not None:
         convo = [_as_string_content(m, placeholder) for m in convo]
     try:
@@ -281,7 +281,7 @@ def end_of_turn(tokenizer: Any, messages: list[dict], placeholder: str | None, s
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ConfigError(f"model.path: the chat template cannot render a prompt of source {src_name!r}: "
                           f"{first}") from None
-    if MARK not in text:
+    if END_MARK not in text:
         return None
-    marker = text.split(MARK, 1)[1].strip()
+    marker = text.split(END_MARK, 1)[1].strip()
     return marker.split()[0] if marker else None

@@ -203,7 +203,7 @@ def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attemp
         storage.write_table(task.side_uri(side), pa.Table.from_pylist(side_rows, schema=schema))
     if inject_faults:
         faults.on_data_written(stage.name)
-    stats = ctx.finish()
+    stats = ctx.close()
     marker = {
         "stage": stage.name, "partition": task.name, "stage_hash": task.stage_hash,
         "inputs": list(task.inputs), "finished_at": time.time(), "stats": stats.to_dict(),

@@ -49,7 +49,7 @@ def progress(iterable=None, total: int | None = None, desc: str = ""):
     """A stage's progress bar, on the terminal (``MMPR_NO_PROGRESS=1`` turns bars off)."""
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="part", file=_stream(), dynamic_ncols=True,
+    return tqdm(iterable, total=total, desc=desc, unit="partition", file=_stream(), dynamic_ncols=True,
                 disable=os.environ.get("MMPR_NO_PROGRESS") == "1")
 
 

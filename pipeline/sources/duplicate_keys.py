@@ -47,20 +47,20 @@ def cross_range_duplicates(out_dir: str, partitions: list[tuple[str, str]]) -> d
         if len(names) < 2:
             continue
         tables = []
-        for part, name in enumerate(names):
+        for rng, name in enumerate(names):
             uri = keys_uri(out_dir, name)
             if storage.exists(uri):
                 t = storage.read_table(uri).select(["row_key", "position"])
-                tables.append(t.append_column("part", pa.array([part] * t.num_rows, pa.int32())))
+                tables.append(t.append_column("range", pa.array([rng] * t.num_rows, pa.int32())))
         if not tables:
             continue
         keys = pa.concat_tables(tables)
         first = _min_position(keys, ["row_key"], "first")
-        local = _min_position(keys, ["row_key", "part"], "local_first")
+        local = _min_position(keys, ["row_key", "range"], "local_first")
         late = local.join(first, "row_key")
         late = late.filter(pc.not_equal(late["local_first"], late["first"]))
-        for part, pos in sorted(zip(late["part"].to_pylist(), late["local_first"].to_pylist())):
-            found.setdefault(names[part], []).append(pos)
+        for rng, pos in sorted(zip(late["range"].to_pylist(), late["local_first"].to_pylist())):
+            found.setdefault(names[rng], []).append(pos)
     return found
 
 

@@ -128,11 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _html_report(config) -> None:
     """After a run that wrote the dataset: its HTML report (a failure here does not fail the build)."""
+    from pipeline.core import graph
     from pipeline.files import storage
     from publish.html_report import write_html_report
 
     out = config.run.output_dir
-    if "write" not in config.run.stages or not storage.exists(storage.join(out, "manifest.json")):
+    wrote = any(graph.stage_class(s).kind == "dataset" for s in config.run.stages)
+    if not wrote or not storage.exists(storage.join(out, "manifest.json")):
         return
     try:
         echo(f"html report: {write_html_report(out)}")

@@ -48,6 +48,7 @@ class ExportStage(DatasetStage):
     uses = ("run.name",)
     output_schema = None
     units = "formats"
+    writes = ("exports/",)
 
     @classmethod
     def enabled_by(cls, config) -> bool:

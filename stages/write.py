@@ -86,6 +86,7 @@ class WriteStage(DatasetStage):
     after = ("judge",)
     Config = WriteConfig
     uses = ("run.seed", "run.name", "sources", "model")  # sources, model: the card names them
+    writes = ("README.md", "manifest.json", "report.json", "report.html")
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 

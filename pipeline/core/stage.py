@@ -324,6 +324,9 @@ class DatasetStage(Stage):
     #: what its units of work are called in its summary line; ``run_dataset`` counts them
     #: under this counter
     units: ClassVar[str] = "shards"
+    #: the files and folders (ending in ``/``) it writes in the dataset folder besides its shards,
+    #: reserved in the folder's ownership record before the run writes anything
+    writes: ClassVar[tuple[str, ...]] = ()
 
     def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:  # pragma: no cover
         """Consume every upstream row at once and write ``output_dir``."""

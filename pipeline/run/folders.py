@@ -62,13 +62,11 @@ def targets(config: PipelineConfig, stage: str | None = None, output: str | None
 
 
 def _dataset_entries(stages: list[str]) -> tuple[str, ...]:
-    """What the dataset stages write besides their shards (reserved when planned)."""
-    entries = []
-    if "write" in stages:
-        entries += ["README.md", "manifest.json", "report.json", "report.html"]
-    if "export" in stages:
-        entries.append("exports/")
-    return tuple(entries)
+    """What the dataset stages write besides their shards (``DatasetStage.writes``; shards are
+    reserved when planned)."""
+    from pipeline.core import graph
+
+    return tuple(e for s in stages for e in graph.stage_class(s).writes)
 
 
 def check_no_feedback(config: PipelineConfig, written: list[Target]) -> None:

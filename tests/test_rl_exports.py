@@ -155,3 +155,28 @@ def test_validation_split_is_stratified_and_seeded(dataset, tmp_path):
     c = export_all(dataset, tmp_path / "c", band=(0.0, 1.0), validation_fraction=0.5, seed=4)
     val_c = pq.read_table(tmp_path / "c" / "exports" / "trl_grpo" / "validation.parquet").column("prompt_id")
     assert sorted(val_c.to_pylist()) != sorted(r["prompt_id"] for r in val)  # another seed, another draw
+
+
+def test_run_report_and_html_report_show_the_curriculum(dataset, tmp_path):
+    """The export stage's counts reach the run report (dataset stages have no markers) and the
+    HTML report draws each source's pass-rate histogram with the band."""
+    from pipeline.config.settings import PipelineConfig
+    from pipeline.run.report import build_report, format_summary
+    from publish.sampling_report import curriculum_html
+    from stages import make_stage
+
+    cfg = PipelineConfig.model_validate({
+        "run": {"name": "rl", "output_dir": str(dataset), "work_dir": str(tmp_path / "work")},
+        "executor": {"kind": "local"}, "rl_prompts": {"band": [0.2, 0.8], "min_samples": 8},
+        "export": {"formats": ["verl"]}})
+    stats = make_stage("export", cfg).run_dataset([], str(dataset))
+    report = build_report(cfg, {"export": 1.0}, dataset_counters={"export": stats.counters})
+    sel = report["summary"]["export"]["rl_prompts"]
+    assert sel["kept"] == len(expected_kept()) and sel["removed"]["too_few_samples"] == 2
+    assert f"RL prompts: {len(expected_kept())} of 30 kept" in format_summary(report)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    manifest["config"]["rl_prompts"] = {"band": [0.2, 0.8], "min_samples": 8}
+    html = curriculum_html(manifest, report["summary"])
+    assert "src_a: prompts per pass rate" in html and "src_b: prompts per pass rate" in html
+    assert "[0.2, 0.8]" in html and "too few samples" in html
+    assert html.count('fill="#2f855a"') == 2 * 7  # bins 0.2-0.3 ... 0.8-0.9 reach into the band, per source

@@ -23,7 +23,8 @@ def card_header(shards: list[dict], pretty_name: str | None = None, tags: list[s
     this header, so the sizes also make a rebuilt folder load fresh instead of from a stale cache.
     """
     configs, infos = [], []
-    for name, folder in layout.configs():
+    # the prompt table (publish.prompt_table) is a config of its own when its files are listed
+    for name, folder in (*layout.configs(), ("prompts", "prompts")):
         mine = [s for s in shards if s["config"] == name]
         splits = sorted({s["split"] for s in mine}, key=lambda sp: (SPLITS.index(sp) if sp in SPLITS else 99, sp))
         if not splits:
@@ -87,13 +88,42 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> 
               for meth, d in lengths.items()]
     # the export stage runs after write: the card points at its index rather than naming formats
     exports = " Trainer exports, when the build makes them, are under `exports/<format>/`, listed in `exports/export.json`."
+    prompts = manifest.get("prompts") or {"files": []}
     template = (resources.files("publish") / "assets" / "card.md").read_text(encoding="utf-8")
     lines = lambda items: "".join(f"{x}\n" for x in items)  # noqa: E731 -- a table's rows, each ending a line
     return Template(template).substitute(
-        header=card_header(manifest["shards"], config.run.name, ["dpo", "preference", "multimodal", "mmpr-forge"]),
+        header=card_header(manifest["shards"] + prompts["files"], config.run.name, ["dpo", "preference", "multimodal", "mmpr-forge"]),
         name=config.run.name, version=manifest["pipeline_version"], config_hash=manifest["config_hash"],
         rows=manifest["rows"], duplicates=manifest["duplicates_dropped"], splits_table=lines(splits),
         methods_table=lines(f"| {m} | {n} |" for m, n in t["method"].items()),
         source_method_table="\n".join(source_method), sources_list="\n".join(sources),
         lengths_table=lines(rows), ratio_list=lines(ratios), exports_note=exports,
+        prompts_section=prompts_section(prompts),
         config_yaml=yaml.safe_dump(config.resolved(), sort_keys=False).rstrip())
+
+
+def prompts_section(prompts: dict) -> str:
+    """The card's section on the prompt table (``publish.prompt_table``): what it holds, how
+    to read its counts, its pass-rate histogram."""
+    if not prompts.get("files"):
+        return "No prompt table: the correctness stage did not run in this build.\n"
+    hist = prompts.get("pass_rate_histogram") or []
+    bins = " | ".join(f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(len(hist)))
+    return (
+        f"`prompts/*.parquet` (config `prompts`: `load_dataset(\"<this folder>\", \"prompts\")`) has one row per "
+        f"generated prompt: **{prompts['rows']}** prompts, {prompts['with_ground_truth']} with ground truth. "
+        "Columns: `prompt_id` (the pairs' `provenance.prompt_id`), `source`, `question`, `prompt` (the conversation "
+        "as sent, in its template `template_id`), `images`, `answer`, `answer_type`, `choices`, `samples_drawn`, "
+        "`correct` / `right` / `wrong` / `unparseable` (right and wrong: usable as chosen and as rejected; "
+        "`conflicting` and `wrong_states_truth` were set aside), `pass_rate` = correct / samples_drawn with its "
+        "Wilson 95% interval `pass_rate_low` / `pass_rate_high`, `stop_reason`, `model` / `model_revision`, "
+        "`sampling`, `seeds`, and `scoring` (the settings the verdicts used; `methods/reward.py` gives the same "
+        "verdict as an RL reward). Prompts without ground truth have null counts and pass rate.\n\n"
+        "**Reading the counts under adaptive sampling**: a prompt stops drawing once its pairs are decided "
+        "(`stop_reason`: `enough_pairs`, `all_right`, `all_wrong`, `budget`, ...), so `samples_drawn` varies and a "
+        "pass rate of 1.0 may be 4 of 4. The early stop depends on the outcomes, so the rate of a stopped prompt "
+        "is slightly biased towards its stopping rule; use the interval (or keep prompts with enough "
+        "`samples_drawn`) rather than the rate alone. Under fixed-N sampling (`stop_reason` `fixed_n`) every "
+        "prompt drew `generate.n` samples.\n\n"
+        f"Prompts with ground truth per pass-rate bin:\n\n| {bins} |\n|{'---:|' * len(hist)}\n"
+        f"| {' | '.join(str(n) for n in hist)} |\n")

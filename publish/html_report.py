@@ -53,7 +53,7 @@ from pipeline.files.ownership import open_folder
 from publish.html_cards import THUMB_PX, _slug, card_html, esc, image_html, thumbnail  # noqa: F401 -- tests use them
 from publish.grounding_report import grounding_html
 from publish.html_sections import _method_key, method_order, _summary_of, plots_html, summary_html
-from publish.sampling_report import sampling_html
+from publish.sampling_report import curriculum_html, sampling_html
 from publish.layout import configs, image_methods
 from publish.stats import assistant_chars
 
@@ -311,7 +311,8 @@ def render_html(root: str, *, manifest: dict | None, report: dict | None, sample
            + f" \u00b7 <code>{esc(root)}</code>")
     return Template(_asset("report.html")).substitute(
         csp=esc(csp), name=esc(name), css=_asset("report.css"), sub=sub, summary=summary_html(report, manifest),
-        plots=plots_html(sample, report, prompts) + sampling_html(_summary_of(report)) + grounding_html(dataset_files(root, manifest)), cards=len(cards), per_method=per_method, seed=seed,
+        plots=plots_html(sample, report, prompts) + sampling_html(_summary_of(report))
+        + curriculum_html(manifest, _summary_of(report)) + grounding_html(dataset_files(root, manifest)), cards=len(cards), per_method=per_method, seed=seed,
         rows_read=f"{sample.rows_read:,}", rows_total=f"{sample.rows_total:,}",
         method_options=_options(methods, "methods"), source_options=_options(sources, "sources"),
         samples=samples, version=esc(__version__), thumb_px=THUMB_PX, script=script)

@@ -41,3 +41,30 @@ def sampling_html(summary: dict) -> str:
     return (f'<div class="plotblock"><h3>Sampling</h3><p class="note">{esc(note)}per-prompt pass rate '
             f'from the correctness stage (provenance.pass_rate filters pairs by it).</p>'
             f'<div class="plots">{"".join(parts)}</div></div>')
+
+
+def curriculum_html(manifest: dict | None, summary: dict) -> str:
+    """The prompt table's pass-rate histogram per source, the ``rl_prompts`` band marked (its bins
+    in green), and how many prompts each bound removed from the RL exports ('' without a table)."""
+    prompts = (manifest or {}).get("prompts") or {}
+    by_source = prompts.get("pass_rate_histogram_by_source") or {}
+    if not by_source:
+        return ""
+    rl = ((manifest or {}).get("config") or {}).get("rl_prompts") or {}
+    lo, hi = rl.get("band") or (0.0, 1.0)
+    bins = len(next(iter(by_source.values())))
+    inside = [lo < (i + 1) / bins and i / bins <= hi for i in range(bins)]
+    colors = [plots.COLORS[0] if ok else plots.COLORS[2] for ok in inside]
+    charts = [plots.column_chart([(f"{i / bins:.1f}", float(n)) for i, n in enumerate(hist)],
+                                 f"{source}: prompts per pass rate", xlabel="pass rate, from", ylabel="prompts",
+                                 width=420, colors=colors) for source, hist in by_source.items()]
+    sel = (summary.get("export") or {}).get("rl_prompts")
+    table = ""
+    if sel:
+        rows = [[esc(k.replace("_", " ")), f"{v:,}"] for k, v in sel["removed"].items()]
+        table = _table(["removed from the RL exports", "prompts"], rows + [["kept", f"{sel['kept']:,}"]])
+    note = (f"From the prompt table (prompts/*.parquet): {prompts.get('with_ground_truth', 0):,} prompts with ground "
+            f"truth. The RL exports keep pass rates in [{lo}, {hi}] (rl_prompts.band; green bins reach into it) "
+            f"with at least {rl.get('min_samples', 1)} samples drawn.")
+    return (f'<div class="plotblock"><h3>RL prompts: pass rate per source</h3><p class="note">{esc(note)}</p>'
+            f'<div class="plots">{"".join(charts)}{table}</div></div>')

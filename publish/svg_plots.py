@@ -86,8 +86,10 @@ def bar_chart(items: Sequence[tuple[str, float]], title: str, *, width: int = 42
 
 
 def column_chart(items: Sequence[tuple[str, float]], title: str, *, xlabel: str = "", ylabel: str = "",
-                 width: int = 360, height: int = 200, color: str = COLORS[2]) -> str:
-    """Vertical columns, one per (category, value), e.g. a distribution over small integers."""
+                 width: int = 360, height: int = 200, color: str = COLORS[2],
+                 colors: Sequence[str] | None = None) -> str:
+    """Vertical columns, one per (category, value), e.g. a distribution over small integers
+    (``colors``: one per column, e.g. to mark a band; default ``color``)."""
     if not items:
         return empty(title, width=width)
     vmax = _nice_max(max(v for _, v in items))
@@ -103,7 +105,7 @@ def column_chart(items: Sequence[tuple[str, float]], title: str, *, xlabel: str 
         x = left + i * slot + (slot - bw) / 2
         h = value / vmax * ph
         out.append(f'<rect x="{x:.1f}" y="{top + ph - h:.1f}" width="{bw:.1f}" height="{h:.1f}" '
-                   f'fill="{_e(color)}"><title>{_e(label)}: {_e(_num(value))}</title></rect>')
+                   f'fill="{_e(colors[i] if colors else color)}"><title>{_e(label)}: {_e(_num(value))}</title></rect>')
         if i % step == 0:
             out.append(f'<text x="{x + bw / 2:.1f}" y="{top + ph + 13}" font-size="10" text-anchor="middle" '
                        f'fill="{AXIS}">{_e(_short(str(label), 6))}</text>')

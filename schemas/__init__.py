@@ -24,6 +24,8 @@ from schemas.arrow import (  # noqa: F401
     PROMPT_SCHEMA,
     RESPONSE_SCHEMA,
     PAIR_SCHEMA,
+    PROMPT_TABLE_SCHEMA,
+    SCORING_TYPE,
     QUARANTINE_SCHEMA,
     ANSWER_TYPES,
     hf_features_metadata,

@@ -172,6 +172,53 @@ PAIR_SCHEMA = pa.schema([
     pa.field("grounding_margin", pa.float64()),
 ])
 
+#: the scoring settings a prompt's verdicts used, on its prompt-table row: what a reward function
+#: needs to give the correctness stage's verdict (``methods.reward``)
+SCORING_TYPE = pa.struct([
+    ("extraction", pa.string()),       # the answer-extraction style the prompt's responses were read with
+    ("threshold", pa.float64()),
+    ("numeric_rel_tol", pa.float64()),
+    ("anls_cutoff", pa.float64()),
+    ("relaxed_numeric", pa.bool_()),   # the source's flags
+    ("true_false", pa.bool_()),
+])
+
+#: one row per generated prompt (``prompts/*.parquet`` in the dataset folder): how the policy did on
+#: it.  Counts are over the samples drawn (adaptive sampling may stop early); a prompt without
+#: ground truth has null counts and pass rate
+PROMPT_TABLE_SCHEMA = pa.schema([
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("row_key", pa.string(), nullable=False),
+    pa.field("question", pa.string()),
+    # the conversation as sent (template system turn, then the templated user turn with image parts)
+    pa.field("prompt", CONVERSATION_TYPE),
+    pa.field("template_id", pa.string()),
+    pa.field("template_hash", pa.string()),
+    pa.field("images", IMAGES_TYPE),
+    pa.field("answer", pa.list_(pa.string())),
+    pa.field("answer_type", pa.string()),
+    pa.field("choices", pa.list_(pa.string())),
+    pa.field("samples_drawn", pa.int32()),
+    pa.field("tokens_generated", pa.int64()),
+    pa.field("correct", pa.int32()),             # right by the last final answer (what pass_rate counts)
+    pa.field("right", pa.int32()),               # usable as chosen (correct, one answer stated)
+    pa.field("wrong", pa.int32()),               # usable as rejected (parsed, never states the truth)
+    pa.field("unparseable", pa.int32()),         # no final answer found
+    pa.field("conflicting", pa.int32()),         # correct, but states several answers
+    pa.field("wrong_states_truth", pa.int32()),  # wrong, but an earlier statement is the truth
+    pa.field("finish_length", pa.int32()),       # cut at max_tokens
+    pa.field("pass_rate", pa.float64()),         # correct / samples_drawn
+    pa.field("pass_rate_low", pa.float64()),     # Wilson 95% interval
+    pa.field("pass_rate_high", pa.float64()),
+    pa.field("stop_reason", pa.string()),        # adaptive sampling's, or "fixed_n"
+    pa.field("model", pa.string()),
+    pa.field("model_revision", pa.string()),
+    pa.field("sampling", SAMPLING_TYPE),
+    pa.field("seeds", pa.list_(pa.int64())),     # each sample's seed, in order
+    pa.field("scoring", SCORING_TYPE),
+])
+
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("stage", pa.string()),
     pa.field("source", pa.string()),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test-only set-up on top of scripts/setup.sh: moto's S3 server (pinned, into
-# .venv); ms-swift and LLaMA-Factory with its older TRL (pinned, each into a
-# folder of its own, .venv/{swift,llamafactory}-overlay, that the export test
+# .venv); ms-swift, LLaMA-Factory with its older TRL and verl (pinned, each into a
+# folder of its own, .venv/{swift,llamafactory,verl}-overlay, that the export tests
 # puts first on PYTHONPATH of a subprocess); Debian's headless Chromium for
 # the HTML report test and util-linux's `script` (a pseudo-terminal for the
 # terminal test).  Idempotent via a stamp, like setup.sh.
@@ -9,10 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 REQ=requirements/test.lock.txt
-OVERLAYS=(swift llamafactory)  # requirements/NAME.lock.txt -> $VENV/NAME-overlay
+OVERLAYS=(swift llamafactory verl)  # requirements/NAME.lock.txt -> $VENV/NAME-overlay
 
 STAMP="$VENV/.setup-test-stamp"
-WANT="$(cat "$REQ" requirements/{swift,llamafactory}.lock.txt scripts/setup-test.sh "$VENV/.setup-stamp" 2>/dev/null | sha256sum | cut -c1-16)"
+WANT="$(cat "$REQ" requirements/{swift,llamafactory,verl}.lock.txt scripts/setup-test.sh "$VENV/.setup-stamp" 2>/dev/null | sha256sum | cut -c1-16)"
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   echo "setup-test: installing test packages into $VENV"
   "$VENV/bin/python" -m pip --disable-pip-version-check -q install --no-deps -r "$REQ"
@@ -22,9 +22,14 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
     rm -rf "$VENV/$name-overlay"
     "$VENV/bin/python" -m pip --disable-pip-version-check -q install --no-deps \
       --target "$VENV/$name-overlay" -r "requirements/$name.lock.txt"
+    # verl's wheel ships top-level `tests` and `scripts` packages: first on a path, they would
+    # shadow the project's own
+    if [[ "$name" == verl ]]; then rm -rf "$VENV/$name-overlay/tests" "$VENV/$name-overlay/scripts"; fi
   done
   PYTHONPATH="$VENV/swift-overlay" "$VENV/bin/python" -c "import swift.dataset" \
     || { echo "setup-test: ms-swift does not import; see the pip output above" >&2; exit 1; }
+  PYTHONPATH="$VENV/verl-overlay" "$VENV/bin/python" -c "from verl.utils.dataset.rl_dataset import RLHFDataset" \
+    || { echo "setup-test: verl does not import; see the pip output above" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
 

@@ -11,6 +11,11 @@ set aside here rather than dropped later by the filter, so another sample of
 the same prompt can take their place in the pair.  Prompts where every sample
 is wrong (or no right one is usable) go to the ``all_wrong`` side output for
 later use (harder prompts, more samples).
+
+Every generated prompt, with ground truth or not, also gets a row in the
+``prompts`` side output (``methods.prompt_stats``: samples drawn, the verdict
+counts, pass rate and its interval, stop reason, model, seeds, the scoring
+settings): the write stage publishes it as the dataset's prompt table.
 """
 from __future__ import annotations
 
@@ -19,14 +24,18 @@ from typing import Iterable, Iterator, Optional
 from pydantic import Field
 
 from methods.pairs import select_pairs
+from methods.prompt_stats import prompt_row
 from methods.scoring import pass_rate, pass_rate_bin, score_responses
 from pipeline import __version__
 from pipeline.config.settings import Section
 from pipeline.core.seeds import derive_seed, stable_hash
 from pipeline.core.stage import PairMethod, RowStage, StageContext, prefixed
-from pipeline.config.templates import extraction_styles, render_user_text
-from schemas import PAIR_SCHEMA, RESPONSE_SCHEMA
-from schemas.records import pair_row, response_provenance
+from pipeline.config.templates import extraction_styles, render_user_text, template_by_id
+from schemas import PAIR_SCHEMA, PROMPT_TABLE_SCHEMA, RESPONSE_SCHEMA
+from schemas.records import pair_row, response_provenance, user_turn
+
+#: the side output the write stage publishes as the prompt table (``prompts/*.parquet``)
+PROMPTS_SIDE = "prompts"
 
 
 class CorrectnessConfig(Section):
@@ -37,6 +46,9 @@ class CorrectnessConfig(Section):
         "Most format pairs made from one prompt's responses"))
     length_balance_ratio: Optional[float] = Field(None, gt=1, description=(
         "Prefer rejected responses whose length is within this ratio of the chosen's (null = off)"))
+    prompt_table: bool = Field(True, description=(
+        "Record every prompt's samples drawn, verdict counts and pass rate (the prompts side output the write "
+        "stage publishes as prompts/*.parquet, which the RL exports read)"))
 
 
 class CorrectnessStage(RowStage):
@@ -84,14 +96,28 @@ class CorrectnessStage(RowStage):
         return (f"policy accuracy: {acc}; format errors {s['format_error_rate']:.1%}; "
                 f"prompts all wrong {s['prompts_all_wrong']}, all correct {s['prompts_all_correct']}{errors}")
 
+    def _prompt_row(self, row: dict, scored, source, styles: dict) -> dict:
+        """The prompt table's row: the conversation as sent, the verdict counts, the scoring settings."""
+        sc, template = self.config.scoring, template_by_id(self.config, row.get("template_id"))
+        system = [{"role": "system", "content": [{"type": "text", "text": template.system}]}] if template.system else []
+        scoring = {"extraction": sc.extraction or styles.get(row["template_id"] or "", "final_answer"),
+                   "threshold": sc.threshold, "numeric_rel_tol": sc.numeric_rel_tol, "anls_cutoff": sc.anls_cutoff,
+                   "relaxed_numeric": bool(source and source.relaxed_numeric),
+                   "true_false": bool(source and source.true_false)}
+        prompt = system + [user_turn(render_user_text(self.config, row), len(row["images"] or []))]
+        return prompt_row(row, scored, prompt, scoring)
+
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
         cc, sc, seed = self.config.correctness, self.config.scoring, self.config.run.seed
         chash = self.config.config_hash()
+        styles = extraction_styles(self.config)
         for row in rows:
-            if not row["answer"]:
+            source = self.config.source(row["source"])
+            scored = score_responses(row, sc, source, styles, ctx.stats.counters) if row["answer"] else None
+            if cc.prompt_table:
+                ctx.side(PROMPTS_SIDE, PROMPT_TABLE_SCHEMA, self._prompt_row(row, scored, source, styles))
+            if scored is None:
                 continue
-            scored = score_responses(row, sc, self.config.source(row["source"]), extraction_styles(self.config),
-                                     ctx.stats.counters)
             right = [s for s in scored if s.usable_chosen]
             wrong = [s for s in scored if s.usable_rejected]
             unparsed = [s for s in scored if s.answer is None]

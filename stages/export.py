@@ -19,9 +19,10 @@ import time
 from pydantic import Field, field_validator
 
 from pipeline.config.sections import Section
-from pipeline.core.stage import DatasetStage, StageStats
+from pipeline.core.stage import DatasetStage, StageStats, prefixed
 from pipeline.files import storage
 from publish.exports import FORMATS, export_dataset
+from publish.exports.rl import Curriculum
 
 log = logging.getLogger("pipeline")
 
@@ -45,7 +46,8 @@ class ExportStage(DatasetStage):
     after = ("write",)
     opt_in = True
     Config = ExportConfig
-    uses = ("run.name",)
+    #: rl_prompts, run.seed: which prompts the RL formats keep, and their validation split
+    uses = ("run.name", "rl_prompts", "run.seed")
     output_schema = None
     units = "formats"
     writes = ("exports/",)
@@ -53,6 +55,19 @@ class ExportStage(DatasetStage):
     @classmethod
     def enabled_by(cls, config) -> bool:
         return bool(config.export.formats) and "write" in config.run.stages
+
+    @classmethod
+    def summarize(cls, c: dict) -> dict:
+        if "rl_prompts.prompts" not in c:
+            return {}
+        return {"rl_prompts": {"prompts": c["rl_prompts.prompts"], "kept": c.get("rl_prompts.kept", 0),
+                               "removed": prefixed(c, "rl_prompts.removed.")}}
+
+    @classmethod
+    def summary_line(cls, s: dict) -> str:
+        r = s["rl_prompts"]
+        removed = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in r["removed"].items())
+        return f"RL prompts: {r['kept']} of {r['prompts']} kept (removed: {removed})"
 
     def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:
         """``output_dir`` is the dataset folder in a run (write's own work folder holds nothing);
@@ -72,11 +87,18 @@ class ExportStage(DatasetStage):
         if not rows:
             log.warning("export: no pairs in %s, so no trainer exports (%s)", dataset, ", ".join(formats))
             return stats
-        index = export_dataset(dataset, formats, output_dir, name=self.config.run.name)
+        curriculum = Curriculum.of(self.config.rl_prompts, self.config.run.seed)
+        index = export_dataset(dataset, formats, output_dir, name=self.config.run.name, curriculum=curriculum)
         stats.rows_in = rows
         stats.rows_out = rows
         for fmt, summary in index["formats"].items():
             stats.inc(f"exported.{fmt}", sum(summary["rows"].values()))
+        selection = next((s["selection"] for s in index["formats"].values() if "selection" in s), None)
+        if selection:  # the same prompts in every RL format: counted once
+            stats.inc("rl_prompts.prompts", selection["prompts"])
+            stats.inc("rl_prompts.kept", selection["kept"])
+            for why, n in selection["removed"].items():
+                stats.inc(f"rl_prompts.removed.{why}", n)
         stats.inc("formats", len(index["formats"]))
         stats.wall_s = time.perf_counter() - t0
         log.info("export: %s -> %s (%.1f s)", ", ".join(formats), storage.join(output_dir, "exports"), stats.wall_s)

@@ -5,6 +5,8 @@ Reads every pair row the upstream stages made and writes::
     OUT/data/train-00000-of-0000N.parquet        text-contrast pairs (correctness, format, dropout_ntp)
     OUT/data/test-...parquet                     when write.test_fraction > 0 (split by prompt)
     OUT/data/image_crop/train-...parquet         image-contrast pairs (mDPO crops), their own config
+    OUT/prompts/train-00000-of-0000N.parquet     the prompt table: every generated prompt's pass rate
+                                                 (publish.prompt_table; the card's ``prompts`` config)
     OUT/manifest.json                            shards + SHA-256, totals, version, resolved config + hash
     OUT/README.md                                dataset card: HF ``configs:`` header, statistics, how to rebuild
     OUT/exports/<format>/                        trainer layouts in export.formats (the export stage, after write)
@@ -60,6 +62,7 @@ from pipeline.files.ownership import Folder, open_folder
 from pipeline.core.stage import DatasetStage, StageStats
 from publish.card import render_card
 from publish.layout import SPLITS, configs, image_methods
+from publish.prompt_table import FOLDER as PROMPTS_FOLDER, side_files, write_prompt_table
 from publish.parquet import parquet_bytes  # noqa: F401  (bench_report encodes shards as the stage does)
 from publish.shard_order import prompt_keys, prompts_of, row_keys, shard_cuts, split_draw
 from publish.shard_tasks import OUTPUT_SCHEMA, Shard, gather_shard, run_tasks, scatter_partition
@@ -85,7 +88,8 @@ class WriteStage(DatasetStage):
     name = "write"
     after = ("judge",)
     Config = WriteConfig
-    uses = ("run.seed", "run.name", "sources", "model")  # sources, model: the card names them
+    #: sources, model: the card names them; run.stages: whose ``prompts`` side outputs are the prompt table
+    uses = ("run.seed", "run.name", "run.stages", "sources", "model")
     writes = ("README.md", "manifest.json", "report.json", "report.html")
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
@@ -181,9 +185,10 @@ def _local_tmp_dir(folder: Folder) -> tuple[str, str | None]:
 
 
 def _remove_stale(folder: Folder, keep: set[str]) -> int:
-    """Shards an earlier write made that this one does not (a shard count that changed).  Only
-    shards the folder's ledger names go: a ``data/*.parquet`` of someone else's stays."""
-    stale = sorted(e for e in folder.entries if e.startswith("data/") and e.endswith(".parquet") and e not in keep)
+    """Shards (and prompt-table files) an earlier write made that this one does not (a shard count
+    that changed).  Only files the folder's ledger names go: a ``data/*.parquet`` of someone else's stays."""
+    stale = sorted(e for e in folder.entries if e.startswith(("data/", f"{PROMPTS_FOLDER}/"))
+                   and e.endswith(".parquet") and e not in keep)
     return sum(folder.remove(rel, forget=True) for rel in stale)
 
 
@@ -206,7 +211,8 @@ def scatter_buffer_bytes(config: PipelineConfig) -> int:
     return max(1, int(config.executor.write_buffer_mb * (1 << 20)))
 
 
-def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict], row_stats: Stats) -> dict:
+def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict], row_stats: Stats,
+                   prompts: dict | None = None) -> dict:
     """``manifest.json``: shards with checksums, totals per method and source, lengths, the
     pipeline version and the resolved config with its hash."""
     manifest = {
@@ -224,6 +230,8 @@ def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict]
         },
         "lengths": row_stats.lengths(),
         "shards": shard_entries,
+        # the prompt table (publish.prompt_table): files, rows, pass-rate histograms
+        "prompts": prompts,
         "config": config.resolved(),
     }
     for cfg, splits in row_stats.splits().items():
@@ -275,7 +283,11 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
             folder.remove(tmp_entry, forget=True)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    removed = _remove_stale(folder, {s.relpath for s in plan.shards})
+    t1 = time.perf_counter()
+    prompts = write_prompt_table(side_files(config.run.work_dir, config.run.stages), out, folder.reserve)
+    stats.inc("seconds.prompts", round(time.perf_counter() - t1, 3))
+    stats.inc("prompt_table_rows", prompts["rows"])
+    removed = _remove_stale(folder, {s.relpath for s in plan.shards} | {f["path"] for f in prompts["files"]})
     shard_entries = [g["entry"] for g in gathered]
     row_stats = Stats()
     for g in gathered:  # in shard order: the statistics do not depend on which task finished first
@@ -285,7 +297,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         if results:
             stats.inc(f"peak_task_mb.{step}", round(max(r["peak_mb"] for r in results), 1))
 
-    manifest = build_manifest(config, plan, shard_entries, row_stats)
+    manifest = build_manifest(config, plan, shard_entries, row_stats, prompts)
     rows_out = manifest["rows"]
     storage.write_bytes(storage.join(out, "README.md"),
                         render_card(config, manifest, sorted(row_stats.models)).encode())

@@ -20,15 +20,16 @@ from pipeline.config.loading import load_config
 SAMPLE = ROOT / SAMPLE_CONFIG
 
 #: configs/sample.yaml's hashes.  Finished work and the dataset's provenance.config_hash depend on
-#: them, so a change that moves one must be on purpose; the last was the shared ``scoring`` section
-#: (keys moved out of ``correctness``), ``export.formats`` (was ``write.exports``) and stage hashes
-#: over declared ``uses`` (was ``reads``)
-SAMPLE_CONFIG_HASH = "fdb406a6b8c63e95"
+#: them, so a change that moves one must be on purpose; the last were ``correctness.prompt_table``
+#: (a work folder finished before the prompt table existed redoes correctness, so its table is
+#: complete), write's use of ``run.stages`` (which stages' prompt tables it publishes), the
+#: ``rl_prompts`` section and the RL export formats (export uses rl_prompts and run.seed)
+SAMPLE_CONFIG_HASH = "f082e668575ab1fc"
 SAMPLE_STAGE_HASHES = {
-    "ingest": "b431db82030c0067", "generate": "d73220a93e48fedb", "correctness": "24376b1e10deb546",
-    "dropout_ntp": "385f1b1d33a044f5", "image_crop": "7dd654eb55db2e4b", "grounding": "d87067e8a5a25128",
-    "filter": "25ad699e6dc3db6e", "judge": "e107a3e421e957e8", "write": "7f00c0c3a9fd8851",
-    "export": "41615387c59ee289",
+    "ingest": "b431db82030c0067", "generate": "d73220a93e48fedb", "correctness": "d379b8824a6033f9",
+    "dropout_ntp": "385f1b1d33a044f5", "image_crop": "7dd654eb55db2e4b", "grounding": "36424f4c922bbf60",
+    "filter": "cf2ebe4518f4f64c", "judge": "6cec068a1616d8fe", "write": "30562476d78ddb7f",
+    "export": "3253863dfa7453e1",
 }
 
 
@@ -52,7 +53,7 @@ def test_stage_sections_are_fields_of_the_config_model():
 
     full = PipelineConfig.full_model()
     sections = [n for n in graph.ordered() if graph.stage_class(n).Config is not None]
-    assert list(full.model_fields)[7:] == sections  # after run ... templates and scoring, in pipeline order
+    assert list(full.model_fields)[8:] == sections  # after run ... templates, scoring and rl_prompts, in pipeline order
     for name in sections:
         assert full.model_fields[name].annotation is graph.stage_class(name).Config
     schema = PipelineConfig.model_json_schema()

@@ -25,11 +25,19 @@ TAG = "<image>"
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+    import pyarrow as pa
+    from schemas import PROMPT_TABLE_SCHEMA
+    from test_rl_exports import ROWS as PROMPT_ROWS
+
     base = tmp_path_factory.mktemp("exports")
     dirs, _ = write_inputs(base / "in")
+    side = base / "work" / "correctness" / "side" / "prompts"  # a prompt table, for the RL formats
+    side.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(PROMPT_ROWS, schema=PROMPT_TABLE_SCHEMA), side / "part-00000.parquet")
     out = base / "out"
     cfg = PipelineConfig.model_validate({
-        "run": {"name": "export-test", "seed": 3, "output_dir": str(out)}, "executor": {"kind": "local"},
+        "run": {"name": "export-test", "seed": 3, "output_dir": str(out), "work_dir": str(base / "work")},
+        "executor": {"kind": "local"}, "rl_prompts": {"band": [0.2, 0.8], "validation_fraction": 0.2},
         "write": {"shard_rows": 10, "test_fraction": 0.25}, "export": {"formats": list(FORMATS)},
     })
     write_dataset(cfg, dirs)

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.config.model import (  # noqa: F401 -- re-exported: `from pipeline.config.settings import X` keeps working
     DTYPES, MODALITIES, RESERVED_ENGINE_KWARGS, TINY_MODEL, TYPED_ENGINE_KWARGS, EngineConfig, ModelConfig)
 from pipeline.config.sections import Section, StageSections
-from pipeline.config.shared import ScoringConfig, move_old_keys
+from pipeline.config.shared import RLPromptsConfig, ScoringConfig, move_old_keys
 from pipeline.errors import ConfigError  # noqa: F401 -- re-exported: callers catch it from the config
 from pipeline.core.seeds import stable_hash
 from pipeline.config.sources import SourceConfig, TemplateConfig
@@ -129,6 +129,7 @@ class PipelineConfig(StageSections):
     templates: list[TemplateConfig] = Field(default_factory=list, description=(
         "Prompt templates as data, besides the built-in ones (pipeline.config.templates)"))
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description=ScoringConfig.__doc__)
+    rl_prompts: RLPromptsConfig = Field(default_factory=RLPromptsConfig, description=RLPromptsConfig.__doc__)
 
     if TYPE_CHECKING:  # the stage sections are fields of the full model only: Any to type checkers
         def __getattr__(self, name: str) -> Any: ...

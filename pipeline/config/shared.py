@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.config.sections import Section
 
@@ -36,6 +36,28 @@ class ScoringConfig(Section):
     extraction: Optional[Literal["final_answer", "boxed", "think", "any"]] = Field(None, description=(
         "How final answers are read from responses: final_answer, boxed, think, any; null = the style of the "
         "prompt's template"))
+
+
+class RLPromptsConfig(Section):
+    """Which prompts the RL exports (trl_grpo, swift_grpo, verl) keep, by the pass rate the build
+    measured (the prompt table): a difficulty band as in MMPR-Tiny's [0.2, 0.8], and a seeded
+    train/validation split stratified by source and pass-rate bin."""
+    band: tuple[float, float] = Field((0.0, 1.0), description=(
+        "Keep prompts whose pass rate lies in [low, high] (both included); [0, 1] keeps every prompt with "
+        "ground truth"))
+    min_samples: int = Field(1, ge=1, description=(
+        "Keep only prompts with at least this many samples drawn (adaptive sampling may stop a prompt early: "
+        "its rate is then less certain)"))
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description=(
+        "Fraction of the kept prompts in a validation split, drawn by the seed within each source and "
+        "pass-rate bin (0 = train only)"))
+
+    @field_validator("band")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] <= v[1] <= 1:
+            raise ValueError(f"rl_prompts.band must satisfy 0 <= low <= high <= 1, got {list(v)}")
+        return v
 
 
 #: old key -> new key, for configs written for earlier versions

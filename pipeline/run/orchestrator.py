@@ -93,15 +93,17 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
         clear_work_dir(config.run.work_dir)
     for name in config.run.stages:
         invalidate_if_changed(stage_dir(config, name), config.stage_hash(name))
+    counters: dict[str, dict] = {}  # dataset stages' counters (no markers hold them), for the report
     if on_ray:  # the model pre-flight runs while the engines load (a failure still ends the run)
-        timings = run_graph(config, check_model if engine else None)
+        timings = run_graph(config, check_model if engine else None, counters)
     else:
-        timings = run_stages(config)
-    return write_report(config, timings, started=started)
+        timings = run_stages(config, counters)
+    return write_report(config, timings, started=started, dataset_counters=counters)
 
 
-def run_stages(config: PipelineConfig) -> dict[str, float]:
-    """Stage after stage: each waits for the previous one everywhere.  Wall time per stage."""
+def run_stages(config: PipelineConfig, counters: dict | None = None) -> dict[str, float]:
+    """Stage after stage: each waits for the previous one everywhere.  Wall time per stage
+    (``counters``: filled with each dataset stage's counters)."""
     from pipeline.run.executors import make_executor
 
     executor = None
@@ -109,7 +111,7 @@ def run_stages(config: PipelineConfig) -> dict[str, float]:
     for name in config.run.stages:
         stage = make_stage(name, config)
         if stage.kind in ("source", "dataset"):
-            timings[name] = _run_whole(config, stage)
+            timings[name] = _run_whole(config, stage, counters)
             continue
         t0 = time.perf_counter()
         out_dir = stage_dir(config, name)
@@ -124,7 +126,7 @@ def run_stages(config: PipelineConfig) -> dict[str, float]:
     return timings
 
 
-def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
+def run_graph(config: PipelineConfig, preflight=None, counters: dict | None = None) -> dict[str, float]:
     """On Ray: source stages first, then every row and engine partition as soon as its input
     is done (``pipeline.run.scheduler``), engine stages sharing a model fed by one pool, then the
     dataset stages.  Wall time per stage: first partition dispatched -> last one done; for
@@ -167,13 +169,13 @@ def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
             pool.close()
     for stage in stages.values():
         if stage.kind == "dataset":
-            timings[stage.name] = _run_whole(config, stage)
+            timings[stage.name] = _run_whole(config, stage, counters)
     return timings
 
 
-def _run_whole(config: PipelineConfig, stage: Stage) -> float:
+def _run_whole(config: PipelineConfig, stage: Stage, counters: dict | None = None) -> float:
     """A source stage (planned here, read by the executor's workers) or a dataset stage;
-    prints its summary, returns its wall time."""
+    prints its summary, returns its wall time (a dataset stage's counters go to ``counters``)."""
     t0 = time.perf_counter()
     if stage.kind == "source":
         inputs, out_dir = [], stage_dir(config, stage.name)
@@ -181,6 +183,8 @@ def _run_whole(config: PipelineConfig, stage: Stage) -> float:
         inputs, out_dir = [stage_dir(config, s) for s in input_stages(config, stage.name)], config.run.output_dir
     ran, total, n_tasks, n_skipped = _whole(config, stage, inputs, out_dir)
     wall = time.perf_counter() - t0
+    if counters is not None and stage.kind == "dataset":
+        counters[stage.name] = dict(ran.counters)
     echo(stage_line(stage, total, ran, n_tasks, n_skipped, wall))
     return wall
 

@@ -192,8 +192,10 @@ class ExportFolder:
     reserved before its first write, so a file of someone else's is never replaced."""
 
     def __init__(self, fmt: str, input_dir: str, root: str, image_root: str | None = None,
-                 adopt: bool = False) -> None:
+                 adopt: bool = False, curriculum: Any = None) -> None:
         self.fmt, self.input_dir, self.root, self.image_root = fmt, input_dir, root, image_root
+        #: which prompts the RL exports keep (``publish.exports.rl.Curriculum``; None: every one with ground truth)
+        self.curriculum = curriculum
         self.ledger = open_folder(root, "export", "--output", adopt)
         self.claimed: list[str] = []  # entries this export added to the ledger (undone by abort)
         self.files: set[str] = set()
@@ -231,14 +233,20 @@ class ExportFolder:
             self.files.add(rel)
         return self.sinks[rel]
 
-    def image(self, img: dict) -> str:
-        """Write an image once (named by content hash); its path relative to the export folder."""
+    @staticmethod
+    def image_bytes(img: dict) -> bytes:
+        """An image's bytes: its own, or read from its path."""
         data = img.get("bytes")
         if data is None:
             path = img.get("path")
             if not path or not storage.exists(path):
                 raise ValueError(f"image without bytes and without a readable path ({path!r})")
             data = storage.read_bytes(path)
+        return data
+
+    def image(self, img: dict) -> str:
+        """Write an image once (named by content hash); its path relative to the export folder."""
+        data = self.image_bytes(img)
         digest = hashlib.sha256(data).hexdigest()[:32]
         rel = self.images.get(digest)
         if rel is None:

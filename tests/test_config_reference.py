@@ -20,15 +20,14 @@ from pipeline.config.loading import load_config
 SAMPLE = ROOT / SAMPLE_CONFIG
 
 #: configs/sample.yaml's hashes.  Finished work and the dataset's provenance.config_hash depend on
-#: them, so a change that moves one must be on purpose; the last was the shared ``scoring`` section
-#: (keys moved out of ``correctness``), ``export.formats`` (was ``write.exports``) and stage hashes
-#: over declared ``uses`` (was ``reads``)
-SAMPLE_CONFIG_HASH = "fdb406a6b8c63e95"
+#: them, so a change that moves one must be on purpose; the last was the ``dedup`` stage (its
+#: section, and generate reading it instead of ingest)
+SAMPLE_CONFIG_HASH = "260070104b55a083"
 SAMPLE_STAGE_HASHES = {
-    "ingest": "b431db82030c0067", "generate": "d73220a93e48fedb", "correctness": "24376b1e10deb546",
-    "dropout_ntp": "385f1b1d33a044f5", "image_crop": "7dd654eb55db2e4b", "grounding": "d87067e8a5a25128",
-    "filter": "25ad699e6dc3db6e", "judge": "e107a3e421e957e8", "write": "7f00c0c3a9fd8851",
-    "export": "41615387c59ee289",
+    "ingest": "b431db82030c0067", "dedup": "15363dec9927b85f", "generate": "925c60fb4786aa8e",
+    "correctness": "06dca3c2c7a9f3c5", "dropout_ntp": "862b7962bb66c38f", "image_crop": "fdeb7dbc73e6b850",
+    "grounding": "7a688d43aa3e46f6", "filter": "891ea1dd3f0c6272", "judge": "5e3c244f92a29206",
+    "write": "3629351c7e200375", "export": "47d55261763184a9",
 }
 
 

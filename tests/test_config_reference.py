@@ -21,13 +21,13 @@ SAMPLE = ROOT / SAMPLE_CONFIG
 
 #: configs/sample.yaml's hashes.  Finished work and the dataset's provenance.config_hash depend on
 #: them, so a change that moves one must be on purpose; the last was the ``dedup`` stage (its
-#: section, and generate reading it instead of ingest)
-SAMPLE_CONFIG_HASH = "260070104b55a083"
+#: section, and generate reading it instead of ingest) and the ``decontaminate`` section
+SAMPLE_CONFIG_HASH = "221873876d932ab9"
 SAMPLE_STAGE_HASHES = {
-    "ingest": "b431db82030c0067", "dedup": "15363dec9927b85f", "generate": "925c60fb4786aa8e",
-    "correctness": "06dca3c2c7a9f3c5", "dropout_ntp": "862b7962bb66c38f", "image_crop": "fdeb7dbc73e6b850",
-    "grounding": "7a688d43aa3e46f6", "filter": "891ea1dd3f0c6272", "judge": "5e3c244f92a29206",
-    "write": "3629351c7e200375", "export": "47d55261763184a9",
+    "ingest": "b431db82030c0067", "dedup": "15363dec9927b85f", "decontaminate": "034fa763116557d5",
+    "generate": "925c60fb4786aa8e", "correctness": "06dca3c2c7a9f3c5", "dropout_ntp": "862b7962bb66c38f",
+    "image_crop": "fdeb7dbc73e6b850", "grounding": "7a688d43aa3e46f6", "filter": "891ea1dd3f0c6272",
+    "judge": "5e3c244f92a29206", "write": "3629351c7e200375", "export": "47d55261763184a9",
 }
 
 

@@ -180,3 +180,17 @@ class DecontaminateStage(RowStage):
         per = "; ".join(f"{ref}: " + ", ".join(f"{rule} {n}" for rule, n in sorted(rules.items()))
                         for ref, rules in sorted(summary["contaminated"].items())) or "none"
         return f"contaminated prompts removed: {per}"
+
+    @classmethod
+    def card_section(cls, config: "PipelineConfig", summary: dict) -> str | None:
+        from pipeline.sources.references import fingerprint
+
+        s = config.decontaminate
+        lines = [f"- Benchmark contamination (`decontaminate`): prompts whose image and question match a reference "
+                 f"item ({'on' if s.image_question.enabled else 'off'}), or whose question shares a non-boilerplate "
+                 f"{s.ngram.n}-word n-gram with one ({'on' if s.ngram.enabled else 'off'}), were removed. Reference sets:"]
+        for ref in s.references:
+            hits = summary.get("contaminated", {}).get(ref.name, {})
+            lines.append(f"  - `{ref.name}`: {ref.format} `{ref.path}` (files sha256 {fingerprint(ref)}): "
+                         f"image_question {hits.get('image_question', 0)}, ngram {hits.get('ngram', 0)} prompts removed")
+        return "\n".join(lines)

@@ -123,3 +123,11 @@ class DedupStage(RowStage):
             return None
         return (f"near-duplicates removed: {summary['near_duplicates']}, prompts kept: {summary['prompts_kept']} "
                 f"({summary['images_hashed']} images hashed)")
+
+    @classmethod
+    def card_section(cls, config, summary: dict) -> str | None:
+        s = config.dedup
+        return (f"- Near-duplicates (`dedup`): {summary['near_duplicates']} prompts removed, {summary['prompts_kept']} "
+                f"kept. A prompt is removed when its images are within {s.image_distance} pHash bits of a kept "
+                f"prompt's (and their colours agree), its question's normalised 3-gram Jaccard is at least "
+                f"{s.question_threshold} and its ground truth is the same; the kept one is the first by prompt id.")

@@ -113,4 +113,15 @@ def test_a_perturbed_slice_of_the_sample_is_kept_out(tmp_path):
     assert counters["contaminated.bench.image_question"] == sum("rule image_question" in d for d in removed.values())
     assert counters.get("contaminated.bench.ngram", 0) == sum("rule ngram" in d for d in removed.values())
     assert "contaminated prompts removed: bench: image_question" in proc.stdout, proc.stdout
-    print(proc.stdout)
+    # the dataset card's section: each reference set with a hash of its files, and the counts
+    from pipeline.config.loading import load_config
+    from pipeline.sources.references import fingerprint
+    from publish.card import stage_sections
+
+    cfg = load_config(config, {"run.work_dir": str(tmp_path / "work")})
+    card = "\n".join(stage_sections(cfg))
+    fp = fingerprint(cfg.decontaminate.references[0])
+    assert len(fp) == 16 and f"(files sha256 {fp})" in card
+    assert (f"image_question {counters['contaminated.bench.image_question']}, "
+            f"ngram {counters['contaminated.bench.ngram']} prompts removed" in card
+            and "Near-duplicates (`dedup`): 13 prompts removed" in card), card

@@ -246,6 +246,12 @@ class Stage:
         """One line for the end of a run from ``summarize``'s output (None = nothing to say)."""
         return None
 
+    @classmethod
+    def card_section(cls, config: "PipelineConfig", summary: dict) -> str | None:
+        """Markdown the dataset card shows for this stage, from ``summarize``'s output (None = nothing;
+        e.g. the prompts a cleaning stage removed and why)."""
+        return None
+
 
 class RowStage(Stage):
     """Maps one partition of rows to rows on a CPU worker.

@@ -125,3 +125,17 @@ def test_a_perturbed_slice_of_the_sample_is_kept_out(tmp_path):
     assert (f"image_question {counters['contaminated.bench.image_question']}, "
             f"ngram {counters['contaminated.bench.ngram']} prompts removed" in card
             and "Near-duplicates (`dedup`): 13 prompts removed" in card), card
+
+
+def test_the_html_report_shows_hits_per_reference_set_and_near_duplicates():
+    from publish.html_sections import summary_html
+
+    report = {"stages": {}, "summary": {
+        "dedup": {"near_duplicates": 13, "prompts_kept": 281, "images_hashed": 294},
+        "decontaminate": {"clean": 240, "contaminated": {"mmmu": {"image_question": 4, "ngram": 2},
+                                                           "<b>x</b>": {"ngram": 1}}}}}
+    page = summary_html(report, None)
+    assert "Benchmark contamination removed before generation" in page
+    assert "<td><b>mmmu</b></td><td class=num>4</td><td class=num>2</td><td class=num>6</td>" in page
+    assert "<td><b>&lt;b&gt;x&lt;/b&gt;</b></td>" in page  # a set's name is escaped
+    assert "13 near-duplicate prompts removed before generation, 281 kept" in page

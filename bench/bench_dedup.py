@@ -13,7 +13,10 @@
    is shown too but has no target), and the false positives among pairs of distinct sample
    images -- two images are the same drawing when the generator drew the same shape, word or
    colour at another size (parsed from their ``facts``).  Targets: recall >= 0.99, FP <= 0.1%.
-3. **Added wall time of the sample build**: one sample build on Ray (configs/sample.yaml) with
+3. **The driver's merge** on synthetic key files (``--merge-rows``, default 1M; ``--quick``
+   200k; 1% of the prompts near-duplicates of their neighbour): CPU time and peak RSS of a
+   process that only merges, against the same process's RSS before the merge.
+4. **Added wall time of the sample build**: one sample build on Ray (configs/sample.yaml) with
    dedup on; dedup's wall time against the rest of the build.  Target: <= 5%.  ``--no-build``
    (and ``--quick``) skip it and time ingest and dedup alone.
 """
@@ -189,16 +192,80 @@ def stages_alone(base: Path) -> None:
           f"ingest's {times['ingest']:.2f} s", flush=True)
 
 
+def make_keys(base: Path, n: int, parts: int) -> list[tuple[str, str]]:
+    """Key files of ``n`` synthetic one-image prompts in ``parts`` partitions."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.sources.prompt_keys import BAND_COLUMNS, KEYS_SCHEMA
+
+    rng, per, out = np.random.default_rng(0), n // parts, []
+    base.mkdir(parents=True, exist_ok=True)
+    for p in range(parts):
+        offsets = pa.array(np.arange(per + 1, dtype=np.int32))
+        dup = np.r_[False, rng.random(per - 1) < 0.01]  # a copy of the row before
+        cols = {}
+        for name, hi in (("phash", 2 ** 63), ("answer_key", 50), ("question_key", 2 ** 62)):
+            v = rng.integers(0, hi, per, dtype=np.int64)
+            v[dup] = v[np.flatnonzero(dup) - 1]
+            cols[name] = v
+        t = pa.table({
+            "prompt_id": pa.array([f"{p:05d}{i:027x}" for i in range(per)]),
+            "position": pa.array(np.arange(per, dtype=np.int32)), "answer_key": pa.array(cols["answer_key"]),
+            "n_images": pa.array(np.ones(per, np.int16)),
+            "phash": pa.ListArray.from_arrays(offsets, pa.array(cols["phash"].astype(np.uint64))),
+            "thumbs": pa.ListArray.from_arrays(offsets, pa.array([bytes(192)] * per, pa.binary(192))),
+            "text": pa.array(["how many circles are there"] * per), "question_key": pa.array(cols["question_key"]),
+            **{c: pa.array(rng.integers(-2 ** 63, 2 ** 63 - 1, per, dtype=np.int64)) for c in BAND_COLUMNS},
+        }).cast(KEYS_SCHEMA)
+        pq.write_table(t, base / f"p{p}.parquet")
+        out.append((f"p{p}", str(base / f"p{p}.parquet")))
+    return out
+
+
+def merge_only(files: str) -> None:
+    """(In a process of its own) the driver's merge of the key files listed in ``files``."""
+    import resource
+
+    from pipeline.sources.prompt_keys import KeyFiles, near_duplicates
+
+    uris = json.loads(Path(files).read_text())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.process_time()
+    found = near_duplicates(KeyFiles([tuple(u) for u in uris]), 10, 50.0, 0.9)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"found": len(found), "cpu_s": time.process_time() - t0, "before_mb": before, "peak_mb": peak}))
+
+
+def merge(base: Path, n: int) -> None:
+    uris = make_keys(base / "keys", n, max(1, n // 50_000))
+    (base / "keys.json").write_text(json.dumps(uris))
+    proc = subprocess.run([sys.executable, __file__, "--merge-only", str(base / "keys.json")], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    per = (r["peak_mb"] - r["before_mb"]) * 2 ** 20 / n
+    print(f"dedup merge of {n} prompts' keys: {r['found']} near-duplicates, {r['cpu_s']:.1f} s CPU, peak RSS "
+          f"{r['peak_mb']:.0f} MB ({r['peak_mb'] - r['before_mb']:.0f} MB over the process before it: {per:.0f} B a "
+          f"prompt; 10M prompts: ~{per * 1e7 / 2 ** 30:.1f} GB, ~{r['cpu_s'] * 1e7 / n / 60:.0f} min CPU)", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer large images, no sample build")
     ap.add_argument("--no-build", action="store_true", help="time the stages alone instead of a sample build")
+    ap.add_argument("--merge-rows", type=int, default=1_000_000, help="synthetic prompts for the merge")
+    ap.add_argument("--merge-only", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.merge_only:
+        merge_only(args.merge_only)
+        return 0
     rs = rows()
     blobs = sorted({(SAMPLE / r["image"]).read_bytes() for r in rs})
     speed(blobs, args.quick)
     table(rs)
     with tempfile.TemporaryDirectory(prefix="bench_dedup_") as tmp:
+        merge(Path(tmp), 200_000 if args.quick else args.merge_rows)
         if args.quick or args.no_build:
             stages_alone(Path(tmp))
         else:

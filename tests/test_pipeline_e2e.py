@@ -131,7 +131,9 @@ def test_image_crop_pairs_are_their_own_config(sample_build):
 def test_quarantine_and_all_wrong_side_output_are_written(work):
     report = json.loads((work / "report.json").read_text())
     c = report["stages"]["correctness"]["counters"]
-    assert c["prompts"] == 230
+    # the 230 ground-truth prompts, but those dedup removed (9 of its 13 have ground truth)
+    deduped = [r for r in _rows(work / "dedup" / "quarantine") if r["source"] == "sample_gt"]
+    assert c["prompts"] == 230 - len(deduped) and len(deduped) == 9
     all_wrong = _rows(work / "correctness" / "side" / "all_wrong")
     assert len(all_wrong) == c.get("prompts.all_wrong", 0)
     for row in all_wrong:

@@ -57,8 +57,28 @@ def _fmt(d: dict, key: str) -> str:
     return "-" if v is None else (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}")
 
 
-def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> str:
-    """The card: ``assets/card.md`` (the prose) filled with the tables of this dataset."""
+def stage_sections(config: "PipelineConfig") -> list[str]:
+    """What each row stage of the build says on the card (``Stage.card_section``), from the totals of
+    its markers in the work folder, in pipeline order."""
+    from pipeline.core import graph
+    from pipeline.files import storage
+    from pipeline.run.runner import stage_totals
+
+    out = []
+    for name in config.run.stages:
+        cls = graph.stage_class(name)
+        if cls.kind == "dataset":
+            continue
+        summary = cls.summarize(stage_totals(storage.join(config.run.work_dir, name)).counters)
+        text = cls.card_section(config, summary) if summary else None
+        if text:
+            out.append(text.rstrip() + "\n")
+    return out
+
+
+def render_card(config: "PipelineConfig", manifest: dict, models: list[str], sections: list[str] = ()) -> str:
+    """The card: ``assets/card.md`` (the prose) filled with the tables of this dataset; ``sections``:
+    the stages' own (``stage_sections``)."""
     t, lengths = manifest["totals"], manifest["lengths"]
     splits = [f"| {cfg} | {sp} | {n} | "
               f"{sum(1 for s in manifest['shards'] if s['config'] == cfg and s['split'] == sp)} |"
@@ -97,6 +117,7 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> 
         rows=manifest["rows"], duplicates=manifest["duplicates_dropped"], splits_table=lines(splits),
         methods_table=lines(f"| {m} | {n} |" for m, n in t["method"].items()),
         source_method_table="\n".join(source_method), sources_list="\n".join(sources),
+        cleaning="## Prompts removed before generation\n\n" + "\n".join(sections) + "\n" if sections else "",
         lengths_table=lines(rows), ratio_list=lines(ratios), exports_note=exports,
         prompts_section=prompts_section(prompts),
         config_yaml=yaml.safe_dump(config.resolved(), sort_keys=False).rstrip())

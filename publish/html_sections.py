@@ -117,6 +117,7 @@ def summary_html(report: dict | None, manifest: dict | None) -> str:
         parts.append("<h3>Pairs per source (written)</h3>" + _table(["source", *ms, "total"], rows))
 
     parts.append(_stage_notes(summ))
+    parts.append(contamination_html(summ))
     parts.append(_lengths_html((manifest or {}).get("lengths", {})))
     return "".join(parts)
 
@@ -135,7 +136,24 @@ def _stage_notes(summ: dict) -> str:
         refs = ", ".join(f"{k}: {v}" for k, v in (d.get("reference_tokens_per_pair") or {}).items())
         notes.append(f"dropout_ntp: {d.get('generated_tokens_per_pair')} generated tokens per pair "
                      f"({d.get('continuation_tokens_per_pair')} for the continuation" + (f"; {refs})" if refs else ")"))
+    n = summ.get("dedup")
+    if n:
+        notes.append(f"dedup: {_int(n.get('near_duplicates'))} near-duplicate prompts removed before generation, "
+                     f"{_int(n.get('prompts_kept'))} kept ({_int(n.get('images_hashed'))} images hashed)")
     return "<ul class=notes>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>" if notes else ""
+
+
+def contamination_html(summ: dict) -> str:
+    """Prompts the decontaminate stage removed, per reference set and rule (its summary)."""
+    hits = (summ.get("decontaminate") or {}).get("contaminated")
+    if hits is None:
+        return ""
+    rules = ["image_question", "ngram"]
+    rows = [[f"<b>{esc(ref)}</b>"] + [_int(by.get(r, 0)) for r in rules] + [_int(sum(by.values()))]
+            for ref, by in sorted(hits.items())]
+    body = _table(["reference set", *rules, "total"], rows) if rows else \
+        '<p class="note">No prompt matched a reference set.</p>'
+    return "<h3>Benchmark contamination removed before generation</h3>" + body
 
 
 def _lengths_html(lengths: dict) -> str:

@@ -114,7 +114,7 @@ def prompt_messages(row: dict, template, placeholder: str | None) -> list[dict]:
 
 class GenerateStage(EngineStage):
     name = "generate"
-    after = ("ingest",)
+    after = ("decontaminate",)
     Config = GenerateConfig
     uses = ("model", "sources", "templates", "run.seed", "engine.batch_invariant")
     input_schema = PROMPT_SCHEMA

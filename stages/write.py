@@ -95,7 +95,10 @@ class WriteStage(DatasetStage):
     output_schema = PAIR_SCHEMA
 
     def run_dataset(self, input_dirs: list[str], output_dir: str) -> StageStats:
-        return write_dataset(self.config, input_dirs, output_dir)
+        # what the build's stages say on the card (reading the whole config, as the framework does)
+        from publish.card import stage_sections
+
+        return write_dataset(self.config, input_dirs, output_dir, stage_sections(self.pipeline_config))
 
 
 # -- inputs -------------------------------------------------------------------
@@ -239,7 +242,8 @@ def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict]
     return manifest
 
 
-def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str | None = None) -> StageStats:
+def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str | None = None,
+                  card_sections: list[str] = ()) -> StageStats:
     """Write the final dataset folder from the pair files of ``input_dirs``; see the module docstring."""
     t0 = time.perf_counter()
     out = output_dir or config.run.output_dir
@@ -300,7 +304,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     manifest = build_manifest(config, plan, shard_entries, row_stats, prompts)
     rows_out = manifest["rows"]
     storage.write_bytes(storage.join(out, "README.md"),
-                        render_card(config, manifest, sorted(row_stats.models)).encode())
+                        render_card(config, manifest, sorted(row_stats.models), card_sections).encode())
     storage.write_json(storage.join(out, "manifest.json"), manifest)  # last: the dataset is complete
 
     stats.rows_in = plan.rows_in

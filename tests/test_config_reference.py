@@ -20,16 +20,15 @@ from pipeline.config.loading import load_config
 SAMPLE = ROOT / SAMPLE_CONFIG
 
 #: configs/sample.yaml's hashes.  Finished work and the dataset's provenance.config_hash depend on
-#: them, so a change that moves one must be on purpose; the last were ``correctness.prompt_table``
-#: (a work folder finished before the prompt table existed redoes correctness, so its table is
-#: complete), write's use of ``run.stages`` (which stages' prompt tables it publishes), the
-#: ``rl_prompts`` section and the RL export formats (export uses rl_prompts and run.seed)
-SAMPLE_CONFIG_HASH = "f082e668575ab1fc"
+#: them, so a change that moves one must be on purpose; the last were the prompt table and the RL
+#: exports (``correctness.prompt_table``, write using ``run.stages``, ``rl_prompts``, export using
+#: rl_prompts and run.seed) and the ``dedup`` / ``decontaminate`` stages (generate reads dedup's output)
+SAMPLE_CONFIG_HASH = "cb16c7fd5a21c959"
 SAMPLE_STAGE_HASHES = {
-    "ingest": "b431db82030c0067", "generate": "d73220a93e48fedb", "correctness": "d379b8824a6033f9",
-    "dropout_ntp": "385f1b1d33a044f5", "image_crop": "7dd654eb55db2e4b", "grounding": "36424f4c922bbf60",
-    "filter": "cf2ebe4518f4f64c", "judge": "6cec068a1616d8fe", "write": "30562476d78ddb7f",
-    "export": "3253863dfa7453e1",
+    "ingest": "b431db82030c0067", "dedup": "15363dec9927b85f", "decontaminate": "034fa763116557d5",
+    "generate": "925c60fb4786aa8e", "correctness": "270af2d646bfc77b", "dropout_ntp": "862b7962bb66c38f",
+    "image_crop": "fdeb7dbc73e6b850", "grounding": "88dadb4fe4df39c4", "filter": "f8d8fecf0ba6c14e",
+    "judge": "800fa8f01b10cbaf", "write": "8dee16cc9725377e", "export": "faed8ca877aebcee",
 }
 
 

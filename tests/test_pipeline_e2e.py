@@ -74,9 +74,12 @@ def test_generate_output_has_n_samples_per_prompt(work):
         assert len(row["responses"]) == n
         seed = derive_seed(CFG["run"]["seed"], row["prompt_id"], "generate")
         assert [r["seed"] for r in row["responses"]] == [seed + i for i in range(n)]
-    ingested = sum(pq.read_metadata(p).num_rows for p in (work / "ingest" / "data").glob("*.parquet"))
-    generated = sum(pq.read_metadata(p).num_rows for p in (work / "generate" / "data").glob("*.parquet"))
-    assert generated == ingested == 294
+    rows = {stage: sum(pq.read_metadata(p).num_rows for p in (work / stage / "data").glob("*.parquet"))
+            for stage in ("ingest", "dedup", "generate")}
+    near_duplicates = sum(pq.read_metadata(p).num_rows for p in (work / "dedup" / "quarantine").glob("*.parquet"))
+    # generate reads dedup's output: the sample's 13 near-duplicate prompts are not generated for
+    assert rows == {"ingest": 294, "dedup": 294 - near_duplicates, "generate": 294 - near_duplicates}
+    assert near_duplicates == 13
 
 
 def test_the_dataset_loads_with_datasets_and_decodes_images(sample_build):
@@ -128,7 +131,9 @@ def test_image_crop_pairs_are_their_own_config(sample_build):
 def test_quarantine_and_all_wrong_side_output_are_written(work):
     report = json.loads((work / "report.json").read_text())
     c = report["stages"]["correctness"]["counters"]
-    assert c["prompts"] == 230
+    # the 230 ground-truth prompts, but those dedup removed (9 of its 13 have ground truth)
+    deduped = [r for r in _rows(work / "dedup" / "quarantine") if r["source"] == "sample_gt"]
+    assert c["prompts"] == 230 - len(deduped) and len(deduped) == 9
     all_wrong = _rows(work / "correctness" / "side" / "all_wrong")
     assert len(all_wrong) == c.get("prompts.all_wrong", 0)
     for row in all_wrong:

@@ -138,7 +138,7 @@ def test_a_ray_run_killed_with_two_stages_in_flight_resumes(uninterrupted, tmp_p
     assert _dataset(tmp_path / "out") == uninterrupted
     report = json.loads((work / "report.json").read_text())
     assert report["stages"]["generate"]["rows_in"] == sum(
-        pq.read_metadata(p).num_rows for p in (work / "ingest" / "data").glob("*.parquet"))
+        pq.read_metadata(p).num_rows for p in (work / "dedup" / "data").glob("*.parquet"))
 
 
 def test_a_rerun_of_a_finished_run_redoes_nothing(clean_run, uninterrupted):

@@ -45,3 +45,27 @@ def test_plan_graph_equals_the_stage_by_stage_plan(tmp_path, stages):
     assert len(by_stage["filter"].tasks) == 9  # three inputs x three partitions, prefixed
     assert deps[("filter", "dropout_ntp-part-00001")] == (("dropout_ntp", "part-00001"),) or \
         deps[("filter", "dropout_ntp-part-00001")] == (("grounding", "dropout_ntp-part-00001"),)
+
+
+def test_a_merging_stage_runs_before_the_graph_and_feeds_it_as_a_source(tmp_path):
+    """dedup (RowStage.merges) is run with the source stages, so the graph does not plan it again and
+    generate's partitions read its output with nothing to wait for."""
+    config = make_config(run={"stages": ["ingest", "dedup", *STAGES[1:]], "work_dir": str(tmp_path / "work")})
+    parts = ["part-00000", "part-00001"]
+    runs, deps = plan_graph(config, {"ingest": parts, "dedup": parts})
+    assert "dedup" not in [r.name for r in runs]
+    generate = next(r for r in runs if r.name == "generate")
+    assert [t.inputs for t in generate.tasks] == [(storage.join(stage_dir(config, "dedup"), "data", f"{p}.parquet"),)
+                                                  for p in parts]
+    assert not any(stage == "generate" for stage, _ in deps)
+
+
+def test_a_merging_stage_may_not_read_a_graph_stage(tmp_path):
+    from pipeline.config.settings import ConfigError
+    from pipeline.core.graph import make_stage
+    from pipeline.run.orchestrator import _before_graph
+
+    config = make_config(run={"stages": ["ingest", "dedup", *STAGES[1:]]})
+    _before_graph(config, make_stage("dedup", config), {"ingest", "dedup"})  # reads ingest: fine
+    with pytest.raises(ConfigError, match="dedup merges across all its partitions"):
+        _before_graph(config, make_stage("dedup", config), {"dedup"})

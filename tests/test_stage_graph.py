@@ -25,7 +25,7 @@ from pipeline.core import graph
 from pipeline.config.settings import ConfigError, Section
 from pipeline.config.loading import load_config
 
-PIPELINE_STAGES = ["ingest", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"]
+PIPELINE_STAGES = ["ingest", "dedup", "generate", "correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"]
 
 
 def _imported_modules(path: Path) -> Iterator[str]:
@@ -81,8 +81,11 @@ def test_order_and_inputs_come_from_the_classes():
     assert graph.input_stages(no_filter, "judge") == ["dropout_ntp"]  # filter is looked through
     # a disabled stage that changes the schema is not looked through: correctness reads nothing
     assert graph.input_stages(make_config(run={"stages": ["ingest", "correctness"]}), "correctness") == []
+    # generate reads dedup, and looks through it to ingest when it is off
+    assert graph.input_stages(cfg, "generate") == ["dedup"]
+    assert graph.input_stages(make_config(run={"stages": ["ingest", "generate"]}), "generate") == ["ingest"]
     kinds = {name: graph.stage_class(name).kind for name in PIPELINE_STAGES}
-    assert kinds == {"ingest": "source", "generate": "engine", "correctness": "row", "dropout_ntp": "engine",
+    assert kinds == {"ingest": "source", "dedup": "row", "generate": "engine", "correctness": "row", "dropout_ntp": "engine",
                      "image_crop": "row", "filter": "row", "judge": "engine", "write": "dataset"}
 
 
@@ -98,6 +101,7 @@ def _downstream(stage: str, enabled: list[str]) -> set[str]:
 #: one parameter per stage section (and the keys stages read), with the stages it may change
 CHANGES = [
     ({"ingest": {"max_question_chars": 99}}, "ingest"),
+    ({"dedup": {"image_distance": 8}}, "dedup"),
     ({"generate": {"temperature": 0.5}}, "generate"),
     ({"scoring": {"max_pairs_per_prompt": 3}}, "correctness"),
     ({"dropout_ntp": {"temperature": 0.3}}, "dropout_ntp"),
@@ -123,9 +127,9 @@ def test_a_stage_parameter_changes_exactly_that_stage_and_its_downstream(change,
     # ... and dropout_ntp's only when it pairs correct responses
     ({"scoring": {"threshold": 0.5}, "dropout_ntp": {"on_correct": True}},
      {"correctness", "dropout_ntp", "image_crop", "filter", "judge", "write"}),
-    ({"run": {"seed": 5}}, set(PIPELINE_STAGES) - {"ingest", "filter"} | {"filter"}),
+    ({"run": {"seed": 5}}, set(PIPELINE_STAGES) - {"ingest", "dedup", "filter"} | {"filter"}),
     ({"run": {"partition_rows": 5}}, set(PIPELINE_STAGES)),
-    ({"model": {"max_model_len": 1024}}, set(PIPELINE_STAGES) - {"ingest"}),
+    ({"model": {"max_model_len": 1024}}, set(PIPELINE_STAGES) - {"ingest", "dedup"}),
     ({"engine": {"replicas": 3}, "executor": {"cpu_concurrency": 4}}, set()),
 ])
 def test_keys_a_stage_reads_are_part_of_its_hash(change, moved):

@@ -51,9 +51,9 @@ def test_a_failing_stage_shows_its_error(sample_build, tmp_path):
     """A partition whose worker dies every time: its error reaches the terminal, and the
     terminal stays short."""
     work = sample_build.parent / "work"
-    for stage in ("ingest", "generate"):
+    for stage in ("ingest", "dedup", "generate"):
         shutil.copytree(work / stage, tmp_path / "work" / stage)
-    cmd = cli("run", "--config", SAMPLE_CONFIG, "--stages", "ingest,generate,correctness",
+    cmd = cli("run", "--config", SAMPLE_CONFIG, "--stages", "ingest,dedup,generate,correctness",
               "--work-dir", tmp_path / "work", "--output", tmp_path / "out")
     proc = run_on_terminal(cmd, tmp_path / "terminal.txt", timeout=600, MMPR_FAULT="correctness:part-00000")
     lines = terminal_lines(tmp_path / "terminal.txt")

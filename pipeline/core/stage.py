@@ -246,14 +246,40 @@ class Stage:
         """One line for the end of a run from ``summarize``'s output (None = nothing to say)."""
         return None
 
+    @classmethod
+    def card_section(cls, config: "PipelineConfig", summary: dict) -> str | None:
+        """Markdown the dataset card shows for this stage, from ``summarize``'s output (None = nothing;
+        e.g. the prompts a cleaning stage removed and why)."""
+        return None
+
 
 class RowStage(Stage):
-    """Maps one partition of rows to rows on a CPU worker."""
+    """Maps one partition of rows to rows on a CPU worker.
+
+    A row stage that ``merges`` needs all its partitions before any is final (a dedup across
+    the whole input): every partition runs and writes small side outputs (keys, never rows);
+    then the driver calls ``redo_partitions``, which merges those side outputs and names the
+    partitions to run again with more inputs, and runs them (``pipeline.run.source_tasks``,
+    as a source stage's ``redo_sources``).  The stages after it start only then: on Ray it
+    runs before the graph, after the source stages, so it may read only those (or other
+    merging stages)."""
 
     kind = "row"
+    #: the partitions wait for each other: see the class docstring
+    merges: ClassVar[bool] = False
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
         raise NotImplementedError
+
+    def redo_partitions(self, planned: list[tuple[str, tuple[str, ...]]],
+                        out_dir: str) -> dict[str, tuple[str, ...]]:
+        """A merging stage, once every planned partition (name, inputs) is done: partitions to
+        run again, name -> their inputs followed by extra ones (handed to ``redo_rows``)."""
+        return {}
+
+    def redo_rows(self, rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
+        """A redone partition's input rows, given the extra inputs ``redo_partitions`` named."""
+        return rows
 
 
 class SourceStage(RowStage):

@@ -18,12 +18,18 @@ from pipeline.files.ownership import Folder
 from pipeline.run.preflight import check_model, check_ray_address, check_sources, check_storage, ensure_model
 from pipeline.run.folders import claim_targets
 from pipeline.run.runner import Task, completed, invalidate_if_changed, stage_totals
-from pipeline.run.source_tasks import run_source  # noqa: F401 -- source stages: planned here, read on workers
+from pipeline.run.source_tasks import run_merging, run_source  # noqa: F401 -- planned here, read on workers
 from pipeline.core.stage import Stage, StageStats
 from pipeline.run.terminal import echo
 
 def stage_dir(config: PipelineConfig, stage: str) -> str:
     return storage.join(config.run.work_dir, stage)
+
+
+def whole(stage: Stage) -> bool:
+    """Run as one piece by the driver, not partition by partition as inputs appear: a source
+    stage, a dataset stage, a merging row stage (``RowStage.merges``)."""
+    return stage.kind in ("source", "dataset") or getattr(stage, "merges", False)
 
 
 def plan(config: PipelineConfig, stage: str, input_dirs: list[str], out_dir: str) -> list[Task]:
@@ -110,7 +116,7 @@ def run_stages(config: PipelineConfig, counters: dict | None = None) -> dict[str
     timings: dict[str, float] = {}
     for name in config.run.stages:
         stage = make_stage(name, config)
-        if stage.kind in ("source", "dataset"):
+        if whole(stage):
             timings[name] = _run_whole(config, stage, counters)
             continue
         t0 = time.perf_counter()
@@ -154,8 +160,9 @@ def run_graph(config: PipelineConfig, preflight=None, counters: dict | None = No
     try:
         if preflight:
             preflight(config)
-        sources = [s for s in stages.values() if s.kind == "source"]
-        for stage in sources:
+        sources = [s for s in stages.values() if s.kind == "source" or getattr(s, "merges", False)]
+        for stage in sources:  # and merging row stages, which read only these (``_before_graph``)
+            _before_graph(config, stage, {s.name for s in sources})
             timings[stage.name] = _run_whole(config, stage)
         names = {s.name: [os.path.basename(u)[: -len(".parquet")] for u in
                           storage.list_files(storage.join(stage_dir(config, s.name), "data"), ".parquet")]
@@ -173,12 +180,23 @@ def run_graph(config: PipelineConfig, preflight=None, counters: dict | None = No
     return timings
 
 
+def _before_graph(config: PipelineConfig, stage: Stage, first: set[str]) -> None:
+    """A merging row stage runs before the graph, so it may read only stages that do too."""
+    late = [s for s in input_stages(config, stage.name) if s not in first]
+    if late:
+        raise ConfigError(f"stage {stage.name} merges across all its partitions, so it runs before the "
+                          f"partition graph and cannot read {late}: place it right after the source stages")
+
+
 def _run_whole(config: PipelineConfig, stage: Stage, counters: dict | None = None) -> float:
     """A source stage (planned here, read by the executor's workers) or a dataset stage;
     prints its summary, returns its wall time (a dataset stage's counters go to ``counters``)."""
     t0 = time.perf_counter()
     if stage.kind == "source":
         inputs, out_dir = [], stage_dir(config, stage.name)
+    elif stage.kind == "row":  # merging
+        inputs = [stage_dir(config, s) for s in input_stages(config, stage.name)]
+        out_dir = stage_dir(config, stage.name)
     else:
         inputs, out_dir = [stage_dir(config, s) for s in input_stages(config, stage.name)], config.run.output_dir
     ran, total, n_tasks, n_skipped = _whole(config, stage, inputs, out_dir)
@@ -197,6 +215,10 @@ def _whole(config: PipelineConfig, stage: Stage, inputs: list[str], out_dir: str
 
     if stage.kind == "source":
         ran, n_tasks, n_skipped = run_source(stage, out_dir, lambda: make_executor(config))
+        return ran, stage_totals(out_dir), n_tasks, n_skipped
+    if stage.kind == "row":  # merging: all its partitions, then the ones it redoes
+        tasks = plan(config, stage.name, inputs, out_dir)
+        ran, n_tasks, n_skipped = run_merging(stage, tasks, out_dir, lambda: make_executor(config))
         return ran, stage_totals(out_dir), n_tasks, n_skipped
     ran = stage.run_dataset(inputs, out_dir)
     return ran, ran, int(ran.counters.get(stage.units, 0)), 0
@@ -253,6 +275,9 @@ def _run_partitions(config: PipelineConfig, step: Stage, input_path: str, output
     h = config.stage_hash(step.name)
     invalidate_if_changed(output_dir, h)
     tasks = [Task(step.name, os.path.basename(f)[: -len(".parquet")], (f,), output_dir, h) for f in files]
+    if getattr(step, "merges", False):
+        ran, n_tasks, n_skipped = run_merging(step, tasks, output_dir, lambda: make_executor(config))
+        return ran, stage_totals(output_dir), n_tasks, n_skipped
     pending = [t for t in tasks if not completed(t)]
     ran = make_executor(config).run(step.name, pending) if pending else StageStats()
     return ran, stage_totals(output_dir), len(tasks), len(tasks) - len(pending)

@@ -134,6 +134,9 @@ def _task_rows(stage: Stage, task: Task, check_schema: bool = True) -> list[dict
     """A partition's input rows: Parquet files, or a source stage's planned read range."""
     if stage.kind == "source":
         return stage.read_source(task.inputs)
+    if getattr(stage, "merges", False) and len(task.inputs) > 1:  # a redone partition (``redo_partitions``)
+        rows = _read_rows(task.inputs[:1], stage.input_schema if check_schema else None)
+        return stage.redo_rows(rows, task.inputs[1:])
     return _read_rows(task.inputs, stage.input_schema if check_schema else None)
 
 

@@ -300,7 +300,8 @@ class GraphScheduler:
 
 
 def plan_graph(config: "PipelineConfig", source_names: dict[str, list[str]]) -> tuple[list[StageRun], dict]:
-    """The tasks of every row and engine stage of the run -- the ones the stage-by-stage plan
+    """``source_names``: the partitions of the stages run before the graph (source and merging
+    stages), by stage.  The tasks of every row and engine stage of the run -- the ones the stage-by-stage plan
     (``orchestrator.plan``) makes once the inputs exist: one per input partition, prefixed
     with the input stage's name when several stages feed one -- and what each reads."""
     from pipeline.core.graph import input_stages, stage_class
@@ -309,7 +310,7 @@ def plan_graph(config: "PipelineConfig", source_names: dict[str, list[str]]) -> 
     runs, deps = [], {}
     for stage in config.run.stages:
         kind = stage_class(stage).kind
-        if kind not in ("row", "engine"):
+        if kind not in ("row", "engine") or stage in source_names:  # merging stages ran before
             continue
         inputs = input_stages(config, stage)
         out_dir, h = storage.join(config.run.work_dir, stage), config.stage_hash(stage)

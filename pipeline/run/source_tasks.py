@@ -14,6 +14,9 @@
    again with other inputs (``Stage.redo_sources``; ingest: rows whose key an
    earlier range holds).  Its old marker is removed first; it is done when its
    marker records those inputs, so a rerun redoes nothing twice.
+
+A merging row stage (``RowStage.merges``: dedup) runs the same way over its input
+partitions (``run_merging``), with ``redo_partitions`` in place of ``redo_sources``.
 """
 from __future__ import annotations
 
@@ -52,8 +55,24 @@ def run_source(stage: Stage, out_dir: str, executor: Callable[[], object] | None
     executor (called only when there is work); default: this process."""
     h = stage.pipeline_config.stage_hash(stage.name)
     planned = planned_partitions(stage, out_dir, h)
+    return run_and_redo(stage, out_dir, planned, stage.redo_sources, executor)
+
+
+def run_merging(stage: Stage, tasks: list[Task], out_dir: str, executor: Callable[[], object] | None = None
+                ) -> tuple[StageStats, int, int]:
+    """A merging row stage (``RowStage.merges``) over its planned partition tasks: all of them,
+    then those ``redo_partitions`` names again; returns what ``run_source`` does."""
+    return run_and_redo(stage, out_dir, [(t.name, t.inputs) for t in tasks], stage.redo_partitions, executor)
+
+
+def run_and_redo(stage: Stage, out_dir: str, planned: list[tuple[str, tuple[str, ...]]],
+                 redo_fn: Callable[[list, str], dict], executor: Callable[[], object] | None = None
+                 ) -> tuple[StageStats, int, int]:
+    """Run the planned partitions not done yet, then the ones ``redo_fn(planned, out_dir)`` names
+    (with their new inputs) that are not done with those inputs."""
+    h = stage.pipeline_config.stage_hash(stage.name)
     tasks = [Task(stage.name, name, inputs, out_dir, h) for name, inputs in planned]
-    pending = [t for t in tasks if not completed(t)]
+    pending = [t for t in tasks if not completed(t)]  # a partition redone earlier is done too
     ran: set[str] = set()
     runner = None
 
@@ -68,7 +87,7 @@ def run_source(stage: Stage, out_dir: str, executor: Callable[[], object] | None
             ran.update(t.name for t in batch)
 
     run(pending)
-    redo = [Task(stage.name, name, inputs, out_dir, h) for name, inputs in stage.redo_sources(planned, out_dir).items()]
+    redo = [Task(stage.name, name, inputs, out_dir, h) for name, inputs in redo_fn(planned, out_dir).items()]
     redo = [t for t in redo if not _done_with(t)]
     for t in redo:  # unfinished until redone: the executor's retry and quarantine accounting applies
         storage.remove(t.marker_uri())

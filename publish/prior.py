@@ -89,15 +89,17 @@ def _widens(have: pa.DataType, want: pa.DataType) -> bool:
 def load_prior(folder: str, sha256: str) -> Prior:
     """The prior at ``folder`` whose manifest hashes to ``sha256`` (cached per process: generate
     and every config validation read it)."""
-    try:
-        table = read_prompt_table(folder)
-    except FileNotFoundError as e:
-        raise ValueError(f"generate.prior: {e}") from None
-    problems = schema_problems(table.schema)
-    if problems:
-        raise ValueError(f"generate.prior: {folder}/{FOLDER} is a prompt table of an incompatible version ("
-                         f"{'; '.join(problems)}): rebuild the prior with this version, or drop generate.prior")
-    table = table.select(list(REQUIRED))
+    files = storage.list_files(storage.join(folder, FOLDER), ".parquet")
+    if not files:
+        raise ValueError(f"generate.prior: {folder}: no prompt table ({FOLDER}/*.parquet): build it with a version "
+                         "whose correctness stage records it")
+    for uri in files:  # every file's schema first: only the columns read are then loaded (not the images)
+        with storage.parquet_file(uri) as pf:
+            problems = schema_problems(pf.schema_arrow)
+        if problems:
+            raise ValueError(f"generate.prior: {uri} is a prompt table of an incompatible version ("
+                             f"{'; '.join(problems)}): rebuild the prior with this version, or drop generate.prior")
+    table = read_prompt_table(folder, list(REQUIRED))
     models = frozenset(zip(table.column("model").to_pylist(),
                            (r or "" for r in table.column("model_revision").to_pylist())))
     rated = table.filter(pc.is_valid(table.column("pass_rate")))

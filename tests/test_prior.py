@@ -215,3 +215,46 @@ def test_the_command_line_reports_a_mismatch_as_a_config_error(tmp_path):
     data["generate"]["prior"] = str(folder)
     with pytest.raises(ConfigError, match="generate.prior .* was made differently: model"):
         load_config_file(tmp_path, data)
+
+
+# -- a small build, rebuilt with its own prompt table as the prior -----------------------------
+
+#: with n = 4 a Wilson interval is never narrower than [0, 0.49] or [0.51, 1]: this band lets both
+#: bounds skip (0/4 is too hard, 4/4 too easy) while the build stays small
+SMALL_BAND = "rl_prompts.band=[0.5, 0.5]"
+
+
+def small_build(base: Path, *extra: str) -> tuple[Path, dict]:
+    from helpers import SAMPLE_CONFIG, SMALL, cli_env, run_cli
+
+    proc = run_cli("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
+                   "--output", base / "out", *SMALL, "--set", "run.stages=[ingest,generate,correctness,write]",
+                   "--set", SMALL_BAND, *extra, env=cli_env(), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return base / "out", json.loads((base / "work" / "report.json").read_text())
+
+
+@pytest.mark.build
+def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(tmp_path, tiny_model):
+    from publish.prompt_table import read_prompt_table
+
+    out, plain = small_build(tmp_path / "plain")
+    before = {r["prompt_id"]: r for r in read_prompt_table(str(out)).to_pylist()}
+    want = {pid: skip_reason(r["pass_rate_low"], r["pass_rate_high"], (0.5, 0.5)) for pid, r in before.items()}
+    skipped = {pid for pid, why in want.items() if why}
+    assert skipped, "the small build has no prompt outside the band: the test would test nothing"
+
+    again, rebuilt = small_build(tmp_path / "again", "--set", f"generate.prior={out}")
+    counters = rebuilt["stages"]["generate"]["counters"]
+    for why in ("too_hard", "too_easy"):
+        assert counters.get(f"prior.skipped.{why}", 0) == sum(w == why for w in want.values())
+    assert counters["prior.sampled"] == sum(r["pass_rate"] is not None for r in before.values()) - len(skipped)
+    after = {r["prompt_id"]: r for r in read_prompt_table(str(again)).to_pylist()}
+    assert set(after) == set(before) - skipped  # open prompts and in-band ones sampled again, the rest not
+    # the same model and seeds: the prompts sampled again measure the same, for fewer tokens
+    assert all(after[p]["pass_rate"] == before[p]["pass_rate"] for p in after)
+    spent = plain["stages"]["generate"]["counters"]["tokens_generated"]
+    assert counters["tokens_generated"] == spent - sum(before[p]["tokens_generated"] for p in skipped)
+    assert counters["prior.skipped_tokens"] == spent - counters["tokens_generated"]
+    assert rebuilt["summary"]["generate"]["prior"]["skipped"] == len(skipped)
+    assert rebuilt["config_hash"] != plain["config_hash"]

@@ -27,8 +27,9 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 #: known scripts, in running order (cheap ones first); any other bench_*.py runs after them
-ORDER = ("bench_matching.py", "bench_crop.py", "bench_write.py", "bench_ingest.py", "bench_dedup.py", "bench_report.py",
-         "bench_pairs.py", "bench_generate.py", "bench_adaptive.py", "bench_grounding.py", "bench_engine_memory.py", "bench_realsize.py")
+ORDER = ("bench_matching.py", "bench_crop.py", "bench_write.py", "bench_ingest.py", "bench_dedup.py",
+         "bench_report.py", "bench_pairs.py", "bench_generate.py", "bench_adaptive.py", "bench_prior.py",
+         "bench_grounding.py", "bench_engine_memory.py", "bench_realsize.py")
 #: arguments for --quick, per script; scripts not listed get --quick if they accept it
 QUICK_ARGS = {
     "bench_matching.py": ["--n", "10000", "--math-n", "160"],

@@ -61,6 +61,27 @@ class Outcome:
     wrong: int = 0
 
 
+def first_round(rule: StopRule, rate: float | None) -> int:
+    """The first round of a prompt whose pass rate an earlier build measured (``generate.prior``):
+    the smallest round at which a prompt right at ``rate`` has what ``rule`` stops on (expected
+    right and wrong counts, rounded down), so the prompt skips the rounds that would only show it
+    has not enough yet.  No such round (a rate of 0 or 1, or too skewed for the budget), or no
+    rate: the first configured round, as without a prior.  The samples drawn are still the first
+    ones a fixed-N run draws; this saves rounds (scoring passes, re-admissions into the engine),
+    not samples: a prompt that would have had enough before that round draws up to it."""
+    if rate is None:
+        return rule.rounds[0]
+    for r in rule.rounds:
+        right, wrong = int(rate * r), int((1 - rate) * r)
+        if rule.stop == "pairs":
+            enough = right and wrong and pairs_possible(right, wrong, rule.max_reuse) >= rule.max_pairs
+        else:
+            enough = right >= rule.min_each and wrong >= rule.min_each
+        if enough:
+            return r
+    return rule.rounds[0]
+
+
 class PromptSampler:
     """How many more samples one prompt draws, round after round.
 
@@ -73,15 +94,17 @@ class PromptSampler:
 
     def __init__(self, rule: StopRule, has_ground_truth: bool,
                  score: Callable[[Sequence], Sequence] | None = None,
-                 accept: Callable[[object], bool] | None = None) -> None:
+                 accept: Callable[[object], bool] | None = None, first: int | None = None) -> None:
         self.rule, self.has_gt = rule, has_ground_truth
         self.score, self.accept = score, accept
+        #: the first round of a prompt with ground truth (``first_round``: from a prior pass rate)
+        self.first = first if first in rule.rounds else rule.rounds[0]
         self.outcome = Outcome()
         self._seen = 0
         self._unparsed = 0
 
     def first_count(self) -> int:
-        return self.rule.rounds[0] if self.has_gt else 1
+        return self.first if self.has_gt else 1
 
     def next_count(self, completions: Sequence) -> int:
         """More samples to draw after a round (0: the prompt is done)."""

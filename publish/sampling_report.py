@@ -19,7 +19,14 @@ def sampling_html(summary: dict) -> str:
     adaptive = summary.get("generate") or {}
     hist = (summary.get("correctness") or {}).get("pass_rate_histogram") or {}
     parts = []
-    if adaptive:
+    prior = adaptive.get("prior")
+    if prior:
+        why = ", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in prior["skipped_by_reason"].items()) or "none"
+        parts.append(f'<p class="note">Prior build (generate.prior): {prior["skipped"]:,} prompts skipped before '
+                     f'sampling, their 95% interval there wholly outside rl_prompts.band ({esc(why)}; the prior '
+                     f'spent {prior["skipped_prior_tokens"]:,} generated tokens on them); {prior["sampled"]:,} '
+                     f'sampled again, {prior["unseen"]:,} not in the prior.</p>')
+    if adaptive.get("prompts"):
         rounds = [[str(r["round"]), f"{r.get('open', 0):,}", f"{r.get('samples', 0):,}", f"{r.get('tokens', 0):,}"]
                   for r in adaptive["rounds"]]
         stops = [[esc(_STOPS.get(k, k)), f"{v:,}"] for k, v in adaptive["stopped"].items()]
@@ -37,7 +44,7 @@ def sampling_html(summary: dict) -> str:
     if not parts:
         return ""
     note = ("Adaptive sampling: samples drawn per round and why prompts stopped; "
-            if adaptive else "Fixed-N sampling. ")
+            if adaptive.get("prompts") else "Fixed-N sampling. ")
     return (f'<div class="plotblock"><h3>Sampling</h3><p class="note">{esc(note)}per-prompt pass rate '
             f'from the correctness stage (provenance.pass_rate filters pairs by it).</p>'
             f'<div class="plots">{"".join(parts)}</div></div>')

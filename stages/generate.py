@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from methods import scoring
-from methods.adaptive import PromptSampler, StopRule
+from methods.adaptive import PromptSampler, StopRule, first_round
+from methods.prior import skip_reason
 from methods.grounding import sampled_score
 from methods.quality import usable_as_dropout_chosen
 
@@ -41,6 +42,7 @@ from pipeline.core.stage import prefixed
 from pipeline.config.templates import (BUILTIN_TEMPLATES, check_templates, extraction_styles, prompt_text,
                                       template_for_source)
 from pipeline.engine.image_budget import check_context
+from publish import prior as priors
 from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
 
 
@@ -89,6 +91,26 @@ class GenerateConfig(Section):
         "Record each response's summed log-prob as sampled (responses.logprob): the grounding stage then scores the "
         "sampled texts with their image without a request of its own; null = when a stage of the run wants them "
         "(grounding, with reuse_sampled_logprobs)"))
+    prior: Optional[str] = Field(None, description=(
+        "An earlier build's dataset folder whose prompt table (prompts/*.parquet) informs this one: prompts whose "
+        "95% pass-rate interval there lies wholly outside rl_prompts.band are skipped before sampling (no pairs of "
+        "any method), and adaptive sampling's first round is sized from the prior pass rate; null = no prior"))
+    prior_policy: Literal["same", "any"] = Field("same", description=(
+        '"same": the prior must come from this config\'s model (path and revision) and, per source, the same '
+        'template (id and text), else a config error naming the mismatch; "any": use it anyway'))
+    prior_manifest: Optional[str] = Field(None, description=(
+        "SHA-256 of the prior's manifest.json, filled when the config is loaded (it puts the prior into the config "
+        "hash and generate's stage hash); set it to pin the prior: another manifest is then a config error"))
+
+    @model_serializer(mode="wrap")
+    def _without_unset_prior(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict:
+        """No prior, no prior keys in the resolved config: a config without one hashes as before they
+        existed, so finished generate work stays valid (a dump of chosen keys keeps them)."""
+        out = handler(self)
+        if info.include is None and self.prior is None and self.prior_policy == "same" and self.prior_manifest is None:
+            for key in ("prior", "prior_policy", "prior_manifest"):
+                out.pop(key, None)
+        return out
 
     def stop_rule(self, max_pairs: int) -> StopRule:
         a = self.adaptive
@@ -126,17 +148,43 @@ class GenerateStage(EngineStage):
         if "generate" in config.run.stages:
             check_context(config, "generate.max_tokens", config.generate.max_tokens)
         check_templates(config, config.generate.template, "generate.template")
+        if config.generate.prior is not None:
+            cls.check_prior(config)
+
+    @classmethod
+    def check_prior(cls, config) -> None:
+        """The prior is a finished dataset folder of a compatible version, made by this config's model
+        and templates (or ``prior_policy: any``); its manifest's hash goes into ``prior_manifest``."""
+        g = config.generate
+        if g.prior.rstrip("/") == config.run.output_dir.rstrip("/"):
+            raise ValueError(f"generate.prior is run.output_dir ({g.prior}): a build cannot read the prompt table it "
+                             "rewrites; build into another folder, or copy the prior elsewhere")
+        sha = priors.manifest_sha256(g.prior)
+        if g.prior_manifest is not None and g.prior_manifest != sha:
+            raise ValueError(f"generate.prior_manifest pins {g.prior_manifest}, but {g.prior}/manifest.json now "
+                             f"hashes to {sha}: the prior was rebuilt; unset prior_manifest to use the new one")
+        prior = priors.load_prior(g.prior, sha)
+        templates = {s.name: (t.id, t.hash) for s in config.sources
+                     for t in [template_for_source(config, s.name, g.template)]}
+        found = priors.mismatches(prior, config.model.path, config.model.revision or "", templates)
+        if found and g.prior_policy != "any":
+            raise ValueError(f"generate.prior {g.prior} was made differently: {'; '.join(found)}. Its pass rates "
+                             "describe another policy or question; set generate.prior_policy: any to use it anyway")
+        if g.prior_manifest is None:
+            g.prior_manifest = sha
 
     @classmethod
     def uses_in(cls, config) -> tuple[str, ...]:
         """Adaptive sampling stops on scored responses: the scoring settings and the pair
-        budget decide which samples are drawn."""
-        return cls.uses + (("scoring",) if config.generate.adaptive.enabled else ())
+        budget decide which samples are drawn; a prior skips prompts by the RL band."""
+        return cls.uses + (("scoring",) if config.generate.adaptive.enabled else ()) + (
+            ("rl_prompts.band",) if config.generate.prior is not None else ())
 
     @classmethod
     def summarize(cls, c: dict) -> dict:
+        out = {"prior": cls._prior_summary(c)} if any(k.startswith("prior.") for k in c) else {}
         if not c.get("adaptive.prompts"):
-            return {}
+            return out
         drawn, budget = c.get("responses", 0), c.get("adaptive.budget_samples", 0)
         per_sample = c.get("tokens_generated", 0) / max(drawn, 1)
         rounds = {}
@@ -152,16 +200,34 @@ class GenerateStage(EngineStage):
             "tokens_saved_estimate": round((budget - drawn) * per_sample),
             "stopped": prefixed(c, "adaptive.stop."),
             "rounds": [{"round": r, **rounds[r]} for r in sorted(rounds)],
+            **out,
         }
+
+    @staticmethod
+    def _prior_summary(c: dict) -> dict:
+        """What ``generate.prior`` did: prompts skipped (by reason) and what the prior spent on them,
+        prompts sampled with a prior estimate, prompts with ground truth the prior lacks."""
+        skipped = prefixed(c, "prior.skipped.")
+        return {"skipped": sum(skipped.values()), "skipped_by_reason": skipped,
+                "skipped_prior_tokens": c.get("prior.skipped_tokens", 0),
+                "skipped_prior_samples": c.get("prior.skipped_samples", 0),
+                "sampled": c.get("prior.sampled", 0), "unseen": c.get("prior.unseen", 0)}
 
     @classmethod
     def summary_line(cls, s: dict) -> str | None:
-        if not s:
-            return None
-        stops = ", ".join(f"{k} {v}" for k, v in s["stopped"].items())
-        return (f"adaptive sampling: {s['samples_drawn']} samples for {s['prompts']} prompts "
-                f"({s['samples_per_prompt']}/prompt, fixed-N: {s['fixed_n_samples']}); "
-                f"~{s['tokens_saved_estimate']} tokens saved; stopped: {stops}")
+        lines = []
+        if s.get("prompts"):
+            stops = ", ".join(f"{k} {v}" for k, v in s["stopped"].items())
+            lines.append(f"adaptive sampling: {s['samples_drawn']} samples for {s['prompts']} prompts "
+                         f"({s['samples_per_prompt']}/prompt, fixed-N: {s['fixed_n_samples']}); "
+                         f"~{s['tokens_saved_estimate']} tokens saved; stopped: {stops}")
+        if s.get("prior"):
+            p = s["prior"]
+            why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["skipped_by_reason"].items()) or "none"
+            lines.append(f"prior: {p['skipped']} prompts skipped as outside rl_prompts.band ({why}; the prior spent "
+                         f"{p['skipped_prior_tokens']} tokens on them), {p['sampled']} sampled, {p['unseen']} not "
+                         "in the prior")
+        return "\n".join(lines) or None
 
     def preview_messages(self, row: dict) -> list[dict] | None:
         if "question" not in row or "images" not in row:
@@ -186,8 +252,32 @@ class GenerateStage(EngineStage):
         flag = self.config.generate.logprobs
         return wanted(self.pipeline_config, "logprobs") if flag is None else flag
 
-    def sampler(self, row: dict, template) -> PromptSampler | None:
-        """The round-by-round stopping rule of one prompt (None: fixed-N sampling)."""
+    def prior(self) -> "priors.Prior | None":
+        """The prior build's measurements (``generate.prior``), read once per process."""
+        g = self.config.generate
+        return priors.load_prior(g.prior, g.prior_manifest) if g.prior is not None else None
+
+    def prior_estimate(self, row: dict, prior, ctx: StageContext) -> "tuple[str | None, priors.Estimate | None]":
+        """Whether the prior skips a prompt (``too_hard`` / ``too_easy``), and its estimate; counted."""
+        if prior is None or not row["answer"]:
+            return None, None
+        est = prior.estimates.get(row["prompt_id"])
+        if est is None:
+            ctx.stats.inc("prior.unseen")
+            return None, None
+        reason = skip_reason(est.low, est.high, self.config.rl_prompts.band)
+        if reason:
+            ctx.stats.inc(f"prior.skipped.{reason}")
+            # what the prior build spent on the prompts skipped: this build's saving, at its sampling
+            ctx.stats.inc("prior.skipped_tokens", est.tokens)
+            ctx.stats.inc("prior.skipped_samples", est.samples)
+        else:
+            ctx.stats.inc("prior.sampled")
+        return reason, est
+
+    def sampler(self, row: dict, template, estimate: "priors.Estimate | None" = None) -> PromptSampler | None:
+        """The round-by-round stopping rule of one prompt (None: fixed-N sampling); with a prior
+        estimate, its first round is sized from the prior pass rate (``methods.adaptive.first_round``)."""
         g = self.config.generate
         if not g.adaptive.enabled:
             return None
@@ -202,7 +292,9 @@ class GenerateStage(EngineStage):
         def accept(c) -> bool:
             return usable_as_dropout_chosen(c.text.strip(), c.finish_reason)
 
-        return PromptSampler(g.stop_rule(cc.max_pairs_per_prompt), bool(row["answer"]), score, accept)
+        rule = g.stop_rule(cc.max_pairs_per_prompt)
+        first = first_round(rule, estimate.rate) if estimate is not None else None
+        return PromptSampler(rule, bool(row["answer"]), score, accept, first=first)
 
     def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
         from vllm import SamplingParams
@@ -210,8 +302,11 @@ class GenerateStage(EngineStage):
         placeholder = self.config.model.image_placeholder
         # the sampled token's log-prob only (flat: no dict per token), computed from logits vLLM has
         logprobs = {"logprobs": 0, "flat_logprobs": True} if self.wants_logprobs() else {}
-        todo, requests = [], []
+        todo, requests, prior = [], [], self.prior()
         for row in rows:
+            skip, estimate = self.prior_estimate(row, prior, ctx)
+            if skip:
+                continue  # out of the band in the prior build: not sampled, counted (prior.skipped.*)
             try:
                 images = [to_pil(im) for im in row["images"] or []]
             except Exception as e:  # noqa: BLE001 -- a stored image that no longer decodes
@@ -220,7 +315,7 @@ class GenerateStage(EngineStage):
             template = self.template(row)
             sampling = self.sampling(row["prompt_id"])
             stops = ctx.engine.stop_kwargs if ctx.engine is not None else {}
-            sampler = self.sampler(row, template)
+            sampler = self.sampler(row, template, estimate)
             params = SamplingParams(**{**sampling, "n": sampler.first_count() if sampler else sampling["n"]},
                                     **stops, **logprobs)
             requests.append(GenRequest(prompt_messages(row, template, placeholder), images, params,

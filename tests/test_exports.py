@@ -5,6 +5,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def test_internvl(dataset):
             assert m["data_augment"] is False and m["repeat_time"] == 1
             # relative to the export folder (InternVL opens them from its working directory)
             assert not os.path.isabs(m["annotation"]) and m["annotation"].endswith(".jsonl")
-            assert m["root"] == "images"
+            assert m["root"] == "../images"  # the build's shared image folder
             lines = read_jsonl(root / m["annotation"])
             assert m["length"] == len(lines) > 0
             for r in lines:
@@ -359,3 +360,45 @@ def test_llamafactory_readme_says_media_dir_when_merged_into_its_data_folder(dat
             "`media_dir: <this folder>`: LLaMA-Factory joins image paths to `media_dir`, which defaults to "
             "`dataset_dir`, so without it every image fails to open:\n\n```yaml\ndataset_dir: data\n"
             "media_dir: <this folder>\ndataset: export_test_train\nstage: dpo\n```") in readme, readme
+
+
+def test_the_exports_of_a_build_share_one_image_folder(dataset, tmp_path):
+    """Every format of a run names its images in ``exports/images/``, each image written once there;
+    no export has an image folder of its own; a rerun removes the shared images no export names."""
+    import hashlib
+
+    from publish.exports import export_dataset
+
+    out, rows = dataset
+    exports = out / "exports"
+    index = json.loads((exports / "export.json").read_text())
+    shared = {str(p.relative_to(exports)) for p in (exports / "images").rglob("*") if p.is_file()}
+    assert shared and sorted(shared) == index["images"]["files"] and index["images"]["count"] == len(shared)
+    assert not [p for p in exports.glob("*/images") if p.is_dir()]
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (exports / "images").rglob("*") if p.is_file()}
+    assert len(digests) == len(shared)  # each image once
+    named = set()
+    for f in list(exports.glob("*/*.jsonl")) + list(exports.glob("*/annotations/*.jsonl")):
+        for r in read_jsonl(f):
+            for key in ("images", "rejected_images", "image", "rejected_image"):
+                paths = r.get(key) or []
+                for p in [paths] if isinstance(paths, str) else paths:
+                    p = p if p.startswith("../") else "../images/" + p  # InternVL's are under its root
+                    assert (f.parent / p).resolve().is_file() or (exports / p[3:]).is_file(), (f, p)
+                    named.add(os.path.normpath(p[3:]))
+    assert named == shared
+    # a rerun into a copy with one stray old image: it goes, the others stay
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    stray = "images/zz/" + "0" * 32 + ".png"
+    (copy / "exports" / "images" / "zz").mkdir()
+    (copy / "exports" / stray).write_bytes(b"old")
+    idx = json.loads((copy / "exports" / "export.json").read_text())
+    idx["images"]["files"].append(stray)
+    (copy / "exports" / "export.json").write_text(json.dumps(idx))
+    export_dataset(str(copy), ["swift"], str(copy))  # the other formats' folders still name old images
+    assert (copy / "exports" / stray).exists()
+    export_dataset(str(copy), list(FORMATS), str(copy))
+    assert not (copy / "exports" / stray).exists()
+    again = json.loads((copy / "exports" / "export.json").read_text())["images"]["files"]
+    assert set(again) == shared and all((copy / "exports" / rel).is_file() for rel in again)

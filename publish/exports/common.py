@@ -13,7 +13,9 @@ command that writes the export again (``publish.exports.readme``), which runs th
 
 Every format writes the same ``<image>`` tag count as images in every row
 (a literal ``<image>`` inside a text is rewritten to ``image``).  Images are
-written once per export, named by content hash.  ``export.json`` lists the
+written once, named by content hash: a build's exports (``export_dataset``) share one
+folder, ``exports/images/``, which their files name as ``../images/...`` (relative to the
+export folder, as before); an export written alone keeps its own ``images/``.  ``export.json`` lists the
 files of the export; a rerun removes the files of the previous export that it
 no longer writes.
 """
@@ -185,6 +187,42 @@ class Sink:
             os.remove(self.tmp)
 
 
+class SharedImages:
+    """One content-addressed image folder that every export of one build writes into
+    (``<exports>/images/``): each image once, however many formats name it.  The folder it is
+    in (the dataset folder's ``exports/``) is the pipeline's; ``finish`` removes the images a
+    previous export of the build wrote that no format names now."""
+
+    FOLDER = "images"
+
+    def __init__(self, exports_dir: str) -> None:
+        self.root = exports_dir
+        self.files: set[str] = set()
+
+    def put(self, data: bytes) -> str:
+        """Write ``data`` once; its path relative to the exports folder."""
+        digest = hashlib.sha256(data).hexdigest()[:32]
+        rel = f"{self.FOLDER}/{digest[:2]}/{digest}{image_ext(data)}"
+        if rel not in self.files:
+            if not storage.exists(storage.join(self.root, rel)):
+                storage.write_bytes(storage.join(self.root, rel), data)
+            self.files.add(rel)
+        return rel
+
+    def finish(self, previous: list[str], keep: bool = False) -> dict:
+        """Remove the images of ``previous`` (the last index's list) no export names now, or, with
+        ``keep`` (a format of the last export was not written again, and its folder still names
+        them), keep them listed; the index entry."""
+        stale = set(previous) - self.files
+        if keep:
+            self.files |= {rel for rel in stale if rel.startswith(self.FOLDER + "/")}
+        else:
+            for rel in sorted(stale):
+                if rel.startswith(self.FOLDER + "/") and storage.exists(storage.join(self.root, rel)):
+                    storage.remove(storage.join(self.root, rel))
+        return {"folder": self.FOLDER, "count": len(self.files), "files": sorted(self.files)}
+
+
 class ExportFolder:
     """Files of one export folder; stale files of a previous export are removed at the end.
 
@@ -192,8 +230,12 @@ class ExportFolder:
     reserved before its first write, so a file of someone else's is never replaced."""
 
     def __init__(self, fmt: str, input_dir: str, root: str, image_root: str | None = None,
-                 adopt: bool = False, curriculum: Any = None) -> None:
+                 adopt: bool = False, curriculum: Any = None, shared: SharedImages | None = None) -> None:
         self.fmt, self.input_dir, self.root, self.image_root = fmt, input_dir, root, image_root
+        #: the build's shared image folder (None: this export writes its own ``images/``)
+        self.shared = shared
+        #: the image folder as the export's files name it, relative to the export folder
+        self.image_dir = f"../{SharedImages.FOLDER}" if shared is not None else "images"
         #: which prompts the RL exports keep (``publish.exports.rl.Curriculum``; None: every one with ground truth)
         self.curriculum = curriculum
         self.ledger = open_folder(root, "export", "--output", adopt)
@@ -245,11 +287,14 @@ class ExportFolder:
         return data
 
     def image(self, img: dict) -> str:
-        """Write an image once (named by content hash); its path relative to the export folder."""
+        """Write an image once (named by content hash); its path relative to the export folder
+        (``../images/...`` in the build's shared folder, else ``images/...``)."""
         data = self.image_bytes(img)
         digest = hashlib.sha256(data).hexdigest()[:32]
         rel = self.images.get(digest)
-        if rel is None:
+        if rel is None and self.shared is not None:
+            rel = self.images[digest] = f"../{self.shared.put(data)}"
+        elif rel is None:
             rel = f"images/{digest[:2]}/{digest}{image_ext(data)}"
             self.reserve(rel)
             if not storage.exists(self.uri(rel)):

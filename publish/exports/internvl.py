@@ -75,7 +75,8 @@ class InternVL(TrainerFormat):
                 text = "\n".join(t for r, t in turns if r == "user").replace(IMAGE_TAG, "")
                 if system:
                     text = f"{system}\n{text}"
-                rel_images = [p[len("images/"):] for p in images]  # relative to the subset root (images/)
+                cut = len(ex.image_dir) + 1  # relative to the subset root (the image folder)
+                rel_images = [p[cut:] for p in images]
                 out: dict[str, Any] = {
                     "id": row["id"],
                     "image": rel_images[0] if len(rel_images) == 1 else rel_images,
@@ -84,7 +85,7 @@ class InternVL(TrainerFormat):
                     "rejected": ex.text.reply(row["rejected"]),
                 }
                 if sh.config == "image_crop":
-                    rej = [ex.image(im)[len("images/"):] for im in row["rejected_images"] or []]
+                    rej = [ex.image(im)[cut:] for im in row["rejected_images"] or []]
                     out["rejected_image"] = rej[0] if len(rej) == 1 else rej
                 subset = subset_name(row["source"], row["method"], sh.split)
                 rel = f"annotations/{subset}.jsonl"
@@ -95,7 +96,7 @@ class InternVL(TrainerFormat):
         for subset in sorted(subsets):
             meta, rel = subsets[subset]
             metas.setdefault(meta, {})[subset] = {
-                "root": ex.ref("images"), "annotation": ex.ref(rel),
+                "root": ex.ref(ex.image_dir), "annotation": ex.ref(rel),
                 "data_augment": False, "repeat_time": 1, "length": ex.sinks[rel].lines,
             }
         for meta, content in metas.items():

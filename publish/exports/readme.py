@@ -38,7 +38,10 @@ def again_section(ex, root_hint: bool = False) -> str:
     """The README's closing section: the command that wrote this export folder (``ex``, a
     ``common.ExportFolder``), runnable as written, and (``root_hint``) how to add ``--root``."""
     command = export_command(ex.fmt, ex.input_dir, ex.root, ex.image_root)
+    shared = ("## Images\n\nThe images are in `../images/`, one content-addressed folder that every export of "
+              "this build shares: move or copy the whole `exports/` folder, not this one alone (the command below, "
+              "given another `--output`, writes this export alone with its own `images/`).\n\n") if ex.shared is not None else ""
     hint = ("\nAdd `--root DIR` to write absolute paths under DIR, the folder this export will have on the "
             "training machine.\n") if root_hint and not ex.image_root else ""
-    return (f"## Export it again\n\nOn the machine that wrote this export, from {WHERE}, this command writes "
+    return (f"{shared}## Export it again\n\nOn the machine that wrote this export, from {WHERE}, this command writes "
             f"it again:\n\n```bash\n{command}\n```\n{hint}")

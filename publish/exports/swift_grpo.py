@@ -1,8 +1,9 @@
 """``swift_grpo``: JSON lines for ms-swift's GRPO (``swift rlhf --rlhf_type grpo``), one row per
 prompt the curriculum keeps (``publish.exports.rl``): ``messages`` ending with the user turn
-(``<image>`` tags where the images go), ``images`` (paths into this export's content-addressed
-``images/``) and the reward columns ``solution``, ``answers``, ``answer_type``, ``choices``,
-``scoring``, with ``pass_rate``.  ms-swift's GRPO keeps extra columns
+(``<image>`` tags where the images go), ``images`` (paths into the content-addressed image
+folder: the build's shared ``../images/``, or this export's ``images/`` when written alone) and
+the reward columns ``solution``, ``answers``, ``answer_type``, ``choices``, ``scoring``, with
+``pass_rate``.  ms-swift's GRPO keeps extra columns
 (``remove_unused_columns=False``) and passes them to reward functions as keyword lists.
 """
 from __future__ import annotations

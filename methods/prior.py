@@ -1,0 +1,28 @@
+"""What a prior measurement of a prompt says about sampling it again (pure, no I/O).
+
+A rebuild with ``generate.prior`` knows, for each prompt an earlier build sampled, its
+pass rate and 95% Wilson interval (``methods.prompt_stats``).  ``skip_reason``: a prompt
+whose whole interval lies below the band (``too_hard``) or above it (``too_easy``) would,
+with 95% confidence, fall outside the RL curriculum again, so it is not sampled.  A
+prompt whose interval touches the band is sampled as in any build: its rate is measured
+again, so the curriculum of a rebuild is decided by the rebuild's own samples.
+
+With n samples the interval is never narrower than Wilson's at 0/n or n/n: at n = 8 it
+is [0, 0.32] and [0.68, 1], so with MMPR-Tiny's band [0.2, 0.8] a prior needs at least
+16 samples per prompt (0/16: [0, 0.19]; 16/16: [0.81, 1]) before any prompt is skipped.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def skip_reason(low: float | None, high: float | None, band: Sequence[float]) -> str | None:
+    """``too_hard`` / ``too_easy`` when the interval [low, high] lies wholly below / above
+    ``band`` (both bounds of the band included in it); None: sample the prompt."""
+    if low is None or high is None:
+        return None
+    if high < band[0]:
+        return "too_hard"
+    if low > band[1]:
+        return "too_easy"
+    return None

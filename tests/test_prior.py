@@ -1,0 +1,260 @@
+"""Difficulty-aware rebuilds: ``generate.prior`` reads an earlier build's prompt table, skips the
+prompts whose interval there lies wholly outside ``rl_prompts.band``, sizes adaptive sampling's
+first round from the prior pass rate, and is part of the config and stage hashes."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers import make_config
+from methods.adaptive import StopRule, first_round
+from methods.prior import skip_reason
+from methods.prompt_stats import wilson
+from pipeline.config.settings import ConfigError
+from pipeline.config.templates import template_for_source
+from schemas import PROMPT_TABLE_SCHEMA
+
+BAND = [0.2, 0.8]
+
+
+def table_row(cfg, prompt_id: str, correct: int | None, n: int, source: str = "sample_gt", **over) -> dict:
+    """A prompt-table row as ``cfg``'s build would write it: ``correct`` of ``n`` right (None: no ground truth)."""
+    t = template_for_source(cfg, source, cfg.generate.template)
+    low, high = wilson(correct, n) if correct is not None else (None, None)
+    return {"prompt_id": prompt_id, "source": source, "row_key": prompt_id, "template_id": t.id,
+            "template_hash": t.hash, "model": cfg.model.path, "model_revision": cfg.model.revision or "",
+            "samples_drawn": n, "tokens_generated": 10 * n, "correct": correct,
+            "pass_rate": correct / n if correct is not None else None, "pass_rate_low": low,
+            "pass_rate_high": high, **over}
+
+
+def write_prior(folder: Path, rows: list[dict], schema: pa.Schema = PROMPT_TABLE_SCHEMA,
+                manifest: dict | None = None) -> Path:
+    (folder / "prompts").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "prompts" / "train-00000-of-00001.parquet")
+    (folder / "manifest.json").write_text(json.dumps(manifest or {"name": "prior", "rows": len(rows)}))
+    return folder
+
+
+def prior_rows(cfg) -> list[dict]:
+    return [table_row(cfg, "hard", 0, 16), table_row(cfg, "easy", 16, 16), table_row(cfg, "mid", 8, 16),
+            table_row(cfg, "edge", 0, 8),  # [0, 0.32] touches the band: sampled
+            table_row(cfg, "open", None, 2, source="sample_open")]
+
+
+def with_prior(folder: Path, **generate):
+    return make_config(generate={"prior": str(folder), **generate}, rl_prompts={"band": BAND})
+
+
+@pytest.fixture
+def prior(tmp_path) -> Path:
+    return write_prior(tmp_path / "prior", prior_rows(make_config()))
+
+
+# -- the rule --------------------------------------------------------------------------------
+
+def test_skip_reason_needs_the_whole_interval_outside_the_band():
+    assert skip_reason(*wilson(0, 16), BAND) == "too_hard"
+    assert skip_reason(*wilson(16, 16), BAND) == "too_easy"
+    assert skip_reason(*wilson(0, 8), BAND) is None and skip_reason(*wilson(8, 8), BAND) is None
+    assert skip_reason(*wilson(8, 16), BAND) is None
+    assert skip_reason(0.0, 0.2, BAND) is None and skip_reason(0.8, 1.0, BAND) is None  # the band's bounds count
+    assert skip_reason(None, None, BAND) is None
+
+
+def test_first_round_is_where_the_prior_rate_expects_the_stop_rule_met():
+    rule = StopRule(rounds=(4, 8, 12, 16, 24, 32), max_pairs=15, max_reuse=8)
+    assert first_round(rule, None) == 4
+    assert first_round(rule, 0.5) == 8     # 4 right x 4 wrong = 16 pairs >= 15
+    assert first_round(rule, 0.25) == 12   # 3 x 9 -> min(3*8, 9*3) = 24
+    assert first_round(rule, 0.0) == 4 and first_round(rule, 1.0) == 4  # never enough: as without a prior
+    both = StopRule(rounds=(4, 8, 16), stop="both", min_each=1)
+    assert first_round(both, 0.5) == 4 and first_round(both, 0.1) == 16
+
+
+# -- the config --------------------------------------------------------------------------------
+
+def test_prior_manifest_goes_into_the_config_and_generate_hashes(prior):
+    plain = make_config(rl_prompts={"band": BAND})
+    cfg = with_prior(prior)
+    assert cfg.generate.prior_manifest and len(cfg.generate.prior_manifest) == 64
+    assert cfg.config_hash() != plain.config_hash()
+    assert cfg.stage_hash("generate") != plain.stage_hash("generate")
+    assert cfg.stage_hash("ingest") == plain.stage_hash("ingest")
+    # the same folder, rebuilt: another manifest, other hashes
+    (prior / "manifest.json").write_text(json.dumps({"name": "prior", "rows": 5, "rebuilt": True}))
+    again = with_prior(prior)
+    assert again.generate.prior_manifest != cfg.generate.prior_manifest
+    assert again.config_hash() != cfg.config_hash()
+    assert again.stage_hash("generate") != cfg.stage_hash("generate")
+    # the band decides what is skipped: with a prior, generate's hash covers it
+    wider = make_config(generate={"prior": str(prior)}, rl_prompts={"band": [0.1, 0.9]})
+    assert wider.stage_hash("generate") != again.stage_hash("generate")
+    assert plain.stage_hash("generate") == make_config(rl_prompts={"band": [0.1, 0.9]}).stage_hash("generate")
+
+
+def test_a_config_without_prior_hashes_as_before():
+    cfg = make_config()
+    assert not {"prior", "prior_policy", "prior_manifest"} & set(cfg.resolved()["generate"])
+
+
+def test_a_pinned_prior_manifest_that_changed_is_an_error(prior):
+    sha = with_prior(prior).generate.prior_manifest
+    assert with_prior(prior, prior_manifest=sha).generate.prior_manifest == sha
+    (prior / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="prior_manifest pins"):
+        with_prior(prior, prior_manifest=sha)
+
+
+def test_a_prior_from_another_model_is_an_error_naming_it(tmp_path):
+    rows = [dict(r, model="other/model-7b") for r in prior_rows(make_config())]
+    folder = write_prior(tmp_path / "p", rows)
+    with pytest.raises(ValueError, match=r"model: the prior was generated by other/model-7b.*prior_policy: any"):
+        with_prior(folder)
+    assert with_prior(folder, prior_policy="any").generate.prior_manifest  # allowed when the config says so
+    rev = write_prior(tmp_path / "r", [dict(r, model_revision="abc123") for r in prior_rows(make_config())])
+    with pytest.raises(ValueError, match="@abc123"):
+        with_prior(rev)
+
+
+def test_a_prior_in_another_template_is_an_error_naming_the_source(tmp_path):
+    rows = prior_rows(make_config())
+    rows[0] = dict(rows[0], template_hash="0123456789abcdef")  # the same id, another text
+    folder = write_prior(tmp_path / "p", rows)
+    with pytest.raises(ValueError, match=r"template of source sample_gt: .*text 0123456789abcdef"):
+        with_prior(folder)
+    assert with_prior(folder, prior_policy="any").generate.prior_policy == "any"
+
+
+def test_a_prompt_table_of_another_version_is_an_error(tmp_path):
+    rows = prior_rows(make_config())
+    missing = pa.schema([f for f in PROMPT_TABLE_SCHEMA if f.name != "pass_rate_high"])
+    folder = write_prior(tmp_path / "missing", [{k: v for k, v in r.items() if k != "pass_rate_high"} for r in rows],
+                         schema=missing)
+    with pytest.raises(ValueError, match="incompatible version.*column pass_rate_high is missing"):
+        with_prior(folder)
+    typed = pa.schema([f.with_type(pa.string()) if f.name == "pass_rate" else f for f in PROMPT_TABLE_SCHEMA])
+    folder = write_prior(tmp_path / "typed", [dict(r, pass_rate=str(r["pass_rate"])) for r in rows], schema=typed)
+    with pytest.raises(ValueError, match="column pass_rate is string, this version writes double"):
+        with_prior(folder, prior_policy="any")  # never a policy matter
+
+
+def test_a_folder_that_is_no_finished_build_is_an_error(tmp_path, prior):
+    with pytest.raises(ValueError, match="no manifest.json"):
+        with_prior(tmp_path / "nowhere")
+    (prior / "prompts" / "train-00000-of-00001.parquet").unlink()
+    with pytest.raises(ValueError, match="no prompt table"):
+        with_prior(prior)
+    with pytest.raises(ValueError, match="generate.prior is run.output_dir"):
+        make_config(generate={"prior": str(tmp_path / "out")}, run={**make_config().run.model_dump(),
+                                                                    "output_dir": str(tmp_path / "out")})
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+def ingested(prompt_id: str, answer: list[str], source: str = "sample_gt") -> dict:
+    return {"prompt_id": prompt_id, "source": source, "row_key": prompt_id, "question": "How many?", "images": [],
+            "image_positions": [], "answer": answer, "answer_type": None, "choices": [], "facts": None}
+
+
+ROWS = [ingested(p, ["3"]) for p in ("hard", "easy", "mid", "edge", "new")] + [ingested("open", [], "sample_open")]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """``prepare`` builds vLLM SamplingParams: a stand-in keeps this test off the engine."""
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **kw: kw))
+
+
+def prepare(cfg):
+    from pipeline.core.graph import make_stage
+    from pipeline.core.stage import StageContext
+
+    stage = make_stage("generate", cfg)
+    ctx = StageContext("generate", "p", cfg)
+    todo, requests = stage.prepare(ROWS, ctx)
+    return {row["prompt_id"]: req for (row, *_), req in zip(todo, requests)}, ctx.stats.counters, stage
+
+
+def test_generate_skips_out_of_band_prompts_and_counts_them(prior, fake_vllm):
+    sent, counters, stage = prepare(with_prior(prior))
+    assert sorted(sent) == ["edge", "mid", "new", "open"]
+    assert counters["prior.skipped.too_hard"] == 1 and counters["prior.skipped.too_easy"] == 1
+    assert counters["prior.skipped_tokens"] == 320 and counters["prior.skipped_samples"] == 32
+    assert counters["prior.sampled"] == 2 and counters["prior.unseen"] == 1
+    summary = stage.summarize(counters)
+    assert summary["prior"]["skipped"] == 2 and summary["prior"]["skipped_by_reason"] == {"too_hard": 1,
+                                                                                           "too_easy": 1}
+    assert "prior: 2 prompts skipped" in stage.summary_line(summary)
+    # without a prior every prompt is sent, and nothing is counted
+    sent, counters, stage = prepare(make_config(rl_prompts={"band": BAND}))
+    assert len(sent) == len(ROWS) and not any(k.startswith("prior.") for k in counters)
+    assert stage.summarize(counters) == {}
+
+
+def test_adaptive_first_round_starts_from_the_prior_rate(prior, fake_vllm):
+    adaptive = {"enabled": True, "rounds": [4, 8, 12, 16]}
+    sent, _, _ = prepare(with_prior(prior, n=16, adaptive=adaptive))
+    assert sent["mid"].params["n"] == 8    # prior 8/16: 4 right x 4 wrong at 8 samples make 15 pairs
+    assert sent["edge"].params["n"] == 4   # prior 0/8: no round expects a pair, the first round as usual
+    assert sent["new"].params["n"] == 4 and sent["open"].params["n"] == 1
+
+
+def test_the_command_line_reports_a_mismatch_as_a_config_error(tmp_path):
+    from helpers import load_config_file, shipped_config
+
+    rows = [dict(r, model="other/model-7b") for r in prior_rows(make_config())]
+    folder = write_prior(tmp_path / "p", rows)
+    data = shipped_config()
+    data["generate"]["prior"] = str(folder)
+    with pytest.raises(ConfigError, match="generate.prior .* was made differently: model"):
+        load_config_file(tmp_path, data)
+
+
+# -- a small build, rebuilt with its own prompt table as the prior -----------------------------
+
+#: with n = 4 a Wilson interval is never narrower than [0, 0.49] or [0.51, 1]: this band lets both
+#: bounds skip (0/4 is too hard, 4/4 too easy) while the build stays small
+SMALL_BAND = "rl_prompts.band=[0.5, 0.5]"
+
+
+def small_build(base: Path, *extra: str) -> tuple[Path, dict]:
+    from helpers import SAMPLE_CONFIG, SMALL, cli_env, run_cli
+
+    proc = run_cli("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
+                   "--output", base / "out", *SMALL, "--set", "run.stages=[ingest,generate,correctness,write]",
+                   "--set", SMALL_BAND, *extra, env=cli_env(), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return base / "out", json.loads((base / "work" / "report.json").read_text())
+
+
+@pytest.mark.build
+def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(tmp_path, tiny_model):
+    from publish.prompt_table import read_prompt_table
+
+    out, plain = small_build(tmp_path / "plain")
+    before = {r["prompt_id"]: r for r in read_prompt_table(str(out)).to_pylist()}
+    want = {pid: skip_reason(r["pass_rate_low"], r["pass_rate_high"], (0.5, 0.5)) for pid, r in before.items()}
+    skipped = {pid for pid, why in want.items() if why}
+    assert skipped, "the small build has no prompt outside the band: the test would test nothing"
+
+    again, rebuilt = small_build(tmp_path / "again", "--set", f"generate.prior={out}")
+    counters = rebuilt["stages"]["generate"]["counters"]
+    for why in ("too_hard", "too_easy"):
+        assert counters.get(f"prior.skipped.{why}", 0) == sum(w == why for w in want.values())
+    assert counters["prior.sampled"] == sum(r["pass_rate"] is not None for r in before.values()) - len(skipped)
+    after = {r["prompt_id"]: r for r in read_prompt_table(str(again)).to_pylist()}
+    assert set(after) == set(before) - skipped  # open prompts and in-band ones sampled again, the rest not
+    # the same model and seeds: the prompts sampled again measure the same, for fewer tokens
+    assert all(after[p]["pass_rate"] == before[p]["pass_rate"] for p in after)
+    spent = plain["stages"]["generate"]["counters"]["tokens_generated"]
+    assert counters["tokens_generated"] == spent - sum(before[p]["tokens_generated"] for p in skipped)
+    assert counters["prior.skipped_tokens"] == spent - counters["tokens_generated"]
+    assert rebuilt["summary"]["generate"]["prior"]["skipped"] == len(skipped)
+    assert rebuilt["config_hash"] != plain["config_hash"]

@@ -26,6 +26,11 @@ def stage_dir(config: PipelineConfig, stage: str) -> str:
     return storage.join(config.run.work_dir, stage)
 
 
+def dataset_stats_uri(config: PipelineConfig, stage: str) -> str:
+    """A dataset stage's statistics of its last run in a whole build (it has no partition markers)."""
+    return storage.join(stage_dir(config, stage), "stats.json")
+
+
 def plan(config: PipelineConfig, stage: str, input_dirs: list[str], out_dir: str) -> list[Task]:
     """One task per input partition; names are prefixed when several stages feed one."""
     h = config.stage_hash(stage)
@@ -181,6 +186,8 @@ def _run_whole(config: PipelineConfig, stage: Stage) -> float:
         inputs, out_dir = [stage_dir(config, s) for s in input_stages(config, stage.name)], config.run.output_dir
     ran, total, n_tasks, n_skipped = _whole(config, stage, inputs, out_dir)
     wall = time.perf_counter() - t0
+    if stage.kind == "dataset":  # no markers: its counters (write's time breakdown) for the run report
+        storage.write_json(dataset_stats_uri(config, stage.name), ran.to_dict())
     echo(stage_line(stage, total, ran, n_tasks, n_skipped, wall))
     return wall
 

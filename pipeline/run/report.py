@@ -68,8 +68,11 @@ def build_report(config: PipelineConfig, timings: dict[str, float] | None = None
     stages = {}
     for stage in config.run.stages:
         if graph.stage_class(stage).kind == "dataset":  # no partition markers: its rows are in the manifest
+            kept = read_marker(storage.join(config.run.work_dir, stage, "stats.json"))  # orchestrator.dataset_stats_uri
+            if kept:  # its last run's counters: write's seconds.plan/scatter/gather, task_seconds.*, peak_task_mb.*
+                stages[stage] = {"counters": kept.get("counters", {}), "wall_s": kept.get("wall_s", 0.0)}
             if timings and stage in timings:
-                stages[stage] = {"wall_s_this_run": round(timings[stage], 3)}
+                stages.setdefault(stage, {})["wall_s_this_run"] = round(timings[stage], 3)
             continue
         d = storage.join(config.run.work_dir, stage)
         stages[stage] = stage_totals(d).to_dict()

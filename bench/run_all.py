@@ -29,7 +29,7 @@ BENCH = Path(__file__).resolve().parent
 #: known scripts, in running order (cheap ones first); any other bench_*.py runs after them
 ORDER = ("bench_matching.py", "bench_crop.py", "bench_write.py", "bench_ingest.py", "bench_dedup.py",
          "bench_report.py", "bench_pairs.py", "bench_generate.py", "bench_adaptive.py", "bench_prior.py",
-         "bench_grounding.py", "bench_engine_memory.py", "bench_realsize.py")
+         "bench_grounding.py", "bench_engine_memory.py", "bench_realsize.py", "bench_scale.py")
 #: arguments for --quick, per script; scripts not listed get --quick if they accept it
 QUICK_ARGS = {
     "bench_matching.py": ["--n", "10000", "--math-n", "160"],
@@ -37,6 +37,8 @@ QUICK_ARGS = {
     "bench_report.py": ["--rows", "100000"],
     # the preset follows the machine: cpu (0.15B) here, full (8.5B) where CUDA is available
     "bench_realsize.py": ["--quick"],
+    # 20,000 prompts through the whole pipeline, then a killed run and its rerun (at most 10 min on 2 quiet cores)
+    "bench_scale.py": ["--quick"],
 }
 _TARGET = re.compile(r"\(target\b", re.IGNORECASE)
 _MISSED = re.compile(r"\b(MISSED|BELOW|FAIL|FAILED)\b")

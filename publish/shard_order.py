@@ -89,6 +89,23 @@ def _image_bytes(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _other_bytes(table: pa.Table) -> int:
+    """Bytes of every column but ``images``, the same however the rows are chunked (a gathered
+    shard has a chunk per scattered piece, and ``Table.nbytes`` counts each chunk's offsets and
+    validity buffers: the row-group cuts would depend on the number of input files and spills).
+    Image-list columns count their image bytes, the rest are measured combined."""
+    total = 0
+    for name in table.column_names:
+        if name == "images":
+            continue
+        col = table.column(name)
+        if name == "rejected_images":
+            total += int(_image_bytes(col).sum())
+        else:
+            total += col.combine_chunks().nbytes
+    return total
+
+
 def shard_layout(table: pa.Table, seed: int, row_group_bytes: int) -> tuple[np.ndarray, list[int], bool]:
     """(row order, row-group sizes, whether any prompt has several pairs) for one shard's rows.
 
@@ -104,7 +121,7 @@ def shard_layout(table: pa.Table, seed: int, row_group_bytes: int) -> tuple[np.n
     pk = prompt_keys(seed, prompts_of(table))
     by_prompt = np.lexsort((rk[:, 1], rk[:, 0], pk))
     images = _image_bytes(table.column("images"))[by_prompt]
-    other = max(0, table.nbytes - int(images.sum())) / n  # text, provenance, rejected_images: per row
+    other = _other_bytes(table) / n  # text, provenance, rejected_images: per row
     first = np.ones(n, bool)
     first[1:] = pk[by_prompt][1:] != pk[by_prompt][:-1]
     cost = np.cumsum(np.where(first, images, 0) + other)

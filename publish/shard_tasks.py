@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import resource
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -26,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from pipeline.files import storage
@@ -105,6 +107,7 @@ class _Buckets:
         self.files = 0
         self.index: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self.compress = False
+        self.flush_s = 0.0
 
     def add(self, shard: int, table: pa.Table) -> None:
         self.buffers[shard].append(table)
@@ -115,6 +118,7 @@ class _Buckets:
     def flush(self) -> None:
         if not self.buffers:
             return
+        t0 = time.perf_counter()
         uri = storage.join(self.root, f"{self.tag}-{self.files:05d}.arrow")
         self.files += 1
         fs, path = storage.resolve(uri)
@@ -126,11 +130,13 @@ class _Buckets:
                 self.index[shard].append((uri, i))
         self.buffers.clear()
         self.buffered = 0
+        self.flush_s += time.perf_counter() - t0
 
 
 def scatter_partition(uri: str, planned_rows: int, dest: np.ndarray, config_hash: str | None, root: str,
                       tag: str, budget: int, batch_rows: int) -> dict:
     """Send every row of one input file to its shard (``dest[i]``; -1 = a dropped duplicate)."""
+    t0 = time.perf_counter()
     buckets = _Buckets(root, tag, budget)
     seen = 0
     for batch in storage.parquet_file(uri).iter_batches(batch_size=batch_rows):
@@ -153,20 +159,27 @@ def scatter_partition(uri: str, planned_rows: int, dest: np.ndarray, config_hash
     if seen != planned_rows:
         raise RuntimeError(f"{uri} changed while writing: {seen} rows, planned {planned_rows}")
     buckets.flush()
-    return {"index": dict(buckets.index), "peak_mb": peak_rss_mb()}
+    return {"index": dict(buckets.index), "peak_mb": peak_rss_mb(),
+            "seconds": {"spill": buckets.flush_s, "read_route": time.perf_counter() - t0 - buckets.flush_s}}
 
 
 def _read_pieces(pieces: list[tuple[str, int]]) -> pa.Table | None:
-    batches = []
+    """A shard's pieces as one table.  Local spill files are memory-mapped: an uncompressed
+    batch is then read without a copy (its pages come from the page cache as the shard is
+    encoded); a file on an object store is read as before."""
+    batches, opened = [], {}
     for uri, i in pieces:
-        fs, path = storage.resolve(uri)
-        with fs.open_input_file(path) as src:
-            batches.append(ipc.open_file(src).get_batch(i))
+        if uri not in opened:
+            fs, path = storage.resolve(uri)
+            source = pa.memory_map(path) if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
+            opened[uri] = ipc.open_file(source)
+        batches.append(opened[uri].get_batch(i))
     return pa.Table.from_batches(batches) if batches else None
 
 
 def gather_shard(shard: Shard, pieces: list[tuple[str, int]], seed: int, out: str) -> dict:
     """Read one shard's pieces, order its rows, write it; its manifest entry and statistics."""
+    t = [time.perf_counter()]
     table = _read_pieces(pieces)
     if table is None or table.num_rows != shard.rows:
         got = 0 if table is None else table.num_rows
@@ -174,8 +187,11 @@ def gather_shard(shard: Shard, pieces: list[tuple[str, int]], seed: int, out: st
     order, row_groups, repeats = shard_layout(table, seed, ROW_GROUP_BYTES)
     table = table.take(pa.array(order)).combine_chunks()
     table = pa.Table.from_arrays(table.columns, schema=OUTPUT_SCHEMA)  # adds the HF metadata, no copy
+    t.append(time.perf_counter())
     data = parquet_bytes(table, row_groups, dictionary_images=repeats)
+    t.append(time.perf_counter())
     storage.write_bytes(storage.join(out, shard.relpath), data)
+    t.append(time.perf_counter())
     stats = Stats()
     stats.add(shard, table)
     entry = {
@@ -183,7 +199,8 @@ def gather_shard(shard: Shard, pieces: list[tuple[str, int]], seed: int, out: st
         "index": shard.index, "count": shard.count, "rows": table.num_rows,
         "bytes": data.size, "arrow_bytes": table.nbytes, "sha256": hashlib.sha256(data).hexdigest(),
     }
-    return {"entry": entry, "stats": stats, "peak_mb": peak_rss_mb()}
+    seconds = {"read_order": t[1] - t[0], "encode": t[2] - t[1], "write": t[3] - t[2]}
+    return {"entry": entry, "stats": stats, "peak_mb": peak_rss_mb(), "seconds": seconds}
 
 
 def run_tasks(fn: Callable[..., dict], calls: Sequence[tuple], config: Any, workers: int,

@@ -68,7 +68,7 @@ def _as_str_list(value: Any, what: str, reason: str, allow_scalar: bool = True) 
 class IngestStage(SourceStage):
     name = "ingest"
     Config = IngestConfig
-    uses = ("sources", "model.max_images_per_prompt", "run.partition_rows")
+    uses = ("sources", "model.max_images_per_prompt")
     input_schema = None  # raw rows from pipeline.sources.readers
     output_schema = PROMPT_SCHEMA
 
@@ -76,7 +76,8 @@ class IngestStage(SourceStage):
         """Read ranges of about ``run.partition_rows`` rows (``pipeline.sources.ranges``)."""
         from pipeline.sources.ranges import plan_partitions
 
-        return plan_partitions(self.config)
+        # planning is the framework's: partition_rows and the workers (engine.replicas) never change the data
+        return plan_partitions(self.pipeline_config)
 
     def read_source(self, inputs: tuple[str, ...]) -> list[dict]:
         """A range's raw rows; a row whose key came earlier in the range, or at one of the

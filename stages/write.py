@@ -300,6 +300,9 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     for step, results in (("scatter", scattered), ("gather", gathered)):
         if results:
             stats.inc(f"peak_task_mb.{step}", round(max(r["peak_mb"] for r in results), 1))
+        for r in results:  # task-seconds inside each step (summed over its tasks, however many ran at once)
+            for part, secs in r.get("seconds", {}).items():
+                stats.inc(f"task_seconds.{step}.{part}", round(secs, 3))
 
     manifest = build_manifest(config, plan, shard_entries, row_stats, prompts)
     rows_out = manifest["rows"]

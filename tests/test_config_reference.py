@@ -22,13 +22,14 @@ SAMPLE = ROOT / SAMPLE_CONFIG
 #: configs/sample.yaml's hashes.  Finished work and the dataset's provenance.config_hash depend on
 #: them, so a change that moves one must be on purpose; the last were the prompt table and the RL
 #: exports (``correctness.prompt_table``, write using ``run.stages``, ``rl_prompts``, export using
-#: rl_prompts and run.seed) and the ``dedup`` / ``decontaminate`` stages (generate reads dedup's output)
-SAMPLE_CONFIG_HASH = "cb16c7fd5a21c959"
+#: rl_prompts and run.seed), the ``dedup`` / ``decontaminate`` stages (generate reads dedup's output)
+#: and ``run.partition_rows`` leaving the config hash and ingest's ``uses``
+SAMPLE_CONFIG_HASH = "46e1a5cd3a2b8a60"
 SAMPLE_STAGE_HASHES = {
-    "ingest": "b431db82030c0067", "dedup": "15363dec9927b85f", "decontaminate": "034fa763116557d5",
-    "generate": "925c60fb4786aa8e", "correctness": "270af2d646bfc77b", "dropout_ntp": "862b7962bb66c38f",
-    "image_crop": "fdeb7dbc73e6b850", "grounding": "88dadb4fe4df39c4", "filter": "f8d8fecf0ba6c14e",
-    "judge": "800fa8f01b10cbaf", "write": "8dee16cc9725377e", "export": "faed8ca877aebcee",
+    "ingest": "5bf5b6a9960d23ad", "dedup": "0925e4c5341186c8", "decontaminate": "39a5d3665a7b6fa7",
+    "generate": "58ce27bb728c6c93", "correctness": "48cfddecea722451", "dropout_ntp": "483fd84da1d4392f",
+    "image_crop": "7c86290f8fc92d99", "grounding": "edc2f27c5e68d25f", "filter": "0b686586ef361400",
+    "judge": "3549bdb5667316e0", "write": "4bf371a73ecc1d16", "export": "3749ecc0a8d9870d",
 }
 
 

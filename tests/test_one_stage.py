@@ -39,7 +39,8 @@ def test_ingest_whose_every_row_is_quarantined_says_so_last_and_fails(tmp_path):
     assert lines[-1] == "ingest: all 3 rows quarantined (invalid_json: 3); nothing to pass on", lines
     summaries = [ln for ln in lines if ln.startswith("[ingest] ")]
     assert [_fields(ln) for ln in summaries] == [
-        ["[ingest] partitions 1 (0 already done)", "rows in 3 out 0", "quarantined 3 (invalid_json: 3)"]], lines
+        # run.partition_rows auto: 3 rows on 2 workers are 3 partitions of 1 row
+        ["[ingest] partitions 3 (0 already done)", "rows in 3 out 0", "quarantined 3 (invalid_json: 3)"]], lines
 
 
 def test_ingest_ends_with_its_summary_line(tmp_path):
@@ -50,7 +51,7 @@ def test_ingest_ends_with_its_summary_line(tmp_path):
     assert code == 0, lines
     summaries = [ln for ln in lines if ln.startswith("[ingest] ")]
     assert [_fields(ln) for ln in summaries] == [
-        ["[ingest] partitions 1 (0 already done)", "rows in 2 out 1", "quarantined 1 (invalid_json: 1)"]], lines
+        ["[ingest] partitions 2 (0 already done)", "rows in 2 out 1", "quarantined 1 (invalid_json: 1)"]], lines
 
 
 def test_write_ends_with_its_summary_line(tmp_path):

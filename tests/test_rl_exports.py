@@ -169,8 +169,12 @@ def test_run_report_and_html_report_show_the_curriculum(dataset, tmp_path):
         "run": {"name": "rl", "output_dir": str(dataset), "work_dir": str(tmp_path / "work")},
         "executor": {"kind": "local"}, "rl_prompts": {"band": [0.2, 0.8], "min_samples": 8},
         "export": {"formats": ["verl"]}})
+    from pipeline.files import storage
+    from pipeline.run.orchestrator import dataset_stats_uri
+
     stats = make_stage("export", cfg).run_dataset([], str(dataset))
-    report = build_report(cfg, {"export": 1.0}, dataset_counters={"export": stats.counters})
+    storage.write_json(dataset_stats_uri(cfg, "export"), stats.to_dict())  # what a run keeps for the report
+    report = build_report(cfg, {"export": 1.0})
     sel = report["summary"]["export"]["rl_prompts"]
     assert sel["kept"] == len(expected_kept()) and sel["removed"]["too_few_samples"] == 2
     assert f"RL prompts: {len(expected_kept())} of 30 kept" in format_summary(report)

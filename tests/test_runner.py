@@ -58,6 +58,8 @@ def test_partition_writes_output_quarantine_and_marker_last(tmp_path):
     assert [(r["prompt_id"], r["reason"]) for r in q] == [("s2", "negative")]
     marker = json.loads(open(task.marker_uri()).read())
     assert marker["stage_hash"] == "h1" and marker["stats"]["rows_in"] == 4 and marker["stats"]["rows_out"] == 3
+    # taken before its input was read: started_at - the input's marker is the scheduling delay
+    assert marker["finished_at"] - marker["stats"]["wall_s"] >= marker["started_at"] > marker["finished_at"] - 60
     assert completed(task) and stats.counters["doubled"] == 3
     # no temp files are left behind
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]

@@ -335,6 +335,27 @@ def test_spilling_in_small_pieces_gives_the_same_shards(inputs, built, tmp_path,
 
 
 
+def test_write_reports_its_time_breakdown_in_the_run_report(built, tmp_path):
+    """plan / scatter / gather wall seconds, and inside the tasks where the time went; a whole
+    build keeps them in <work>/write/stats.json, which the run report shows."""
+    from pipeline.files import storage
+    from pipeline.run.orchestrator import dataset_stats_uri
+    from pipeline.run.report import build_report
+
+    _, stats, _ = built
+    c = stats.counters
+    assert {"seconds.plan", "seconds.scatter", "seconds.gather"} <= set(c)
+    parts = {k for k in c if k.startswith("task_seconds.")}
+    assert parts == {"task_seconds.scatter.read_route", "task_seconds.scatter.spill", "task_seconds.gather.read_order",
+                     "task_seconds.gather.encode", "task_seconds.gather.write"}
+    assert all(c[k] >= 0 for k in parts) and c["task_seconds.gather.encode"] > 0
+    cfg = config(tmp_path / "out")
+    storage.write_json(dataset_stats_uri(cfg, "write"), stats.to_dict())
+    report = build_report(cfg, {"write": 1.5})
+    assert report["stages"]["write"]["counters"]["seconds.gather"] == c["seconds.gather"]
+    assert report["stages"]["write"]["wall_s_this_run"] == 1.5
+
+
 def test_rebuilt_folder_loads_fresh_not_from_the_datasets_cache(inputs, tmp_path):
     """``datasets`` caches a local folder by its card header: a rebuild must still load the new rows."""
     out = tmp_path / "ds"

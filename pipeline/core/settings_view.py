@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 #: settings every stage may read without declaring them: they never change its output
-FREE = ("executor", "run.work_dir", "run.output_dir", "run.log_level", "run.stage_packages")
+FREE = ("executor", "run.work_dir", "run.output_dir", "run.log_level", "run.stage_packages", "run.partition_rows")
 #: config methods a stage may call -> the setting they read (None: the config's identity)
 METHODS = {"source": "sources", "source_mm_kwargs": "sources", "config_hash": None, "resolved": None}
 

@@ -37,7 +37,8 @@ LOCK = ".mmpr-forge.lock"
 #: files of the folder's own bookkeeping: always the pipeline's
 BOOKKEEPING = (RECORD, LOCK)
 #: what a stage run writes in its folder (pipeline.run.runner)
-STAGE_ENTRIES = ("data/", "quarantine/", "side/", "markers/", "failed/", "attempts/", "plan.json")
+STAGE_ENTRIES = ("data/", "quarantine/", "side/", "markers/", "failed/", "attempts/", "plan.json", "engine/",
+                 "stats.json")
 #: a work folder's own files besides one folder per stage
 WORK_ENTRIES = ("logs/", "report.json", "models/")
 #: a dataset folder's fixed files (its shards are reserved one by one when planned)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import TYPE_CHECKING
 
 from pipeline.run.runner import Task, record_attempt, run_engine_tasks
@@ -56,6 +57,8 @@ class _EngineWorker:
         setup_logging(self.config.run.log_level)
         self.stages: dict = {}
         self.engine = Engine(self._stage(stage_name).engine_config())
+        self.ready_at = time.time()
+        self.busy: dict[str, dict] = {}
 
     def _stage(self, name: str):
         from pipeline.core.graph import make_stage
@@ -72,6 +75,7 @@ class _EngineWorker:
         """Stream the partitions through the engine; the summed stats of the call."""
         from pipeline.engine.death import EngineDead
 
+        began, stream0, occupied0 = time.time(), self.engine.stream_s, self.engine.occupied_s
         try:
             stats = run_engine_tasks(self._stage(stage_name), [Task.from_dict(t) for t in tasks], self.engine,
                                      self.config.executor.max_retries, on_start=record_attempt)
@@ -81,7 +85,26 @@ class _EngineWorker:
             log.error("the vLLM engine died (%s): ending this actor", e)
             logging.shutdown()
             os._exit(1)
+        self._account(stage_name, began, self.engine.stream_s - stream0, self.engine.occupied_s - occupied0)
         return stats.to_dict()
+
+    def _account(self, stage_name: str, began: float, stream_s: float, occupied_s: float) -> None:
+        """This engine's time per stage, kept in ``<stage>/engine/<pid>.json`` after every call:
+        when it was ready, its calls' first start and last end, seconds with requests in it
+        (``stream_s``) and its batch occupied (``occupied_s``, ``Engine.occupied_s``); the busy
+        share of a stage is occupied_s over ready-to-last-end (``bench/bench_scale.py``)."""
+        from pipeline.files import storage
+
+        acc = self.busy.setdefault(stage_name, {"pid": os.getpid(), "ready_at": self.ready_at, "first_call_at": began,
+                                                "calls": 0, "stream_s": 0.0, "occupied_s": 0.0})
+        acc["calls"] += 1
+        acc["stream_s"] = round(acc["stream_s"] + stream_s, 3)
+        acc["occupied_s"] = round(acc["occupied_s"] + occupied_s, 3)
+        acc["last_end"] = time.time()
+        try:
+            storage.write_json(storage.join(self.config.run.work_dir, stage_name, "engine", f"{os.getpid()}.json"), acc)
+        except OSError as e:  # statistics only: never fail a call over them
+            log.warning("engine statistics not written: %s", e)
 
 
 class EnginePool:

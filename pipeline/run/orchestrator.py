@@ -32,6 +32,11 @@ def whole(stage: Stage) -> bool:
     return stage.kind in ("source", "dataset") or getattr(stage, "merges", False)
 
 
+def dataset_stats_uri(config: PipelineConfig, stage: str) -> str:
+    """A dataset stage's statistics of its last run in a whole build (it has no partition markers)."""
+    return storage.join(stage_dir(config, stage), "stats.json")
+
+
 def plan(config: PipelineConfig, stage: str, input_dirs: list[str], out_dir: str) -> list[Task]:
     """One task per input partition; names are prefixed when several stages feed one."""
     h = config.stage_hash(stage)
@@ -99,17 +104,15 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
         clear_work_dir(config.run.work_dir)
     for name in config.run.stages:
         invalidate_if_changed(stage_dir(config, name), config.stage_hash(name))
-    counters: dict[str, dict] = {}  # dataset stages' counters (no markers hold them), for the report
     if on_ray:  # the model pre-flight runs while the engines load (a failure still ends the run)
-        timings = run_graph(config, check_model if engine else None, counters)
+        timings = run_graph(config, check_model if engine else None)
     else:
-        timings = run_stages(config, counters)
-    return write_report(config, timings, started=started, dataset_counters=counters)
+        timings = run_stages(config)
+    return write_report(config, timings, started=started)
 
 
-def run_stages(config: PipelineConfig, counters: dict | None = None) -> dict[str, float]:
-    """Stage after stage: each waits for the previous one everywhere.  Wall time per stage
-    (``counters``: filled with each dataset stage's counters)."""
+def run_stages(config: PipelineConfig) -> dict[str, float]:
+    """Stage after stage: each waits for the previous one everywhere.  Wall time per stage."""
     from pipeline.run.executors import make_executor
 
     executor = None
@@ -117,7 +120,7 @@ def run_stages(config: PipelineConfig, counters: dict | None = None) -> dict[str
     for name in config.run.stages:
         stage = make_stage(name, config)
         if whole(stage):
-            timings[name] = _run_whole(config, stage, counters)
+            timings[name] = _run_whole(config, stage)
             continue
         t0 = time.perf_counter()
         out_dir = stage_dir(config, name)
@@ -132,7 +135,7 @@ def run_stages(config: PipelineConfig, counters: dict | None = None) -> dict[str
     return timings
 
 
-def run_graph(config: PipelineConfig, preflight=None, counters: dict | None = None) -> dict[str, float]:
+def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
     """On Ray: source stages first, then every row and engine partition as soon as its input
     is done (``pipeline.run.scheduler``), engine stages sharing a model fed by one pool, then the
     dataset stages.  Wall time per stage: first partition dispatched -> last one done; for
@@ -176,7 +179,7 @@ def run_graph(config: PipelineConfig, preflight=None, counters: dict | None = No
             pool.close()
     for stage in stages.values():
         if stage.kind == "dataset":
-            timings[stage.name] = _run_whole(config, stage, counters)
+            timings[stage.name] = _run_whole(config, stage)
     return timings
 
 
@@ -188,9 +191,10 @@ def _before_graph(config: PipelineConfig, stage: Stage, first: set[str]) -> None
                           f"partition graph and cannot read {late}: place it right after the source stages")
 
 
-def _run_whole(config: PipelineConfig, stage: Stage, counters: dict | None = None) -> float:
-    """A source stage (planned here, read by the executor's workers) or a dataset stage;
-    prints its summary, returns its wall time (a dataset stage's counters go to ``counters``)."""
+def _run_whole(config: PipelineConfig, stage: Stage) -> float:
+    """A source stage (planned here, read by the executor's workers), a merging row stage or a
+    dataset stage; prints its summary, returns its wall time (a dataset stage's counters go to its
+    ``stats.json``, which the run report reads)."""
     t0 = time.perf_counter()
     if stage.kind == "source":
         inputs, out_dir = [], stage_dir(config, stage.name)
@@ -201,8 +205,8 @@ def _run_whole(config: PipelineConfig, stage: Stage, counters: dict | None = Non
         inputs, out_dir = [stage_dir(config, s) for s in input_stages(config, stage.name)], config.run.output_dir
     ran, total, n_tasks, n_skipped = _whole(config, stage, inputs, out_dir)
     wall = time.perf_counter() - t0
-    if counters is not None and stage.kind == "dataset":
-        counters[stage.name] = dict(ran.counters)
+    if stage.kind == "dataset":  # no markers: its counters (write's time breakdown) for the run report
+        storage.write_json(dataset_stats_uri(config, stage.name), ran.to_dict())
     echo(stage_line(stage, total, ran, n_tasks, n_skipped, wall))
     return wall
 

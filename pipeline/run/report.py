@@ -64,15 +64,15 @@ def run_timing(config: PipelineConfig, started: float, timings: dict[str, float]
 
 
 def build_report(config: PipelineConfig, timings: dict[str, float] | None = None,
-                 started: float | None = None, dataset_counters: dict[str, dict] | None = None) -> dict:
-    """``dataset_counters``: the counters of the dataset stages that ran now (they have no markers)."""
+                 started: float | None = None) -> dict:
     stages = {}
     for stage in config.run.stages:
         if graph.stage_class(stage).kind == "dataset":  # no partition markers: its rows are in the manifest
+            kept = read_marker(storage.join(config.run.work_dir, stage, "stats.json"))  # orchestrator.dataset_stats_uri
+            if kept:  # its last run's counters: write's seconds.plan/scatter/gather, task_seconds.*, peak_task_mb.*
+                stages[stage] = {"counters": kept.get("counters", {}), "wall_s": kept.get("wall_s", 0.0)}
             if timings and stage in timings:
-                stages[stage] = {"wall_s_this_run": round(timings[stage], 3)}
-            if dataset_counters and dataset_counters.get(stage):
-                stages.setdefault(stage, {})["counters"] = dataset_counters[stage]
+                stages.setdefault(stage, {})["wall_s_this_run"] = round(timings[stage], 3)
             continue
         d = storage.join(config.run.work_dir, stage)
         stages[stage] = stage_totals(d).to_dict()
@@ -114,8 +114,8 @@ def format_summary(report: dict) -> str:
 
 
 def write_report(config: PipelineConfig, timings: dict[str, float] | None = None,
-                 started: float | None = None, dataset_counters: dict[str, dict] | None = None) -> dict:
-    report = build_report(config, timings, started, dataset_counters)
+                 started: float | None = None) -> dict:
+    report = build_report(config, timings, started)
     storage.write_json(storage.join(config.run.work_dir, "report.json"), report)
     if any(graph.stage_class(s).kind == "dataset" for s in config.run.stages) \
             and storage.exists(config.run.output_dir):

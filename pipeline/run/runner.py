@@ -126,8 +126,9 @@ def _read_rows(uris: tuple[str, ...], schema: pa.Schema | None = None) -> list[d
 def run_task(stage: Stage, task: Task, engine: "Engine | None" = None,
              max_retries: int = 0) -> StageStats:
     """Read a partition's input files and run it (see ``run_rows_task``)."""
+    started = time.time()
     faults.on_partition_start(stage.name, task.name)
-    return run_rows_task(stage, task, _task_rows(stage, task), engine, max_retries)
+    return run_rows_task(stage, task, _task_rows(stage, task), engine, max_retries, started_at=started)
 
 
 def _task_rows(stage: Stage, task: Task, check_schema: bool = True) -> list[dict]:
@@ -141,7 +142,7 @@ def _task_rows(stage: Stage, task: Task, check_schema: bool = True) -> list[dict
 
 
 def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None" = None,
-                  max_retries: int = 0, inject_faults: bool = True) -> StageStats:
+                  max_retries: int = 0, inject_faults: bool = True, started_at: float | None = None) -> StageStats:
     """Run one partition to completion (outputs, then marker).  Never raises for bad rows.
 
     A Python exception inside the stage is retried ``max_retries`` times; after
@@ -168,7 +169,7 @@ def run_rows_task(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
             attempt += 1
             log.warning("stage %s partition %s failed (attempt %d), retrying: %s",
                         stage.name, task.name, attempt, e)
-    return _commit(stage, task, ctx, table, attempt, inject_faults, error)
+    return _commit(stage, task, ctx, table, attempt, inject_faults, error, started_at)
 
 
 def _refuse_all(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None", reason: str,
@@ -194,8 +195,10 @@ def worker_identity() -> dict:
 
 
 def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attempt: int = 0,
-            inject_faults: bool = True, error: str | None = None) -> StageStats:
-    """Write a finished partition: data, quarantine and side outputs, then the marker."""
+            inject_faults: bool = True, error: str | None = None, started_at: float | None = None) -> StageStats:
+    """Write a finished partition: data, quarantine and side outputs, then the marker.
+    ``started_at`` (epoch s): when the worker took the partition, before reading its input;
+    the marker's ``started_at`` less its inputs' ``finished_at`` is the scheduling delay."""
     ctx.stats.retries = attempt
     ctx.stats.rows_out = table.num_rows
     storage.write_table(task.data_uri(), table)
@@ -212,6 +215,8 @@ def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attemp
         "inputs": list(task.inputs), "finished_at": time.time(), "stats": stats.to_dict(),
         "worker": worker_identity(),
     }
+    if started_at is not None:
+        marker["started_at"] = round(started_at, 6)
     if error:
         marker["error"] = error
     storage.write_json(task.marker_uri(), marker)
@@ -261,6 +266,7 @@ def run_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", ma
 
     def batches():
         for task in tasks:
+            started = time.time()  # taken into the stream (partitions of one call queue behind each other)
             if on_start:
                 on_start(task)
             faults.on_partition_start(stage.name, task.name)
@@ -274,18 +280,18 @@ def run_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", ma
                 if on_done:
                     on_done(task)
                 continue
-            staged.append((task, rows, ctx, state))
+            staged.append((task, rows, ctx, state, started))
             yield requests
 
     try:
         for results in engine.generate_stream(batches()):
-            task, rows, ctx, state = staged.popleft()
+            task, rows, ctx, state, started = staged.popleft()
             try:
                 table = pa.Table.from_pylist(list(stage.finish(state, results, ctx)), schema=stage.output_schema)
             except Exception:  # noqa: BLE001 -- kept with the engine's results, not regenerated
                 total.merge(_keep_failure(stage, task, rows, engine, "finish", results))
             else:
-                total.merge(_commit(stage, task, ctx, table))
+                total.merge(_commit(stage, task, ctx, table, started_at=started))
             if on_done:
                 on_done(task)
     except EngineDead:

@@ -20,11 +20,14 @@ partitions (``run_merging``), with ``redo_partitions`` in place of ``redo_source
 """
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from pipeline.files import storage
 from pipeline.run.runner import Task, completed, marker_uri, read_marker
 from pipeline.core.stage import Stage, StageStats
+
+log = logging.getLogger("pipeline")
 
 
 def plan_uri(out_dir: str) -> str:
@@ -32,12 +35,23 @@ def plan_uri(out_dir: str) -> str:
 
 
 def planned_partitions(stage: Stage, out_dir: str, stage_hash: str) -> list[tuple[str, tuple[str, ...]]]:
-    """The stage's (name, inputs) list: the kept plan when it has this stage hash, else a new one."""
+    """The stage's (name, inputs) list: the kept plan when it has this stage hash, else a new one.
+
+    ``run.partition_rows`` is outside the stage hash (the data does not depend on it), so a
+    resumed run keeps the partitions it started with, whatever the setting or the workers
+    now; a changed setting is only noted (``--restart`` re-plans).  The plan records the
+    setting and, where the stage says (``plan.rows``), the size it resolved to."""
+    setting = stage.pipeline_config.run.partition_rows
     kept = read_marker(plan_uri(out_dir))
     if kept and kept.get("stage_hash") == stage_hash:
+        if "partition_rows" in kept and kept["partition_rows"] != setting:
+            log.warning("%s: keeping the plan this work folder started with (run.partition_rows: %s, %s rows "
+                        "per partition), not %s; --restart re-plans", stage.name, kept["partition_rows"],
+                        kept.get("rows", "?"), setting)
         return [(name, tuple(inputs)) for name, inputs in kept["partitions"]]
     planned = stage.plan_sources()
     storage.write_json(plan_uri(out_dir), {"stage": stage.name, "stage_hash": stage_hash,
+                                           "partition_rows": setting, "rows": getattr(planned, "rows", None),
                                            "partitions": [[name, list(inputs)] for name, inputs in planned]})
     return planned
 

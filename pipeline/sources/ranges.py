@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from typing import TYPE_CHECKING, Iterator
 
 from pipeline.sources import readers as sources
@@ -42,14 +43,81 @@ def plan_ranges(src: "SourceConfig", rows: int) -> list[dict]:
     return [{"source": src.name, **r} for r in planner(src, rows)]
 
 
-def plan_partitions(config: "PipelineConfig") -> list[tuple[str, tuple[str, ...]]]:
+#: ``run.partition_rows: auto``: partitions per worker, rows bounds (see auto_partition_rows)
+AUTO_TASKS_PER_WORKER, AUTO_MIN_ROWS, AUTO_MAX_ROWS = 32, 1, 1024
+
+
+def auto_partition_rows(total_rows: int, workers: int) -> int:
+    """``run.partition_rows: auto``: rows = clamp(pow2ceil(ceil(R / (T * W))), 1, 1024).
+
+    R = the sources' rows (after ``limit``), W = workers (``plan_workers``), T = 32 partitions
+    per worker: enough for the tail to balance and for a retry or a resume to redo little, few
+    enough that the ~17 ms each partition costs the framework (a task, its files, a marker)
+    stays small.  A power of two, so a slightly longer source keeps its size.  At most 1024
+    rows: one engine partition of ~1024 prompts x ~12 samples x 400 tokens at ~20k tokens/s
+    is ~250 s, the longest piece of work a retry should repeat.  1k rows on 1 worker -> 32
+    rows (32 partitions); 1M on 8 -> 1024 (977); 10M on 64 -> 1024 (9,766)."""
+    want = max(1, -(-total_rows // (AUTO_TASKS_PER_WORKER * max(1, workers))))
+    return max(AUTO_MIN_ROWS, min(AUTO_MAX_ROWS, 1 << (want - 1).bit_length()))
+
+
+def plan_workers(config: "PipelineConfig") -> int:
+    """The parallelism partitions are cut for: engine replicas or CPU partitions at once, the larger."""
+    return max(config.engine.replicas, config.executor.cpu_concurrency)
+
+
+def count_rows(src: "SourceConfig") -> int:
+    """Rows of one source (after ``limit``) without parsing a row: the cost of planning it
+    (a JSONL file's line ends, Parquet footers, a dataset's length, a folder listing)."""
+    if src.format in ("jsonl", "mmpr"):
+        n = 0
+        with storage.open_input(src.path) as stream, io.BufferedReader(stream, 1 << 20) as f:
+            for raw in f:
+                n += bool(raw.strip())  # blank lines are no rows (the reader skips them)
+                if src.limit is not None and n >= src.limit:
+                    break
+        return n
+    if src.format == "parquet":
+        import pyarrow.parquet as pq
+
+        n = 0
+        for path in sources.parquet_files(src):
+            with storage.open_input_file(path) as f:
+                n += pq.ParquetFile(f).metadata.num_rows
+        return n if src.limit is None else min(n, src.limit)
+    return sum(r["stop"] - r["start"] for r in _counted_ranges(src, 1 << 62))
+
+
+def resolved_partition_rows(config: "PipelineConfig", rows: int | str | None = None) -> int:
+    """``rows`` (default ``run.partition_rows``), with ``auto`` resolved from the sources and workers."""
+    rows = config.run.partition_rows if rows is None else rows
+    if rows != "auto":
+        return int(rows)
+    return auto_partition_rows(sum(count_rows(src) for src in config.sources), plan_workers(config))
+
+
+class Planned(list):
+    """A source stage's plan, ``[(name, inputs), ...]``, with the rows per partition it was cut at."""
+
+    def __init__(self, items=(), rows: int | None = None) -> None:
+        super().__init__(items)
+        self.rows = rows
+
+
+def plan_partitions(config: "PipelineConfig", rows: int | str | None = None) -> Planned:
     """(partition name, task inputs) of every source, in source order.
 
     Names are ``part-<number>`` counted over all sources: they sort in file
     order and stay the same in every run of the same config (and downstream
-    stages keep them)."""
-    ranges = (r for src in config.sources for r in plan_ranges(src, config.run.partition_rows))
-    return [(f"part-{k:05d}", (encode(r),)) for k, r in enumerate(ranges)]
+    stages keep them).  The partition size never changes the data (docs/architecture.md,
+    "Partitions"), so it is outside the config and stage hashes."""
+    rows = resolved_partition_rows(config, rows)
+    ranges = (r for src in config.sources for r in plan_ranges(src, rows))
+    planned = Planned(((f"part-{k:05d}", (encode(r),)) for k, r in enumerate(ranges)), rows)
+    logging.getLogger("pipeline").info(
+        "partitions: %d of at most %d rows (run.partition_rows: %s, %d worker(s))",
+        len(planned), rows, config.run.partition_rows, plan_workers(config))
+    return planned
 
 
 def encode(rng: dict) -> str:

@@ -85,6 +85,9 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> 
             f"| {triple(d['rejected_tokens'], 'mean', 'median', 'p90')} |")
     ratios = [f"- {meth}: " + " / ".join(_fmt(d["rejected_over_chosen"], k) for k in ("p10", "p25", "median", "p75", "p90"))
               for meth, d in lengths.items()]
+    diversity = [f"| {meth} | {d['distinct_chosen']} | {d['pairs_per_chosen']:.2f} | {d['distinct_rejected']} "
+                 f"| {d['pairs_per_rejected']:.2f} | {d['samples_per_chosen']:.2f} |"
+                 for meth, d in manifest.get("diversity", {}).items()]
     # the export stage runs after write: the card points at its index rather than naming formats
     exports = " Trainer exports, when the build makes them, are under `exports/<format>/`, listed in `exports/export.json`."
     template = (resources.files("publish") / "assets" / "card.md").read_text(encoding="utf-8")
@@ -95,5 +98,5 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> 
         rows=manifest["rows"], duplicates=manifest["duplicates_dropped"], splits_table=lines(splits),
         methods_table=lines(f"| {m} | {n} |" for m, n in t["method"].items()),
         source_method_table="\n".join(source_method), sources_list="\n".join(sources),
-        lengths_table=lines(rows), ratio_list=lines(ratios), exports_note=exports,
+        lengths_table=lines(rows), ratio_list=lines(ratios), diversity_table=lines(diversity), exports_note=exports,
         config_yaml=yaml.safe_dump(config.resolved(), sort_keys=False).rstrip())

@@ -1,0 +1,59 @@
+"""Response reuse in the written dataset (issue 30): distinct chosen and rejected responses per
+method, counted per shard and added up, in the manifest and the dataset card."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from publish.stats import Stats
+from schemas import PAIR_SCHEMA
+from schemas.arrow import from_rows
+from schemas.records import pair_row, provenance
+
+SHARD = SimpleNamespace(config="default", split="train")
+
+
+def _pair(prompt: str, method: str, chosen: int | None, rejected: int | None, drawn: int = 8) -> dict:
+    return pair_row(pair_id=f"{prompt}-{method}-{chosen}-{rejected}", method=method, source="s", question="q",
+                    user_text="q", images=[], chosen=f"c{chosen}", rejected=f"r{rejected}",
+                    prov=provenance(prompt_id=prompt, row_key=prompt, chosen_index=chosen, rejected_index=rejected,
+                                    samples_drawn=drawn))
+
+
+@pytest.mark.parametrize("shards, expected", [
+    # one chosen in 3 pairs, 3 rejected: 3.0 and 1.0
+    pytest.param([[("p1", "correctness", 0, 1), ("p1", "correctness", 0, 2), ("p1", "correctness", 0, 3)]],
+                 {"correctness": (1, 3.0, 3, 1.0, 8.0)}, id="one-chosen-reused"),
+    # the same indexes in two prompts are different responses
+    pytest.param([[("p1", "correctness", 0, 1)], [("p2", "correctness", 0, 1)]],
+                 {"correctness": (2, 1.0, 2, 1.0, 8.0)}, id="per-prompt-indexes-across-shards"),
+    # per method: a chosen in a correctness and a format pair counts once in each
+    pytest.param([[("p1", "correctness", 0, 1), ("p1", "correctness", 2, 1), ("p1", "format", 0, 5)]],
+                 {"correctness": (2, 1.0, 1, 2.0, 4.0), "format": (1, 1.0, 1, 1.0, 8.0)}, id="per-method"),
+    # pairs not made of sampled responses (no index) are left out
+    pytest.param([[("p1", "image_crop", None, None)]], {}, id="no-index"),
+])
+def test_distinct_responses_per_method(shards, expected):
+    total = Stats()
+    for rows in shards:
+        part = Stats()
+        part.add(SHARD, from_rows([_pair(*r) for r in rows], PAIR_SCHEMA))
+        total.merge(part)
+    got = {m: (d["distinct_chosen"], d["pairs_per_chosen"], d["distinct_rejected"], d["pairs_per_rejected"],
+               d["samples_per_chosen"]) for m, d in total.diversity().items()}
+    assert got == expected
+
+
+def test_the_card_shows_the_reuse_table():
+    from publish.card import render_card
+    from helpers import make_config
+
+    stats = Stats()
+    stats.add(SHARD, from_rows([_pair("p1", "correctness", 0, i) for i in (1, 2, 3, 4)], PAIR_SCHEMA))
+    manifest = {"totals": {"method": stats.totals(3), "source": stats.totals(2), "source_method": stats.source_method()},
+                "lengths": stats.lengths(), "diversity": stats.diversity(), "shards": [], "splits": {},
+                "pipeline_version": "x", "config_hash": "h", "rows": 4, "duplicates_dropped": 0}
+    card = render_card(make_config(), manifest, [])
+    assert "## Response reuse" in card
+    assert "| correctness | 1 | 4.00 | 4 | 1.00 | 8.00 |" in card

@@ -20,15 +20,15 @@ from pipeline.config.loading import load_config
 SAMPLE = ROOT / SAMPLE_CONFIG
 
 #: configs/sample.yaml's hashes.  Finished work and the dataset's provenance.config_hash depend on
-#: them, so a change that moves one must be on purpose; the last was the shared ``scoring`` section
-#: (keys moved out of ``correctness``), ``export.formats`` (was ``write.exports``) and stage hashes
-#: over declared ``uses`` (was ``reads``)
-SAMPLE_CONFIG_HASH = "fdb406a6b8c63e95"
+#: them, so a change that moves one must be on purpose; the last was the per-response pair cap
+#: ``scoring.max_pairs_per_response`` (new, default 3: the correctness pairs change) replacing
+#: ``generate.adaptive.max_reuse`` (generate's section lost the key, so its hash moved too)
+SAMPLE_CONFIG_HASH = "4500c829d572797a"
 SAMPLE_STAGE_HASHES = {
-    "ingest": "b431db82030c0067", "generate": "d73220a93e48fedb", "correctness": "24376b1e10deb546",
-    "dropout_ntp": "385f1b1d33a044f5", "image_crop": "7dd654eb55db2e4b", "grounding": "d87067e8a5a25128",
-    "filter": "25ad699e6dc3db6e", "judge": "e107a3e421e957e8", "write": "7f00c0c3a9fd8851",
-    "export": "41615387c59ee289",
+    "ingest": "b431db82030c0067", "generate": "415c21bd19be8d79", "correctness": "5507c9480c9f22a6",
+    "dropout_ntp": "08f52522fb37a192", "image_crop": "b29ae26bf345297e", "grounding": "df8ada197f04e8c2",
+    "filter": "0986e529d0a9f098", "judge": "f323ed337734274e", "write": "64670f7770c53d21",
+    "export": "5728e6df1a704f43",
 }
 
 

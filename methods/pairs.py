@@ -90,8 +90,11 @@ def select_pairs(chosen: Sequence[Scored], rejected: Sequence[Scored], k: int, s
     return levelled(candidates, k, max_per_response)
 
 
-def _key(p: Scored, side: str) -> tuple[str, int]:
-    return side, p.index
+def _nodes(candidates: Sequence[tuple[Scored, Scored]]) -> list[tuple[int, int]]:
+    """Each candidate as (chosen node, rejected node): small ints, chosen and rejected apart."""
+    ids: dict[tuple[str, int], int] = {}
+    return [(ids.setdefault(("c", c.index), len(ids)), ids.setdefault(("r", r.index), len(ids)))
+            for c, r in candidates]
 
 
 def levelled(candidates: Sequence[tuple[Scored, Scored]], k: int, cap: int) -> list[tuple[Scored, Scored]]:
@@ -105,63 +108,73 @@ def levelled(candidates: Sequence[tuple[Scored, Scored]], k: int, cap: int) -> l
     response below the cap) adds one more -- the greedy picks can stop short of the most pairs
     the cap allows (3 x 3 responses, cap 2: 5 of 6 for some orders).  Returned in the
     candidates' order."""
-    deg: dict[tuple[str, int], int] = {}
+    edges = _nodes(candidates)
+    n_nodes = 1 + max((max(e) for e in edges), default=-1)
+    deg, room = [0] * n_nodes, [0] * n_nodes
+    for a, b in edges:
+        room[a] += 1
+        room[b] += 1
+    # no set can be larger: every response in at most min(cap, its candidates) pairs, each pair has a chosen
+    chosen_nodes = {a for a, _ in edges}
+    bound = min(k, sum(min(cap, room[a]) for a in chosen_nodes),
+                sum(min(cap, room[b]) for b in {b for _, b in edges}))
     taken: set[int] = set()
-    while len(taken) < k:
-        best, best_key = None, (cap, 2 * cap)
-        for i, (c, r) in enumerate(candidates):
-            dc, dr = deg.get(_key(c, "c"), 0), deg.get(_key(r, "r"), 0)
-            if i not in taken and dc < cap and dr < cap and (max(dc, dr), dc + dr) < best_key:
-                best, best_key = i, (max(dc, dr), dc + dr)
-                if best_key == (0, 0):
+    floor = (0, 0)  # a candidate's key only grows with the degrees: no pick is below the last one
+    while len(taken) < bound:
+        best, best_key = -1, (cap, 2 * cap)
+        for i, (a, b) in enumerate(edges):
+            da, db = deg[a], deg[b]
+            if da < cap and db < cap and (max(da, db), da + db) < best_key and i not in taken:
+                best, best_key = i, (max(da, db), da + db)
+                if best_key == floor:
                     break
-        if best is None:
+        if best < 0:
             break
+        floor = best_key
         taken.add(best)
-        c, r = candidates[best]
-        deg[_key(c, "c")] = deg.get(_key(c, "c"), 0) + 1
-        deg[_key(r, "r")] = deg.get(_key(r, "r"), 0) + 1
-    while len(taken) < k and _augment(candidates, taken, deg, cap):
+        deg[edges[best][0]] += 1
+        deg[edges[best][1]] += 1
+    while len(taken) < bound and _augment(edges, chosen_nodes, taken, deg, cap):
         pass
     return [candidates[i] for i in sorted(taken)]
 
 
-def _augment(candidates: Sequence[tuple[Scored, Scored]], taken: set[int], deg: dict, cap: int) -> bool:
+def _augment(edges: list[tuple[int, int]], chosen_nodes: set[int], taken: set[int], deg: list[int],
+             cap: int) -> bool:
     """One augmenting path (breadth first, candidates in order): taken grows by one; False when
     there is none (``taken`` is then the largest set the cap allows)."""
-    by_chosen: dict[tuple, list[int]] = {}
-    by_rejected: dict[tuple, list[int]] = {}
-    for i, (c, r) in enumerate(candidates):
-        by_chosen.setdefault(_key(c, "c"), []).append(i)
-        by_rejected.setdefault(_key(r, "r"), []).append(i)
-    frontier = [ck for ck in by_chosen if deg.get(ck, 0) < cap]
-    came: dict[tuple, tuple | None] = {ck: None for ck in frontier}  # node -> (edge, previous node)
+    by_node: dict[int, list[int]] = {}
+    for i, (a, b) in enumerate(edges):
+        by_node.setdefault(a, []).append(i)
+        by_node.setdefault(b, []).append(i)
+    frontier = sorted(a for a in chosen_nodes if deg[a] < cap)
+    came: dict[int, tuple[int, int] | None] = {a: None for a in frontier}  # node -> (edge, previous node)
     while frontier:
         nxt = []
-        for ck in frontier:
-            for i in by_chosen[ck]:
-                rk = _key(candidates[i][1], "r")
-                if i in taken or rk in came:
+        for a in frontier:
+            for i in by_node[a]:
+                b = edges[i][1]
+                if i in taken or b in came:
                     continue
-                came[rk] = (i, ck)
-                if deg.get(rk, 0) < cap:
-                    _flip(candidates, taken, deg, came, rk)
+                came[b] = (i, a)
+                if deg[b] < cap:
+                    _flip(taken, deg, came, b)
                     return True
-                for j in by_rejected[rk]:  # leave r through a taken pair, to its chosen
-                    ck2 = _key(candidates[j][0], "c")
-                    if j in taken and ck2 not in came:
-                        came[ck2] = (j, rk)
-                        nxt.append(ck2)
+                for j in by_node[b]:  # leave the rejected through a taken pair, to its chosen
+                    a2 = edges[j][0]
+                    if j in taken and a2 not in came:
+                        came[a2] = (j, b)
+                        nxt.append(a2)
         frontier = nxt
     return False
 
 
-def _flip(candidates, taken: set[int], deg: dict, came: dict, end: tuple) -> None:
+def _flip(taken: set[int], deg: list[int], came: dict, end: int) -> None:
     """Apply the path ending at rejected ``end``: its untaken pairs are taken, its taken ones dropped."""
     node = end
     while came[node] is not None:
         i, prev = came[node]
         taken.symmetric_difference_update({i})
         node = prev
-    deg[end] = deg.get(end, 0) + 1
-    deg[node] = deg.get(node, 0) + 1
+    deg[end] += 1
+    deg[node] += 1

@@ -57,3 +57,33 @@ def test_the_card_shows_the_reuse_table():
     card = render_card(make_config(), manifest, [])
     assert "## Response reuse" in card
     assert "| correctness | 1 | 4.00 | 4 | 1.00 | 8.00 |" in card
+
+
+@pytest.mark.parametrize("cap, pairs, per_chosen", [
+    (None, 8, 8.0),  # the old selection: one right answer in every pair
+    (3, 3, 3.0),
+    (1, 1, 1.0),
+])
+def test_the_correctness_stage_caps_and_counts_reuse(cap, pairs, per_chosen):
+    """One right answer and 8 wrong ones: scoring.max_pairs_per_response bounds the chosen's pairs,
+    and the stage's counters say how often it was reused."""
+    from helpers import make_config
+    from pipeline.config.templates import BUILTIN_TEMPLATES
+    from pipeline.core.stage import StageContext
+    from stages import make_stage
+
+    texts = ["Two and two make 4.\nFinal answer: 4"] + [f"I make it {n}.\nFinal answer: {n}" for n in range(5, 13)]
+    t = BUILTIN_TEMPLATES["mmpr_final_answer"]
+    row = {"prompt_id": "p", "source": "s", "row_key": "0", "question": "2 + 2?", "images": [], "image_positions": [],
+           "answer": ["4"], "answer_type": "number", "choices": [], "facts": None, "template_id": t.id,
+           "template_hash": t.hash, "prompt_text": "", "prompt_tokens": 1, "model": "m", "model_revision": "",
+           "sampling": None, "responses": [{"index": i, "text": x, "finish_reason": "stop", "num_tokens": 10, "seed": i}
+                                           for i, x in enumerate(texts)]}
+    cfg = make_config(sources=[{"name": "s", "format": "jsonl", "path": "x"}],
+                      scoring={"max_pairs_per_response": cap})
+    ctx = StageContext("correctness", "p", cfg)
+    out = list(make_stage("correctness", cfg).run([row], ctx))
+    assert len(out) == pairs and len({p["provenance"]["rejected_index"] for p in out}) == pairs
+    d = make_stage("correctness", cfg).summarize(ctx.stats.counters)["diversity"]
+    assert d["correctness"]["pairs_per_chosen"] == per_chosen and d["correctness"]["pairs_per_rejected"] == 1.0
+    assert d["tokens_per_chosen"] == 90.0  # 9 responses x 10 tokens, one distinct chosen

@@ -85,8 +85,9 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str]) -> 
             f"| {triple(d['rejected_tokens'], 'mean', 'median', 'p90')} |")
     ratios = [f"- {meth}: " + " / ".join(_fmt(d["rejected_over_chosen"], k) for k in ("p10", "p25", "median", "p75", "p90"))
               for meth, d in lengths.items()]
-    diversity = [f"| {meth} | {d['distinct_chosen']} | {d['pairs_per_chosen']:.2f} | {d['distinct_rejected']} "
-                 f"| {d['pairs_per_rejected']:.2f} | {d['samples_per_chosen']:.2f} |"
+    diversity = [f"| {meth} | {d['distinct_chosen']} | {d['pairs_per_chosen']:.2f} | {d['distinct_rejected'] or '-'} "
+                 f"| {'-' if d['pairs_per_rejected'] is None else format(d['pairs_per_rejected'], '.2f')} "
+                 f"| {d['samples_per_chosen']:.2f} |"
                  for meth, d in manifest.get("diversity", {}).items()]
     # the export stage runs after write: the card points at its index rather than naming formats
     exports = " Trainer exports, when the build makes them, are under `exports/<format>/`, listed in `exports/export.json`."

@@ -96,7 +96,8 @@ class Stats:
             if chosen:
                 out[m] = {"distinct_chosen": chosen, "distinct_rejected": rejected,
                           "pairs_per_chosen": round(rows.get(m, 0) / chosen, 3),
-                          "pairs_per_rejected": round(rows.get(m, 0) / max(rejected, 1), 3),
+                          # None: the rejected side is no sampled response (DropoutNTP's continuation)
+                          "pairs_per_rejected": round(rows.get(m, 0) / rejected, 3) if rejected else None,
                           "samples_per_chosen": round(self.distinct[(m, "samples_drawn")] / chosen, 3)}
         return out
 

@@ -115,8 +115,8 @@ class CorrectnessStage(RowStage):
         acc = ", ".join(f"{k} {v:.0%}" for k, v in s["policy_accuracy"].items())
         errors = f"; scoring errors {s['scoring_errors']}" if s.get("scoring_errors") else ""
         d = (s.get("diversity") or {}).get("correctness")
-        reuse = (f"; correctness pairs per distinct chosen {d['pairs_per_chosen']}, per distinct rejected "
-                 f"{d['pairs_per_rejected']}, {s['diversity']['tokens_per_chosen']:,.0f} generated tokens per "
+        reuse = (f"; correctness pairs per distinct chosen {d['pairs_per_chosen']:.2f}, per distinct rejected "
+                 f"{d['pairs_per_rejected']:.2f}, {s['diversity']['tokens_per_chosen']:,.0f} generated tokens per "
                  f"distinct chosen") if d else ""
         return (f"policy accuracy: {acc}; format errors {s['format_error_rate']:.1%}; "
                 f"prompts all wrong {s['prompts_all_wrong']}, all correct {s['prompts_all_correct']}{reuse}{errors}")

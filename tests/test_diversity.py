@@ -31,8 +31,10 @@ def _pair(prompt: str, method: str, chosen: int | None, rejected: int | None, dr
     # per method: a chosen in a correctness and a format pair counts once in each
     pytest.param([[("p1", "correctness", 0, 1), ("p1", "correctness", 2, 1), ("p1", "format", 0, 5)]],
                  {"correctness": (2, 1.0, 1, 2.0, 4.0), "format": (1, 1.0, 1, 1.0, 8.0)}, id="per-method"),
-    # pairs not made of sampled responses (no index) are left out
+    # pairs not made of sampled responses (no index) are left out; a rejected side without one has no ratio
     pytest.param([[("p1", "image_crop", None, None)]], {}, id="no-index"),
+    pytest.param([[("p1", "dropout_ntp", 0, None), ("p2", "dropout_ntp", 0, None)]],
+                 {"dropout_ntp": (2, 1.0, 0, None, 8.0)}, id="no-rejected-index"),
 ])
 def test_distinct_responses_per_method(shards, expected):
     total = Stats()
@@ -50,13 +52,15 @@ def test_the_card_shows_the_reuse_table():
     from helpers import make_config
 
     stats = Stats()
-    stats.add(SHARD, from_rows([_pair("p1", "correctness", 0, i) for i in (1, 2, 3, 4)], PAIR_SCHEMA))
+    stats.add(SHARD, from_rows([_pair("p1", "correctness", 0, i) for i in (1, 2, 3, 4)]
+                               + [_pair("p1", "dropout_ntp", 0, None)], PAIR_SCHEMA))
     manifest = {"totals": {"method": stats.totals(3), "source": stats.totals(2), "source_method": stats.source_method()},
                 "lengths": stats.lengths(), "diversity": stats.diversity(), "shards": [], "splits": {},
                 "pipeline_version": "x", "config_hash": "h", "rows": 4, "duplicates_dropped": 0}
     card = render_card(make_config(), manifest, [])
     assert "## Response reuse" in card
     assert "| correctness | 1 | 4.00 | 4 | 1.00 | 8.00 |" in card
+    assert "| dropout_ntp | 1 | 1.00 | - | - | 8.00 |" in card
 
 
 @pytest.mark.parametrize("cap, pairs, per_chosen", [

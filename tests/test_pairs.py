@@ -132,4 +132,4 @@ def test_distinct_counters_and_the_diversity_summary():
                             "pairs_per_rejected": 1.0},
                  "tokens_per_chosen": 500.0}
     line = CorrectnessStage.summary_line(CorrectnessStage.summarize(dict(counters)))
-    assert "correctness pairs per distinct chosen 4.0, per distinct rejected 1.0, 500 generated tokens" in line
+    assert "correctness pairs per distinct chosen 4.00, per distinct rejected 1.00, 500 generated tokens" in line

@@ -10,7 +10,8 @@ as 4, 8, 12, 16, 24, 32) and looks at them after each round:
   in as ``score``) and the prompt stops as soon as its pairs have what they
   need: ``stop: pairs`` -- enough distinct right x wrong combinations for
   ``max_pairs`` when each response may be used in at most ``max_reuse``
-  pairs -- or ``stop: both`` -- at least ``min_each`` right and ``min_each``
+  pairs (the cap the pair selection keeps: ``methods.pairs.select_pairs``,
+  ``scoring.max_pairs_per_response``; None: no cap) -- or ``stop: both`` -- at least ``min_each`` right and ``min_each``
   wrong answers.  It gives up when every sample is right after
   ``all_right_after`` samples (too easy: MMPR drops such prompts anyway), and
   when none is right after ``all_wrong_after`` (or the whole budget);
@@ -32,7 +33,7 @@ class StopRule:
     rounds: tuple[int, ...]
     stop: Literal["pairs", "both"] = "pairs"
     max_pairs: int = 15
-    max_reuse: int = 8
+    max_reuse: int | None = 8
     min_each: int = 1
     all_right_after: int | None = 8
     all_wrong_after: int | None = None
@@ -43,9 +44,11 @@ class StopRule:
         return self.rounds[-1]
 
 
-def pairs_possible(right: int, wrong: int, max_reuse: int) -> int:
+def pairs_possible(right: int, wrong: int, max_reuse: int | None) -> int:
     """Distinct right x wrong pairs when every response is in at most ``max_reuse`` of them
-    (the largest such set of edges of the complete bipartite graph)."""
+    (the largest such set of edges of the complete bipartite graph; None: no cap)."""
+    if max_reuse is None:
+        return right * wrong
     return min(right * min(max_reuse, wrong), wrong * min(max_reuse, right))
 
 

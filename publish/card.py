@@ -106,6 +106,10 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str], sec
             f"| {triple(d['rejected_tokens'], 'mean', 'median', 'p90')} |")
     ratios = [f"- {meth}: " + " / ".join(_fmt(d["rejected_over_chosen"], k) for k in ("p10", "p25", "median", "p75", "p90"))
               for meth, d in lengths.items()]
+    diversity = [f"| {meth} | {d['distinct_chosen']} | {d['pairs_per_chosen']:.2f} | {d['distinct_rejected'] or '-'} "
+                 f"| {'-' if d['pairs_per_rejected'] is None else format(d['pairs_per_rejected'], '.2f')} "
+                 f"| {d['samples_per_chosen']:.2f} |"
+                 for meth, d in manifest.get("diversity", {}).items()]
     # the export stage runs after write: the card points at its index rather than naming formats
     exports = " Trainer exports, when the build makes them, are under `exports/<format>/`, listed in `exports/export.json`."
     prompts = manifest.get("prompts") or {"files": []}
@@ -118,7 +122,7 @@ def render_card(config: "PipelineConfig", manifest: dict, models: list[str], sec
         methods_table=lines(f"| {m} | {n} |" for m, n in t["method"].items()),
         source_method_table="\n".join(source_method), sources_list="\n".join(sources),
         cleaning="## Prompts removed before generation\n\n" + "\n".join(sections) + "\n" if sections else "",
-        lengths_table=lines(rows), ratio_list=lines(ratios), exports_note=exports,
+        lengths_table=lines(rows), ratio_list=lines(ratios), diversity_table=lines(diversity), exports_note=exports,
         prompts_section=prompts_section(prompts),
         config_yaml=yaml.safe_dump(config.resolved(), sort_keys=False).rstrip())
 

@@ -37,6 +37,14 @@ def sampling_html(summary: dict) -> str:
             f'(at this run\'s mean tokens per sample).</p>'
             + _table(["round", "prompts still open", "samples drawn", "tokens"], rounds)
             + _table(["stopped because", "prompts"], stops))
+    reuse = (summary.get("correctness") or {}).get("diversity") or {}
+    if reuse.get("correctness"):
+        rows = [[esc(m), f"{d['distinct_chosen']:,}", f"{d['pairs_per_chosen']:.2f}", f"{d['distinct_rejected']:,}",
+                 f"{d['pairs_per_rejected']:.2f}"] for m, d in reuse.items() if isinstance(d, dict)]
+        parts.append(f'<p class="note">Response reuse: {reuse["tokens_per_chosen"]:,.0f} generated tokens per '
+                     f'distinct chosen response used in a correctness pair.</p>'
+                     + _table(["method", "distinct chosen", "pairs per chosen", "distinct rejected",
+                               "pairs per rejected"], rows))
     if hist:
         items = [(f"{int(k) / 10:.1f}", float(v)) for k, v in sorted(hist.items(), key=lambda kv: int(kv[0]))]
         parts.append(plots.column_chart(items, "prompts per pass rate (share of samples right)",

@@ -40,6 +40,8 @@ class Stats:
         self.counts: Counter = Counter()   # (config, split, source, method) -> rows
         self.models: Counter = Counter()
         self.values: dict[str, dict[str, list[np.ndarray]]] = defaultdict(_per_method)
+        #: (method, what) -> count: distinct chosen / rejected responses, prompts, their samples drawn
+        self.distinct: Counter = Counter()
 
     def add(self, shard, table: pa.Table) -> None:
         """Count ``table``'s rows under ``shard``'s config and split."""
@@ -56,6 +58,7 @@ class Stats:
         ct = pc.struct_field(prov, "chosen_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
         rt = pc.struct_field(prov, "rejected_tokens").to_numpy(zero_copy_only=False).astype(np.float64)
         m_arr = np.asarray(method, dtype=object)
+        self._count_distinct(method, prov)
         for m in sorted(set(method)):
             sel = m_arr == m
             v = self.values[m]
@@ -64,9 +67,44 @@ class Stats:
             v["chosen_tokens"].append(ct[sel])
             v["rejected_tokens"].append(rt[sel])
 
+    def _count_distinct(self, method: list[str], prov) -> None:
+        """Distinct responses per method (``provenance.prompt_id`` + ``chosen_index`` /
+        ``rejected_index``; pairs not made of sampled responses have none).  A prompt's pairs
+        are all in one shard (``publish.shard_order``), so shard counts add up."""
+        cols = {k: pc.struct_field(prov, k).to_pylist()
+                for k in ("prompt_id", "chosen_index", "rejected_index", "samples_drawn")}
+        seen: set = set()
+        for i, m in enumerate(method):
+            pid = cols["prompt_id"][i]
+            for side in ("chosen", "rejected"):
+                key = (m, side, pid, cols[f"{side}_index"][i])
+                if key[3] is not None and key not in seen:
+                    seen.add(key)
+                    self.distinct[(m, side)] += 1
+            if (m, pid) not in seen and cols["chosen_index"][i] is not None:
+                seen.add((m, pid))
+                self.distinct[(m, "prompts")] += 1
+                self.distinct[(m, "samples_drawn")] += cols["samples_drawn"][i] or 0
+
+    def diversity(self) -> dict[str, dict]:
+        """Per method of sampled responses: pairs per distinct chosen and per distinct rejected
+        response, and samples drawn (of the prompts it has pairs from) per distinct chosen."""
+        rows = self.totals(3)
+        out = {}
+        for m in sorted({m for m, _ in self.distinct}):
+            chosen, rejected = self.distinct[(m, "chosen")], self.distinct[(m, "rejected")]
+            if chosen:
+                out[m] = {"distinct_chosen": chosen, "distinct_rejected": rejected,
+                          "pairs_per_chosen": round(rows.get(m, 0) / chosen, 3),
+                          # None: the rejected side is no sampled response (DropoutNTP's continuation)
+                          "pairs_per_rejected": round(rows.get(m, 0) / rejected, 3) if rejected else None,
+                          "samples_per_chosen": round(self.distinct[(m, "samples_drawn")] / chosen, 3)}
+        return out
+
     def merge(self, other: "Stats") -> None:
         """Add ``other``'s rows (another shard's statistics) after this one's."""
         self.counts.update(other.counts)
+        self.distinct.update(other.distinct)
         self.models.update(other.models)
         for m, cols in other.values.items():
             for k, arrays in cols.items():

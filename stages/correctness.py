@@ -16,6 +16,11 @@ Every generated prompt, with ground truth or not, also gets a row in the
 ``prompts`` side output (``methods.prompt_stats``: samples drawn, the verdict
 counts, pass rate and its interval, stop reason, model, seeds, the scoring
 settings): the write stage publishes it as the dataset's prompt table.
+
+Each response is in at most ``scoring.max_pairs_per_response`` pairs of each method (the cap
+adaptive sampling stops on).  How often responses are reused is counted and summarised
+(``diversity``): pairs per distinct chosen and per distinct rejected response, and generated
+tokens (of every ground-truth prompt) per distinct chosen used in a correctness pair.
 """
 from __future__ import annotations
 
@@ -36,6 +41,33 @@ from schemas.records import pair_row, response_provenance, user_turn
 
 #: the side output the write stage publishes as the prompt table (``prompts/*.parquet``)
 PROMPTS_SIDE = "prompts"
+
+
+def count_distinct(pairs: list[tuple[str, object, object]], inc) -> None:
+    """One prompt's distinct chosen and rejected responses per method into the counters
+    (``distinct.<method>.chosen`` / ``.rejected``; a prompt's responses are its own, so the
+    counts add up across prompts and partitions)."""
+    for method in sorted({m for m, _, _ in pairs}):
+        inc(f"distinct.{method}.chosen", len({c.index for m, c, _ in pairs if m == method}))
+        inc(f"distinct.{method}.rejected", len({r.index for m, _, r in pairs if m == method}))
+
+
+def diversity(c: dict) -> dict:
+    """How often pairs reuse a response, from the counters: per method, pairs per distinct chosen
+    and per distinct rejected (1.0: every pair has responses of its own); and generated tokens of
+    the ground-truth prompts per distinct chosen used in a correctness pair (what one more chosen
+    answer cost)."""
+    out: dict = {}
+    for method in ("correctness", "format"):
+        pairs, chosen = c.get(f"pairs.{method}", 0), c.get(f"distinct.{method}.chosen", 0)
+        if pairs and chosen:
+            rejected = c.get(f"distinct.{method}.rejected", 0)
+            out[method] = {"distinct_chosen": chosen, "distinct_rejected": rejected,
+                           "pairs_per_chosen": round(pairs / chosen, 3),
+                           "pairs_per_rejected": round(pairs / max(rejected, 1), 3)}
+    if "correctness" in out:
+        out["tokens_per_chosen"] = round(c.get("sampled_tokens", 0) / out["correctness"]["distinct_chosen"], 1)
+    return out
 
 
 class CorrectnessConfig(Section):
@@ -87,14 +119,19 @@ class CorrectnessStage(RowStage):
                                for side in ("chosen", "rejected")}
                            for m in ("correctness", "format") if c.get(f"pairs.{m}")},
             "scoring_errors": prefixed(c, "scoring_errors."),
+            "diversity": diversity(c),
         }
 
     @classmethod
     def summary_line(cls, s: dict) -> str:
         acc = ", ".join(f"{k} {v:.0%}" for k, v in s["policy_accuracy"].items())
         errors = f"; scoring errors {s['scoring_errors']}" if s.get("scoring_errors") else ""
+        d = (s.get("diversity") or {}).get("correctness")
+        reuse = (f"; correctness pairs per distinct chosen {d['pairs_per_chosen']:.2f}, per distinct rejected "
+                 f"{d['pairs_per_rejected']:.2f}, {s['diversity']['tokens_per_chosen']:,.0f} generated tokens per "
+                 f"distinct chosen") if d else ""
         return (f"policy accuracy: {acc}; format errors {s['format_error_rate']:.1%}; "
-                f"prompts all wrong {s['prompts_all_wrong']}, all correct {s['prompts_all_correct']}{errors}")
+                f"prompts all wrong {s['prompts_all_wrong']}, all correct {s['prompts_all_correct']}{reuse}{errors}")
 
     def _prompt_row(self, row: dict, scored, source, styles: dict) -> dict:
         """The prompt table's row: the conversation as sent, the verdict counts, the scoring settings."""
@@ -124,6 +161,8 @@ class CorrectnessStage(RowStage):
             key = f"{row['source']}.{row['answer_type']}"
             ctx.stats.inc("prompts")
             ctx.stats.inc("responses", len(scored))
+            # tokens the prompt's samples cost (not "tokens_generated": the run report sums that one over stages)
+            ctx.stats.inc("sampled_tokens", sum(r.get("num_tokens") or 0 for r in row["responses"]))
             n_correct = sum(s.correct for s in scored)
             ctx.stats.inc("responses.correct", n_correct)
             ctx.stats.inc("responses.format_error", len(unparsed))
@@ -143,14 +182,15 @@ class CorrectnessStage(RowStage):
             if not wrong and not unparsed:
                 ctx.stats.inc("prompts.all_correct")
                 continue
-            pair_seed = derive_seed(seed, row["prompt_id"], "correctness")
+            pair_seed, cap = derive_seed(seed, row["prompt_id"], "correctness"), sc.max_pairs_per_response
             pairs = [("correctness", c, r) for c, r in
-                     select_pairs(right, wrong, sc.max_pairs_per_prompt, pair_seed, cc.length_balance_ratio)]
+                     select_pairs(right, wrong, sc.max_pairs_per_prompt, pair_seed, cc.length_balance_ratio, cap)]
             if cc.format_negatives and cc.max_format_pairs_per_prompt:
                 pairs += [("format", c, r) for c, r in
                           select_pairs(right, unparsed, cc.max_format_pairs_per_prompt, pair_seed + 1,
-                                       cc.length_balance_ratio)]
+                                       cc.length_balance_ratio, cap)]
             ctx.stats.inc(f"pairs_per_prompt.{len(pairs)}")
+            count_distinct(pairs, ctx.stats.inc)
             by_index = {r["index"]: r for r in row["responses"]}
             user_text = render_user_text(self.config, row)
             for method, c, r in pairs:

@@ -54,9 +54,9 @@ class AdaptiveConfig(Section):
     rounds: list[int] = Field(default_factory=lambda: [4, 8, 12, 16, 24, 32], description=(
         "Cumulative samples after each round; the last is capped at (and extended to) generate.n"))
     stop: Literal["pairs", "both"] = Field("pairs", description=(
-        '"pairs": stop once correctness.max_pairs_per_prompt distinct right x wrong pairs exist with every response '
-        'in at most max_reuse of them; "both": at least min_each right and min_each wrong answers'))
-    max_reuse: int = Field(8, ge=1, description="With stop: pairs, the most pairs one response may be part of")
+        '"pairs": stop once scoring.max_pairs_per_prompt distinct right x wrong pairs exist with every response '
+        'in at most scoring.max_pairs_per_response of them (the cap the pair selection keeps); "both": at least '
+        'min_each right and min_each wrong answers'))
     min_each: int = Field(1, ge=1, description="With stop: both, the right and the wrong answers a prompt needs (each)")
     all_right_after: Optional[int] = Field(8, ge=1, description=(
         "Give up on a prompt whose samples are all right after this many (null: never)"))
@@ -112,10 +112,12 @@ class GenerateConfig(Section):
                 out.pop(key, None)
         return out
 
-    def stop_rule(self, max_pairs: int) -> StopRule:
+    def stop_rule(self, max_pairs: int, max_reuse: int | None) -> StopRule:
+        """The rule of ``adaptive``; the pair budget and the per-response cap are the shared
+        ``scoring`` section's (``max_pairs_per_prompt``, ``max_pairs_per_response``)."""
         a = self.adaptive
         rounds = tuple(r for r in a.rounds if r < self.n) + (self.n,)
-        return StopRule(rounds=rounds, stop=a.stop, max_pairs=max_pairs, max_reuse=a.max_reuse,
+        return StopRule(rounds=rounds, stop=a.stop, max_pairs=max_pairs, max_reuse=max_reuse,
                         min_each=a.min_each, all_right_after=a.all_right_after,
                         all_wrong_after=a.all_wrong_after, no_gt_max=a.no_gt_max)
 
@@ -292,7 +294,7 @@ class GenerateStage(EngineStage):
         def accept(c) -> bool:
             return usable_as_dropout_chosen(c.text.strip(), c.finish_reason)
 
-        rule = g.stop_rule(cc.max_pairs_per_prompt)
+        rule = g.stop_rule(cc.max_pairs_per_prompt, cc.max_pairs_per_response)
         first = first_round(rule, estimate.rate) if estimate is not None else None
         return PromptSampler(rule, bool(row["answer"]), score, accept, first=first)
 

@@ -232,6 +232,7 @@ def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict]
             "source_method": row_stats.source_method(),
         },
         "lengths": row_stats.lengths(),
+        "diversity": row_stats.diversity(),
         "shards": shard_entries,
         # the prompt table (publish.prompt_table): files, rows, pass-rate histograms
         "prompts": prompts,

@@ -19,12 +19,12 @@ from pipeline.config.templates import extraction_styles
 from stages import make_stage
 
 N = 8
-ADAPTIVE = {"enabled": True, "rounds": [2, 4, 8], "max_reuse": 2, "all_right_after": 2, "no_gt_max": 3}
+ADAPTIVE = {"enabled": True, "rounds": [2, 4, 8], "all_right_after": 2, "no_gt_max": 3}
 
 
 def _cfg(adaptive: dict | None = None):
     generate = {"n": N, "max_tokens": 48, **({"adaptive": adaptive} if adaptive else {})}
-    return make_config(executor={"kind": "local"}, generate=generate, scoring={"max_pairs_per_prompt": 3},
+    return make_config(executor={"kind": "local"}, generate=generate, scoring={"max_pairs_per_prompt": 3, "max_pairs_per_response": 2},
                        run={"partition_rows": 24, "seed": 11})
 
 

@@ -22,14 +22,15 @@ SAMPLE = ROOT / SAMPLE_CONFIG
 #: configs/sample.yaml's hashes.  Finished work and the dataset's provenance.config_hash depend on
 #: them, so a change that moves one must be on purpose; the last were the prompt table and the RL
 #: exports (``correctness.prompt_table``, write using ``run.stages``, ``rl_prompts``, export using
-#: rl_prompts and run.seed), the ``dedup`` / ``decontaminate`` stages (generate reads dedup's output)
-#: and ``run.partition_rows`` leaving the config hash and ingest's ``uses``
-SAMPLE_CONFIG_HASH = "46e1a5cd3a2b8a60"
+#: rl_prompts and run.seed), the ``dedup`` / ``decontaminate`` stages (generate reads dedup's output),
+#: ``run.partition_rows`` leaving the config hash and ingest's ``uses``, and
+#: ``scoring.max_pairs_per_response`` (was ``generate.adaptive.max_reuse``; now also a pair-selection cap)
+SAMPLE_CONFIG_HASH = "7e90c8d695f0388a"
 SAMPLE_STAGE_HASHES = {
     "ingest": "5bf5b6a9960d23ad", "dedup": "0925e4c5341186c8", "decontaminate": "39a5d3665a7b6fa7",
-    "generate": "58ce27bb728c6c93", "correctness": "48cfddecea722451", "dropout_ntp": "483fd84da1d4392f",
-    "image_crop": "7c86290f8fc92d99", "grounding": "edc2f27c5e68d25f", "filter": "0b686586ef361400",
-    "judge": "3549bdb5667316e0", "write": "4bf371a73ecc1d16", "export": "3749ecc0a8d9870d",
+    "generate": "1bf1e740e34d7313", "correctness": "7fcc0d88c751ac0c", "dropout_ntp": "6774426248fd9e11",
+    "image_crop": "974a20bf4539318d", "grounding": "e6fd1b7e84ffca1b", "filter": "c6f4d95265495845",
+    "judge": "97cee009aeac5854", "write": "90f0a5ace1455dab", "export": "c93af1b24112a33b",
 }
 
 

@@ -17,7 +17,10 @@ GENERATE = {
     "adaptive.stop.enough_pairs": 8, "adaptive.stop.all_right": 1, "adaptive.stop.budget": 1,
 }
 CORRECTNESS = {"responses": 56, "accuracy.s.number.correct": 20, "accuracy.s.number.total": 56,
-               "pass_rate.0": 2, "pass_rate.5": 6, "pass_rate.10": 0, "pass_rate.9": 2}
+               "pass_rate.0": 2, "pass_rate.5": 6, "pass_rate.10": 0, "pass_rate.9": 2,
+               # 24 correctness pairs over 8 distinct chosen and 12 distinct rejected responses
+               "pairs.correctness": 24, "distinct.correctness.chosen": 8, "distinct.correctness.rejected": 12,
+               "sampled_tokens": 2240}
 
 
 def _summary() -> dict:
@@ -39,7 +42,8 @@ def test_fixed_n_has_no_adaptive_summary_but_keeps_the_pass_rate_histogram():
     assert "generate" not in s
     assert s["correctness"]["pass_rate_histogram"] == {0: 2, 5: 6, 9: 2, 10: 0}
     html = sampling_html(s)
-    assert "Fixed-N sampling" in html and "<table" not in html and html.count("<rect") >= 3
+    assert "Fixed-N sampling" in html and html.count("<rect") >= 3
+    assert html.count("<table") == 1 and "Response reuse" in html  # no rounds, but the reuse of both modes
 
 
 def test_html_section_shows_rounds_stop_reasons_and_histogram():
@@ -48,4 +52,6 @@ def test_html_section_shows_rounds_stop_reasons_and_histogram():
     assert rows == [("1", "10", "40"), ("2", "4", "16"), ("10", "0", "0")]
     assert "enough pairs" in html and "all right (too easy)" in html and "budget spent" in html
     assert "960 generated tokens saved" in html
+    assert "<td>correctness</td><td class=num>8</td><td class=num>3.00</td><td class=num>12</td>" in html
+    assert "280 generated tokens per distinct chosen" in html
     assert sampling_html({}) == ""

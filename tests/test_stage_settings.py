@@ -69,6 +69,30 @@ def test_keys_moved_to_a_shared_section_are_read_at_their_new_place(tmp_path, ca
         load_config_file(tmp_path / "both", "correctness: {threshold: 0.6}\nscoring: {threshold: 0.7}\n")
 
 
+@pytest.mark.parametrize("yaml_text, cap", [
+    # the stop rule's cap is the pair selection's now: one key, in the shared scoring section
+    ("generate:\n  adaptive:\n    enabled: true\n    max_reuse: 3\n", 3),
+    ("generate:\n  adaptive: {enabled: true, max_reuse: 6}\nscoring: {threshold: 0.8}\n", 6),
+    ("generate:\n  adaptive: {enabled: true}\nscoring: {max_pairs_per_response: 5}\n", 5),
+    ("generate:\n  adaptive: {enabled: true}\n", 3),  # the default: issue 30's cheapest cap within 1.3x
+    ("scoring: {max_pairs_per_response: null}\n", None),
+])
+def test_max_reuse_is_read_as_the_shared_per_response_cap(tmp_path, caplog, yaml_text, cap):
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config_file(tmp_path, yaml_text)
+    assert cfg.scoring.max_pairs_per_response == cap
+    assert ("generate.adaptive.max_reuse is now scoring.max_pairs_per_response" in caplog.text) == (
+        "max_reuse" in yaml_text)
+    if cfg.generate.adaptive.enabled:
+        assert cfg.generate.stop_rule(15, cfg.scoring.max_pairs_per_response).max_reuse == cap
+        assert cfg.generate.adaptive.rounds == [4, 8, 12, 16, 24, 32]  # the rest of the section is kept
+
+
+def test_max_reuse_and_the_cap_both_set_is_an_error(tmp_path):
+    with pytest.raises(Exception, match="generate.adaptive.max_reuse and scoring.max_pairs_per_response are both"):
+        load_config_file(tmp_path, "generate: {adaptive: {max_reuse: 3}}\nscoring: {max_pairs_per_response: 4}\n")
+
+
 def test_generate_records_logprobs_when_a_stage_of_the_run_wants_them():
     plain = make_config()
     grounded = make_config(run={"stages": [*plain.run.stages, "grounding"]})

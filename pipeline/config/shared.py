@@ -30,6 +30,11 @@ class ScoringConfig(Section):
     max_pairs_per_prompt: int = Field(15, ge=1, description=(
         "Most right x wrong pairs made from one prompt's responses (also the pair budget adaptive sampling "
         "stops at)"))
+    max_pairs_per_response: Optional[int] = Field(3, ge=1, description=(
+        "Most pairs of one method one response may be part of (chosen or rejected): pairs are spread over the "
+        "responses level by level, and adaptive sampling stops once max_pairs_per_prompt pairs fit under it; "
+        "null = no cap (max_pairs_per_prompt right x wrong combinations picked at random, a chosen reused in any "
+        "number of them)"))
     numeric_rel_tol: float = Field(1e-3, ge=0, description="Relative tolerance of numeric matches (0.001 = 0.1%)")
     anls_cutoff: float = Field(0.5, ge=0, le=1, description=(
         "ANLS answers (answer_type anls) scoring below this similarity score 0 (DocVQA's 0.5)"))
@@ -65,26 +70,50 @@ MOVED = {
     **{f"correctness.{k}": f"scoring.{k}"
        for k in ("threshold", "max_pairs_per_prompt", "numeric_rel_tol", "anls_cutoff", "extraction")},
     "write.exports": "export.formats",
+    # one cap for the stop rule and the pair selection (it limited the stop rule only)
+    "generate.adaptive.max_reuse": "scoring.max_pairs_per_response",
 }
+
+
+def _parent(data: dict, path: list[str], create: bool = False) -> dict | None:
+    """The mapping that holds ``path``'s last key (copied on the way, so ``data``'s own nested
+    mappings are never changed), or None when it is not there."""
+    node = data
+    for name in path[:-1]:
+        child = node.get(name)
+        if hasattr(child, "model_dump"):  # a section object given in Python
+            child = child.model_dump(exclude_unset=True)
+        if not isinstance(child, dict):
+            if not create or child is not None:
+                return None
+            child = {}
+        node[name] = child = dict(child)
+        node = child
+    return node
+
+
+def _is_set(data: Any, path: list[str]) -> bool:
+    for name in path:
+        if not isinstance(data, dict) or name not in data:
+            return False
+        data = data[name]
+    return True
 
 
 def move_old_keys(data: Any) -> Any:
     """``data`` (a raw config mapping) with the keys of ``MOVED`` at their new place; a key set
     at both places is a config error naming both."""
-    if not isinstance(data, dict) or not any(isinstance(data.get(k.split(".")[0]), dict)
-                                             and k.split(".")[1] in data[k.split(".")[0]] for k in MOVED):
+    if not isinstance(data, dict) or not any(_is_set(data, k.split(".")) for k in MOVED):
         return data
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data = dict(data)
     for old, new in MOVED.items():
-        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
-        if not isinstance(data.get(osec), dict) or okey not in data[osec]:
+        opath, npath = old.split("."), new.split(".")
+        if not _is_set(data, opath):
             continue
-        current = data.get(nsec)
-        if hasattr(current, "model_dump"):  # a section object given in Python
-            current = current.model_dump(exclude_unset=True)
-        target = data[nsec] = dict(current or {})
-        if nkey in target:
+        value = _parent(data, opath).pop(opath[-1])
+        target = _parent(data, npath, create=True)
+        if npath[-1] in target:
             raise ValueError(f"{old} and {new} are both set: {old} is the old name of {new}, keep only {new}")
-        target[nkey] = data[osec].pop(okey)
+        target[npath[-1]] = value
         log.warning("config: %s is now %s (read as %s; rename it in your config)", old, new, new)
     return data

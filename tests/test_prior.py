@@ -201,7 +201,9 @@ def test_generate_skips_out_of_band_prompts_and_counts_them(prior, fake_vllm):
 def test_adaptive_first_round_starts_from_the_prior_rate(prior, fake_vllm):
     adaptive = {"enabled": True, "rounds": [4, 8, 12, 16]}
     sent, _, _ = prepare(with_prior(prior, n=16, adaptive=adaptive))
-    assert sent["mid"].params["n"] == 8    # prior 8/16: 4 right x 4 wrong at 8 samples make 15 pairs
+    # prior 8/16, each response in at most 3 pairs (scoring.max_pairs_per_response): 4 right x 4 wrong
+    # at 8 samples make 12 pairs, 6 x 6 at 12 make 18 >= the 15 the rule stops on
+    assert sent["mid"].params["n"] == 12
     assert sent["edge"].params["n"] == 4   # prior 0/8: no round expects a pair, the first round as usual
     assert sent["new"].params["n"] == 4 and sent["open"].params["n"] == 1
 

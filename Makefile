@@ -37,7 +37,7 @@ build-mmpr: setup
 
 test: setup
 	@VENV=$(VENV) bash scripts/setup-test.sh
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # the unit tier: no vLLM engine, no build (markers: tests/conftest.py)
 test-fast: setup

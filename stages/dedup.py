@@ -15,6 +15,13 @@ driver then merges the key files (``pipeline.sources.prompt_keys``: a few column
 never rows or images) and redoes only the partitions that hold a near-duplicate, which reuse
 their input and quarantine those rows.
 
+**The HTML report** shows removed clusters, kept prompt beside removed ones, with their distances.
+The dataset folder keeps no removed prompt, so the redone partitions write thumbnails of the
+first ``REPORT_CLUSTERS`` clusters by kept ``prompt_id`` (``shown_clusters``) as the
+``report_images`` side output, which the run report copies beside ``report.json``.  A partition
+that holds only the kept prompt of a shown cluster is redone for it too: at most
+``REPORT_CLUSTERS`` partitions more, and the driver still never reads an image.
+
 **Memory** on the driver for 10M prompts: about 0.8 GB at the peak and 2.5 minutes of one core
 (measured at 1M and 2M prompts: 88 and 81 B a prompt; ranks, answer keys, first pHashes, one
 key column and its sort at a time, the candidate pairs and the keys of candidate rows only;

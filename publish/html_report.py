@@ -23,6 +23,9 @@ What it reads, and how much:
   ``PROMPT_SCAN_MAX_ROWS`` rows; above that the correctness stage's own
   counter from ``report.json`` is shown instead.
 * Full rows (with image bytes) only of the row groups that hold a sampled card.
+* ``report_images.parquet`` (written by the run beside ``report.json``): small thumbnails
+  of prompts removed before generation (near-duplicate clusters, bounded by the stage),
+  shown side by side with their distances (``publish.html_clusters``).
 
 Every string that comes from the data goes through :func:`html.escape` before
 it is placed in the page; the page's script only reads ``textContent`` and
@@ -52,6 +55,7 @@ from pipeline.files.ownership import open_folder
 # the dataset layout: configs and their folders; image-contrast methods live in their own config
 from publish.html_cards import THUMB_PX, _slug, card_html, esc, image_html, thumbnail  # noqa: F401 -- tests use them
 from publish.grounding_report import grounding_html
+from publish.html_clusters import FILE as REMOVED_FILE, removed_html
 from publish.html_sections import _method_key, method_order, _summary_of, plots_html, summary_html
 from publish.sampling_report import curriculum_html, sampling_html
 from publish.layout import configs, image_methods
@@ -280,8 +284,19 @@ def _options(values: Counter, label: str) -> str:
     return "".join(opts)
 
 
+def read_removed(root: str) -> pa.Table | None:
+    """The thumbnails of prompts removed before generation (``publish.html_clusters``), if the build wrote any."""
+    uri = storage.join(root, REMOVED_FILE)
+    try:
+        return storage.read_table(uri) if storage.exists(uri) else None
+    except (OSError, ValueError, pa.ArrowException) as e:
+        log.warning("report: cannot read %s: %s", uri, e)
+        return None
+
+
 def render_html(root: str, *, manifest: dict | None, report: dict | None, sample: Sample,
-                cards: list[dict], prompts: dict[str, list[tuple[int, int]]] | None, seed: int) -> str:
+                cards: list[dict], prompts: dict[str, list[tuple[int, int]]] | None, seed: int,
+                removed: pa.Table | None = None) -> str:
     name = (manifest or {}).get("name") or root.rstrip("/").rsplit("/", 1)[-1]
     version = (manifest or {}).get("pipeline_version") or (report or {}).get("pipeline_version") or "?"
     chash = (manifest or {}).get("config_hash") or (report or {}).get("config_hash") or "?"
@@ -310,7 +325,7 @@ def render_html(root: str, *, manifest: dict | None, report: dict | None, sample
            + (f" \u00b7 built {esc(finished)}" if finished else "")
            + f" \u00b7 <code>{esc(root)}</code>")
     return Template(_asset("report.html")).substitute(
-        csp=esc(csp), name=esc(name), css=_asset("report.css"), sub=sub, summary=summary_html(report, manifest),
+        csp=esc(csp), name=esc(name), css=_asset("report.css"), sub=sub, summary=summary_html(report, manifest) + removed_html(removed),
         plots=plots_html(sample, report, prompts) + sampling_html(_summary_of(report))
         + curriculum_html(manifest, _summary_of(report)) + grounding_html(dataset_files(root, manifest)), cards=len(cards), per_method=per_method, seed=seed,
         rows_read=f"{sample.rows_read:,}", rows_total=f"{sample.rows_total:,}",
@@ -329,7 +344,7 @@ def build_report_html(root: str, seed: int = 0, per_method: int = PER_METHOD,
     cards = read_cards(sample)
     prompts = pairs_per_prompt(files) if sample.rows_total <= PROMPT_SCAN_MAX_ROWS else None
     return render_html(root, manifest=manifest, report=report, sample=sample, cards=cards,
-                       prompts=prompts, seed=seed)
+                       prompts=prompts, seed=seed, removed=read_removed(root))
 
 
 def write_html_report(root: str, output: str | None = None, seed: int = 0,

@@ -27,6 +27,8 @@ from schemas.arrow import (  # noqa: F401
     PROMPT_TABLE_SCHEMA,
     SCORING_TYPE,
     QUARANTINE_SCHEMA,
+    REPORT_IMAGES_SCHEMA,
+    REPORT_IMAGES_SIDE,
     ANSWER_TYPES,
     hf_features_metadata,
     with_hf_metadata,

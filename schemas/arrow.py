@@ -229,6 +229,26 @@ QUARANTINE_SCHEMA = pa.schema([
     pa.field("record", pa.string()),
 ])
 
+#: the side output a stage writes for the HTML report's views of the prompts it removed: a few
+#: groups (a near-duplicate cluster: its kept prompt and the removed ones), small thumbnails and
+#: the distances that decided.  ``pipeline.run.report`` gathers every stage's files into the
+#: dataset folder (``report_images.parquet``) beside ``report.json``; the stage bounds the count.
+REPORT_IMAGES_SIDE = "report_images"
+REPORT_IMAGES_SCHEMA = pa.schema([
+    pa.field("stage", pa.string(), nullable=False),      # the stage that removed the prompts
+    pa.field("group", pa.string(), nullable=False),      # what they were matched to (dedup: the kept prompt id)
+    pa.field("group_size", pa.int32()),                  # prompts in the group, kept one included (shown or not)
+    pa.field("role", pa.string(), nullable=False),       # "kept" or "removed"
+    pa.field("prompt_id", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("question", pa.string()),
+    pa.field("n_images", pa.int32()),                    # the prompt's images (thumbnails may be fewer)
+    pa.field("thumbnails", pa.list_(pa.binary())),       # JPEG, longest side <= methods.thumbnails.MAX_PX
+    pa.field("image_bits", pa.list_(pa.int32())),        # removed: pHash bits to the kept prompt's image, per image
+    pa.field("colour", pa.list_(pa.float32())),          # removed: colour distance to it, per image
+    pa.field("question_jaccard", pa.float64()),          # removed: normalised 3-gram Jaccard to its question
+])
+
 _IMAGE_COLUMNS = ("images", "rejected_images")
 
 

@@ -15,6 +15,13 @@ driver then merges the key files (``pipeline.sources.prompt_keys``: a few column
 never rows or images) and redoes only the partitions that hold a near-duplicate, which reuse
 their input and quarantine those rows.
 
+**The HTML report** shows removed clusters, kept prompt beside removed ones, with their distances.
+The dataset folder keeps no removed prompt, so the redone partitions write thumbnails of the
+first ``REPORT_CLUSTERS`` clusters by kept ``prompt_id`` (``shown_clusters``) as the
+``report_images`` side output, which the run report copies beside ``report.json``.  A partition
+that holds only the kept prompt of a shown cluster is redone for it too: at most
+``REPORT_CLUSTERS`` partitions more, and the driver still never reads an image.
+
 **Memory** on the driver for 10M prompts: about 0.8 GB at the peak and 2.5 minutes of one core
 (measured at 1M and 2M prompts: 88 and 81 B a prompt; ranks, answer keys, first pHashes, one
 key column and its sort at a time, the candidate pairs and the keys of candidate rows only;
@@ -33,9 +40,16 @@ from pydantic import Field
 
 from pipeline.config.settings import Section
 from pipeline.core.stage import RowStage, StageContext
-from schemas import PROMPT_SCHEMA
+from schemas import PROMPT_SCHEMA, REPORT_IMAGES_SCHEMA, REPORT_IMAGES_SIDE
 
 SIDE = "keys"
+#: the HTML report's thumbnails of removed clusters (``REPORT_IMAGES_SIDE``): the first clusters by
+#: kept ``prompt_id``, the first removed members of each by ``prompt_id``, the first images of
+#: each prompt, as ``methods.thumbnails`` JPEGs (96 px, 2-4 KB).  At most 24 x (1 + 8) x 4
+#: thumbnails, under 3.5 MB whatever the input size (about 100 KB on the sample)
+REPORT_CLUSTERS = 24
+REPORT_MEMBERS = 8
+REPORT_IMAGES = 4
 
 
 class DedupConfig(Section):
@@ -79,6 +93,9 @@ class DedupStage(RowStage):
         ctx.stats.inc("images_hashed", sum(len(r["images"]) for r in rows))  # by the partition's first run
         for row in rows:
             found = row.pop("_dedup")
+            shown = row.pop("_show", None)
+            if shown is not None:
+                ctx.side(REPORT_IMAGES_SIDE, REPORT_IMAGES_SCHEMA, self._report_row(row, shown))
             if found is None:
                 ctx.stats.inc("prompts_kept")
                 yield row
@@ -88,13 +105,28 @@ class DedupStage(RowStage):
                            f"near-duplicate of prompt {found['keep']} (image bits {found['bits']}, colour "
                            f"{found['colour']}, question jaccard {found['jaccard']})")
 
+    @staticmethod
+    def _report_row(row: dict, shown: dict) -> dict:
+        """A prompt of a shown cluster as the report shows it: thumbnails and, removed, its distances."""
+        from methods.thumbnails import thumbnail
+
+        thumbs = [thumbnail(im["bytes"]) for im in row["images"][:REPORT_IMAGES] if im.get("bytes")]
+        return {"stage": "dedup", "group": shown["group"], "group_size": shown["size"], "role": shown["role"],
+                "prompt_id": row["prompt_id"], "source": row.get("source"), "question": row.get("question"),
+                "n_images": len(row["images"]), "thumbnails": [t for t in thumbs if t is not None],
+                "image_bits": shown.get("bits"), "colour": shown.get("colour"),
+                "question_jaccard": shown.get("jaccard")}
+
     def redo_rows(self, rows: list[dict], extra: tuple[str, ...]) -> list[dict]:
-        drop = {d["position"]: d for d in json.loads(extra[0])["drop"]}
-        return [{**r, "_dedup": drop.get(i)} for i, r in enumerate(rows)]
+        decided = json.loads(extra[0])
+        drop = {d["position"]: d for d in decided["drop"]}
+        show = {d["position"]: d for d in decided.get("show", [])}
+        return [{**r, "_dedup": drop.get(i), "_show": show.get(i)} for i, r in enumerate(rows)]
 
     def redo_partitions(self, planned: list[tuple[str, tuple[str, ...]]], out_dir: str
                         ) -> dict[str, tuple[str, ...]]:
-        """Partitions holding a near-duplicate of an earlier kept prompt, with what to drop."""
+        """Partitions holding a near-duplicate of an earlier kept prompt, with what to drop, and
+        those holding a prompt of a cluster the report shows (``shown_clusters``), with what to show."""
         from pipeline.files import storage
         from pipeline.sources.prompt_keys import KeyFiles, near_duplicates
 
@@ -108,8 +140,14 @@ class DedupStage(RowStage):
             drops.setdefault(name, []).append({"position": position, "keep": ids[m.keep]["prompt_id"],
                                                "bits": list(m.image_bits), "colour": list(m.colour),
                                                "jaccard": m.jaccard})
+        show: dict[str, list[dict]] = {}
+        for g, entry in shown_clusters(found, {g: r["prompt_id"] for g, r in ids.items()}):
+            name, position = files.where(g)
+            show.setdefault(name, []).append({"position": position, **entry})
         inputs = dict(planned)
-        return {name: (*inputs[name], json.dumps({"drop": d}, sort_keys=True)) for name, d in drops.items()}
+        return {name: (*inputs[name], json.dumps({"drop": drops.get(name, []), "show": show.get(name, [])},
+                                                 sort_keys=True))
+                for name in sorted(drops.keys() | show.keys())}
 
     @classmethod
     def summarize(cls, counters: dict) -> dict:
@@ -132,3 +170,22 @@ class DedupStage(RowStage):
                 f"kept. A prompt is removed when its images are within {s.image_distance} pHash bits of a kept "
                 f"prompt's (and their colours agree), its question's normalised 3-gram Jaccard is at least "
                 f"{s.question_threshold} and its ground truth is the same; the kept one is the first by prompt id.")
+
+
+def shown_clusters(found: list, kept_ids: dict[int, str]) -> list[tuple[int, dict]]:
+    """The prompts of the clusters the HTML report shows, as (global key row, what to show):
+    the first ``REPORT_CLUSTERS`` clusters by kept ``prompt_id``, each with its kept prompt and
+    its first ``REPORT_MEMBERS`` removed ones (``found`` is in ``prompt_id`` order of the removed
+    prompt, ``methods.near_duplicates.representatives``), with their distances to the kept one.
+    Bounded whatever the input size; the same matches give the same list."""
+    clusters: dict[int, list] = {}
+    for m in found:
+        clusters.setdefault(m.keep, []).append(m)
+    out: list[tuple[int, dict]] = []
+    for keep in sorted(clusters, key=lambda g: kept_ids[g])[:REPORT_CLUSTERS]:
+        group = {"group": kept_ids[keep], "size": 1 + len(clusters[keep])}
+        out.append((keep, {**group, "role": "kept"}))
+        for m in clusters[keep][:REPORT_MEMBERS]:
+            out.append((m.drop, {**group, "role": "removed", "bits": list(m.image_bits),
+                                 "colour": [float(c) for c in m.colour], "jaccard": m.jaccard}))
+    return out

@@ -90,7 +90,8 @@ class WriteStage(DatasetStage):
     Config = WriteConfig
     #: sources, model: the card names them; run.stages: whose ``prompts`` side outputs are the prompt table
     uses = ("run.seed", "run.name", "run.stages", "sources", "model")
-    writes = ("README.md", "manifest.json", "report.json", "report.html")
+    #: report.json and report_images.parquet come from the run report (``pipeline.run.report``)
+    writes = ("README.md", "manifest.json", "report.json", "report_images.parquet", "report.html")
     input_schema = PAIR_SCHEMA
     output_schema = PAIR_SCHEMA
 

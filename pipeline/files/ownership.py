@@ -42,7 +42,8 @@ STAGE_ENTRIES = ("data/", "quarantine/", "side/", "markers/", "failed/", "attemp
 #: a work folder's own files besides one folder per stage
 WORK_ENTRIES = ("logs/", "report.json", "models/")
 #: a dataset folder's fixed files (its shards are reserved one by one when planned)
-DATASET_ENTRIES = ("README.md", "manifest.json", "report.json", "report.html", "exports/")
+DATASET_ENTRIES = ("README.md", "manifest.json", "report.json", "report_images.parquet", "report.html",
+                   "exports/")
 #: what ``python -m pipeline sample-data`` writes
 SAMPLE_ENTRIES = ("images/", "gt.jsonl", "open.jsonl", "README.md")
 ROLES = ("work", "stage", "dataset", "export", "sample")

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import time
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline import __version__
 from pipeline.core import graph
 from pipeline.files import storage
 from pipeline.config.settings import PipelineConfig
 from pipeline.files.ownership import open_folder
 from pipeline.run.runner import read_marker, stage_totals
+from schemas import REPORT_IMAGES_SCHEMA, REPORT_IMAGES_SIDE
+
+#: the dataset folder's thumbnails of removed prompts (``report_images``), beside ``report.json``
+REPORT_IMAGES = "report_images.parquet"
 
 
 def derived(stages: dict) -> dict:
@@ -113,12 +120,38 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
+def report_images(config: PipelineConfig) -> pa.Table | None:
+    """The stages' ``REPORT_IMAGES_SIDE`` side outputs (thumbnails of removed prompts, bounded by
+    each stage) as one table, by stage, group, kept before removed and prompt id; None when no
+    stage wrote any."""
+    files = [f for stage in config.run.stages if graph.stage_class(stage).kind != "dataset"
+             for f in storage.list_files(storage.join(config.run.work_dir, stage, "side", REPORT_IMAGES_SIDE),
+                                         ".parquet")]
+    if not files:
+        return None
+    table = pa.concat_tables([storage.read_table(f).cast(REPORT_IMAGES_SCHEMA) for f in files])
+    kept_first = pc.not_equal(table.column("role"), "kept")
+    table = table.append_column("_order", kept_first)
+    return table.sort_by([("stage", "ascending"), ("group", "ascending"), ("_order", "ascending"),
+                          ("prompt_id", "ascending")]).drop_columns(["_order"])
+
+
 def write_report(config: PipelineConfig, timings: dict[str, float] | None = None,
                  started: float | None = None) -> dict:
+    """``report.json`` in the work folder and, after a build that wrote the dataset, in the dataset
+    folder too, with ``REPORT_IMAGES`` beside it (the thumbnails the HTML report shows of the
+    prompts removed before generation: the dataset folder has no other copy of them)."""
     report = build_report(config, timings, started)
     storage.write_json(storage.join(config.run.work_dir, "report.json"), report)
     if any(graph.stage_class(s).kind == "dataset" for s in config.run.stages) \
             and storage.exists(config.run.output_dir):
-        open_folder(config.run.output_dir, "dataset", "run.output_dir").reserve("report.json")
+        out = open_folder(config.run.output_dir, "dataset", "run.output_dir")
+        out.reserve("report.json")
         storage.write_json(storage.join(config.run.output_dir, "report.json"), report)
+        images = report_images(config)
+        if images is not None:
+            out.reserve(REPORT_IMAGES)
+            storage.write_table(storage.join(config.run.output_dir, REPORT_IMAGES), images)
+        else:  # none this build: a file of an earlier build would show its clusters
+            out.remove(REPORT_IMAGES)
     return report

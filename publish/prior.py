@@ -17,6 +17,15 @@ What is checked when the config is loaded (so a mistake costs seconds, not a bui
   source, in the template this config sends them in (id and text hash); otherwise the
   rates describe another policy or another question, and the prior is used only with
   ``generate.prior_policy: any``.
+
+Each prompt's estimate also keeps how it was sampled (``fingerprint``: model, revision,
+template, question, answers, sampling settings with the per-prompt seed, scoring
+settings).  When this build would sample the prompt identically, the seeds derived from
+the prompt id make it draw the very same responses, so the prior's rate is an exact
+prediction (``generate.prior_skip: auto``, ``methods.prior``).
+
+A skipped prompt keeps its prior row in the rebuild's prompt table (``carried_rows``,
+stop reason ``skipped_by_prior``), so the rebuild is a complete prior for the next one.
 """
 from __future__ import annotations
 
@@ -33,7 +42,12 @@ from schemas import PROMPT_TABLE_SCHEMA
 
 #: the prompt table's columns a rebuild reads
 REQUIRED = ("prompt_id", "source", "template_id", "template_hash", "model", "model_revision", "samples_drawn",
-            "tokens_generated", "pass_rate", "pass_rate_low", "pass_rate_high")
+            "tokens_generated", "pass_rate", "pass_rate_low", "pass_rate_high", "question", "answer", "sampling",
+            "scoring")
+#: the stop reason of a row a rebuild carries forward from its prior for a prompt it skipped
+SKIPPED_BY_PRIOR = "skipped_by_prior"
+#: the sampling settings that decide a prompt's responses (with the model, prompt and seed)
+SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "seed")
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,8 @@ class Estimate:
     high: float
     samples: int
     tokens: int
+    #: how the prior sampled and scored the prompt (``fingerprint``); None: not reproducible
+    made: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,19 @@ class Prior:
     models: frozenset[tuple[str, str]]
     #: source -> the (template id, template hash) pairs its prompts with ground truth were sent in
     templates: dict[str, frozenset[tuple[str, str]]]
+
+
+def fingerprint(model: str | None, revision: str | None, template_id: str | None, template_hash: str | None,
+                question: str | None, answer, sampling: dict | None, scoring: dict | None) -> tuple | None:
+    """What decides a prompt's sampled responses and their verdicts: the model and revision, the
+    prompt as sent (template id and text hash, question), its ground truth, the sampling settings
+    with the prompt's seed, and the scoring settings.  None when the prompt was sampled in adaptive
+    rounds (where it stops depends on the rounds, which a rebuild with a prior sizes differently)
+    or its sampling is unknown: then no rebuild can be said to repeat it exactly."""
+    if not sampling or sampling.get("rounds") is not None or scoring is None:
+        return None
+    return (model, revision or "", template_id, template_hash, question, tuple(answer or ()),
+            tuple(sampling.get(k) for k in SAMPLING_KEYS), tuple(sorted(scoring.items())))
 
 
 def manifest_sha256(folder: str) -> str:
@@ -108,7 +137,10 @@ def load_prior(folder: str, sha256: str) -> Prior:
         templates.setdefault(src, set()).add((tid, th))
     cols = [rated.column(c).to_pylist() for c in ("prompt_id", "pass_rate", "pass_rate_low", "pass_rate_high",
                                                   "samples_drawn", "tokens_generated")]
-    estimates = {pid: Estimate(rate, low, high, n or 0, tokens or 0) for pid, rate, low, high, n, tokens in zip(*cols)}
+    made = [fingerprint(*r) for r in zip(*(rated.column(c).to_pylist() for c in (
+        "model", "model_revision", "template_id", "template_hash", "question", "answer", "sampling", "scoring")))]
+    estimates = {pid: Estimate(rate, low, high, n or 0, tokens or 0, m)
+                 for (pid, rate, low, high, n, tokens), m in zip(zip(*cols), made)}
     return Prior(folder, sha256, estimates, models, {s: frozenset(v) for s, v in templates.items()})
 
 
@@ -129,3 +161,22 @@ def mismatches(prior: Prior, model: str, revision: str, templates: dict[str, tup
             out.append(f"template of source {source}: the prior sent its prompts in {shown}, this config in "
                        f"{want[0]} (text {want[1]})")
     return out
+
+
+def carried_rows(prior: Prior, prompt_ids: set[str]) -> list[dict]:
+    """The prior's prompt-table rows of ``prompt_ids`` (prompts this build skipped), with stop reason
+    ``skipped_by_prior``: their counts and rate stay the prior's (what this build knows of them), so a
+    rebuild's table still has every prompt, and using it as the next prior skips them again.  Only
+    the rows asked for are kept (each file is filtered by prompt id as it is read)."""
+    if not prompt_ids:
+        return []
+    ids = pa.array(sorted(prompt_ids), pa.string())
+    rows: list[dict] = []
+    for uri in storage.list_files(storage.join(prior.folder, FOLDER), ".parquet"):
+        with storage.parquet_file(uri) as pf:  # the ids first; the whole rows (images) only of files that hold some
+            keep = pc.is_in(pf.read(columns=["prompt_id"]).column("prompt_id"), value_set=ids)
+            if pc.any(keep).as_py():
+                rows.extend(pf.read().filter(keep).to_pylist())
+    for r in rows:
+        r["stop_reason"] = SKIPPED_BY_PRIOR
+    return sorted(rows, key=lambda r: r["prompt_id"])

@@ -49,3 +49,11 @@ def use_point(rule: str, identical: bool) -> bool:
     """Whether a prompt is judged by its prior point rate: ``point`` always, ``interval`` never,
     ``auto`` when the prior's sampling of it is identical to this build's."""
     return rule == "point" or (rule == "auto" and identical)
+
+
+def judge(rule: str, identical: bool, rate: float | None, low: float | None, high: float | None,
+          band: Sequence[float]) -> tuple[str | None, str]:
+    """(skip reason or None, the rule that judged: ``point`` / ``interval``) of a prior prompt."""
+    if use_point(rule, identical):
+        return point_skip_reason(rate, band), "point"
+    return skip_reason(low, high, band), "interval"

@@ -36,6 +36,7 @@ from functools import lru_cache
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.config.templates import template_for_source
 from pipeline.files import storage
 from publish.prompt_table import FOLDER, read_prompt_table
 from schemas import PROMPT_TABLE_SCHEMA
@@ -180,3 +181,49 @@ def carried_rows(prior: Prior, prompt_ids: set[str]) -> list[dict]:
     for r in rows:
         r["stop_reason"] = SKIPPED_BY_PRIOR
     return sorted(rows, key=lambda r: r["prompt_id"])
+
+
+def check_config(config) -> None:
+    """``generate.prior`` is a finished dataset folder of a compatible version, made by this config's
+    model and templates (or ``prior_policy: any``); its manifest's hash goes into ``prior_manifest``."""
+    g = config.generate
+    if g.prior.rstrip("/") == config.run.output_dir.rstrip("/"):
+        raise ValueError(f"generate.prior is run.output_dir ({g.prior}): a build cannot read the prompt table it "
+                         "rewrites; build into another folder, or copy the prior elsewhere")
+    sha = manifest_sha256(g.prior)
+    if g.prior_manifest is not None and g.prior_manifest != sha:
+        raise ValueError(f"generate.prior_manifest pins {g.prior_manifest}, but {g.prior}/manifest.json now "
+                         f"hashes to {sha}: the prior was rebuilt; unset prior_manifest to use the new one")
+    prior = load_prior(g.prior, sha)
+    templates = {s.name: (t.id, t.hash) for s in config.sources
+                 for t in [template_for_source(config, s.name, g.template)]}
+    found = mismatches(prior, config.model.path, config.model.revision or "", templates)
+    if found and g.prior_policy != "any":
+        raise ValueError(f"generate.prior {g.prior} was made differently: {'; '.join(found)}. Its pass rates "
+                         "describe another policy or question; set generate.prior_policy: any to use it anyway")
+    if g.prior_manifest is None:
+        g.prior_manifest = sha
+
+
+def _prefixed(c: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in c.items() if k.startswith(prefix)}
+
+
+def summary(c: dict) -> dict:
+    """What ``generate.prior`` did, from generate's counters: prompts skipped (by reason) and what
+    the prior spent on them, the rule that judged each prompt, rows carried into the prompt table,
+    prompts sampled with a prior estimate, prompts with ground truth the prior lacks."""
+    skipped = _prefixed(c, "prior.skipped.")
+    return {"skipped": sum(skipped.values()), "skipped_by_reason": skipped,
+            "skipped_prior_tokens": c.get("prior.skipped_tokens", 0),
+            "skipped_prior_samples": c.get("prior.skipped_samples", 0),
+            "sampled": c.get("prior.sampled", 0), "unseen": c.get("prior.unseen", 0),
+            "judged_by": _prefixed(c, "prior.rule."), "carried": c.get("prior.carried", 0)}
+
+
+def summary_line(p: dict) -> str:
+    why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["skipped_by_reason"].items()) or "none"
+    rules = ", ".join(f"{k} {v}" for k, v in p.get("judged_by", {}).items()) or "none"
+    return (f"prior: {p['skipped']} prompts skipped as outside rl_prompts.band ({why}; the prior spent "
+            f"{p['skipped_prior_tokens']} tokens on them), {p['sampled']} sampled, {p['unseen']} not in the prior; "
+            f"judged by {rules}")

@@ -27,7 +27,7 @@ from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, mo
 
 from methods import scoring
 from methods.adaptive import PromptSampler, StopRule, first_round
-from methods.prior import point_skip_reason, skip_reason, use_point
+from methods.prior import judge
 from methods.prompt_stats import scoring_settings
 from methods.grounding import sampled_score
 from methods.quality import usable_as_dropout_chosen
@@ -163,29 +163,7 @@ class GenerateStage(EngineStage):
             check_context(config, "generate.max_tokens", config.generate.max_tokens)
         check_templates(config, config.generate.template, "generate.template")
         if config.generate.prior is not None:
-            cls.check_prior(config)
-
-    @classmethod
-    def check_prior(cls, config) -> None:
-        """The prior is a finished dataset folder of a compatible version, made by this config's model
-        and templates (or ``prior_policy: any``); its manifest's hash goes into ``prior_manifest``."""
-        g = config.generate
-        if g.prior.rstrip("/") == config.run.output_dir.rstrip("/"):
-            raise ValueError(f"generate.prior is run.output_dir ({g.prior}): a build cannot read the prompt table it "
-                             "rewrites; build into another folder, or copy the prior elsewhere")
-        sha = priors.manifest_sha256(g.prior)
-        if g.prior_manifest is not None and g.prior_manifest != sha:
-            raise ValueError(f"generate.prior_manifest pins {g.prior_manifest}, but {g.prior}/manifest.json now "
-                             f"hashes to {sha}: the prior was rebuilt; unset prior_manifest to use the new one")
-        prior = priors.load_prior(g.prior, sha)
-        templates = {s.name: (t.id, t.hash) for s in config.sources
-                     for t in [template_for_source(config, s.name, g.template)]}
-        found = priors.mismatches(prior, config.model.path, config.model.revision or "", templates)
-        if found and g.prior_policy != "any":
-            raise ValueError(f"generate.prior {g.prior} was made differently: {'; '.join(found)}. Its pass rates "
-                             "describe another policy or question; set generate.prior_policy: any to use it anyway")
-        if g.prior_manifest is None:
-            g.prior_manifest = sha
+            priors.check_config(config)  # a finished, compatible build of this model and templates
 
     @classmethod
     def uses_in(cls, config) -> tuple[str, ...]:
@@ -200,7 +178,7 @@ class GenerateStage(EngineStage):
 
     @classmethod
     def summarize(cls, c: dict) -> dict:
-        out = {"prior": cls._prior_summary(c)} if any(k.startswith("prior.") for k in c) else {}
+        out = {"prior": priors.summary(c)} if any(k.startswith("prior.") for k in c) else {}
         if not c.get("adaptive.prompts"):
             return out
         drawn, budget = c.get("responses", 0), c.get("adaptive.budget_samples", 0)
@@ -221,17 +199,6 @@ class GenerateStage(EngineStage):
             **out,
         }
 
-    @staticmethod
-    def _prior_summary(c: dict) -> dict:
-        """What ``generate.prior`` did: prompts skipped (by reason) and what the prior spent on them,
-        prompts sampled with a prior estimate, prompts with ground truth the prior lacks."""
-        skipped = prefixed(c, "prior.skipped.")
-        return {"skipped": sum(skipped.values()), "skipped_by_reason": skipped,
-                "skipped_prior_tokens": c.get("prior.skipped_tokens", 0),
-                "skipped_prior_samples": c.get("prior.skipped_samples", 0),
-                "sampled": c.get("prior.sampled", 0), "unseen": c.get("prior.unseen", 0),
-                "judged_by": prefixed(c, "prior.rule."), "carried": c.get("prior.carried", 0)}
-
     @classmethod
     def summary_line(cls, s: dict) -> str | None:
         lines = []
@@ -241,12 +208,7 @@ class GenerateStage(EngineStage):
                          f"({s['samples_per_prompt']}/prompt, fixed-N: {s['fixed_n_samples']}); "
                          f"~{s['tokens_saved_estimate']} tokens saved; stopped: {stops}")
         if s.get("prior"):
-            p = s["prior"]
-            why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["skipped_by_reason"].items()) or "none"
-            rules = ", ".join(f"{k} {v}" for k, v in p.get("judged_by", {}).items()) or "none"
-            lines.append(f"prior: {p['skipped']} prompts skipped as outside rl_prompts.band ({why}; the prior spent "
-                         f"{p['skipped_prior_tokens']} tokens on them), {p['sampled']} sampled, {p['unseen']} not "
-                         f"in the prior; judged by {rules}")
+            lines.append(priors.summary_line(s["prior"]))
         return "\n".join(lines) or None
 
     def preview_messages(self, row: dict) -> list[dict] | None:
@@ -301,12 +263,8 @@ class GenerateStage(EngineStage):
             return None, None
         rule = self.config.generate.prior_skip
         identical = rule == "auto" and est.made is not None and est.made == self.fingerprint(row)
-        if use_point(rule, identical):
-            ctx.stats.inc("prior.rule.point")
-            reason = point_skip_reason(est.rate, self.config.rl_prompts.band)
-        else:
-            ctx.stats.inc("prior.rule.interval")
-            reason = skip_reason(est.low, est.high, self.config.rl_prompts.band)
+        reason, judged_by = judge(rule, identical, est.rate, est.low, est.high, self.config.rl_prompts.band)
+        ctx.stats.inc(f"prior.rule.{judged_by}")
         if reason:
             ctx.stats.inc(f"prior.skipped.{reason}")
             # what the prior build spent on the prompts skipped: this build's saving, at its sampling

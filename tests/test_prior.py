@@ -268,23 +268,35 @@ def small_build(base: Path, *extra: str) -> tuple[Path, dict]:
     return base / "out", json.loads((base / "work" / "report.json").read_text())
 
 
-@pytest.mark.build
-def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(tmp_path, tiny_model):
+@pytest.fixture(scope="module")
+def small_plain(tmp_path_factory, tiny_model) -> tuple[Path, dict]:
+    """The small build every rebuild below reads as its prior."""
+    return small_build(tmp_path_factory.mktemp("plain"))
+
+
+def table_of(out: Path) -> dict[str, dict]:
     from publish.prompt_table import read_prompt_table
 
-    out, plain = small_build(tmp_path / "plain")
-    before = {r["prompt_id"]: r for r in read_prompt_table(str(out)).to_pylist()}
+    return {r["prompt_id"]: r for r in read_prompt_table(str(out)).to_pylist()}
+
+
+@pytest.mark.build
+def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(tmp_path, small_plain):
+    out, plain = small_plain
+    before = table_of(out)
     want = {pid: skip_reason(r["pass_rate_low"], r["pass_rate_high"], (0.5, 0.5)) for pid, r in before.items()}
     skipped = {pid for pid, why in want.items() if why}
     assert skipped, "the small build has no prompt outside the band: the test would test nothing"
 
-    again, rebuilt = small_build(tmp_path / "again", "--set", f"generate.prior={out}")
+    again, rebuilt = small_build(tmp_path / "again", "--set", f"generate.prior={out}",
+                                 "--set", "generate.prior_skip=interval")
     counters = rebuilt["stages"]["generate"]["counters"]
     for why in ("too_hard", "too_easy"):
         assert counters.get(f"prior.skipped.{why}", 0) == sum(w == why for w in want.values())
     assert counters["prior.sampled"] == sum(r["pass_rate"] is not None for r in before.values()) - len(skipped)
-    after = {r["prompt_id"]: r for r in read_prompt_table(str(again)).to_pylist()}
-    assert set(after) == set(before) - skipped  # open prompts and in-band ones sampled again, the rest not
+    after = table_of(again)
+    assert set(after) == set(before)  # open prompts and in-band ones sampled again, the rest carried
+    assert {p for p, r in after.items() if r["stop_reason"] == "skipped_by_prior"} == skipped
     # the same model and seeds: the prompts sampled again measure the same, for fewer tokens
     assert all(after[p]["pass_rate"] == before[p]["pass_rate"] for p in after)
     spent = plain["stages"]["generate"]["counters"]["tokens_generated"]
@@ -292,6 +304,40 @@ def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(tmp_
     assert counters["prior.skipped_tokens"] == spent - counters["tokens_generated"]
     assert rebuilt["summary"]["generate"]["prior"]["skipped"] == len(skipped)
     assert rebuilt["config_hash"] != plain["config_hash"]
+
+
+@pytest.mark.build
+def test_a_rebuild_sampled_as_its_prior_skips_by_the_point_rate_keeps_the_same_band_and_chains(tmp_path, small_plain):
+    """generate.prior_skip: auto, the prior is this config's own build: every ground-truth prompt is
+    judged by its rate, every one outside the band is skipped, and the prompts in the band are the
+    plain build's with the same rates.  The rebuild, used as the next prior, skips the same prompts."""
+    out, plain = small_plain
+    before = table_of(out)
+    rated = {p: r for p, r in before.items() if r["pass_rate"] is not None}
+    skipped = {p for p, r in rated.items() if not 0.5 <= r["pass_rate"] <= 0.5}
+    in_band = {p: r["pass_rate"] for p, r in rated.items() if p not in skipped}
+    assert skipped and len(skipped) > sum(1 for r in rated.values()
+                                          if skip_reason(r["pass_rate_low"], r["pass_rate_high"], (0.5, 0.5)))
+
+    again, rebuilt = small_build(tmp_path / "again", "--set", f"generate.prior={out}")
+    counters = rebuilt["stages"]["generate"]["counters"]
+    assert counters["prior.rule.point"] == len(rated) and "prior.rule.interval" not in counters
+    assert counters["prior.carried"] == len(skipped)
+    after = table_of(again)
+    assert set(after) == set(before)
+    assert {p for p, r in after.items() if r["stop_reason"] == "skipped_by_prior"} == skipped
+    assert {p: r["pass_rate"] for p, r in after.items() if r["pass_rate"] is not None and p not in skipped} == in_band
+    spent = plain["stages"]["generate"]["counters"]["tokens_generated"]
+    assert counters["tokens_generated"] == spent - sum(before[p]["tokens_generated"] for p in skipped)
+
+    chained, third = small_build(tmp_path / "chained", "--set", f"generate.prior={again}")
+    c3 = third["stages"]["generate"]["counters"]
+    assert c3["prior.carried"] == len(skipped) and c3["prior.rule.point"] == len(rated)
+    assert c3["tokens_generated"] == counters["tokens_generated"]
+    last = table_of(chained)
+    assert set(last) == set(before)
+    assert {p: (r["pass_rate"], r["samples_drawn"], r["correct"]) for p, r in last.items()} == {
+        p: (r["pass_rate"], r["samples_drawn"], r["correct"]) for p, r in before.items()}
 
 
 # -- the point rule for a prior sampled as this build samples (generate.prior_skip) -------------

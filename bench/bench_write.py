@@ -29,7 +29,7 @@ Measured, each in its own subprocess (its VmHWM is that step's driver peak):
 RSS (~10 minutes on 2 cores and ~3 GB of disk; not in ``make bench``).  The
 same run measures the RL side of the write (target: the prompt table and the
 RL exports take at most 10% of the write stage's time): a prompt table of one
-row per prompt (1M / 15 = 66,667 prompts, the pairs' own prompt ids and JPEGs;
+row per prompt (1M pairs less the 0.5% duplicates / 15 = 66,334 prompts, the pairs' own ids and JPEGs;
 8 samples each, pass rates spread over 0/8 .. 8/8) is put where correctness
 leaves it (``<work>/correctness/side/prompts/``, 1,024 prompts per partition
 file), so the write stage publishes it (its ``seconds.prompts``), and then the

@@ -26,7 +26,16 @@ Measured, each in its own subprocess (its VmHWM is that step's driver peak):
 
 ``--million``: only a 1,000,000-pair write (15 pairs per 224x224 JPEG, Ray,
 2 workers), printing rows/s, the driver's peak RSS and each task kind's peak
-RSS (~10 minutes on 2 cores and ~3 GB of disk; not in ``make bench``).
+RSS (~10 minutes on 2 cores and ~3 GB of disk; not in ``make bench``).  The
+same run measures the RL side of the write (target: the prompt table and the
+RL exports take at most 10% of the write stage's time): a prompt table of one
+row per prompt (1M pairs less the 0.5% duplicates / 15 = 66,334 prompts, the pairs' own ids and JPEGs;
+8 samples each, pass rates spread over 0/8 .. 8/8) is put where correctness
+leaves it (``<work>/correctness/side/prompts/``, 1,024 prompts per partition
+file), so the write stage publishes it (its ``seconds.prompts``), and then the
+RL exports (trl_grpo, swift_grpo, verl, band [0.2, 0.8], min_samples 8) are
+written from the dataset folder, timed.  ``--pairs N`` runs it at N pairs
+instead of 1M (stated in the output).
 """
 from __future__ import annotations
 
@@ -174,13 +183,77 @@ def make_inputs(base: Path, rows: int, pairs_per_image: int = 1, image_size: int
 
 
 # -- measured steps (each in a child process) ---------------------------------------
+RL_FORMATS = ["trl_grpo", "swift_grpo", "verl"]
+RL_SAMPLES = 8
+PROMPTS_PER_SIDE_FILE = 1024
+TARGET_RL_SHARE = 0.10
+
+
+def make_prompt_sides(work: Path, pairs: int, pairs_per_prompt: int, image_size: int) -> int:
+    """The correctness stage's ``prompts`` side files for the prompts of ``make_inputs(base, pairs,
+    pairs_per_prompt)``: the same prompt ids and JPEGs, one row per prompt (PROMPT_TABLE_SCHEMA),
+    ``RL_SAMPLES`` samples each with ``k % (RL_SAMPLES + 1)`` right; returns the prompt count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from methods.prompt_stats import wilson
+    from pipeline.core.seeds import derive_seed, stable_hash
+    from schemas import PROMPT_TABLE_SCHEMA
+    from schemas.records import user_turn
+
+    mixer = JpegMixer(jpeg_pool(POOL, image_size))
+    unique = pairs - int(pairs * DUP_FRACTION)
+    n_prompts = (unique + pairs_per_prompt - 1) // pairs_per_prompt
+    folder = work / "correctness" / "side" / "prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    scoring = {"extraction": "final_answer", "threshold": 0.9, "numeric_rel_tol": 1e-3, "anls_cutoff": 0.5,
+               "relaxed_numeric": False, "true_false": False}
+    for f, start in enumerate(range(0, n_prompts, PROMPTS_PER_SIDE_FILE)):
+        rows = []
+        for p in range(start, min(start + PROMPTS_PER_SIDE_FILE, n_prompts)):
+            k = p % 9
+            question = f"How many objects are in image {k}?"
+            text = f"{question}\nThink step by step, then end with 'Final answer: <n>'."
+            right = derive_seed("bench-rate", p) % (RL_SAMPLES + 1)
+            low, high = wilson(right, RL_SAMPLES)
+            seed = derive_seed(0, stable_hash("p", p), "generate")
+            rows.append({
+                "prompt_id": stable_hash("p", p), "source": "src_a" if p * pairs_per_prompt < unique // 2 else "src_b",
+                "row_key": f"row-{p}", "question": question, "prompt": [user_turn(text, 1)],
+                "template_id": "mmpr_final_answer", "template_hash": "0" * 16,
+                "images": [{"bytes": mixer.image(p), "path": None}], "answer": [str(k % 9)], "answer_type": "number",
+                "choices": [], "samples_drawn": RL_SAMPLES, "tokens_generated": 120 * RL_SAMPLES, "correct": right,
+                "right": right, "wrong": RL_SAMPLES - right, "unparseable": 0, "conflicting": 0,
+                "wrong_states_truth": 0, "finish_length": 0, "pass_rate": right / RL_SAMPLES,
+                "pass_rate_low": low, "pass_rate_high": high, "stop_reason": "fixed_n", "model": "bench",
+                "model_revision": "", "seeds": [seed + i for i in range(RL_SAMPLES)], "scoring": scoring,
+                "sampling": {"n": RL_SAMPLES, "temperature": 1.0, "top_p": 1.0, "top_k": 50, "max_tokens": 1024,
+                             "seed": seed, "rounds": None, "stop_reason": None}})
+        pq.write_table(pa.Table.from_pylist(rows, schema=PROMPT_TABLE_SCHEMA), folder / f"part-{f:05d}.parquet",
+                       compression="zstd")
+    return n_prompts
+
+
+def step_rl_exports(out: str) -> dict:
+    """The RL exports of the dataset folder ``out`` (as the export stage writes them), timed."""
+    from publish.exports import export_dataset
+    from publish.exports.rl import Curriculum
+
+    t0 = time.perf_counter()
+    index = export_dataset(out, RL_FORMATS, out, name="bench-write",
+                           curriculum=Curriculum((0.2, 0.8), RL_SAMPLES, 0.0, 0))
+    secs = time.perf_counter() - t0
+    kept = next(s["selection"]["kept"] for s in index["formats"].values() if "selection" in s)
+    return {"secs": secs, "kept": kept, "peak_mb": _peak_mb()}
+
+
 def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", workers: int = 1,
-               size: bool = False) -> dict:
+               size: bool = False, work: str | None = None) -> dict:
     from pipeline.config.settings import PipelineConfig
     from stages.write import input_files, write_dataset
 
     cfg = PipelineConfig.model_validate({
-        "run": {"name": "bench-write", "seed": 0, "output_dir": out},
+        "run": {"name": "bench-write", "seed": 0, "output_dir": out, **({"work_dir": work} if work else {})},
         "executor": {"kind": kind, "num_cpus": max(2, workers), "cpu_concurrency": workers},
         "write": {"shard_rows": shard_rows}})
     if kind == "ray":
@@ -196,6 +269,7 @@ def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", 
            "load": [round(load0, 1), round(os.getloadavg()[0], 1)],  # others' processes on the same cores
            "task_peak_mb": {k.removeprefix("peak_task_mb."): v for k, v in stats.counters.items()
                             if k.startswith("peak_task_mb.")},
+           "prompt_rows": int(stats.counters.get("prompt_table_rows", 0)),
            "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")}}
     if size:
         from publish.shard_size import compactness
@@ -245,24 +319,38 @@ def _describe(label: str, rows: int, res: dict) -> str:
             f"{res['bytes_out'] / 1e6:,.0f} MB; phases " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items()))
 
 
-def million(base: Path, shard_rows: int) -> dict:
+def million(base: Path, shard_rows: int, pairs: int = MILLION) -> dict:
     """1M pairs, 15 per 224x224 JPEG (~12 KB; 448 px would make the run 3x longer for the same
-    code paths).  With ``--keep DIR`` the inputs are made once and reused."""
+    code paths), with the prompt table of their prompts, then the RL exports.  With ``--keep DIR``
+    the inputs are made once and reused.  ``pairs``: another scale (``--pairs``)."""
     t0 = time.perf_counter()
-    ready = base / "in" / "READY"
+    label = f"{pairs / 1e6:g}M" if pairs >= MILLION else f"{pairs:,}"
+    ready = base / "in" / f"READY-{pairs}"
     if ready.exists():
-        dirs, in_bytes = json.loads(ready.read_text())
+        dirs, in_bytes, n_prompts = json.loads(ready.read_text())
     else:
-        dirs, in_bytes = make_inputs(base / "in", MILLION, PAIRS_PER_IMAGE, image_size=224)
-        ready.write_text(json.dumps([dirs, in_bytes]))
-    print(f"input: {MILLION:,} rows, {PAIRS_PER_IMAGE} per 224x224 JPEG, {in_bytes / 1e6:,.0f} MB "
-          f"({time.perf_counter() - t0:.0f} s to make or find)", flush=True)
-    res = child("write", dirs=dirs, out=str(base / "out"), shard_rows=shard_rows, kind="ray", workers=2, size=True)
-    print(_describe("write 1M pairs, ray x2", MILLION, res))
-    print(f"write 1M pairs: {MILLION / res['secs']:,.0f} rows/s, driver peak {res['peak_mb']:,.0f} MB, "
+        dirs, in_bytes = make_inputs(base / "in", pairs, PAIRS_PER_IMAGE, image_size=224)
+        n_prompts = make_prompt_sides(base / "work", pairs, PAIRS_PER_IMAGE, 224)
+        ready.write_text(json.dumps([dirs, in_bytes, n_prompts]))
+    print(f"input: {pairs:,} rows, {PAIRS_PER_IMAGE} per 224x224 JPEG, {in_bytes / 1e6:,.0f} MB; prompt table "
+          f"side files: {n_prompts:,} prompts ({time.perf_counter() - t0:.0f} s to make or find)", flush=True)
+    res = child("write", dirs=dirs, out=str(base / "out"), shard_rows=shard_rows, kind="ray", workers=2, size=True,
+                work=str(base / "work"))
+    print(_describe(f"write {label} pairs, ray x2", pairs, res))
+    print(f"write {label} pairs: {pairs / res['secs']:,.0f} rows/s, driver peak {res['peak_mb']:,.0f} MB, "
           + ", ".join(f"{k} task peak {v:,.0f} MB" for k, v in res["task_peak_mb"].items())
           + f"; shards {res['size']['ratio']:.2f}x distinct images + text")
-    return res
+    rl = child("rl_exports", out=str(base / "out"))
+    table = res["phases"].get("prompts", 0.0)
+    pair_write = res["secs"] - table
+    share = (table + rl["secs"]) / res["secs"]
+    print(f"write {label} pairs: prompt table {res['prompt_rows']:,} rows {table:.1f} s (inside write's "
+          f"{res['secs']:.1f} s), RL exports {RL_FORMATS} {rl['kept']:,} prompts each {rl['secs']:.1f} s "
+          f"(peak {rl['peak_mb']:,.0f} MB); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"write {label} pairs: prompt table + RL exports = {share:.1%} of the write stage's time "
+          f"({(table + rl['secs']) / pair_write:.1%} of the write without the prompt table) "
+          f"(target <= {TARGET_RL_SHARE:.0%}) {_verdict(share <= TARGET_RL_SHARE)}")
+    return {**res, "rl_exports": rl, "rl_share": share}
 
 
 def main() -> int:
@@ -272,6 +360,7 @@ def main() -> int:
     ap.add_argument("--shard-rows", type=int, default=5000)
     ap.add_argument("--keep", help="keep the inputs and outputs in this folder")
     ap.add_argument("--million", action="store_true", help="only the 1,000,000-pair write")
+    ap.add_argument("--pairs", type=int, default=MILLION, help="with --million: this many pairs instead of 1M")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -279,7 +368,8 @@ def main() -> int:
     if args.child:
         kw = json.loads(args.child)
         step = kw.pop("step")
-        print(json.dumps(step_write(**kw) if step == "write" else step_baseline(**kw)))
+        steps = {"write": step_write, "baseline": step_baseline, "rl_exports": step_rl_exports}
+        print(json.dumps(steps[step](**kw)))
         return 0
 
     rows = 10_000 if args.quick else args.rows
@@ -287,7 +377,7 @@ def main() -> int:
     base.mkdir(parents=True, exist_ok=True)
     try:
         if args.million:
-            res = million(base, args.shard_rows)
+            res = million(base, args.shard_rows, args.pairs)
             if args.json:
                 print(json.dumps({"million": res}))
             return 0

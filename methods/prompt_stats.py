@@ -34,6 +34,18 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def scoring_settings(sc: Any, source: Any, extraction: str) -> dict:
+    """The scoring settings a prompt's verdicts use (SCORING_TYPE): the shared ``scoring`` section
+    ``sc``, the prompt's source (relaxed numeric, true/false answers) and ``extraction``, the style
+    read from its responses (``scoring.extraction``, else its template's).  One function for the
+    correctness stage, which records them per prompt, and a rebuild with ``generate.prior``, which
+    compares them with the prior's (another scoring, another pass rate)."""
+    return {"extraction": sc.extraction or extraction, "threshold": sc.threshold,
+            "numeric_rel_tol": sc.numeric_rel_tol, "anls_cutoff": sc.anls_cutoff,
+            "relaxed_numeric": bool(source and source.relaxed_numeric),
+            "true_false": bool(source and source.true_false)}
+
+
 def prompt_row(row: Mapping[str, Any], scored: Sequence[Scored] | None, prompt: list[dict],
                scoring: Mapping[str, Any]) -> dict:
     """The PROMPT_TABLE_SCHEMA row of a generated prompt (a RESPONSE_SCHEMA row).

@@ -17,6 +17,15 @@ What is checked when the config is loaded (so a mistake costs seconds, not a bui
   source, in the template this config sends them in (id and text hash); otherwise the
   rates describe another policy or another question, and the prior is used only with
   ``generate.prior_policy: any``.
+
+Each prompt's estimate also keeps how it was sampled (``fingerprint``: model, revision,
+template, question, answers, sampling settings with the per-prompt seed, scoring
+settings).  When this build would sample the prompt identically, the seeds derived from
+the prompt id make it draw the very same responses, so the prior's rate is an exact
+prediction (``generate.prior_skip: auto``, ``methods.prior``).
+
+A skipped prompt keeps its prior row in the rebuild's prompt table (``carried_rows``,
+stop reason ``skipped_by_prior``), so the rebuild is a complete prior for the next one.
 """
 from __future__ import annotations
 
@@ -27,13 +36,19 @@ from functools import lru_cache
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.config.templates import template_for_source
 from pipeline.files import storage
 from publish.prompt_table import FOLDER, read_prompt_table
 from schemas import PROMPT_TABLE_SCHEMA
 
 #: the prompt table's columns a rebuild reads
 REQUIRED = ("prompt_id", "source", "template_id", "template_hash", "model", "model_revision", "samples_drawn",
-            "tokens_generated", "pass_rate", "pass_rate_low", "pass_rate_high")
+            "tokens_generated", "pass_rate", "pass_rate_low", "pass_rate_high", "question", "answer", "sampling",
+            "scoring")
+#: the stop reason of a row a rebuild carries forward from its prior for a prompt it skipped
+SKIPPED_BY_PRIOR = "skipped_by_prior"
+#: the sampling settings that decide a prompt's responses (with the model, prompt and seed)
+SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "seed")
 
 
 @dataclass(frozen=True)
@@ -44,6 +59,8 @@ class Estimate:
     high: float
     samples: int
     tokens: int
+    #: how the prior sampled and scored the prompt (``fingerprint``); None: not reproducible
+    made: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,19 @@ class Prior:
     models: frozenset[tuple[str, str]]
     #: source -> the (template id, template hash) pairs its prompts with ground truth were sent in
     templates: dict[str, frozenset[tuple[str, str]]]
+
+
+def fingerprint(model: str | None, revision: str | None, template_id: str | None, template_hash: str | None,
+                question: str | None, answer, sampling: dict | None, scoring: dict | None) -> tuple | None:
+    """What decides a prompt's sampled responses and their verdicts: the model and revision, the
+    prompt as sent (template id and text hash, question), its ground truth, the sampling settings
+    with the prompt's seed, and the scoring settings.  None when the prompt was sampled in adaptive
+    rounds (where it stops depends on the rounds, which a rebuild with a prior sizes differently)
+    or its sampling is unknown: then no rebuild can be said to repeat it exactly."""
+    if not sampling or sampling.get("rounds") is not None or scoring is None:
+        return None
+    return (model, revision or "", template_id, template_hash, question, tuple(answer or ()),
+            tuple(sampling.get(k) for k in SAMPLING_KEYS), tuple(sorted(scoring.items())))
 
 
 def manifest_sha256(folder: str) -> str:
@@ -108,7 +138,10 @@ def load_prior(folder: str, sha256: str) -> Prior:
         templates.setdefault(src, set()).add((tid, th))
     cols = [rated.column(c).to_pylist() for c in ("prompt_id", "pass_rate", "pass_rate_low", "pass_rate_high",
                                                   "samples_drawn", "tokens_generated")]
-    estimates = {pid: Estimate(rate, low, high, n or 0, tokens or 0) for pid, rate, low, high, n, tokens in zip(*cols)}
+    made = [fingerprint(*r) for r in zip(*(rated.column(c).to_pylist() for c in (
+        "model", "model_revision", "template_id", "template_hash", "question", "answer", "sampling", "scoring")))]
+    estimates = {pid: Estimate(rate, low, high, n or 0, tokens or 0, m)
+                 for (pid, rate, low, high, n, tokens), m in zip(zip(*cols), made)}
     return Prior(folder, sha256, estimates, models, {s: frozenset(v) for s, v in templates.items()})
 
 
@@ -129,3 +162,68 @@ def mismatches(prior: Prior, model: str, revision: str, templates: dict[str, tup
             out.append(f"template of source {source}: the prior sent its prompts in {shown}, this config in "
                        f"{want[0]} (text {want[1]})")
     return out
+
+
+def carried_rows(prior: Prior, prompt_ids: set[str]) -> list[dict]:
+    """The prior's prompt-table rows of ``prompt_ids`` (prompts this build skipped), with stop reason
+    ``skipped_by_prior``: their counts and rate stay the prior's (what this build knows of them), so a
+    rebuild's table still has every prompt, and using it as the next prior skips them again.  Only
+    the rows asked for are kept (each file is filtered by prompt id as it is read)."""
+    if not prompt_ids:
+        return []
+    ids = pa.array(sorted(prompt_ids), pa.string())
+    rows: list[dict] = []
+    for uri in storage.list_files(storage.join(prior.folder, FOLDER), ".parquet"):
+        with storage.parquet_file(uri) as pf:  # the ids first; the whole rows (images) only of files that hold some
+            keep = pc.is_in(pf.read(columns=["prompt_id"]).column("prompt_id"), value_set=ids)
+            if pc.any(keep).as_py():
+                rows.extend(pf.read().filter(keep).to_pylist())
+    for r in rows:
+        r["stop_reason"] = SKIPPED_BY_PRIOR
+    return sorted(rows, key=lambda r: r["prompt_id"])
+
+
+def check_config(config) -> None:
+    """``generate.prior`` is a finished dataset folder of a compatible version, made by this config's
+    model and templates (or ``prior_policy: any``); its manifest's hash goes into ``prior_manifest``."""
+    g = config.generate
+    if g.prior.rstrip("/") == config.run.output_dir.rstrip("/"):
+        raise ValueError(f"generate.prior is run.output_dir ({g.prior}): a build cannot read the prompt table it "
+                         "rewrites; build into another folder, or copy the prior elsewhere")
+    sha = manifest_sha256(g.prior)
+    if g.prior_manifest is not None and g.prior_manifest != sha:
+        raise ValueError(f"generate.prior_manifest pins {g.prior_manifest}, but {g.prior}/manifest.json now "
+                         f"hashes to {sha}: the prior was rebuilt; unset prior_manifest to use the new one")
+    prior = load_prior(g.prior, sha)
+    templates = {s.name: (t.id, t.hash) for s in config.sources
+                 for t in [template_for_source(config, s.name, g.template)]}
+    found = mismatches(prior, config.model.path, config.model.revision or "", templates)
+    if found and g.prior_policy != "any":
+        raise ValueError(f"generate.prior {g.prior} was made differently: {'; '.join(found)}. Its pass rates "
+                         "describe another policy or question; set generate.prior_policy: any to use it anyway")
+    if g.prior_manifest is None:
+        g.prior_manifest = sha
+
+
+def _prefixed(c: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in c.items() if k.startswith(prefix)}
+
+
+def summary(c: dict) -> dict:
+    """What ``generate.prior`` did, from generate's counters: prompts skipped (by reason) and what
+    the prior spent on them, the rule that judged each prompt, rows carried into the prompt table,
+    prompts sampled with a prior estimate, prompts with ground truth the prior lacks."""
+    skipped = _prefixed(c, "prior.skipped.")
+    return {"skipped": sum(skipped.values()), "skipped_by_reason": skipped,
+            "skipped_prior_tokens": c.get("prior.skipped_tokens", 0),
+            "skipped_prior_samples": c.get("prior.skipped_samples", 0),
+            "sampled": c.get("prior.sampled", 0), "unseen": c.get("prior.unseen", 0),
+            "judged_by": _prefixed(c, "prior.rule."), "carried": c.get("prior.carried", 0)}
+
+
+def summary_line(p: dict) -> str:
+    why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["skipped_by_reason"].items()) or "none"
+    rules = ", ".join(f"{k} {v}" for k, v in p.get("judged_by", {}).items()) or "none"
+    return (f"prior: {p['skipped']} prompts skipped as outside rl_prompts.band ({why}; the prior spent "
+            f"{p['skipped_prior_tokens']} tokens on them), {p['sampled']} sampled, {p['unseen']} not in the prior; "
+            f"judged by {rules}")

@@ -22,10 +22,14 @@ def sampling_html(summary: dict) -> str:
     prior = adaptive.get("prior")
     if prior:
         why = ", ".join(f"{k.replace('_', ' ')}: {v:,}" for k, v in prior["skipped_by_reason"].items()) or "none"
+        rules = prior.get("judged_by") or {}
+        judged = (f' Judged by the prior pass rate (sampled there exactly as here): {rules.get("point", 0):,}; by the '
+                  f'whole 95% interval: {rules.get("interval", 0):,}.') if rules else ""
         parts.append(f'<p class="note">Prior build (generate.prior): {prior["skipped"]:,} prompts skipped before '
-                     f'sampling, their 95% interval there wholly outside rl_prompts.band ({esc(why)}; the prior '
-                     f'spent {prior["skipped_prior_tokens"]:,} generated tokens on them); {prior["sampled"]:,} '
-                     f'sampled again, {prior["unseen"]:,} not in the prior.</p>')
+                     f'sampling as outside rl_prompts.band ({esc(why)}; the prior spent '
+                     f'{prior["skipped_prior_tokens"]:,} generated tokens on them; their rows carried into the prompt '
+                     f'table: {prior.get("carried", 0):,}); {prior["sampled"]:,} sampled again, {prior["unseen"]:,} '
+                     f'not in the prior.{judged}</p>')
     if adaptive.get("prompts"):
         rounds = [[str(r["round"]), f"{r.get('open', 0):,}", f"{r.get('samples', 0):,}", f"{r.get('tokens', 0):,}"]
                   for r in adaptive["rounds"]]

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Optional
 from pydantic import Field
 
 from methods.pairs import select_pairs
-from methods.prompt_stats import prompt_row
+from methods.prompt_stats import prompt_row, scoring_settings
 from methods.scoring import pass_rate, pass_rate_bin, score_responses
 from pipeline import __version__
 from pipeline.config.settings import Section
@@ -137,10 +137,7 @@ class CorrectnessStage(RowStage):
         """The prompt table's row: the conversation as sent, the verdict counts, the scoring settings."""
         sc, template = self.config.scoring, template_by_id(self.config, row.get("template_id"))
         system = [{"role": "system", "content": [{"type": "text", "text": template.system}]}] if template.system else []
-        scoring = {"extraction": sc.extraction or styles.get(row["template_id"] or "", "final_answer"),
-                   "threshold": sc.threshold, "numeric_rel_tol": sc.numeric_rel_tol, "anls_cutoff": sc.anls_cutoff,
-                   "relaxed_numeric": bool(source and source.relaxed_numeric),
-                   "true_false": bool(source and source.true_false)}
+        scoring = scoring_settings(sc, source, styles.get(row["template_id"] or "", "final_answer"))
         prompt = system + [user_turn(render_user_text(self.config, row), len(row["images"] or []))]
         return prompt_row(row, scored, prompt, scoring)
 

@@ -22,7 +22,8 @@ from pipeline.config.sections import Section
 from pipeline.core.stage import DatasetStage, StageStats, prefixed
 from pipeline.files import storage
 from publish.exports import FORMATS, export_dataset
-from publish.exports.rl import Curriculum
+from publish.exports.common import REGISTRY
+from publish.exports.rl import Curriculum, RLFormat
 
 log = logging.getLogger("pipeline")
 
@@ -55,6 +56,22 @@ class ExportStage(DatasetStage):
     @classmethod
     def enabled_by(cls, config) -> bool:
         return bool(config.export.formats) and "write" in config.run.stages
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """The RL formats read the prompt table, which only the correctness stage records: a run that
+        writes a dataset with RL formats but without it would fail at the export, after the whole build."""
+        rl = [f for f in config.export.formats if issubclass(REGISTRY[f], RLFormat)]
+        if not rl or "write" not in config.run.stages:
+            return
+        if "correctness" not in config.run.stages:
+            raise ValueError(f"export.formats lists the RL format(s) {rl}, which read the prompt table "
+                             "(prompts/*.parquet) the correctness stage records, but run.stages has no correctness: "
+                             f"add correctness to run.stages, or remove {rl} from export.formats")
+        if not config.correctness.prompt_table:
+            raise ValueError(f"export.formats lists the RL format(s) {rl}, which read the prompt table, but "
+                             "correctness.prompt_table is false: set it to true, or remove "
+                             f"{rl} from export.formats")
 
     @classmethod
     def summarize(cls, c: dict) -> dict:

@@ -27,7 +27,8 @@ from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, mo
 
 from methods import scoring
 from methods.adaptive import PromptSampler, StopRule, first_round
-from methods.prior import skip_reason
+from methods.prior import judge
+from methods.prompt_stats import scoring_settings
 from methods.grounding import sampled_score
 from methods.quality import usable_as_dropout_chosen
 
@@ -43,7 +44,8 @@ from pipeline.config.templates import (BUILTIN_TEMPLATES, check_templates, extra
                                       template_for_source)
 from pipeline.engine.image_budget import check_context
 from publish import prior as priors
-from schemas import PROMPT_SCHEMA, RESPONSE_SCHEMA
+from publish.prompt_table import SIDE as PROMPTS_SIDE
+from schemas import PROMPT_SCHEMA, PROMPT_TABLE_SCHEMA, RESPONSE_SCHEMA
 
 
 class AdaptiveConfig(Section):
@@ -92,9 +94,18 @@ class GenerateConfig(Section):
         "sampled texts with their image without a request of its own; null = when a stage of the run wants them "
         "(grounding, with reuse_sampled_logprobs)"))
     prior: Optional[str] = Field(None, description=(
-        "An earlier build's dataset folder whose prompt table (prompts/*.parquet) informs this one: prompts whose "
-        "95% pass-rate interval there lies wholly outside rl_prompts.band are skipped before sampling (no pairs of "
-        "any method), and adaptive sampling's first round is sized from the prior pass rate; null = no prior"))
+        "An earlier build's dataset folder whose prompt table (prompts/*.parquet) informs this one: ground-truth "
+        "prompts it puts outside rl_prompts.band (generate.prior_skip says how) are skipped before sampling (no "
+        "pairs of any method; their prior rows are carried into this build's prompt table with stop reason "
+        "skipped_by_prior), and adaptive sampling's first round is sized from the prior pass rate; null = no prior"))
+    prior_skip: Literal["auto", "point", "interval"] = Field("auto", description=(
+        'How the prior decides a prompt lies outside rl_prompts.band. "interval": its whole 95% Wilson interval '
+        "does (a rate measured with other random draws predicts this build's only up to sampling noise; at 8 "
+        'samples no interval clears the band [0.2, 0.8]). "point": its pass rate does (the RL exports\' own test). '
+        '"auto": point for each prompt the prior sampled exactly as this build would (same model and revision, '
+        "template, question, ground truth, sampling settings and per-prompt seed, scoring settings; fixed-N "
+        "sampling), since the seeds derive from the prompt id and this build would draw the very same responses "
+        "and measure the very same rate (on CPU, or GPU with engine.batch_invariant); interval otherwise"))
     prior_policy: Literal["same", "any"] = Field("same", description=(
         '"same": the prior must come from this config\'s model (path and revision) and, per source, the same '
         'template (id and text), else a config error naming the mismatch; "any": use it anyway'))
@@ -107,8 +118,9 @@ class GenerateConfig(Section):
         """No prior, no prior keys in the resolved config: a config without one hashes as before they
         existed, so finished generate work stays valid (a dump of chosen keys keeps them)."""
         out = handler(self)
-        if info.include is None and self.prior is None and self.prior_policy == "same" and self.prior_manifest is None:
-            for key in ("prior", "prior_policy", "prior_manifest"):
+        if (info.include is None and self.prior is None and self.prior_policy == "same" and self.prior_manifest is None
+                and self.prior_skip == "auto"):
+            for key in ("prior", "prior_policy", "prior_manifest", "prior_skip"):
                 out.pop(key, None)
         return out
 
@@ -151,40 +163,22 @@ class GenerateStage(EngineStage):
             check_context(config, "generate.max_tokens", config.generate.max_tokens)
         check_templates(config, config.generate.template, "generate.template")
         if config.generate.prior is not None:
-            cls.check_prior(config)
-
-    @classmethod
-    def check_prior(cls, config) -> None:
-        """The prior is a finished dataset folder of a compatible version, made by this config's model
-        and templates (or ``prior_policy: any``); its manifest's hash goes into ``prior_manifest``."""
-        g = config.generate
-        if g.prior.rstrip("/") == config.run.output_dir.rstrip("/"):
-            raise ValueError(f"generate.prior is run.output_dir ({g.prior}): a build cannot read the prompt table it "
-                             "rewrites; build into another folder, or copy the prior elsewhere")
-        sha = priors.manifest_sha256(g.prior)
-        if g.prior_manifest is not None and g.prior_manifest != sha:
-            raise ValueError(f"generate.prior_manifest pins {g.prior_manifest}, but {g.prior}/manifest.json now "
-                             f"hashes to {sha}: the prior was rebuilt; unset prior_manifest to use the new one")
-        prior = priors.load_prior(g.prior, sha)
-        templates = {s.name: (t.id, t.hash) for s in config.sources
-                     for t in [template_for_source(config, s.name, g.template)]}
-        found = priors.mismatches(prior, config.model.path, config.model.revision or "", templates)
-        if found and g.prior_policy != "any":
-            raise ValueError(f"generate.prior {g.prior} was made differently: {'; '.join(found)}. Its pass rates "
-                             "describe another policy or question; set generate.prior_policy: any to use it anyway")
-        if g.prior_manifest is None:
-            g.prior_manifest = sha
+            priors.check_config(config)  # a finished, compatible build of this model and templates
 
     @classmethod
     def uses_in(cls, config) -> tuple[str, ...]:
         """Adaptive sampling stops on scored responses: the scoring settings and the pair
-        budget decide which samples are drawn; a prior skips prompts by the RL band."""
-        return cls.uses + (("scoring",) if config.generate.adaptive.enabled else ()) + (
-            ("rl_prompts.band",) if config.generate.prior is not None else ())
+        budget decide which samples are drawn; a prior skips prompts by the RL band, judging by the
+        point rate only prompts sampled and scored as this build would (the scoring settings), and
+        carries the rows of the prompts it skips into the prompt table when correctness records one."""
+        g = config.generate
+        scoring = g.adaptive.enabled or (g.prior is not None and g.prior_skip == "auto")
+        return cls.uses + (("scoring",) if scoring else ()) + (
+            ("rl_prompts.band", "correctness.prompt_table") if g.prior is not None else ())
 
     @classmethod
     def summarize(cls, c: dict) -> dict:
-        out = {"prior": cls._prior_summary(c)} if any(k.startswith("prior.") for k in c) else {}
+        out = {"prior": priors.summary(c)} if any(k.startswith("prior.") for k in c) else {}
         if not c.get("adaptive.prompts"):
             return out
         drawn, budget = c.get("responses", 0), c.get("adaptive.budget_samples", 0)
@@ -205,16 +199,6 @@ class GenerateStage(EngineStage):
             **out,
         }
 
-    @staticmethod
-    def _prior_summary(c: dict) -> dict:
-        """What ``generate.prior`` did: prompts skipped (by reason) and what the prior spent on them,
-        prompts sampled with a prior estimate, prompts with ground truth the prior lacks."""
-        skipped = prefixed(c, "prior.skipped.")
-        return {"skipped": sum(skipped.values()), "skipped_by_reason": skipped,
-                "skipped_prior_tokens": c.get("prior.skipped_tokens", 0),
-                "skipped_prior_samples": c.get("prior.skipped_samples", 0),
-                "sampled": c.get("prior.sampled", 0), "unseen": c.get("prior.unseen", 0)}
-
     @classmethod
     def summary_line(cls, s: dict) -> str | None:
         lines = []
@@ -224,11 +208,7 @@ class GenerateStage(EngineStage):
                          f"({s['samples_per_prompt']}/prompt, fixed-N: {s['fixed_n_samples']}); "
                          f"~{s['tokens_saved_estimate']} tokens saved; stopped: {stops}")
         if s.get("prior"):
-            p = s["prior"]
-            why = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["skipped_by_reason"].items()) or "none"
-            lines.append(f"prior: {p['skipped']} prompts skipped as outside rl_prompts.band ({why}; the prior spent "
-                         f"{p['skipped_prior_tokens']} tokens on them), {p['sampled']} sampled, {p['unseen']} not "
-                         "in the prior")
+            lines.append(priors.summary_line(s["prior"]))
         return "\n".join(lines) or None
 
     def preview_messages(self, row: dict) -> list[dict] | None:
@@ -259,15 +239,32 @@ class GenerateStage(EngineStage):
         g = self.config.generate
         return priors.load_prior(g.prior, g.prior_manifest) if g.prior is not None else None
 
+    def fingerprint(self, row: dict) -> tuple | None:
+        """How this build samples and scores a prompt (``publish.prior.fingerprint``), to compare with
+        the prior's; None under adaptive sampling (where a prompt stops depends on the prior)."""
+        g = self.config.generate
+        if g.adaptive.enabled:
+            return None
+        template = self.template(row)
+        extraction = extraction_styles(self.config).get(template.id, "final_answer")
+        scoring_now = scoring_settings(self.config.scoring, self.config.source(row["source"]), extraction)
+        sampling = self.sampling(row["prompt_id"])
+        return priors.fingerprint(self.config.model.path, self.config.model.revision, template.id, template.hash,
+                                  row["question"], row["answer"], sampling, scoring_now)
+
     def prior_estimate(self, row: dict, prior, ctx: StageContext) -> "tuple[str | None, priors.Estimate | None]":
-        """Whether the prior skips a prompt (``too_hard`` / ``too_easy``), and its estimate; counted."""
+        """Whether the prior skips a prompt (``too_hard`` / ``too_easy``), and its estimate; counted,
+        with the rule that judged it (``generate.prior_skip``: its point rate, or its interval)."""
         if prior is None or not row["answer"]:
             return None, None
         est = prior.estimates.get(row["prompt_id"])
         if est is None:
             ctx.stats.inc("prior.unseen")
             return None, None
-        reason = skip_reason(est.low, est.high, self.config.rl_prompts.band)
+        rule = self.config.generate.prior_skip
+        identical = rule == "auto" and est.made is not None and est.made == self.fingerprint(row)
+        reason, judged_by = judge(rule, identical, est.rate, est.low, est.high, self.config.rl_prompts.band)
+        ctx.stats.inc(f"prior.rule.{judged_by}")
         if reason:
             ctx.stats.inc(f"prior.skipped.{reason}")
             # what the prior build spent on the prompts skipped: this build's saving, at its sampling
@@ -304,10 +301,11 @@ class GenerateStage(EngineStage):
         placeholder = self.config.model.image_placeholder
         # the sampled token's log-prob only (flat: no dict per token), computed from logits vLLM has
         logprobs = {"logprobs": 0, "flat_logprobs": True} if self.wants_logprobs() else {}
-        todo, requests, prior = [], [], self.prior()
+        todo, requests, prior, skipped = [], [], self.prior(), set()
         for row in rows:
             skip, estimate = self.prior_estimate(row, prior, ctx)
             if skip:
+                skipped.add(row["prompt_id"])
                 continue  # out of the band in the prior build: not sampled, counted (prior.skipped.*)
             try:
                 images = [to_pil(im) for im in row["images"] or []]
@@ -325,7 +323,18 @@ class GenerateStage(EngineStage):
                                        image_uuids=[image_uuid(im) for im in row["images"] or []],
                                        more=sampler.next_count if sampler else None))
             todo.append((row, sampling, template, sampler))
+        self.carry_forward(prior, skipped, ctx)
         return todo, requests
+
+    def carry_forward(self, prior, skipped: set[str], ctx: StageContext) -> None:
+        """The prior's prompt-table rows of the prompts skipped, into this build's (the ``prompts``
+        side output the write stage publishes with correctness's): a rebuild's table keeps every
+        prompt, so it serves as the next prior and its skips hold (stop reason ``skipped_by_prior``)."""
+        if not skipped or not self.config.correctness.prompt_table:
+            return
+        for row in priors.carried_rows(prior, skipped):
+            ctx.side(PROMPTS_SIDE, PROMPT_TABLE_SCHEMA, row)
+            ctx.stats.inc("prior.carried")
 
     @staticmethod
     def _count_rounds(sampler: PromptSampler, ctx: StageContext) -> dict:

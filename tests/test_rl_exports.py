@@ -184,3 +184,31 @@ def test_run_report_and_html_report_show_the_curriculum(dataset, tmp_path):
     assert "src_a: prompts per pass rate" in html and "src_b: prompts per pass rate" in html
     assert "[0.2, 0.8]" in html and "too few samples" in html
     assert html.count('fill="#2f855a"') == 2 * 7  # bins 0.2-0.3 ... 0.8-0.9 reach into the band, per source
+
+
+# -- the config ----------------------------------------------------------------------------------
+
+def test_rl_formats_without_the_stage_that_records_the_prompt_table_are_a_config_error():
+    """The RL exports read prompts/*.parquet, which correctness records: without it a run would build
+    everything and then fail at the export (FileNotFoundError), so the config is refused up front."""
+    from helpers import make_config
+
+    stages = ["ingest", "generate", "dropout_ntp", "filter", "write"]
+    with pytest.raises(ValueError, match=r"RL format\(s\) \['trl_grpo', 'verl'\].*add correctness to run.stages"):
+        make_config(run={"stages": stages}, export={"formats": ["swift", "trl_grpo", "verl"]})
+    with pytest.raises(ValueError, match=r"correctness.prompt_table is false: set it to true"):
+        make_config(correctness={"prompt_table": False}, export={"formats": ["swift_grpo"]})
+    # pair formats need no prompt table; a run that writes no dataset exports nothing
+    assert make_config(run={"stages": stages}, export={"formats": ["swift", "llamafactory"]})
+    assert make_config(run={"stages": ["ingest", "generate"]}, export={"formats": ["verl"]})
+    assert make_config(export={"formats": ["trl_grpo", "swift_grpo", "verl"]})  # the sample's own
+
+
+def test_the_command_line_names_the_missing_correctness_stage(tmp_path):
+    from helpers import load_config_file, shipped_config
+    from pipeline.config.settings import ConfigError
+
+    data = shipped_config()
+    data["run"]["stages"] = [s for s in data["run"]["stages"] if s != "correctness"]
+    with pytest.raises(ConfigError, match="add correctness to run.stages"):
+        load_config_file(tmp_path, data)

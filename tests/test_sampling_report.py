@@ -55,3 +55,16 @@ def test_html_section_shows_rounds_stop_reasons_and_histogram():
     assert "<td>correctness</td><td class=num>8</td><td class=num>3.00</td><td class=num>12</td>" in html
     assert "280 generated tokens per distinct chosen" in html
     assert sampling_html({}) == ""
+
+
+def test_a_prior_rebuild_says_what_it_skipped_by_which_rule_and_carried():
+    prior = {"prior.skipped.too_hard": 86, "prior.skipped.too_easy": 2, "prior.skipped_tokens": 10259,
+             "prior.skipped_samples": 704, "prior.sampled": 142, "prior.rule.point": 228, "prior.rule.interval": 2,
+             "prior.carried": 88}
+    summary = derived({"generate": {"counters": {"responses": 1136, "tokens_generated": 17000, **prior}}})
+    p = summary["generate"]["prior"]
+    assert p["skipped"] == 88 and p["judged_by"] == {"point": 228, "interval": 2} and p["carried"] == 88
+    text = re.sub(r"<[^>]+>", " ", sampling_html(summary))
+    assert "88 prompts skipped before sampling as outside rl_prompts.band" in text
+    assert "carried into the prompt table: 88" in text
+    assert "Judged by the prior pass rate (sampled there exactly as here): 228; by the whole 95% interval: 2" in text

@@ -77,7 +77,8 @@ def test_order_and_inputs_come_from_the_classes():
     cfg = make_config()  # sample config: no judge
     assert graph.input_stages(cfg, "write") == ["filter"]
     assert graph.input_stages(cfg, "filter") == ["correctness", "dropout_ntp", "image_crop"]
-    no_filter = make_config(run={"stages": ["ingest", "generate", "dropout_ntp", "judge", "write"]})
+    no_filter = make_config(run={"stages": ["ingest", "generate", "dropout_ntp", "judge", "write"]},
+                            export={"formats": []})  # the RL formats need correctness's prompt table
     assert graph.input_stages(no_filter, "judge") == ["dropout_ntp"]  # filter is looked through
     # a disabled stage that changes the schema is not looked through: correctness reads nothing
     assert graph.input_stages(make_config(run={"stages": ["ingest", "correctness"]}), "correctness") == []
@@ -214,7 +215,7 @@ def test_adding_a_stage_is_one_class(sample_data, tmp_path):
         # its section is part of its hash and of its downstream stages' hashes only
         other = make_config(**{**{k: getattr(cfg, k).model_dump() for k in ("run", "executor")},
                                "sources": [s.model_dump() for s in cfg.sources],
-                               "write": cfg.write.model_dump(), "echo": {"prefix": "No"}})
+                               "write": cfg.write.model_dump(), "export": {"formats": []}, "echo": {"prefix": "No"}})
         assert [s for s in stages if other.stage_hash(s) != cfg.stage_hash(s)] == ["echo", "filter", "write"]
     finally:
         REGISTRY.pop(echo.name)

@@ -64,7 +64,8 @@ def run_timing(config: PipelineConfig, started: float, timings: dict[str, float]
 
 
 def build_report(config: PipelineConfig, timings: dict[str, float] | None = None,
-                 started: float | None = None) -> dict:
+                 started: float | None = None, extra: dict | None = None) -> dict:
+    """The run report; ``extra``: what the run measured besides (``object_store``: its peak)."""
     stages = {}
     for stage in config.run.stages:
         if graph.stage_class(stage).kind == "dataset":  # no partition markers: its rows are in the manifest
@@ -92,6 +93,7 @@ def build_report(config: PipelineConfig, timings: dict[str, float] | None = None
     }
     if started is not None:
         report["timing"] = run_timing(config, started, timings or {})
+    report.update(extra or {})
     return report
 
 
@@ -114,8 +116,8 @@ def format_summary(report: dict) -> str:
 
 
 def write_report(config: PipelineConfig, timings: dict[str, float] | None = None,
-                 started: float | None = None) -> dict:
-    report = build_report(config, timings, started)
+                 started: float | None = None, extra: dict | None = None) -> dict:
+    report = build_report(config, timings, started, extra)
     storage.write_json(storage.join(config.run.work_dir, "report.json"), report)
     if any(graph.stage_class(s).kind == "dataset" for s in config.run.stages) \
             and storage.exists(config.run.output_dir):

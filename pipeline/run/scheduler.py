@@ -233,21 +233,26 @@ class GraphScheduler:
             item = self.ray.get(next(gen))
         except StopIteration:  # the call returned: every partition of it should have reported
             self._call_ended(gen)
-            for t in tasks:
-                if t.name not in reported:
-                    self._check(t)
-            return
+            missing = [t for t in tasks if t.name not in reported]
+            if all(completed(t) for t in missing):
+                for t in missing:
+                    self._mark_done(t)
+                return
+            # a stream cut short: Ray may end the stream of an actor that died rather than fail it
+            error: Exception = RuntimeError(f"the call ended with {len(missing)} partition(s) unreported")
         except Exception as e:  # noqa: BLE001 -- the engine actor died
             self._call_ended(gen)
-            # said here too: the actor's own last log line may not be forwarded
-            log.error("stage %s: engine actor %d failed: its vLLM engine died or the actor process was "
-                      "killed (%s); checking partitions", stage, i, _first_line(e))
-            self.pools[key].failed(i)
-            self._after_failure([t for t in tasks if t.name not in reported], e)
+            missing, error = [t for t in tasks if t.name not in reported], e
+        else:
+            reported.add(item["partition"])
+            self.stages[stage].ran.merge(StageStats.from_dict(item["stats"]))
+            self._check(next(t for t in tasks if t.name == item["partition"]))
             return
-        reported.add(item["partition"])
-        self.stages[stage].ran.merge(StageStats.from_dict(item["stats"]))
-        self._check(next(t for t in tasks if t.name == item["partition"]))
+        # said here too: the actor's own last log line may not be forwarded
+        log.error("stage %s: engine actor %d failed: its vLLM engine died or the actor process was "
+                  "killed (%s); checking partitions", stage, i, _first_line(error))
+        self.pools[key].failed(i)
+        self._after_failure(missing, error)
 
     def _call_ended(self, gen) -> None:
         key, i, *_ = self.calls.pop(gen)

@@ -177,6 +177,12 @@ class GenerateStage(EngineStage):
             ("rl_prompts.band", "correctness.prompt_table") if g.prior is not None else ())
 
     @classmethod
+    def unhashed_in(cls, config) -> tuple[str, ...]:
+        """Fixed-N sampling (adaptive off) never reads ``generate.adaptive``: its rounds and stop
+        rule cannot change the samples, so tuning them does not redo generate."""
+        return () if config.generate.adaptive.enabled else ("generate.adaptive",)
+
+    @classmethod
     def summarize(cls, c: dict) -> dict:
         out = {"prior": priors.summary(c)} if any(k.startswith("prior.") for k in c) else {}
         if not c.get("adaptive.prompts"):

@@ -23,14 +23,15 @@ SAMPLE = ROOT / SAMPLE_CONFIG
 #: them, so a change that moves one must be on purpose; the last were the prompt table and the RL
 #: exports (``correctness.prompt_table``, write using ``run.stages``, ``rl_prompts``, export using
 #: rl_prompts and run.seed), the ``dedup`` / ``decontaminate`` stages (generate reads dedup's output),
-#: ``run.partition_rows`` leaving the config hash and ingest's ``uses``, and
-#: ``scoring.max_pairs_per_response`` (was ``generate.adaptive.max_reuse``; now also a pair-selection cap)
-SAMPLE_CONFIG_HASH = "7e90c8d695f0388a"
+#: ``run.partition_rows`` leaving the config hash and ingest's ``uses``,
+#: ``scoring.max_pairs_per_response`` (was ``generate.adaptive.max_reuse``; now also a pair-selection cap),
+#: and ``generate.adaptive`` leaving the hashes while adaptive sampling is off (``Stage.unhashed_in``)
+SAMPLE_CONFIG_HASH = "353b5617648f8a76"
 SAMPLE_STAGE_HASHES = {
     "ingest": "5bf5b6a9960d23ad", "dedup": "0925e4c5341186c8", "decontaminate": "39a5d3665a7b6fa7",
-    "generate": "1bf1e740e34d7313", "correctness": "7fcc0d88c751ac0c", "dropout_ntp": "6774426248fd9e11",
-    "image_crop": "974a20bf4539318d", "grounding": "e6fd1b7e84ffca1b", "filter": "c6f4d95265495845",
-    "judge": "97cee009aeac5854", "write": "90f0a5ace1455dab", "export": "c93af1b24112a33b",
+    "generate": "57a9f075d205586b", "correctness": "ab2f8556d9a271b4", "dropout_ntp": "0d3098df473e417a",
+    "image_crop": "7899cc711317cf23", "grounding": "d97160eb3e5fa493", "filter": "440e4e9a908d9479",
+    "judge": "35a54afa8d50b08b", "write": "0d2586f7de9f686b", "export": "1df45128aa371f0c",
 }
 
 

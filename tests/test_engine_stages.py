@@ -238,3 +238,33 @@ def test_a_finish_failure_is_kept_not_regenerated(prompts, engine, tmp_path):
     kept = json.loads((tmp_path / "failed" / "part.json").read_text())
     assert kept["step"] == "finish" and len(kept["results"]) == n
     assert all(len(r["completions"]) == N and r["completions"][0]["num_tokens"] > 0 for r in kept["results"])
+
+
+def test_each_partition_is_yielded_as_soon_as_its_marker_is_written(prompts, engine, tmp_path):
+    """``iter_engine_tasks`` reports a partition (an engine actor yields it to the scheduler,
+    which starts its downstream work at once) right after its marker is written, before the
+    next partition's results are committed; a partition whose prepare raised is reported too,
+    quarantined, with the first results after it (it is done before them)."""
+    from pipeline.run.runner import completed, iter_engine_tasks
+    from stages.generate import GenerateStage
+
+    class PrepareFailsOnB(GenerateStage, register=False):
+        def prepare(self, rows, ctx):
+            if ctx.partition == "b":
+                raise RuntimeError("a bug in prepare")
+            return super().prepare(rows, ctx)
+
+    cfg = _cfg()
+    stage = PrepareFailsOnB(cfg)
+    tasks = [Task("generate", name, (prompts[0],), str(tmp_path), cfg.stage_hash("generate")) for name in "abc"]
+    seen = []
+    for task, stats in iter_engine_tasks(stage, tasks, engine):
+        seen.append(task.name)
+        assert completed(task), f"{task.name} yielded before its marker"
+        if task.name == "a":
+            assert not completed(tasks[2]), "c was committed before a was reported"
+        if task.name == "b":
+            assert stats.quarantined == {"prepare_error": stats.rows_in} and stats.rows_out == 0
+        else:
+            assert stats.rows_out == stats.rows_in > 0
+    assert sorted(seen) == ["a", "b", "c"] and seen.index("a") < seen.index("c")

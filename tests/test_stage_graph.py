@@ -143,6 +143,50 @@ def test_keys_a_stage_reads_are_part_of_its_hash(change, moved):
     assert {s for s in PIPELINE_STAGES if base.stage_hash(s) != changed.stage_hash(s)} == moved
 
 
+ADAPTIVE_TWEAKS = [{"rounds": [2, 5]}, {"stop": "both"}, {"min_each": 2}, {"all_right_after": 3},
+                   {"all_wrong_after": 6}, {"no_gt_max": 2}]
+
+
+@pytest.mark.parametrize("tweak", ADAPTIVE_TWEAKS, ids=[next(iter(t)) for t in ADAPTIVE_TWEAKS])
+def test_adaptive_settings_move_the_hashes_only_while_adaptive_sampling_is_on(tweak):
+    """Fixed-N sampling never reads generate.adaptive (``Stage.unhashed_in``): tuning it while it is
+    off redoes nothing; while it is on, it redoes generate and everything downstream."""
+    def cfg(enabled: bool, **extra):
+        return make_config(run={"stages": PIPELINE_STAGES}, generate={"adaptive": {"enabled": enabled, **extra}})
+
+    for enabled in (False, True):
+        base, changed = cfg(enabled), cfg(enabled, **tweak)
+        moved = {s for s in PIPELINE_STAGES if base.stage_hash(s) != changed.stage_hash(s)}
+        assert moved == (_downstream("generate", PIPELINE_STAGES) if enabled else set())
+        assert (base.config_hash() != changed.config_hash()) is enabled
+        # the settings stay in the resolved config (workers, `pipeline config`): only the hashes skip them
+        assert changed.resolved()["generate"]["adaptive"] == {**base.resolved()["generate"]["adaptive"], **tweak}
+    assert cfg(False).stage_hash("generate") != cfg(True).stage_hash("generate")  # turning it on is a change
+
+
+def test_an_unhashed_key_another_stage_uses_stays_in_the_config_hash(monkeypatch):
+    """A key left out of its own stage's hash (``unhashed_in``) still counts where another stage
+    declares it reads it: in that stage's hash and in the config hash."""
+    from stages.correctness import CorrectnessStage
+
+    base = make_config(run={"stages": PIPELINE_STAGES})
+    changed = make_config(run={"stages": PIPELINE_STAGES}, generate={"adaptive": {"rounds": [2, 5]}})
+    assert base.config_hash() == changed.config_hash()
+    uses = CorrectnessStage.uses
+    monkeypatch.setattr(CorrectnessStage, "uses_in", classmethod(lambda cls, config: (*uses, "generate.adaptive")))
+    assert base.config_hash() != changed.config_hash()
+    assert base.stage_hash("generate") == changed.stage_hash("generate")
+    assert base.stage_hash("correctness") != changed.stage_hash("correctness")
+
+
+def test_unhashed_keys_must_be_in_the_stages_own_section(monkeypatch):
+    from stages.generate import GenerateStage
+
+    monkeypatch.setattr(GenerateStage, "unhashed_in", classmethod(lambda cls, config: ("scoring.threshold",)))
+    with pytest.raises(TypeError, match=r"stage generate: unhashed_in may name only keys of its own section"):
+        make_config().stage_hash("generate")
+
+
 def test_stage_sections_validate_with_the_stage_model(tmp_path):
     with pytest.raises(ConfigError, match=r"filter\.rulez: Extra inputs are not permitted"):
         load_config_file(tmp_path, (ROOT / SAMPLE_CONFIG).read_text() + "\nfilter:\n  rulez: {}\n")

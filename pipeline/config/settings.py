@@ -250,12 +250,15 @@ class PipelineConfig(StageSections):
         return self.model_dump(mode="json")
 
     def data_config(self) -> dict:
-        """The resolved config minus what cannot change the data (paths, scheduling, logging)."""
+        """The resolved config minus what cannot change the data (paths, scheduling, logging,
+        and the settings of a stage's mode that is off: ``Stage.unhashed_in``)."""
+        from pipeline.core import graph
+
         d = self.resolved()
         d.pop("executor")
         d.pop("engine")
         d["run"] = {k: v for k, v in d["run"].items() if k not in RUN_KEYS_NOT_HASHED}
-        return d
+        return graph.drop_unhashed(self, d)
 
     def config_hash(self) -> str:
         """Hash of the data-determining config: two builds with equal hashes make equal data."""

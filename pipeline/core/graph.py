@@ -11,14 +11,16 @@ names a stage: order, inputs and hashes all come from what the classes declare.
 * **inputs**: a stage reads its nearest *enabled* upstream stages; a disabled
   stage that keeps the schema (filter, judge: pairs in, pairs out) is looked
   through to what it would have read.
-* **hash**: a stage's hash covers its own config section, the settings it declares
-  it uses (``Stage.uses``; the only others it can read), and the hashes of the
-  stages it really reads -- nothing else, so tuning one stage never redoes a sibling.
+* **hash**: a stage's hash covers its own config section (less the keys it says
+  cannot change its output under the config, ``Stage.unhashed_in``), the settings
+  it declares it uses (``Stage.uses``; the only others it can read), and the hashes
+  of the stages it really reads -- nothing else, so tuning one stage never redoes a sibling.
 * **wants**: what a stage needs of its upstream output (``Stage.wants``), asked
   with ``wanted``, so an upstream stage never names the stages downstream of it.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -127,17 +129,57 @@ def config_value(resolved: dict, dotted: str) -> Any:
     return reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, dotted.split("."), resolved)
 
 
+def unhashed(config: "PipelineConfig", stage: str) -> tuple[str, ...]:
+    """``Stage.unhashed_in``, checked: only keys of the stage's own section."""
+    keys = stage_class(stage).unhashed_in(config)
+    foreign = [k for k in keys if not k.startswith(f"{stage}.")]
+    if foreign:
+        raise TypeError(f"stage {stage}: unhashed_in may name only keys of its own section, not {foreign}")
+    return keys
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    """Remove ``tree["a"]["b"]`` for ``"a.b"`` in place (nothing if it is not there)."""
+    *path, last = dotted.split(".")
+    node = reduce(lambda n, key: n.get(key) if isinstance(n, dict) else None, path, tree)
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def drop_unhashed(config: "PipelineConfig", data: dict) -> dict:
+    """``data`` (a resolved config, changed in place) less every stage's
+    ``unhashed_in`` keys that no other stage declares it uses: what the config hash covers."""
+    reg = load()
+    for stage in reg:
+        for key in unhashed(config, stage):
+            used = any(u == key or key.startswith(f"{u}.") or u.startswith(f"{key}.")
+                       for other, cls in reg.items() if other != stage for u in cls.uses_in(config))
+            if not used:
+                _drop(data, key)
+    return data
+
+
 def stage_hash(config: "PipelineConfig", stage: str) -> str:
     """Hash of everything that can change ``stage``'s output (see the module docstring)."""
     resolved = config.resolved()
     memo: dict[str, str] = {}
+
+    def section(s: str) -> Any:
+        """Its section less its ``unhashed_in`` keys (a copy: ``uses`` read ``resolved`` whole)."""
+        keys = unhashed(config, s)
+        if not keys:
+            return resolved.get(s)
+        own = {s: copy.deepcopy(resolved.get(s))}
+        for key in keys:
+            _drop(own, key)
+        return own[s]
 
     def h(s: str) -> str:
         if s not in memo:
             cls = stage_class(s)
             part = {
                 "stage": s,
-                "section": resolved.get(s),
+                "section": section(s),
                 "uses": {k: config_value(resolved, k) for k in cls.uses_in(config)},
                 "inputs": {up: h(up) for up in input_stages(config, s)},
             }

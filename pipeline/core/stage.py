@@ -230,6 +230,14 @@ class Stage:
         return cls.uses
 
     @classmethod
+    def unhashed_in(cls, config: "PipelineConfig") -> tuple[str, ...]:
+        """Keys of this stage's own section (dotted, e.g. ``"generate.adaptive"``) that cannot
+        change its output under ``config`` (a mode's settings while the mode is off): left out
+        of its stage hash and, unless another stage uses them, of the config hash, so tuning
+        an unused mode redoes nothing (``pipeline.core.graph.stage_hash``).  Default: none."""
+        return ()
+
+    @classmethod
     def wants(cls, config: "PipelineConfig") -> frozenset[str]:
         """What this stage needs its upstream stages to record, when it runs under ``config``
         (e.g. ``"logprobs"``: each response's sampled log-prob).  An upstream stage asks

@@ -5,9 +5,10 @@ build and then takes partitions of *any* engine stage whose engine config is
 the same model (generate, dropout_ntp, grounding, a judge on the policy
 model): the model is never loaded again for the next stage.  A call hands an
 actor a few partitions of one stage (``engine.partitions_per_call``), which
-it streams through its engine (``pipeline.run.runner.run_engine_tasks``); every
-partition writes its output and marker from the actor, so the scheduler sees
-it done as soon as its marker appears, before the call returns.
+it streams through its engine (``pipeline.run.runner.iter_engine_tasks``); every
+partition writes its output and marker from the actor, and the call (a Ray
+streaming generator) yields it at once, so the scheduler sees it done as soon
+as its marker is written, before the call returns.
 
 Faults: a dead engine ends the actor (``os._exit``, as an OOM kill would);
 Ray restarts it in place (``max_restarts=-1``, same placement group) with a
@@ -22,7 +23,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from pipeline.run.runner import Task, record_attempt, run_engine_tasks
+from pipeline.run.runner import Task, iter_engine_tasks, record_attempt
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config.settings import PipelineConfig
@@ -71,14 +72,18 @@ class _EngineWorker:
         """Answers once the actor (and its engine) is up: after a restart, too."""
         return True
 
-    def run(self, stage_name: str, tasks: list[dict]) -> dict:
-        """Stream the partitions through the engine; the summed stats of the call."""
+    def run(self, stage_name: str, tasks: list[dict]):
+        """Stream the partitions through the engine, yielding ``{"partition", "stats"}`` for each
+        as soon as its marker is written: the call is a Ray streaming generator, so the scheduler
+        wakes on every partition, not on the call's end (``EnginePool.submit``)."""
         from pipeline.engine.death import EngineDead
 
         began, stream0, occupied0 = time.time(), self.engine.stream_s, self.engine.occupied_s
         try:
-            stats = run_engine_tasks(self._stage(stage_name), [Task.from_dict(t) for t in tasks], self.engine,
-                                     self.config.executor.max_retries, on_start=record_attempt)
+            for task, stats in iter_engine_tasks(self._stage(stage_name), [Task.from_dict(t) for t in tasks],
+                                                 self.engine, self.config.executor.max_retries,
+                                                 on_start=record_attempt):
+                yield {"partition": task.name, "stats": stats.to_dict()}
         except EngineDead as e:
             # end the actor the way an OOM kill would: Ray restarts it with a new engine and
             # the scheduler retries the partitions not yet written; the rows are not quarantined
@@ -86,7 +91,6 @@ class _EngineWorker:
             logging.shutdown()
             os._exit(1)
         self._account(stage_name, began, self.engine.stream_s - stream0, self.engine.occupied_s - occupied0)
-        return stats.to_dict()
 
     def _account(self, stage_name: str, began: float, stream_s: float, occupied_s: float) -> None:
         """This engine's time per stage, kept in ``<stage>/engine/<pid>.json`` after every call:
@@ -168,8 +172,10 @@ class EnginePool:
             self.failed(i)
 
     def submit(self, i: int, stage_name: str, tasks: list[Task]):
+        """The call's ``ObjectRefGenerator``: one object per partition as it is written, then
+        its end (``ray.wait`` takes it like a ref: ready when its next object is)."""
         self.calls[i] += 1
-        return self.actors[i].run.remote(stage_name, [t.to_dict() for t in tasks])
+        return self.actors[i].run.options(num_returns="streaming").remote(stage_name, [t.to_dict() for t in tasks])
 
     def returned(self, i: int) -> None:
         self.calls[i] -= 1

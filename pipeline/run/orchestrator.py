@@ -104,11 +104,12 @@ def run_pipeline(config: PipelineConfig, restart: bool = False) -> dict:
         clear_work_dir(config.run.work_dir)
     for name in config.run.stages:
         invalidate_if_changed(stage_dir(config, name), config.stage_hash(name))
+    measured: dict = {}
     if on_ray:  # the model pre-flight runs while the engines load (a failure still ends the run)
-        timings = run_graph(config, check_model if engine else None)
+        timings = run_graph(config, check_model if engine else None, measured)
     else:
         timings = run_stages(config)
-    return write_report(config, timings, started=started)
+    return write_report(config, timings, started=started, extra=measured)
 
 
 def run_stages(config: PipelineConfig) -> dict[str, float]:
@@ -135,17 +136,33 @@ def run_stages(config: PipelineConfig) -> dict[str, float]:
     return timings
 
 
-def run_graph(config: PipelineConfig, preflight=None) -> dict[str, float]:
+def run_graph(config: PipelineConfig, preflight=None, measured: dict | None = None) -> dict[str, float]:
     """On Ray: source stages first, then every row and engine partition as soon as its input
     is done (``pipeline.run.scheduler``), engine stages sharing a model fed by one pool, then the
     dataset stages.  Wall time per stage: first partition dispatched -> last one done; for
     the stage whose engines start first, from when this starts Ray, as a stage-by-stage run
-    counts its first engine stage.  ``preflight(config)`` runs while those engines load."""
+    counts its first engine stage.  ``preflight(config)`` runs while those engines load.
+    ``measured`` gets the object store's peak over the run (``object_store``: ``store_watch``)."""
     from pipeline.run.executors import RayExecutor
-    from pipeline.run.scheduler import GraphScheduler, plan_graph, start_pools
+    from pipeline.run.store_watch import ObjectStoreWatch
 
     began = time.monotonic()
     RayExecutor(config)  # connects to (or starts) Ray
+    watch = ObjectStoreWatch()
+    watch.start()
+    try:
+        timings = _graph(config, preflight, began)
+    finally:
+        summary = watch.stop()
+    if measured is not None:
+        measured["object_store"] = summary
+    return timings
+
+
+def _graph(config: PipelineConfig, preflight, began: float) -> dict[str, float]:
+    """``run_graph``'s work once Ray is up."""
+    from pipeline.run.scheduler import GraphScheduler, plan_graph, start_pools
+
     stages = {name: make_stage(name, config) for name in config.run.stages}
     # the first engine stage with no output yet will surely run: its model loads while the
     # sources are read (later ones, e.g. a judge on another model, start when work is ready)

@@ -71,7 +71,8 @@ def run_timing(config: PipelineConfig, started: float, timings: dict[str, float]
 
 
 def build_report(config: PipelineConfig, timings: dict[str, float] | None = None,
-                 started: float | None = None) -> dict:
+                 started: float | None = None, extra: dict | None = None) -> dict:
+    """The run report; ``extra``: what the run measured besides (``object_store``: its peak)."""
     stages = {}
     for stage in config.run.stages:
         if graph.stage_class(stage).kind == "dataset":  # no partition markers: its rows are in the manifest
@@ -99,6 +100,7 @@ def build_report(config: PipelineConfig, timings: dict[str, float] | None = None
     }
     if started is not None:
         report["timing"] = run_timing(config, started, timings or {})
+    report.update(extra or {})
     return report
 
 
@@ -137,11 +139,11 @@ def report_images(config: PipelineConfig) -> pa.Table | None:
 
 
 def write_report(config: PipelineConfig, timings: dict[str, float] | None = None,
-                 started: float | None = None) -> dict:
+                 started: float | None = None, extra: dict | None = None) -> dict:
     """``report.json`` in the work folder and, after a build that wrote the dataset, in the dataset
     folder too, with ``REPORT_IMAGES`` beside it (the thumbnails the HTML report shows of the
     prompts removed before generation: the dataset folder has no other copy of them)."""
-    report = build_report(config, timings, started)
+    report = build_report(config, timings, started, extra)
     storage.write_json(storage.join(config.run.work_dir, "report.json"), report)
     if any(graph.stage_class(s).kind == "dataset" for s in config.run.stages) \
             and storage.exists(config.run.output_dir):

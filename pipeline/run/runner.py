@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import pyarrow as pa
 
@@ -240,7 +240,21 @@ def _keep_failure(stage: Stage, task: Task, rows: list[dict], engine: "Engine | 
 
 def run_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
                      on_start=None, on_done=None) -> StageStats:
-    """Partitions of an engine stage streamed through one continuously fed engine.
+    """Partitions of an engine stage streamed through one continuously fed engine; their
+    summed stats (``iter_engine_tasks`` does the work and says how)."""
+    total = StageStats()
+    for task, stats in iter_engine_tasks(stage, tasks, engine, max_retries, on_start):
+        total.merge(stats)
+        if on_done:
+            on_done(task)
+    return total
+
+
+def iter_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
+                      on_start=None) -> Iterator[tuple[Task, StageStats]]:
+    """Partitions of an engine stage streamed through one continuously fed engine, each
+    yielded (with its stats) as soon as its marker is written, so a caller (an engine
+    actor, ``pipeline.run.engine_pool``) can tell the scheduler at once.
 
     Partition i+1's requests enter the engine while partition i's last
     sequences finish (``Engine.generate_stream``); each partition is still
@@ -253,16 +267,14 @@ def run_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", ma
     is raised: its partitions are retried on a new engine by the executor,
     never quarantined.
     """
-    total = StageStats()
     if not stage.streams:  # several dependent rounds per partition (a judge's retries): one at a time
         for task in tasks:
             if on_start:
                 on_start(task)
-            total.merge(run_task(stage, task, engine, max_retries))
-            if on_done:
-                on_done(task)
-        return total
+            yield task, run_task(stage, task, engine, max_retries)
+        return
     staged: deque = deque()
+    refused: deque = deque()  # (task, stats) of partitions whose prepare raised: yielded with the next results
 
     def batches():
         for task in tasks:
@@ -276,34 +288,40 @@ def run_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", ma
             try:
                 state, requests = stage.prepare(iter(rows), ctx)
             except Exception:  # noqa: BLE001 -- kept: quarantined with its traceback, never redone
-                total.merge(_keep_failure(stage, task, rows, engine, "prepare"))
-                if on_done:
-                    on_done(task)
+                refused.append((task, _keep_failure(stage, task, rows, engine, "prepare")))
                 continue
             staged.append((task, rows, ctx, state, started))
             yield requests
 
+    done: set[str] = set()
     try:
         for results in engine.generate_stream(batches()):
+            while refused:
+                done.add(refused[0][0].name)
+                yield refused.popleft()
             task, rows, ctx, state, started = staged.popleft()
             try:
                 table = pa.Table.from_pylist(list(stage.finish(state, results, ctx)), schema=stage.output_schema)
             except Exception:  # noqa: BLE001 -- kept with the engine's results, not regenerated
-                total.merge(_keep_failure(stage, task, rows, engine, "finish", results))
+                stats = _keep_failure(stage, task, rows, engine, "finish", results)
             else:
-                total.merge(_commit(stage, task, ctx, table, started_at=started))
-            if on_done:
-                on_done(task)
+                stats = _commit(stage, task, ctx, table, started_at=started)
+            done.add(task.name)
+            yield task, stats
+        while refused:
+            done.add(refused[0][0].name)
+            yield refused.popleft()
     except EngineDead:
         raise
     except Exception as e:  # noqa: BLE001 -- the stream failed mid-way (not a dead engine)
         log.error("stage %s: engine stream failed (%s); finishing partitions one by one", stage.name, e)
         for task in tasks:
-            if not completed(task):
-                total.merge(run_task(stage, task, engine, max_retries))
-                if on_done:
-                    on_done(task)
-    return total
+            if task.name in done:
+                continue
+            if refused and refused[0][0] is task:
+                yield refused.popleft()
+            elif not completed(task):
+                yield task, run_task(stage, task, engine, max_retries)
 
 
 def attempts_uri(task: Task) -> str:

@@ -13,12 +13,17 @@ resume and quarantine mean the same: a killed run resumes the same way.
 
 Ready work is taken downstream-first (the stage latest in pipeline order),
 so partitions flow through to the end instead of piling up between stages.
-A partition is done when its marker appears (polled per stage folder: an
-engine call returns only after all its partitions, but each writes its
-marker as it finishes) or when its call returns.  A call that fails (a worker
-or engine actor died) leaves its unfinished partitions to be retried; one
-whose workers died ``executor.max_retries + 1`` times is quarantined
-(``worker_died``), as before.
+The loop sleeps in ``ray.wait`` on everything outstanding and wakes when
+any of it ends: a row task's ref, or an engine call -- a Ray streaming
+generator that yields each partition as its marker is written, so a
+partition of a 4-partition call is seen done at once, not when the call
+returns.  The marker stays the proof of completion (read when a task or a
+partition says it is done; resume reads only markers); the engine stages'
+marker folders are still listed every ``FALLBACK_POLL_S`` in case a
+partition's word is lost.  A call that fails (a worker or engine actor died)
+leaves its unfinished partitions to be retried; one whose workers died
+``executor.max_retries + 1`` times is quarantined (``worker_died``), as
+before.
 """
 from __future__ import annotations
 
@@ -39,7 +44,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config.settings import PipelineConfig
 
 log = logging.getLogger("pipeline")
-POLL_S = 0.5
+#: the longest ``ray.wait`` sleeps before the loop looks around anyway (a dead actor's ping, a
+#: pool to close); anything that ends wakes it sooner
+WAIT_S = 0.5
+#: how often the engine stages' marker folders are listed: only a fallback, every engine
+#: partition is also reported by its call's stream (a listing costs a request per stage on S3)
+FALLBACK_POLL_S = 5.0
 
 
 @dataclass
@@ -65,6 +75,10 @@ def _cpu_partition(config: dict, stage_name: str, task: dict) -> dict:
     t = Task.from_dict(task)
     record_attempt(t)
     return run_task(make_stage(stage_name, cfg), t, None, cfg.executor.max_retries).to_dict()
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
 
 
 class GraphScheduler:
@@ -101,12 +115,13 @@ class GraphScheduler:
             s.skipped = len(s.tasks) - len(pending)
             self.waiting[s.name] = pending
         self.cpu: dict = {}    # ref -> task
-        self.calls: dict = {}  # ref -> (pool key, actor index, stage, tasks)
+        self.calls: dict = {}  # ObjectRefGenerator -> (pool key, actor index, stage, tasks)
+        self.reported: dict = {}  # ObjectRefGenerator -> names its stream has yielded
         self.in_flight: dict[str, set[str]] = defaultdict(set)  # stage -> names dispatched, not done
         total = sum(len(v) for v in self.waiting.values())
         self.bar = progress(None, total, bar)
         self.cpu_fn = ray.remote(_cpu_partition).options(num_cpus=1, max_retries=0)
-        self.polled = 0.0
+        self.polled = time.monotonic()
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> dict[str, StageRun]:
@@ -120,15 +135,17 @@ class GraphScheduler:
                 if not refs:
                     stuck = {n: len(v) for n, v in self.waiting.items() if v}
                     raise RuntimeError(f"partitions that cannot become ready (inputs missing): {stuck}")
-                finished, _ = self.ray.wait(refs, num_returns=1, timeout=POLL_S)
+                finished, _ = self.ray.wait(refs, num_returns=1, timeout=WAIT_S)
                 if finished:  # and whatever else is back by now
                     finished, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in finished:
                     if ref in pings:
                         self._pinged(ref, *pings[ref])
+                    elif ref in self.calls:
+                        self._streamed(ref)
                     else:
                         self._returned(ref)
-                if time.monotonic() - self.polled >= POLL_S:
+                if time.monotonic() - self.polled >= FALLBACK_POLL_S:
                     self._poll_markers()
                     self.polled = time.monotonic()
                 for s in self.stages.values():
@@ -197,31 +214,57 @@ class GraphScheduler:
         self.pools[key].answered(i, ok)
 
     def _returned(self, ref) -> None:
-        pool = None
-        if ref in self.cpu:
-            tasks = [self.cpu.pop(ref)]
-        else:
-            key, i, _stage, tasks = self.calls.pop(ref)
-            pool = self.pools[key]
-            pool.returned(i)
-        stage = tasks[0].stage
+        """A row task ended: its stats, and its marker says whether it is done."""
+        t = self.cpu.pop(ref)
         try:
-            self.stages[stage].ran.merge(StageStats.from_dict(self.ray.get(ref)))
-        except Exception as e:  # noqa: BLE001 -- a worker or an engine actor died
-            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            if pool is not None:  # said here too: the actor's own last log line may not be forwarded
-                log.error("stage %s: engine actor %d failed: its vLLM engine died or the actor process was "
-                          "killed (%s); checking partitions", stage, i, first)
-                pool.failed(i)
-            else:
-                log.error("stage %s: workers failed (%s); checking partitions", stage, first)
-            self._after_failure(tasks, e)
+            self.stages[t.stage].ran.merge(StageStats.from_dict(self.ray.get(ref)))
+        except Exception as e:  # noqa: BLE001 -- a worker died
+            log.error("stage %s: workers failed (%s); checking partitions", t.stage, _first_line(e))
+            self._after_failure([t], e)
             return
-        for t in tasks:
-            if completed(t):
-                self._mark_done(t)
-            else:  # cannot happen unless a store lost a write: redo it
-                self._requeue(t)
+        self._check(t)
+
+    def _streamed(self, gen) -> None:
+        """An engine call has news (``ray.wait`` said so, so ``next`` does not block): one
+        partition written, or the call's end, or its failure (the actor died)."""
+        key, i, stage, tasks = self.calls[gen]
+        reported = self.reported.setdefault(gen, set())
+        try:
+            item = self.ray.get(next(gen))
+        except StopIteration:  # the call returned: every partition of it should have reported
+            self._call_ended(gen)
+            missing = [t for t in tasks if t.name not in reported]
+            if all(completed(t) for t in missing):
+                for t in missing:
+                    self._mark_done(t)
+                return
+            # a stream cut short: Ray may end the stream of an actor that died rather than fail it
+            error: Exception = RuntimeError(f"the call ended with {len(missing)} partition(s) unreported")
+        except Exception as e:  # noqa: BLE001 -- the engine actor died
+            self._call_ended(gen)
+            missing, error = [t for t in tasks if t.name not in reported], e
+        else:
+            reported.add(item["partition"])
+            self.stages[stage].ran.merge(StageStats.from_dict(item["stats"]))
+            self._check(next(t for t in tasks if t.name == item["partition"]))
+            return
+        # said here too: the actor's own last log line may not be forwarded
+        log.error("stage %s: engine actor %d failed: its vLLM engine died or the actor process was "
+                  "killed (%s); checking partitions", stage, i, _first_line(error))
+        self.pools[key].failed(i)
+        self._after_failure(missing, error)
+
+    def _call_ended(self, gen) -> None:
+        key, i, *_ = self.calls.pop(gen)
+        self.reported.pop(gen, None)
+        self.pools[key].returned(i)
+
+    def _check(self, t: Task) -> None:
+        """Its worker says the partition is written: the marker decides."""
+        if completed(t):
+            self._mark_done(t)
+        else:  # cannot happen unless a store lost a write: redo it
+            self._requeue(t)
 
     def _after_failure(self, tasks: list[Task], error: Exception) -> None:
         from pipeline.core.graph import make_stage
@@ -249,7 +292,8 @@ class GraphScheduler:
         self.waiting[t.stage].append(t)
 
     def _poll_markers(self) -> None:
-        """Engine partitions finish before their call returns: their markers say so."""
+        """The fallback: engine partitions whose markers exist though their call's stream has
+        not said so (it always should; a lost item must not hold the graph up)."""
         for stage, names in self.in_flight.items():
             if not names or self.stages[stage].kind != "engine":
                 continue

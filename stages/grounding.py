@@ -28,6 +28,8 @@ The stage is optional: it runs when listed in ``run.stages`` or when
 """
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Iterator, Optional
@@ -119,6 +121,22 @@ def answer_head(engine, messages: list[dict]) -> str | None:
 
 
 @dataclass
+class Rendering:
+    """A prompt's text through the chat template, with or without its image parts: the same for
+    every image condition that has images (original or crop) and for every partition the prompt
+    comes back in (each pair method writes its own), so it is made once (``GroundingStage.rendering``)."""
+    messages: list[dict]
+    prompt: str
+    head: str | None
+    prompt_ids: list[int] | None = None  # tokenised with a partition's texts, in the same batch
+
+
+#: renderings a stage keeps across partitions (a few KB each): the prompts of one input
+#: partition come back in every pair method's partitions, in the order they were made
+RENDERINGS_KEPT = 4096
+
+
+@dataclass
 class RenderedView:
     """One prompt under one image condition, rendered once for all the texts scored after it."""
     messages: list[dict]  # chat-template messages (scoring_messages)
@@ -127,6 +145,7 @@ class RenderedView:
     source: list[dict]  # the stored images ({bytes, path})
     image_uuids: list[str]  # their content ids (pipeline.sources.images.image_uuid)
     head: str | None = None  # answer_head
+    rendering: Rendering | None = None  # what it was made from (its prompt_ids filled once for all views)
 
     @cached_property
     def images(self) -> list:
@@ -166,6 +185,8 @@ class GroundingStage(EngineStage):
     _params = None  # the SamplingParams of every scoring request (scoring_params)
     _prefix_params = None  # and of the prompt-only requests that fill the prefix cache (prefix_request)
     _image_tokens = None  # the model's worst case per image (fills_a_block)
+    _renderings: "OrderedDict | None" = None  # (keep images, prompt turns) -> Rendering, for one engine
+    _renderings_for = None  # a weak reference to that engine
 
     @classmethod
     def wants(cls, config) -> frozenset[str]:
@@ -249,15 +270,34 @@ class GroundingStage(EngineStage):
                           prompt=prompt, prompt_token_ids=prompt_ids, cache_salt=CACHE_SALT,
                           image_uuids=scoring.image_uuids)
 
-    def rendered_view(self, row: dict, condition: str, ctx: StageContext, cache: dict) -> tuple[tuple, RenderedView]:
-        """The view's key and its rendering, made once per view (``cache``)."""
+    def rendering(self, prompt: list[dict], keep_images: bool, ctx: StageContext) -> Rendering:
+        """The prompt turns' rendering (with the generation prompt, and the answer head), kept
+        across partitions for this stage's engine: three template runs per prompt, which every
+        pair method's partition of the same prompts made again (``bench/bench_grounding.py``)."""
+        engine = ctx.engine
+        if self._renderings is None or self._renderings_for is None or self._renderings_for() is not engine:
+            self._renderings, self._renderings_for = OrderedDict(), weakref.ref(engine)
+        key = (keep_images, tuple((m["role"], tuple((p["type"], p["text"]) for p in m["content"])) for m in prompt))
+        done = self._renderings.get(key)
+        if done is None:
+            messages = scoring_messages(prompt, keep_images)
+            done = self._renderings[key] = Rendering(messages, engine.render(messages), answer_head(engine, messages))
+            if len(self._renderings) > RENDERINGS_KEPT:
+                self._renderings.popitem(last=False)
+        return done
+
+    def rendered_view(self, row: dict, condition: str, ctx: StageContext, cache: dict,
+                      tokenize: bool = True) -> tuple[tuple, RenderedView]:
+        """The view's key and its rendering, made once per view (``cache``).  ``tokenize=False``:
+        the prompt's token ids may be left None for the caller to fill (``prepare`` tokenises
+        them with the texts, in one batch)."""
         source, key = self.view(row, condition)
         if key not in cache:
-            messages = scoring_messages(row["prompt"], bool(source))
-            prompt = ctx.engine.render(messages)
-            head = answer_head(ctx.engine, messages)
-            cache[key] = RenderedView(messages, prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"],
-                                      list(source), [image_uuid(im) for im in source], head)
+            r = self.rendering(row["prompt"], bool(source), ctx)
+            if tokenize and r.prompt_ids is None:
+                r.prompt_ids = ctx.engine.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
+            cache[key] = RenderedView(r.messages, r.prompt, r.prompt_ids, list(source),
+                                      [image_uuid(im) for im in source], r.head, r)
         return key, cache[key]
 
     def scoring_request(self, row: dict, view: RenderedView, full: str,
@@ -304,20 +344,30 @@ class GroundingStage(EngineStage):
         one prompt reuse its responses (up to 15 correctness pairs from 8 samples), and an
         image_crop pair's shared text is scored once per image condition.  A sampled text's
         with-image score comes from generation when it can (``sampled``): no request.  The
-        texts are rendered from their view's head and tokenised in one batch."""
+        texts are rendered from their view's head and tokenised in one batch, with the prompts
+        not tokenised before."""
         jobs, cache, todo = [], {}, {}
         for row in rows:
             texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
             keys = {}
             for cond in self.conditions(row):
-                view_key, view = self.rendered_view(row, cond, ctx, cache)
+                view_key, view = self.rendered_view(row, cond, ctx, cache, tokenize=False)
                 for text in texts.values():
                     keys[(text, cond)] = key = (view_key, text)
                     if key not in todo:
                         todo[key] = (row, cond, view, view.full_text(text, ctx.engine))
             jobs.append((row, texts, keys))
         fulls = [full for _, _, _, full in todo.values()]
-        all_ids = ctx.engine.tokenizer(fulls, add_special_tokens=False)["input_ids"] if fulls else []
+        prompts = {v.prompt: None for v in cache.values() if v.prompt_ids is None}
+        all_ids = ctx.engine.tokenizer([*prompts, *fulls], add_special_tokens=False)["input_ids"] \
+            if fulls or prompts else []
+        prompts = dict(zip(prompts, all_ids[:len(prompts)]))
+        all_ids = all_ids[len(prompts):]
+        for view in cache.values():
+            if view.prompt_ids is None:
+                view.prompt_ids = prompts[view.prompt]
+                if view.rendering is not None:
+                    view.rendering.prompt_ids = view.prompt_ids
         requests, index, prefixed_views = [], {}, set()
         for (key, (row, cond, view, full)), full_ids in zip(todo.items(), all_ids):
             req, answer_ids, clean = self.scoring_request(row, view, full, full_ids)

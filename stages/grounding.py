@@ -28,8 +28,6 @@ The stage is optional: it runs when listed in ``run.stages`` or when
 """
 from __future__ import annotations
 
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterable, Iterator, Optional
@@ -38,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from methods.grounding import (Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, tokens_key,
                                verdict)
+from methods.grounding_render import Rendering, Renderings
 from pipeline.engine.engine import GenRequest
 from pipeline.sources.images import image_uuid, to_pil
 from pipeline.config.settings import Section
@@ -99,43 +98,6 @@ CACHE_SALT = "grounding"
 IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
 
 
-#: stands for the answer in a view's one assistant-turn rendering (``answer_head``), and a text
-#: that a template changing answers (trimming, collapsing or escaping characters) would change
-_ANSWER = "\x00mmpr-answer\x00"
-_PROBE = "Step 1:  a\n\n\tb <c> {d} [e] 'f' \"g\" & h\\i \u00e9\u4e2d\nFinal answer: 42"
-
-
-def answer_head(engine, messages: list[dict]) -> str | None:
-    """The rendering of ``messages`` plus an assistant turn, up to where the turn's text starts,
-    when the template copies that text unchanged (a text's rendering is then head + text, no
-    template run per text); None when it changes it or cannot be cut."""
-    try:
-        framed = engine.render(messages + [assistant_turn(_ANSWER)], continue_final=True)
-        if not framed.endswith(_ANSWER) or framed.count(_ANSWER) != 1:
-            return None
-        head = framed[:-len(_ANSWER)]
-        probed = engine.render(messages + [assistant_turn(_PROBE)], continue_final=True)
-    except Exception:  # noqa: BLE001 -- then every text is rendered on its own
-        return None
-    return head if probed == head + _PROBE else None
-
-
-@dataclass
-class Rendering:
-    """A prompt's text through the chat template, with or without its image parts: the same for
-    every image condition that has images (original or crop) and for every partition the prompt
-    comes back in (each pair method writes its own), so it is made once (``GroundingStage.rendering``)."""
-    messages: list[dict]
-    prompt: str
-    head: str | None
-    prompt_ids: list[int] | None = None  # tokenised with a partition's texts, in the same batch
-
-
-#: renderings a stage keeps across partitions (a few KB each): the prompts of one input
-#: partition come back in every pair method's partitions, in the order they were made
-RENDERINGS_KEPT = 4096
-
-
 @dataclass
 class RenderedView:
     """One prompt under one image condition, rendered once for all the texts scored after it."""
@@ -162,15 +124,6 @@ class RenderedView:
             return self.prompt + text
 
 
-def scoring_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
-    """The stored prompt turns (system, user) as chat-template messages, each image part
-    where generation had it, or dropped unless kept."""
-    return [{"role": m["role"],
-             "content": [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
-                         for p in m["content"] if keep_images or p["type"] != "image"]}
-            for m in prompt]
-
-
 class GroundingStage(EngineStage):
     name = "grounding"
     #: scores every pair method's rows; filter reads its output (or looks through it when off)
@@ -185,8 +138,7 @@ class GroundingStage(EngineStage):
     _params = None  # the SamplingParams of every scoring request (scoring_params)
     _prefix_params = None  # and of the prompt-only requests that fill the prefix cache (prefix_request)
     _image_tokens = None  # the model's worst case per image (fills_a_block)
-    _renderings: "OrderedDict | None" = None  # (keep images, prompt turns) -> Rendering, for one engine
-    _renderings_for = None  # a weak reference to that engine
+    _renderings = None  # the prompts' renderings, kept across partitions (Renderings)
 
     @classmethod
     def wants(cls, config) -> frozenset[str]:
@@ -270,22 +222,6 @@ class GroundingStage(EngineStage):
                           prompt=prompt, prompt_token_ids=prompt_ids, cache_salt=CACHE_SALT,
                           image_uuids=scoring.image_uuids)
 
-    def rendering(self, prompt: list[dict], keep_images: bool, ctx: StageContext) -> Rendering:
-        """The prompt turns' rendering (with the generation prompt, and the answer head), kept
-        across partitions for this stage's engine: three template runs per prompt, which every
-        pair method's partition of the same prompts made again (``bench/bench_grounding.py``)."""
-        engine = ctx.engine
-        if self._renderings is None or self._renderings_for is None or self._renderings_for() is not engine:
-            self._renderings, self._renderings_for = OrderedDict(), weakref.ref(engine)
-        key = (keep_images, tuple((m["role"], tuple((p["type"], p["text"]) for p in m["content"])) for m in prompt))
-        done = self._renderings.get(key)
-        if done is None:
-            messages = scoring_messages(prompt, keep_images)
-            done = self._renderings[key] = Rendering(messages, engine.render(messages), answer_head(engine, messages))
-            if len(self._renderings) > RENDERINGS_KEPT:
-                self._renderings.popitem(last=False)
-        return done
-
     def rendered_view(self, row: dict, condition: str, ctx: StageContext, cache: dict,
                       tokenize: bool = True) -> tuple[tuple, RenderedView]:
         """The view's key and its rendering, made once per view (``cache``).  ``tokenize=False``:
@@ -293,7 +229,9 @@ class GroundingStage(EngineStage):
         them with the texts, in one batch)."""
         source, key = self.view(row, condition)
         if key not in cache:
-            r = self.rendering(row["prompt"], bool(source), ctx)
+            if self._renderings is None:
+                self._renderings = Renderings()
+            r = self._renderings.get(row["prompt"], bool(source), ctx.engine)
             if tokenize and r.prompt_ids is None:
                 r.prompt_ids = ctx.engine.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
             cache[key] = RenderedView(r.messages, r.prompt, r.prompt_ids, list(source),

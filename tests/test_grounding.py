@@ -489,7 +489,8 @@ class _Template:
     (lambda t: t.replace("<", "&lt;"), True),
 ])
 def test_view_head_is_used_only_for_templates_that_copy_the_text(change, renders_each):
-    from stages.grounding import RenderedView, answer_head
+    from methods.grounding_render import answer_head
+    from stages.grounding import RenderedView
 
     tpl = _Template(change)
     head = answer_head(tpl, [])

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from methods.grounding import (Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, tokens_key,
                                verdict)
+from methods.grounding_render import Rendering, Renderings
 from pipeline.engine.engine import GenRequest
 from pipeline.sources.images import image_uuid, to_pil
 from pipeline.config.settings import Section
@@ -97,27 +98,6 @@ CACHE_SALT = "grounding"
 IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
 
 
-#: stands for the answer in a view's one assistant-turn rendering (``answer_head``), and a text
-#: that a template changing answers (trimming, collapsing or escaping characters) would change
-_ANSWER = "\x00mmpr-answer\x00"
-_PROBE = "Step 1:  a\n\n\tb <c> {d} [e] 'f' \"g\" & h\\i \u00e9\u4e2d\nFinal answer: 42"
-
-
-def answer_head(engine, messages: list[dict]) -> str | None:
-    """The rendering of ``messages`` plus an assistant turn, up to where the turn's text starts,
-    when the template copies that text unchanged (a text's rendering is then head + text, no
-    template run per text); None when it changes it or cannot be cut."""
-    try:
-        framed = engine.render(messages + [assistant_turn(_ANSWER)], continue_final=True)
-        if not framed.endswith(_ANSWER) or framed.count(_ANSWER) != 1:
-            return None
-        head = framed[:-len(_ANSWER)]
-        probed = engine.render(messages + [assistant_turn(_PROBE)], continue_final=True)
-    except Exception:  # noqa: BLE001 -- then every text is rendered on its own
-        return None
-    return head if probed == head + _PROBE else None
-
-
 @dataclass
 class RenderedView:
     """One prompt under one image condition, rendered once for all the texts scored after it."""
@@ -127,6 +107,7 @@ class RenderedView:
     source: list[dict]  # the stored images ({bytes, path})
     image_uuids: list[str]  # their content ids (pipeline.sources.images.image_uuid)
     head: str | None = None  # answer_head
+    rendering: Rendering | None = None  # what it was made from (its prompt_ids filled once for all views)
 
     @cached_property
     def images(self) -> list:
@@ -143,15 +124,6 @@ class RenderedView:
             return self.prompt + text
 
 
-def scoring_messages(prompt: list[dict], keep_images: bool) -> list[dict]:
-    """The stored prompt turns (system, user) as chat-template messages, each image part
-    where generation had it, or dropped unless kept."""
-    return [{"role": m["role"],
-             "content": [{"type": "image"} if p["type"] == "image" else {"type": "text", "text": p["text"]}
-                         for p in m["content"] if keep_images or p["type"] != "image"]}
-            for m in prompt]
-
-
 class GroundingStage(EngineStage):
     name = "grounding"
     #: scores every pair method's rows; filter reads its output (or looks through it when off)
@@ -166,6 +138,7 @@ class GroundingStage(EngineStage):
     _params = None  # the SamplingParams of every scoring request (scoring_params)
     _prefix_params = None  # and of the prompt-only requests that fill the prefix cache (prefix_request)
     _image_tokens = None  # the model's worst case per image (fills_a_block)
+    _renderings = None  # the prompts' renderings, kept across partitions (Renderings)
 
     @classmethod
     def wants(cls, config) -> frozenset[str]:
@@ -249,15 +222,20 @@ class GroundingStage(EngineStage):
                           prompt=prompt, prompt_token_ids=prompt_ids, cache_salt=CACHE_SALT,
                           image_uuids=scoring.image_uuids)
 
-    def rendered_view(self, row: dict, condition: str, ctx: StageContext, cache: dict) -> tuple[tuple, RenderedView]:
-        """The view's key and its rendering, made once per view (``cache``)."""
+    def rendered_view(self, row: dict, condition: str, ctx: StageContext, cache: dict,
+                      tokenize: bool = True) -> tuple[tuple, RenderedView]:
+        """The view's key and its rendering, made once per view (``cache``).  ``tokenize=False``:
+        the prompt's token ids may be left None for the caller to fill (``prepare`` tokenises
+        them with the texts, in one batch)."""
         source, key = self.view(row, condition)
         if key not in cache:
-            messages = scoring_messages(row["prompt"], bool(source))
-            prompt = ctx.engine.render(messages)
-            head = answer_head(ctx.engine, messages)
-            cache[key] = RenderedView(messages, prompt, ctx.engine.tokenizer(prompt, add_special_tokens=False)["input_ids"],
-                                      list(source), [image_uuid(im) for im in source], head)
+            if self._renderings is None:
+                self._renderings = Renderings()
+            r = self._renderings.get(row["prompt"], bool(source), ctx.engine)
+            if tokenize and r.prompt_ids is None:
+                r.prompt_ids = ctx.engine.tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
+            cache[key] = RenderedView(r.messages, r.prompt, r.prompt_ids, list(source),
+                                      [image_uuid(im) for im in source], r.head, r)
         return key, cache[key]
 
     def scoring_request(self, row: dict, view: RenderedView, full: str,
@@ -304,20 +282,30 @@ class GroundingStage(EngineStage):
         one prompt reuse its responses (up to 15 correctness pairs from 8 samples), and an
         image_crop pair's shared text is scored once per image condition.  A sampled text's
         with-image score comes from generation when it can (``sampled``): no request.  The
-        texts are rendered from their view's head and tokenised in one batch."""
+        texts are rendered from their view's head and tokenised in one batch, with the prompts
+        not tokenised before."""
         jobs, cache, todo = [], {}, {}
         for row in rows:
             texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
             keys = {}
             for cond in self.conditions(row):
-                view_key, view = self.rendered_view(row, cond, ctx, cache)
+                view_key, view = self.rendered_view(row, cond, ctx, cache, tokenize=False)
                 for text in texts.values():
                     keys[(text, cond)] = key = (view_key, text)
                     if key not in todo:
                         todo[key] = (row, cond, view, view.full_text(text, ctx.engine))
             jobs.append((row, texts, keys))
         fulls = [full for _, _, _, full in todo.values()]
-        all_ids = ctx.engine.tokenizer(fulls, add_special_tokens=False)["input_ids"] if fulls else []
+        prompts = {v.prompt: None for v in cache.values() if v.prompt_ids is None}
+        all_ids = ctx.engine.tokenizer([*prompts, *fulls], add_special_tokens=False)["input_ids"] \
+            if fulls or prompts else []
+        prompts = dict(zip(prompts, all_ids[:len(prompts)]))
+        all_ids = all_ids[len(prompts):]
+        for view in cache.values():
+            if view.prompt_ids is None:
+                view.prompt_ids = prompts[view.prompt]
+                if view.rendering is not None:
+                    view.rendering.prompt_ids = view.prompt_ids
         requests, index, prefixed_views = [], {}, set()
         for (key, (row, cond, view, full)), full_ids in zip(todo.items(), all_ids):
             req, answer_ids, clean = self.scoring_request(row, view, full, full_ids)

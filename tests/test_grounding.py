@@ -489,7 +489,8 @@ class _Template:
     (lambda t: t.replace("<", "&lt;"), True),
 ])
 def test_view_head_is_used_only_for_templates_that_copy_the_text(change, renders_each):
-    from stages.grounding import RenderedView, answer_head
+    from methods.grounding_render import answer_head
+    from stages.grounding import RenderedView
 
     tpl = _Template(change)
     head = answer_head(tpl, [])
@@ -522,3 +523,80 @@ def test_sampled_score_sums_the_text_tokens(finish, token_ids, expect_sum, expec
         assert got == expect_sum
         assert key == (None if expect_tokens is None else tokens_key([1, 9, *expect_tokens]))
     assert sampled_score([1, 9], token_ids, None, finish) == (None, None)
+
+
+class _ChatEngine:
+    """An engine's chat side without vLLM: a template that copies texts, a tokenizer of one id per
+    character.  Counts template runs and tokenizer calls."""
+    model_name, revision, kv_block_size = "stub", "", 0
+
+    def __init__(self):
+        self.renders, self.tokenizer_calls = [], 0
+
+    def render(self, messages, continue_final=False):
+        self.renders.append(messages)
+        text = "".join(f"{m['role']}: " + "".join("<image>" if p["type"] == "image" else p["text"]
+                                                   for p in m["content"]) + ("" if continue_final and m is messages[-1]
+                                                                            else "\n") for m in messages)
+        return text if continue_final else text + "assistant: "
+
+    def tokenizer(self, text, add_special_tokens=False):
+        assert add_special_tokens is False
+        self.tokenizer_calls += 1
+        ids = lambda t: [ord(c) for c in t]  # noqa: E731
+        return {"input_ids": [ids(t) for t in text] if isinstance(text, list) else ids(text)}
+
+
+def _partitions():
+    """Two pair methods' partitions of the same two prompts (the second differs from the first
+    only in its question), as the pair stages write them."""
+    import io as _io
+
+    from PIL import Image
+
+    from schemas.records import pair_row, provenance
+
+    def png(color):
+        buf = _io.BytesIO()
+        Image.new("RGB", (4, 4), color).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    img, crop = png("red"), png("blue")
+    common = [dict(source="sample_gt", question=q, user_text=q, images=[img], prov=provenance())
+              for q in ("How many circles?", "How many squares?")]
+    correctness = [pair_row(pair_id=f"c{i}", method="correctness", chosen="Final answer: 3", rejected="It is 4.",
+                            **c) for i, c in enumerate(common)]
+    image_crop = [pair_row(pair_id=f"k{i}", method="image_crop", chosen="Final answer: 3", rejected="Final answer: 3",
+                           rejected_images=[crop], **c) for i, c in enumerate(common)]
+    return [correctness, image_crop]
+
+
+def _requests(stage, engine, rows):
+    from pipeline.core.stage import StageContext
+
+    ctx = StageContext("grounding", "p", make_config(run={"stages": ["grounding"]}), engine)
+    jobs, requests = stage.prepare(rows, ctx)
+    return ([(r.prompt, r.prompt_token_ids, r.logprob_tail, r.image_uuids, [im.tobytes() for im in r.images])
+             for r in requests], [(texts, slots) for _, texts, slots in jobs])
+
+
+def test_prompts_are_rendered_once_per_stage_and_tokenised_with_the_texts():
+    """A stage renders a prompt once for all the partitions it comes back in (every pair method
+    writes its own) and tokenises a partition in one call; the requests are the ones a stage
+    rendering each partition afresh sends: with and without the image, per prompt."""
+    from stages.grounding import GroundingStage
+
+    config = make_config(run={"stages": ["grounding"]})
+    fresh = [_requests(GroundingStage(config), _ChatEngine(), rows) for rows in _partitions()]
+    engine, stage = _ChatEngine(), GroundingStage(config)
+    kept = [_requests(stage, engine, rows) for rows in _partitions()]
+    assert kept == fresh
+    # 2 prompts x (with, without the image) x 3 template runs (prompt, answer head, its probe)
+    assert len(engine.renders) == 2 * 2 * 3
+    assert engine.tokenizer_calls == 2  # one batch per partition: its prompts new to the stage and its texts
+    # the image and the crop share a rendering; the view without the image has its own
+    (with_image, without, *_), _ = kept[1]
+    assert "<image>" in with_image[0] and "<image>" not in without[0] and not without[4]
+    # a new engine (a restarted one, another model) renders again
+    other = _ChatEngine()
+    assert _requests(stage, other, _partitions()[0]) == fresh[0] and len(other.renders) == 2 * 2 * 3

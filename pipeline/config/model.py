@@ -169,7 +169,7 @@ class EngineConfig(Section):
     partitions_per_call: Union[int, Literal["auto"]] = Field("auto", description=(
         "Partitions an engine actor streams per call (one vLLM stream, drained before its next call): the engine "
         "stays fed across their boundaries; more = less idle tail, coarser retry unit. auto = sized by what the "
-        "call sends: ready partitions until it holds >= 2x the sequences the engine runs at once (input rows x "
+        "call sends: ready partitions until it holds >= 8x the sequences the engine runs at once (input rows x "
         "the stage's sequences per row, e.g. generate.n; max_num_seqs x pipeline_parallel_size, vLLM's default "
         "until an engine reports its own), at most 64 and an even share of the ready partitions per engine"))
     max_num_seqs: Optional[int] = Field(None, ge=1, description=(

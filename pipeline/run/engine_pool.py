@@ -5,7 +5,7 @@ build and then takes partitions of *any* engine stage whose engine config is
 the same model (generate, dropout_ntp, grounding, a judge on the policy
 model): the model is never loaded again for the next stage.  A call hands an
 actor a few partitions of one stage (``engine.partitions_per_call``, by default
-as many as fill the engine twice over: ``pipeline.run.call_size``), which
+as many as fill the engine eight times over: ``pipeline.run.call_size``), which
 it streams through its engine (``pipeline.run.runner.iter_engine_tasks``); every
 partition writes its output and marker from the actor, and the call (a Ray
 streaming generator) yields it at once, so the scheduler sees it done as soon

@@ -193,7 +193,7 @@ class GraphScheduler:
 
     def _call_batch(self, stage: str, ready: list[Task], pool: EnginePool) -> list[Task]:
         """The partitions of the next call: ``engine.partitions_per_call`` of them, or with
-        ``auto`` as many as fill the engine twice over (``pipeline.run.call_size``)."""
+        ``auto`` as many as fill the engine eight times over (``pipeline.run.call_size``)."""
         per_call = self.config.engine.partitions_per_call
         if per_call != "auto":
             return ready[:per_call]

@@ -14,9 +14,9 @@ from helpers import make_config
 from pipeline.core.graph import make_stage
 from pipeline.files import storage
 from pipeline.run import call_size
-from pipeline.run.call_size import CALL_FILL, MAX_PARTITIONS, estimated_seqs_at_once, input_rows, take_for_call
+from pipeline.run.call_size import (CALL_FILL, MAX_PARTITIONS, CallSizer, estimated_seqs_at_once, input_rows,
+                                    take_for_call)
 from pipeline.run.runner import Task
-from pipeline.run.scheduler import GraphScheduler
 
 
 def _tasks(n: int, stage: str = "generate", inputs=lambda i: (f"/nowhere/{i}.parquet",)) -> list[Task]:
@@ -81,15 +81,9 @@ def test_rows_come_from_the_input_footers(tmp_path):
 
 
 class _Pool:
-    """What ``_call_batch`` reads of an EnginePool (no Ray: the rule is the driver's)."""
+    """What ``CallSizer`` reads of an EnginePool (no Ray: the rule is the driver's)."""
     def __init__(self, actors: int, seqs_at_once: int | None) -> None:
         self.actors, self.down, self.seqs_at_once = [None] * actors, {}, seqs_at_once
-
-
-def _scheduler(config) -> GraphScheduler:
-    s = object.__new__(GraphScheduler)
-    s.config, s.rows, s.sizing = config, {}, {}
-    return s
 
 
 def test_the_scheduler_counts_input_rows_times_generate_n(tmp_path):
@@ -101,13 +95,21 @@ def test_the_scheduler_counts_input_rows_times_generate_n(tmp_path):
     ready = _tasks(40, inputs=lambda i: (parts[i],))
     config = make_config(generate={"n": 2}, engine={"gpus_per_replica": 0})
     assert make_stage("generate", config).sequences_per_row() == 2
-    s = _scheduler(config)
+    s = CallSizer(config)
     # before any actor says: vLLM-cpu's 256 -> 8 x 256 sequences = 64 partitions of 16 x 2, but
     # 40 are ready and a second actor takes its half
-    assert s._call_batch("generate", ready, _Pool(1, None)) == ready
-    assert s._call_batch("generate", ready, _Pool(2, None)) == ready[:20]
+    assert s.take("generate", ready, _Pool(1, None)) == ready
+    assert s.take("generate", ready, _Pool(2, None)) == ready[:20]
     # the engine reported 16 at once: 128 sequences = 4 partitions
-    assert s._call_batch("generate", ready, _Pool(1, 16)) == ready[:4]
+    assert s.take("generate", ready, _Pool(1, 16)) == ready[:4]
     # a fixed count is a fixed count
-    s.config = make_config(generate={"n": 2}, engine={"partitions_per_call": 3})
-    assert s._call_batch("generate", ready, _Pool(1, 64)) == ready[:3]
+    s = CallSizer(make_config(generate={"n": 2}, engine={"partitions_per_call": 3}))
+    assert s.take("generate", ready, _Pool(1, 64)) == ready[:3]
+
+
+def test_partitions_whose_rows_are_unknown_are_still_grouped_not_taken_all_at_once():
+    # an unreadable footer is the partition's own error to report; for sizing it counts as one
+    # engine-full, so a call takes CALL_FILL of them
+    ready = _tasks(40)  # inputs under /nowhere
+    s = CallSizer(make_config(engine={"gpus_per_replica": 0}))
+    assert s.take("generate", ready, _Pool(1, None)) == ready[:CALL_FILL]

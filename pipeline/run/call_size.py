@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.config.settings import PipelineConfig
+    from pipeline.run.engine_pool import EnginePool
     from pipeline.run.runner import Task
 
 log = logging.getLogger("pipeline")
@@ -83,3 +84,36 @@ def input_rows(task: "Task") -> int | None:
     except (OSError, ValueError) as e:  # sizing only: the partition itself reports a bad input
         log.debug("partition %s: rows not known for call sizing (%s)", task.name, e)
         return None
+
+
+class CallSizer:
+    """The scheduler's side of ``engine.partitions_per_call``: caches each stage's sequences
+    per row and each partition's input rows (one footer read per partition)."""
+
+    def __init__(self, config: "PipelineConfig") -> None:
+        self.config = config
+        self.rows: dict[tuple[str, str], int | None] = {}
+        self.sizing: dict[str, tuple[int, int]] = {}  # stage -> (sequences per row, estimated at once)
+
+    def take(self, stage: str, ready: list["Task"], pool: "EnginePool") -> list["Task"]:
+        """The partitions of ``pool``'s next call: ``partitions_per_call`` of them, or with ``auto``
+        as many as fill the engine ``CALL_FILL`` times over (``take_for_call``)."""
+        per_call = self.config.engine.partitions_per_call
+        if per_call != "auto":
+            return list(ready[:per_call])
+        if stage not in self.sizing:
+            from pipeline.core.graph import make_stage
+
+            st = make_stage(stage, self.config)
+            self.sizing[stage] = (st.sequences_per_row(), estimated_seqs_at_once(st.engine_config()))
+        per_row, estimate = self.sizing[stage]
+        at_once = pool.seqs_at_once or estimate
+
+        def seqs(t: "Task") -> int:
+            if (t.stage, t.name) not in self.rows:
+                self.rows[(t.stage, t.name)] = input_rows(t)
+            rows = self.rows[(t.stage, t.name)]
+            # rows unknown (an unreadable footer): counted so that CALL_FILL of them fill a call
+            return at_once if rows is None else rows * per_row
+
+        return take_for_call(ready, seqs, at_once, len(pool.actors) - len(pool.down))

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.files import storage
-from pipeline.run.call_size import estimated_seqs_at_once, input_rows, take_for_call
+from pipeline.run.call_size import CallSizer
 from pipeline.run.engine_pool import EnginePool, model_key
 from pipeline.run.runner import Task, attempts, completed, quarantine_partition, read_marker, record_attempt, run_task
 from pipeline.core.stage import StageStats
@@ -118,8 +118,7 @@ class GraphScheduler:
         self.cpu: dict = {}    # ref -> task
         self.calls: dict = {}  # ObjectRefGenerator -> (pool key, actor index, stage, tasks)
         self.reported: dict = {}  # ObjectRefGenerator -> names its stream has yielded
-        self.rows: dict[tuple, int | None] = {}  # (stage, name) -> input rows (call sizing)
-        self.sizing: dict[str, tuple[int, int]] = {}  # stage -> (sequences per row, estimated at once)
+        self.sizer = CallSizer(config)
         self.in_flight: dict[str, set[str]] = defaultdict(set)  # stage -> names dispatched, not done
         total = sum(len(v) for v in self.waiting.values())
         self.bar = progress(None, total, bar)
@@ -187,31 +186,9 @@ class GraphScheduler:
                 i = pool.free_actor()
                 if i is None:
                     break
-                batch = self._call_batch(stage, ready, pool)
+                batch = self.sizer.take(stage, ready, pool)  # engine.partitions_per_call
                 self._take(stage, batch)
                 self.calls[pool.submit(i, stage, batch)] = (key, i, stage, batch)
-
-    def _call_batch(self, stage: str, ready: list[Task], pool: EnginePool) -> list[Task]:
-        """The partitions of the next call: ``engine.partitions_per_call`` of them, or with
-        ``auto`` as many as fill the engine eight times over (``pipeline.run.call_size``)."""
-        per_call = self.config.engine.partitions_per_call
-        if per_call != "auto":
-            return ready[:per_call]
-        if stage not in self.sizing:
-            from pipeline.core.graph import make_stage
-
-            st = make_stage(stage, self.config)
-            self.sizing[stage] = (st.sequences_per_row(), estimated_seqs_at_once(st.engine_config()))
-        per_row, estimate = self.sizing[stage]
-        at_once = pool.seqs_at_once or estimate
-
-        def seqs(t: Task) -> int:
-            if (t.stage, t.name) not in self.rows:
-                self.rows[(t.stage, t.name)] = input_rows(t)
-            rows = self.rows[(t.stage, t.name)]
-            return at_once // 2 if rows is None else rows * per_row  # unknown: four of them fill a call
-
-        return take_for_call(ready, seqs, at_once, len(pool.actors) - len(pool.down))
 
     def _pool(self, key: str, stage: str) -> EnginePool:
         if key not in self.pools:

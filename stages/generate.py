@@ -235,6 +235,10 @@ class GenerateStage(EngineStage):
         return {"n": g.n, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
                 "max_tokens": g.max_tokens, "seed": derive_seed(self.config.run.seed, prompt_id, "generate")}
 
+    def sequences_per_row(self) -> int:
+        """A prompt's samples: ``generate.n`` (adaptive sampling draws at most that many)."""
+        return self.config.generate.n
+
     def wants_logprobs(self) -> bool:
         """``generate.logprobs``, or when null, whether a stage of this run wants them."""
         flag = self.config.generate.logprobs

@@ -6,7 +6,7 @@ vLLM argument tables say which ``vllm.LLM`` keywords only a typed key may set.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -166,9 +166,12 @@ class EngineConfig(Section):
         "Ray placement group"))
     pipeline_parallel_size: int = Field(1, ge=1, description=(
         "GPUs one engine splits its layers over, in sequence (vLLM's pipeline_parallel_size)"))
-    partitions_per_call: int = Field(4, ge=1, description=(
-        "Partitions an engine actor streams per call: the engine stays fed across their boundaries; more = less "
-        "idle tail, coarser retry unit"))
+    partitions_per_call: Union[int, Literal["auto"]] = Field("auto", description=(
+        "Partitions an engine actor streams per call (one vLLM stream, drained before its next call): the engine "
+        "stays fed across their boundaries; more = less idle tail, coarser retry unit. auto = sized by what the "
+        "call sends: ready partitions until it holds >= 8x the sequences the engine runs at once (input rows x "
+        "the stage's sequences per row, e.g. generate.n; max_num_seqs x pipeline_parallel_size, vLLM's default "
+        "until an engine reports its own), at most 64 and an even share of the ready partitions per engine"))
     max_num_seqs: Optional[int] = Field(None, ge=1, description=(
         "Sequences an engine schedules at once (vLLM's max_num_seqs; null = vLLM's default for the hardware)"))
     enable_prefix_caching: Optional[bool] = Field(None, description=(
@@ -190,6 +193,13 @@ class EngineConfig(Section):
         "vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): on GPU a response no longer depends on what it was "
         "batched with (a retried or resumed partition gives the same responses), at some speed cost; part of the "
         "stage hashes when on"))
+
+    @field_validator("partitions_per_call")
+    @classmethod
+    def _positive_calls(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError(f'must be "auto" or at least 1, got {v}')
+        return v
 
     @property
     def world_size(self) -> int:

@@ -331,6 +331,12 @@ class EngineStage(Stage):
         """The whole config whose model this stage's engine runs (a judge may use another model)."""
         return self.pipeline_config
 
+    def sequences_per_row(self) -> int:
+        """Sequences the engine runs for one input row, for sizing engine calls
+        (``engine.partitions_per_call: auto``, ``pipeline.run.call_size``): a lower bound
+        is enough -- a call then takes more partitions, never fewer.  Default: one."""
+        return 1
+
     def preview_messages(self, row: dict) -> list[dict] | None:
         """The chat messages this stage would send for an input ``row`` (stages that prompt
         from source rows; the model pre-flight renders them), or None."""

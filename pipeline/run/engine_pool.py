@@ -4,7 +4,8 @@ Each replica is a Ray actor (``_EngineWorker``) that loads the model once per
 build and then takes partitions of *any* engine stage whose engine config is
 the same model (generate, dropout_ntp, grounding, a judge on the policy
 model): the model is never loaded again for the next stage.  A call hands an
-actor a few partitions of one stage (``engine.partitions_per_call``), which
+actor a few partitions of one stage (``engine.partitions_per_call``, by default
+as many as fill the engine eight times over: ``pipeline.run.call_size``), which
 it streams through its engine (``pipeline.run.runner.iter_engine_tasks``); every
 partition writes its output and marker from the actor, and the call (a Ray
 streaming generator) yields it at once, so the scheduler sees it done as soon
@@ -83,7 +84,8 @@ class _EngineWorker:
             for task, stats in iter_engine_tasks(self._stage(stage_name), [Task.from_dict(t) for t in tasks],
                                                  self.engine, self.config.executor.max_retries,
                                                  on_start=record_attempt):
-                yield {"partition": task.name, "stats": stats.to_dict()}
+                yield {"partition": task.name, "stats": stats.to_dict(),
+                       "seqs_at_once": self.engine.refill_threshold}
         except EngineDead as e:
             # end the actor the way an OOM kill would: Ray restarts it with a new engine and
             # the scheduler retries the partitions not yet written; the rows are not quarantined
@@ -146,6 +148,8 @@ class EnginePool:
             # its constructor arguments, which must outlive any driver-side reference
             self.actors.append(actor.options(**options, **extra).remote(config.resolved(), stage_name))
         self.calls = [0] * replicas  # calls each actor holds
+        #: sequences one of its engines runs at once, once an actor has said (sizes ``auto`` calls)
+        self.seqs_at_once: int | None = None
         #: actors that died, restarting: the ping that answers when each is back.  A call
         #: sent to a restarting actor would fail at once (max_task_retries=0), the ping waits
         self.down: dict[int, object] = {}

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.files import storage
+from pipeline.run.call_size import CallSizer
 from pipeline.run.engine_pool import EnginePool, model_key
 from pipeline.run.runner import Task, attempts, completed, quarantine_partition, read_marker, record_attempt, run_task
 from pipeline.core.stage import StageStats
@@ -117,6 +118,7 @@ class GraphScheduler:
         self.cpu: dict = {}    # ref -> task
         self.calls: dict = {}  # ObjectRefGenerator -> (pool key, actor index, stage, tasks)
         self.reported: dict = {}  # ObjectRefGenerator -> names its stream has yielded
+        self.sizer = CallSizer(config)
         self.in_flight: dict[str, set[str]] = defaultdict(set)  # stage -> names dispatched, not done
         total = sum(len(v) for v in self.waiting.values())
         self.bar = progress(None, total, bar)
@@ -175,7 +177,6 @@ class GraphScheduler:
             for t in self._ready(stage)[: max(0, limit - len(self.cpu))]:
                 self._take(stage, [t])
                 self.cpu[self.cpu_fn.remote(self.config_ref, stage, t.to_dict())] = t
-        per_call = self.config.engine.partitions_per_call
         for stage in self._by_priority("engine"):
             key = self.pool_of[stage]
             while (ready := self._ready(stage)):
@@ -185,7 +186,7 @@ class GraphScheduler:
                 i = pool.free_actor()
                 if i is None:
                     break
-                batch = ready[:per_call]
+                batch = self.sizer.take(stage, ready, pool)  # engine.partitions_per_call
                 self._take(stage, batch)
                 self.calls[pool.submit(i, stage, batch)] = (key, i, stage, batch)
 
@@ -193,7 +194,8 @@ class GraphScheduler:
         if key not in self.pools:
             eng = self.config.engine
             left = sum(len(self.waiting[s]) for s, k in self.pool_of.items() if k == key)
-            replicas = max(1, min(eng.replicas, -(-left // eng.partitions_per_call)))
+            per_call = eng.partitions_per_call if isinstance(eng.partitions_per_call, int) else 1
+            replicas = max(1, min(eng.replicas, -(-left // per_call)))
             self.pools[key] = EnginePool(self.config, stage, replicas)
         return self.pools[key]
 
@@ -245,6 +247,7 @@ class GraphScheduler:
             missing, error = [t for t in tasks if t.name not in reported], e
         else:
             reported.add(item["partition"])
+            self.pools[key].seqs_at_once = item.get("seqs_at_once") or self.pools[key].seqs_at_once
             self.stages[stage].ran.merge(StageStats.from_dict(item["stats"]))
             self._check(next(t for t in tasks if t.name == item["partition"]))
             return

@@ -38,6 +38,7 @@ import pyarrow.fs as pafs
 from pipeline.files import storage
 from pipeline.files.ownership import open_folder
 from publish.layout import configs
+from publish.parquet import ParquetStream
 
 log = logging.getLogger("pipeline")
 
@@ -156,8 +157,11 @@ def image_ext(data: bytes) -> str:
     return ".bin"
 
 
-class Sink:
-    """A text file written line by line, under its final name only when closed."""
+class _Staged:
+    """A file written bit by bit under a temp name, under its final name only when closed (a
+    remote one is written locally, then uploaded in chunks), so no export file is whole in memory."""
+
+    suffix = ""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -168,8 +172,28 @@ class Sink:
             self.final = path
             self.tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         else:
-            fd, self.tmp = tempfile.mkstemp(suffix=".jsonl")
+            fd, self.tmp = tempfile.mkstemp(suffix=self.suffix)
             os.close(fd)
+
+    def _commit(self) -> None:
+        if self.local:
+            os.replace(self.tmp, self.final)
+        else:
+            storage.upload_file(self.tmp, self.uri)
+            os.remove(self.tmp)
+
+    def _remove(self) -> None:
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+class Sink(_Staged):
+    """A text file written line by line."""
+
+    suffix = ".jsonl"
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
         self.f = open(self.tmp, "w", encoding="utf-8")
         self.lines = 0
 
@@ -179,12 +203,33 @@ class Sink:
 
     def close(self) -> None:
         self.f.close()
-        if self.local:
-            os.replace(self.tmp, self.final)
-        else:
-            with open(self.tmp, "rb") as f:
-                storage.write_bytes(self.uri, f.read())
-            os.remove(self.tmp)
+        self._commit()
+
+    def discard(self) -> None:
+        self.f.close()
+        self._remove()
+
+
+class ParquetSink(_Staged):
+    """A Parquet file written a table at a time (``publish.parquet.ParquetStream``: the bytes of
+    ``parquet_bytes`` of the whole table while it is under a row group)."""
+
+    suffix = ".parquet"
+
+    def __init__(self, uri: str, schema: pa.Schema) -> None:
+        super().__init__(uri)
+        self.stream = ParquetStream(self.tmp, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self.stream.write(table)
+
+    def close(self) -> None:
+        self.stream.close()
+        self._commit()
+
+    def discard(self) -> None:
+        self.stream.abort()
+        self._remove()
 
 
 class SharedImages:
@@ -242,7 +287,7 @@ class ExportFolder:
         self.claimed: list[str] = []  # entries this export added to the ledger (undone by abort)
         self.files: set[str] = set()
         self.images: dict[str, str] = {}  # content hash -> relative path
-        self.sinks: dict[str, Sink] = {}
+        self.sinks: dict[str, Sink | ParquetSink] = {}
         self.text = TextRenderer()
         self.rows: Counter = Counter()
 
@@ -272,6 +317,14 @@ class ExportFolder:
         if rel not in self.sinks:
             self.reserve(rel)
             self.sinks[rel] = Sink(self.uri(rel))
+            self.files.add(rel)
+        return self.sinks[rel]
+
+    def parquet_sink(self, rel: str, schema: pa.Schema) -> ParquetSink:
+        """A Parquet file of the export written a table at a time (closed by ``finish``)."""
+        if rel not in self.sinks:
+            self.reserve(rel)
+            self.sinks[rel] = ParquetSink(self.uri(rel), schema)
             self.files.add(rel)
         return self.sinks[rel]
 
@@ -306,9 +359,7 @@ class ExportFolder:
     def abort(self) -> None:
         """A failed export leaves nothing new behind: its temp files and the entries it added go."""
         for s in self.sinks.values():
-            s.f.close()
-            if os.path.exists(s.tmp):
-                os.remove(s.tmp)
+            s.discard()
         for rel in reversed(self.claimed):
             self.ledger.remove(rel, forget=True)
 

@@ -296,3 +296,30 @@ def test_a_file_past_a_row_group_streams_in_row_groups_with_the_same_rows(datase
         assert streamed.num_row_groups > 1
         assert streamed.read().to_pylist() == whole.read().to_pylist()
         assert streamed.schema_arrow == whole.schema_arrow
+
+
+def test_a_format_failing_mid_stream_leaves_no_rl_export_behind(dataset, tmp_path, monkeypatch):
+    """The RL formats are written in one pass: one failing after some batches went out removes the
+    half-written files of all of them (no temp file, no export.json) and the error reaches the caller."""
+    from publish import parquet
+    from publish.exports import rl
+    from publish.exports.verl import Verl
+
+    monkeypatch.setattr(rl, "BATCH_ROWS", 4)
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 2000)  # row groups already written when it breaks
+    calls = []
+
+    def records(self, ex, split, rows, start):
+        calls.append(start)
+        if len(calls) > 2:
+            raise RuntimeError("verl broke")
+        return original(self, ex, split, rows, start)
+
+    original = Verl.records
+    monkeypatch.setattr(Verl, "records", records)
+    with pytest.raises(RuntimeError, match="verl broke"):
+        export_all(dataset, tmp_path, band=(0.0, 1.0))
+    # the shared images folder is the build's: a later export's finish removes what no format names
+    left = [p.name for p in (tmp_path / "exports").rglob("*")
+            if p.is_file() and p.relative_to(tmp_path / "exports").parts[0] != "images"]
+    assert calls == [0, 4, 8] and not [n for n in left if n != ".mmpr-forge.json"], left

@@ -9,6 +9,13 @@ pairs: one row per prompt with ground truth whose measured pass rate lies in
 is drawn by the seed within each (source, pass-rate bin), so both splits span the
 same sources and difficulties.
 
+The table is never read whole (at a million prompts its images alone outweigh memory):
+``select`` chooses the rows from the small columns (``SELECT_COLUMNS``: no prompt, no
+image), then ``write_rl`` reads the kept rows ``BATCH_ROWS`` at a time (row groups
+without one are skipped) and hands each batch to every RL format of the build, which
+writes it at once (JSON lines, or ``publish.parquet.ParquetStream``: the bytes of
+writing the whole table while a file is under one row group, the same rows past it).
+
 Every row carries what the shipped reward (``methods/reward.py``) needs to give the
 correctness stage's verdict: ``solution`` (the first ground truth, a string, as
 TRL's and ms-swift's built-in rewards expect), ``answers`` (all of them),

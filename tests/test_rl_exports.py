@@ -72,7 +72,7 @@ def dataset(tmp_path_factory) -> Path:
     return out
 
 
-def export_all(dataset: Path, out: Path, **rl) -> dict:
+def export_all(dataset: Path, out: Path | str, **rl) -> dict:
     from publish.exports import export_dataset
     from publish.exports.rl import Curriculum
 
@@ -323,3 +323,15 @@ def test_a_format_failing_mid_stream_leaves_no_rl_export_behind(dataset, tmp_pat
     left = [p.name for p in (tmp_path / "exports").rglob("*")
             if p.is_file() and p.relative_to(tmp_path / "exports").parts[0] != "images"]
     assert calls == [0, 4, 8] and not [n for n in left if n != ".mmpr-forge.json"], left
+
+
+def test_rl_exports_on_an_object_store_are_the_local_bytes(dataset, tmp_path, s3_server):
+    """On S3 (no rename) each file is written locally as it streams, then uploaded in chunks: the
+    objects are the bytes of the same export on local disk."""
+    s3_server.create_bucket(Bucket="mmpr-rl")
+    export_all(dataset, tmp_path, band=(0.0, 1.0), validation_fraction=0.3)
+    export_all(dataset, "s3://mmpr-rl/out", band=(0.0, 1.0), validation_fraction=0.3)
+    for rel in ("trl_grpo/train.parquet", "trl_grpo/validation.parquet", "verl/validation.parquet",
+                "swift_grpo/train.jsonl"):
+        body = s3_server.get_object(Bucket="mmpr-rl", Key=f"out/exports/{rel}")["Body"].read()
+        assert body == (tmp_path / "exports" / rel).read_bytes(), rel

@@ -56,21 +56,74 @@ def parquet_bytes(table: pa.Table, row_groups: list[int] | None = None, dictiona
     recompressed when they are all JPEG/PNG/GIF/WebP (zstd gains ~1% on them
     at 3x the write time).
     """
-    paths = _parquet_leaf_paths(table.schema)
-    image_paths = {p for p in paths if p.endswith(_IMAGE_BYTES_SUFFIX) and p.split(".")[0] in table.column_names}
-    image_columns = sorted({p.split(".")[0] for p in image_paths})
-    compress_images = not _images_precompressed(table, image_columns)
     if row_groups is None:
         step = _row_group_rows(table)
         row_groups = [min(step, table.num_rows - lo) for lo in range(0, table.num_rows, step)] or [0]
     sink = pa.BufferOutputStream()
-    dictionary = True if dictionary_images else [p for p in paths if p not in image_paths]
-    with pq.ParquetWriter(
-        sink, table.schema, use_dictionary=dictionary, dictionary_pagesize_limit=DICTIONARY_PAGE_BYTES,
-        compression={p: "zstd" if compress_images or p not in image_paths else "none" for p in paths},
-    ) as writer:
+    with pq.ParquetWriter(sink, table.schema, **_writer_options(table, dictionary_images)) as writer:
         lo = 0
         for rows in row_groups:
             writer.write_table(table.slice(lo, rows), row_group_size=max(rows, 1))
             lo += rows
     return sink.getvalue()
+
+
+def _writer_options(table: pa.Table, dictionary_images: bool) -> dict:
+    """The ParquetWriter settings of ``parquet_bytes`` for rows like ``table``'s."""
+    paths = _parquet_leaf_paths(table.schema)
+    image_paths = {p for p in paths if p.endswith(_IMAGE_BYTES_SUFFIX) and p.split(".")[0] in table.column_names}
+    image_columns = sorted({p.split(".")[0] for p in image_paths})
+    compress_images = not _images_precompressed(table, image_columns)
+    return {"use_dictionary": True if dictionary_images else [p for p in paths if p not in image_paths],
+            "dictionary_pagesize_limit": DICTIONARY_PAGE_BYTES,
+            "compression": {p: "zstd" if compress_images or p not in image_paths else "none" for p in paths}}
+
+
+class ParquetStream:
+    """``parquet_bytes``'s file written a table at a time into ``where`` (a local path), so a file
+    larger than memory is never whole in it: the rows wait until about ``ROW_GROUP_BYTES`` have
+    come, then go out as row groups of ``parquet_bytes``'s size.  Output under ``ROW_GROUP_BYTES``
+    is one row group with ``parquet_bytes``' settings, so its bytes are ``parquet_bytes``'s of the
+    whole table; a larger file holds the same rows in the same order, its row groups sized from the
+    rows buffered so far, and whether images are compressed is decided by the first row group's."""
+
+    def __init__(self, where: str, schema: pa.Schema, dictionary_images: bool = True) -> None:
+        self.where, self.schema, self.dictionary_images = where, schema, dictionary_images
+        self.pending: list[pa.Table] = []
+        self.pending_bytes = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_bytes += table.nbytes
+        self.rows += table.num_rows
+        if self.pending_bytes >= ROW_GROUP_BYTES:
+            self._flush(last=False)
+
+    def _flush(self, last: bool) -> None:
+        # the batches' chunks as they are (no copy): the writer's pages do not depend on them
+        table = pa.concat_tables(self.pending) if self.pending else self.schema.empty_table()
+        self.pending = []
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.where, self.schema, **_writer_options(table, self.dictionary_images))
+        step, lo = _row_group_rows(table), 0
+        while table.num_rows - lo >= step or (last and lo < table.num_rows):
+            rows = min(step, table.num_rows - lo)
+            self.writer.write_table(table.slice(lo, rows), row_group_size=rows)
+            lo += rows
+        if last and table.num_rows == 0:  # no rows: one empty row group, as parquet_bytes writes
+            self.writer.write_table(table, row_group_size=1)
+        rest = table.slice(lo)
+        self.pending = [rest] if rest.num_rows else []
+        self.pending_bytes = rest.nbytes if rest.num_rows else 0
+
+    def close(self) -> None:
+        """Write the rows still waiting and the footer."""
+        self._flush(last=True)
+        self.writer.close()
+
+    def abort(self) -> None:
+        """Stop without writing the rest (the caller removes the file)."""
+        if self.writer is not None:
+            self.writer.close()

@@ -77,11 +77,16 @@ def write_prompt_table(files: list[str], out: str, reserve) -> dict:
     }
 
 
-def read_prompt_table(dataset_dir: str, columns: list[str] | None = None) -> pa.Table:
-    """The prompt table of a dataset folder (every file under ``prompts/``), in file order."""
+def prompt_table_files(dataset_dir: str) -> list[str]:
+    """The prompt table's files of a dataset folder (every file under ``prompts/``), in order."""
     files = storage.list_files(storage.join(dataset_dir, FOLDER), ".parquet")
     if not files:
         raise FileNotFoundError(f"{dataset_dir}: no prompt table ({FOLDER}/*.parquet): build it with a version "
                                 "whose correctness stage records it")
-    tables = [storage.read_table(f, columns=columns) for f in files]
+    return files
+
+
+def read_prompt_table(dataset_dir: str, columns: list[str] | None = None) -> pa.Table:
+    """The prompt table of a dataset folder (every file under ``prompts/``), in file order."""
+    tables = [storage.read_table(f, columns=columns) for f in prompt_table_files(dataset_dir)]
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]

@@ -72,7 +72,7 @@ def dataset(tmp_path_factory) -> Path:
     return out
 
 
-def export_all(dataset: Path, out: Path, **rl) -> dict:
+def export_all(dataset: Path, out: Path | str, **rl) -> dict:
     from publish.exports import export_dataset
     from publish.exports.rl import Curriculum
 
@@ -212,3 +212,126 @@ def test_the_command_line_names_the_missing_correctness_stage(tmp_path):
     data["run"]["stages"] = [s for s in data["run"]["stages"] if s != "correctness"]
     with pytest.raises(ConfigError, match="add correctness to run.stages"):
         load_config_file(tmp_path, data)
+
+
+def whole_table_exports(dataset: Path, out: Path, cur) -> dict[str, bytes]:
+    """What the RL exports wrote before they streamed: the whole prompt table read as rows, the kept
+    rows split by the seeded rule written here again (sorted by ``stable_hash(seed, "rl_split",
+    prompt_id)`` within each (source, pass-rate bin)), each split one table through
+    ``parquet_bytes``, or its JSON lines; file bytes by ``<format>/<file>``."""
+    from pipeline.core.seeds import stable_hash
+    from publish.exports import REGISTRY
+    from publish.exports.common import ExportFolder, SharedImages
+    from publish.exports.rl import COLUMNS
+    from publish.parquet import parquet_bytes
+    from publish.prompt_table import BINS, read_prompt_table
+
+    kept = [r for r in read_prompt_table(str(dataset), COLUMNS).to_pylist() if cur.reason(r) is None]
+    groups: dict[tuple, list[dict]] = {}
+    for r in kept:
+        groups.setdefault((r["source"], min(int(r["pass_rate"] * BINS), BINS - 1)), []).append(r)
+    validation = set()
+    for rows in groups.values():
+        ranked = sorted(rows, key=lambda r: stable_hash(cur.seed, "rl_split", r["prompt_id"]))
+        validation |= {r["prompt_id"] for r in ranked[:round(cur.validation_fraction * len(rows))]}
+    splits = {"train": [r for r in kept if r["prompt_id"] not in validation],
+              "validation": [r for r in kept if r["prompt_id"] in validation]}
+    files = {}
+    for fmt in ("trl_grpo", "swift_grpo", "verl"):
+        f = REGISTRY[fmt]()
+        ex = ExportFolder(fmt, str(dataset), str(out / fmt), shared=SharedImages(str(out)))
+        for split, rows in splits.items():
+            if not rows:
+                continue
+            records = f.records(ex, split, rows, 0)
+            if f.schema is None:
+                files[f"{fmt}/{split}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                        for r in records).encode()
+            else:
+                files[f"{fmt}/{split}.parquet"] = parquet_bytes(pa.Table.from_pylist(records, schema=f.schema)
+                                                                ).to_pybytes()
+    return files
+
+
+@pytest.mark.parametrize("validation_fraction", [0.0, 0.4])
+def test_streamed_exports_are_the_bytes_of_the_whole_table_exports(dataset, tmp_path, monkeypatch,
+                                                                    validation_fraction):
+    """The exports read the prompt table a few rows at a time (here 4, so batches straddle both
+    table files and hold rows of both splits) and write each file as the rows come: the files are
+    byte for byte what writing the whole table at once gives (same rows, order, content, encoding)."""
+    from publish.exports import rl
+
+    monkeypatch.setattr(rl, "BATCH_ROWS", 4)
+    cur = rl.Curriculum((0.2, 1.0), 8, validation_fraction, 5)
+    index = export_all(dataset, tmp_path / "out", band=cur.band, min_samples=cur.min_samples,
+                       validation_fraction=validation_fraction, seed=cur.seed)
+    expected = whole_table_exports(dataset, tmp_path / "ref", cur)
+    assert {k.split("/")[1] for k in expected} == ({"train.parquet", "train.jsonl"} if not validation_fraction else
+                                                   {"train.parquet", "train.jsonl", "validation.parquet",
+                                                    "validation.jsonl"})
+    for rel, data in expected.items():
+        assert (tmp_path / "out" / "exports" / rel).read_bytes() == data, rel
+    rows = index["formats"]["verl"]["rows"]
+    assert sum(rows.values()) == len(expected_kept((0.2, 1.0)))
+    verl = pq.read_table(tmp_path / "out" / "exports" / "verl" / "train.parquet").column("extra_info").to_pylist()
+    assert [e["index"] for e in verl] == list(range(rows["train"]))  # counted across batches
+    images = {p.relative_to(tmp_path / "ref") for p in (tmp_path / "ref" / "images").rglob("*") if p.is_file()}
+    assert images and images == {p.relative_to(tmp_path / "out" / "exports")
+                                 for p in (tmp_path / "out" / "exports" / "images").rglob("*") if p.is_file()}
+
+
+def test_a_file_past_a_row_group_streams_in_row_groups_with_the_same_rows(dataset, tmp_path, monkeypatch):
+    """Past ``ROW_GROUP_BYTES`` the rows go out a row group at a time (bounded memory): more row
+    groups than the whole table's file may have, the same rows in the same order."""
+    from publish import parquet
+    from publish.exports import rl
+
+    monkeypatch.setattr(rl, "BATCH_ROWS", 3)
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 4000)
+    export_all(dataset, tmp_path / "out", band=(0.0, 1.0))
+    expected = whole_table_exports(dataset, tmp_path / "ref", rl.Curriculum())
+    for fmt in ("trl_grpo", "verl"):
+        streamed = pq.ParquetFile(tmp_path / "out" / "exports" / fmt / "train.parquet")
+        whole = pq.ParquetFile(pa.BufferReader(expected[f"{fmt}/train.parquet"]))
+        assert streamed.num_row_groups > 1
+        assert streamed.read().to_pylist() == whole.read().to_pylist()
+        assert streamed.schema_arrow == whole.schema_arrow
+
+
+def test_a_format_failing_mid_stream_leaves_no_rl_export_behind(dataset, tmp_path, monkeypatch):
+    """The RL formats are written in one pass: one failing after some batches went out removes the
+    half-written files of all of them (no temp file, no export.json) and the error reaches the caller."""
+    from publish import parquet
+    from publish.exports import rl
+    from publish.exports.verl import Verl
+
+    monkeypatch.setattr(rl, "BATCH_ROWS", 4)
+    monkeypatch.setattr(parquet, "ROW_GROUP_BYTES", 2000)  # row groups already written when it breaks
+    calls = []
+
+    def records(self, ex, split, rows, start):
+        calls.append(start)
+        if len(calls) > 2:
+            raise RuntimeError("verl broke")
+        return original(self, ex, split, rows, start)
+
+    original = Verl.records
+    monkeypatch.setattr(Verl, "records", records)
+    with pytest.raises(RuntimeError, match="verl broke"):
+        export_all(dataset, tmp_path, band=(0.0, 1.0))
+    # the shared images folder is the build's: a later export's finish removes what no format names
+    left = [p.name for p in (tmp_path / "exports").rglob("*")
+            if p.is_file() and p.relative_to(tmp_path / "exports").parts[0] != "images"]
+    assert calls == [0, 4, 8] and not [n for n in left if n != ".mmpr-forge.json"], left
+
+
+def test_rl_exports_on_an_object_store_are_the_local_bytes(dataset, tmp_path, s3_server):
+    """On S3 (no rename) each file is written locally as it streams, then uploaded in chunks: the
+    objects are the bytes of the same export on local disk."""
+    s3_server.create_bucket(Bucket="mmpr-rl")
+    export_all(dataset, tmp_path, band=(0.0, 1.0), validation_fraction=0.3)
+    export_all(dataset, "s3://mmpr-rl/out", band=(0.0, 1.0), validation_fraction=0.3)
+    for rel in ("trl_grpo/train.parquet", "trl_grpo/validation.parquet", "verl/validation.parquet",
+                "swift_grpo/train.jsonl"):
+        body = s3_server.get_object(Bucket="mmpr-rl", Key=f"out/exports/{rel}")["Body"].read()
+        assert body == (tmp_path / "exports" / rel).read_bytes(), rel

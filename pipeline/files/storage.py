@@ -190,6 +190,17 @@ def localize_dir(uri: str, cache_root: str | None = None) -> str:
     return final
 
 
+def upload_file(local: str, uri: str) -> None:
+    """Copy one local file to ``uri`` in chunks (a file larger than memory is never whole in it)."""
+    fs, path = resolve(uri)
+    try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with open(local, "rb") as src, fs.open_output_stream(path) as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+    except OSError as e:
+        raise _naming(e, uri) from e
+
+
 def upload_dir(local: str, uri: str) -> None:
     """Copy a local folder to ``uri`` (file by file, each write atomic)."""
     for dirpath, _, names in os.walk(local):

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.files import storage
 from pipeline.files.ownership import open_folder
 from publish.exports.common import REGISTRY, ExportFolder, SharedImages, canonical_shards, dataset_name
+from publish.exports.rl import RLFormat, write_rl
 
 for _info in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_info.name}")
@@ -83,13 +84,30 @@ def export_dataset(dataset_dir: str, formats: list[str], out_dir: str, name: str
     index_uri = storage.join(out_dir, "exports", "export.json")
     previous = storage.read_json(index_uri) if storage.exists(index_uri) else {}
     shared = SharedImages(storage.join(out_dir, "exports"))
+    rl = [fmt for fmt in formats if issubclass(REGISTRY.get(fmt, object), RLFormat)]
+    done = _export_rl(rl, dataset_dir, out_dir, curriculum, shared) if rl else {}
     summaries = {}
     for fmt in formats:
-        summary = export(fmt, dataset_dir, storage.join(out_dir, "exports", fmt), name=name, curriculum=curriculum,
-                         shared=shared)
+        summary = done.get(fmt) or export(fmt, dataset_dir, storage.join(out_dir, "exports", fmt), name=name,
+                                          curriculum=curriculum, shared=shared)
         summaries[fmt] = {k: v for k, v in summary.items() if k != "files"}
     dropped = set(previous.get("formats") or {}) - set(formats)  # their folders stay, naming the old images
     images = shared.finish((previous.get("images") or {}).get("files") or [], keep=bool(dropped))
     index = {"source": os.path.basename(dataset_dir.rstrip("/")), "formats": summaries, "images": images}
     storage.write_json(index_uri, index)
     return index
+
+
+def _export_rl(formats: list[str], dataset_dir: str, out_dir: str, curriculum: Any, shared: SharedImages) -> dict:
+    """The RL formats of a build in one pass over the prompt table (``rl.write_rl``): summaries by
+    format.  One failing leaves none of them behind."""
+    canonical_shards(dataset_dir)  # not a dataset folder: the message ``export`` gives
+    folders = [ExportFolder(fmt, dataset_dir, storage.join(out_dir, "exports", fmt), None, False, curriculum, shared)
+               for fmt in formats]
+    try:
+        extra = write_rl([(REGISTRY[fmt](), ex) for fmt, ex in zip(formats, folders)])
+    except BaseException:
+        for ex in folders:
+            ex.abort()
+        raise
+    return {fmt: ex.finish(extra) for fmt, ex in zip(formats, folders)}

@@ -26,18 +26,16 @@ import json
 import logging
 import os
 import re
-import tempfile
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from pipeline.files import storage
 from pipeline.files.ownership import open_folder
 from publish.layout import configs
+from publish.exports.sinks import ParquetSink, Sink
 
 log = logging.getLogger("pipeline")
 
@@ -156,37 +154,6 @@ def image_ext(data: bytes) -> str:
     return ".bin"
 
 
-class Sink:
-    """A text file written line by line, under its final name only when closed."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        fs, path = storage.resolve(uri)
-        self.local = isinstance(fs, pafs.LocalFileSystem)
-        if self.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self.final = path
-            self.tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        else:
-            fd, self.tmp = tempfile.mkstemp(suffix=".jsonl")
-            os.close(fd)
-        self.f = open(self.tmp, "w", encoding="utf-8")
-        self.lines = 0
-
-    def write_json(self, obj: Any) -> None:
-        self.f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self.lines += 1
-
-    def close(self) -> None:
-        self.f.close()
-        if self.local:
-            os.replace(self.tmp, self.final)
-        else:
-            with open(self.tmp, "rb") as f:
-                storage.write_bytes(self.uri, f.read())
-            os.remove(self.tmp)
-
-
 class SharedImages:
     """One content-addressed image folder that every export of one build writes into
     (``<exports>/images/``): each image once, however many formats name it.  The folder it is
@@ -242,7 +209,7 @@ class ExportFolder:
         self.claimed: list[str] = []  # entries this export added to the ledger (undone by abort)
         self.files: set[str] = set()
         self.images: dict[str, str] = {}  # content hash -> relative path
-        self.sinks: dict[str, Sink] = {}
+        self.sinks: dict[str, Sink | ParquetSink] = {}
         self.text = TextRenderer()
         self.rows: Counter = Counter()
 
@@ -272,6 +239,14 @@ class ExportFolder:
         if rel not in self.sinks:
             self.reserve(rel)
             self.sinks[rel] = Sink(self.uri(rel))
+            self.files.add(rel)
+        return self.sinks[rel]
+
+    def parquet_sink(self, rel: str, schema: pa.Schema) -> ParquetSink:
+        """A Parquet file of the export written a table at a time (closed by ``finish``)."""
+        if rel not in self.sinks:
+            self.reserve(rel)
+            self.sinks[rel] = ParquetSink(self.uri(rel), schema)
             self.files.add(rel)
         return self.sinks[rel]
 
@@ -306,9 +281,7 @@ class ExportFolder:
     def abort(self) -> None:
         """A failed export leaves nothing new behind: its temp files and the entries it added go."""
         for s in self.sinks.values():
-            s.f.close()
-            if os.path.exists(s.tmp):
-                os.remove(s.tmp)
+            s.discard()
         for rel in reversed(self.claimed):
             self.ledger.remove(rel, forget=True)
 

@@ -9,6 +9,13 @@ pairs: one row per prompt with ground truth whose measured pass rate lies in
 is drawn by the seed within each (source, pass-rate bin), so both splits span the
 same sources and difficulties.
 
+The table is never read whole (at a million prompts its images alone outweigh memory):
+``select`` chooses the rows from the small columns (``SELECT_COLUMNS``: no prompt, no
+image), then ``write_rl`` reads the kept rows ``BATCH_ROWS`` at a time (row groups
+without one are skipped) and hands each batch to every RL format of the build, which
+writes it at once (JSON lines, or ``publish.parquet.ParquetStream``: the bytes of
+writing the whole table while a file is under one row group, the same rows past it).
+
 Every row carries what the shipped reward (``methods/reward.py``) needs to give the
 correctness stage's verdict: ``solution`` (the first ground truth, a string, as
 TRL's and ms-swift's built-in rewards expect), ``answers`` (all of them),
@@ -17,21 +24,30 @@ prompt's ``pass_rate`` and interval, ``samples_drawn``, ``prompt_id`` and ``sour
 """
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.core.seeds import stable_hash
 from pipeline.files import storage
 from publish.exports.common import ExportFolder, TrainerFormat
-from publish.prompt_table import BINS, read_prompt_table
+from publish.prompt_table import BINS, prompt_table_files
 
 #: columns of the prompt table the RL exports read
 COLUMNS = ["prompt_id", "source", "prompt", "template_id", "images", "answer", "answer_type", "choices",
            "samples_drawn", "pass_rate", "pass_rate_low", "pass_rate_high", "scoring"]
+#: the columns the selection reads: no prompt, no images, so choosing among a million prompts is cheap
+SELECT_COLUMNS = ["prompt_id", "source", "answer", "samples_drawn", "pass_rate"]
+#: prompt-table rows turned into Python rows at a time when writing (a batch's images are in memory)
+BATCH_ROWS = 256
+SELECT_BATCH_ROWS = 8192
 SPLITS = ("train", "validation")
+#: ``Plan.labels`` of a row no split holds (the others are indexes into ``SPLITS``)
+DROPPED = 255
 #: why a prompt is not exported, in the order the bounds are checked
 REMOVED = ("no_ground_truth", "too_few_samples", "below_band", "above_band")
 
@@ -62,20 +78,18 @@ class Curriculum:
             return "above_band"
         return None
 
-    def split(self, kept: list[dict]) -> dict[str, list[dict]]:
-        """Kept rows by split: within each (source, pass-rate bin), the seeded first
-        ``round(fraction * n)`` go to validation; rows keep the prompt table's order."""
-        if self.validation_fraction <= 0:
-            return {"train": kept}
-        groups: dict[tuple, list[dict]] = {}
-        for r in kept:
-            groups.setdefault((r["source"], min(int(r["pass_rate"] * BINS), BINS - 1)), []).append(r)
-        validation: set[str] = set()
-        for rows in groups.values():
-            ranked = sorted(rows, key=lambda r: stable_hash(self.seed, "rl_split", r["prompt_id"]))
-            validation.update(r["prompt_id"] for r in ranked[:round(self.validation_fraction * len(rows))])
-        return {"train": [r for r in kept if r["prompt_id"] not in validation],
-                "validation": [r for r in kept if r["prompt_id"] in validation]}
+    def validation(self, groups: dict[tuple, tuple[array, array, array]], labels: bytearray) -> None:
+        """Label ``round(fraction * n)`` rows of each (source, pass-rate bin) group ``validation``: those
+        first by their seeded hash (``stable_hash(seed, "rl_split", prompt_id)``, ties in table order).
+        A group is (hash's high 64 bits, its low 64 bits, row number) per kept row, in table order."""
+        for high, low, rows in groups.values():
+            n = round(self.validation_fraction * len(rows))
+            if not n:
+                continue
+            order = np.lexsort((np.frombuffer(rows, np.uint64), np.frombuffer(low, np.uint64),
+                                np.frombuffer(high, np.uint64)))
+            for i in order[:n]:
+                labels[rows[i]] = SPLITS.index("validation")
 
 
 def build_curriculum(dataset_dir: str) -> Curriculum:
@@ -90,28 +104,81 @@ def build_curriculum(dataset_dir: str) -> Curriculum:
                       (config.get("run") or {}).get("seed", 0))
 
 
-def select(ex: ExportFolder) -> tuple[dict[str, list[dict]], dict]:
-    """The exported prompts of ``ex``'s dataset folder by split, and the selection's counts."""
-    cur: Curriculum = ex.curriculum or build_curriculum(ex.input_dir)
-    table = read_prompt_table(ex.input_dir, COLUMNS)
+@dataclass
+class Plan:
+    """The prompts the RL exports hold, chosen from the prompt table's small columns before any
+    image is read: ``labels[i]`` is row i's split (an index into ``SPLITS``) or ``DROPPED``, rows
+    numbered across ``files`` in order; ``selection`` is the counts for ``export.json``."""
+    files: list[str]
+    labels: bytearray
+    selection: dict
+
+    def batches(self, columns: list[str] = COLUMNS) -> Iterator[tuple[str, list[dict]]]:
+        """The kept rows (``columns``) in table order, ``BATCH_ROWS`` rows read at a time: ``(split,
+        rows)`` for each split with rows in the batch.  A row group without kept rows is not read."""
+        pos = 0
+        for uri in self.files:
+            with storage.parquet_file(uri) as pf:
+                for rg in range(pf.num_row_groups):
+                    n = pf.metadata.row_group(rg).num_rows
+                    if self.labels.count(DROPPED, pos, pos + n) == n:
+                        pos += n
+                        continue
+                    for batch in pf.iter_batches(BATCH_ROWS, row_groups=[rg], columns=columns):
+                        labels = np.frombuffer(self.labels, np.uint8, batch.num_rows, pos)
+                        pos += batch.num_rows
+                        for i, split in enumerate(SPLITS):
+                            mask = labels == i
+                            if mask.any():
+                                yield split, batch.filter(pa.array(mask)).to_pylist()
+
+
+def select(dataset_dir: str, cur: Curriculum) -> Plan:
+    """The rows of ``dataset_dir``'s prompt table each split holds (``Curriculum.reason``, then the
+    seeded validation split), read from ``SELECT_COLUMNS`` only: memory is a byte per prompt
+    (plus 24 bytes per kept prompt with a validation split), whatever the images weigh."""
+    files = prompt_table_files(dataset_dir)
+    labels = bytearray()
     removed: Counter = Counter()
-    kept = []
-    for row in _rows(table):
-        why = cur.reason(row)
-        if why:
-            removed[why] += 1
-        else:
-            kept.append(row)
-    splits = {k: v for k, v in cur.split(kept).items() if v}
-    selection = {"band": list(cur.band), "min_samples": cur.min_samples, "prompts": table.num_rows,
-                 "kept": len(kept), "removed": {k: removed.get(k, 0) for k in REMOVED},
-                 "splits": {k: len(v) for k, v in splits.items()}}
-    return splits, selection
+    groups: dict[tuple, tuple[array, array, array]] = {}
+    for uri in files:
+        with storage.parquet_file(uri) as pf:
+            for batch in pf.iter_batches(SELECT_BATCH_ROWS, columns=SELECT_COLUMNS):
+                for row in batch.to_pylist():
+                    why = cur.reason(row)
+                    if why:
+                        removed[why] += 1
+                        labels.append(DROPPED)
+                        continue
+                    if cur.validation_fraction > 0:
+                        h = stable_hash(cur.seed, "rl_split", row["prompt_id"])
+                        key = (row["source"], min(int(row["pass_rate"] * BINS), BINS - 1))
+                        high, low, rows = groups.setdefault(key, (array("Q"), array("Q"), array("Q")))
+                        high.append(int(h[:16], 16))
+                        low.append(int(h[16:], 16))
+                        rows.append(len(labels))
+                    labels.append(SPLITS.index("train"))
+    cur.validation(groups, labels)
+    counts = {split: labels.count(i) for i, split in enumerate(SPLITS)}
+    selection = {"band": list(cur.band), "min_samples": cur.min_samples, "prompts": len(labels),
+                 "kept": len(labels) - labels.count(DROPPED), "removed": {k: removed.get(k, 0) for k in REMOVED},
+                 "splits": {k: v for k, v in counts.items() if v}}
+    return Plan(files, labels, selection)
 
 
-def _rows(table: pa.Table) -> Iterator[dict]:
-    for batch in table.to_batches(max_chunksize=256):
-        yield from batch.to_pylist()
+def write_rl(exports: list[tuple["RLFormat", ExportFolder]]) -> dict:
+    """RL exports of one dataset folder (one curriculum: the first export's) in one pass over its
+    prompt table: each batch of kept rows goes to every export in turn, so the images are read
+    once however many formats are written; the extra fields of their ``export.json``."""
+    first = exports[0][1]
+    plan = select(first.input_dir, first.curriculum or build_curriculum(first.input_dir))
+    for split, rows in plan.batches():
+        for fmt, ex in exports:
+            fmt.write_rows(ex, split, rows, ex.rows[split])
+            ex.rows[split] += len(rows)
+    for fmt, ex in exports:
+        ex.write_bytes("README.md", fmt.readme(ex, plan.selection).encode())
+    return {"selection": plan.selection}
 
 
 def reward_fields(row: dict) -> dict:
@@ -134,17 +201,27 @@ def tagged_messages(ex: ExportFolder, row: dict) -> list[dict]:
 
 
 class RLFormat(TrainerFormat):
-    """An RL export: ``rows(ex, split, rows)`` writes one split's prompts; the README is ``readme``."""
+    """An RL export: ``records(ex, split, rows, start)`` are its rows for a batch of one split's prompts
+    (``start`` of the split's rows came before), written to ``<split>.parquet`` with ``schema`` or, without
+    one, ``<split>.jsonl``, a batch at a time (``write_rows``); the README is ``readme``.  ``write_rl``
+    writes several in one pass over the prompt table (``publish.exports.export_dataset``)."""
+
+    #: the Parquet schema of the split files; None: JSON lines
+    schema: pa.Schema | None = None
 
     def write(self, ex: ExportFolder, shards, dataset_name: str) -> dict:
-        splits, selection = select(ex)
-        for split, rows in splits.items():
-            self.write_split(ex, split, rows)
-            ex.rows[split] += len(rows)
-        ex.write_bytes("README.md", self.readme(ex, selection).encode())
-        return {"selection": selection}
+        return write_rl([(self, ex)])
 
-    def write_split(self, ex: ExportFolder, split: str, rows: list[dict]) -> None:  # pragma: no cover
+    def write_rows(self, ex: ExportFolder, split: str, rows: list[dict], start: int) -> None:
+        records = self.records(ex, split, rows, start)
+        if self.schema is None:
+            sink = ex.sink(f"{split}.jsonl")
+            for r in records:
+                sink.write_json(r)
+        else:
+            ex.parquet_sink(f"{split}.parquet", self.schema).write(pa.Table.from_pylist(records, schema=self.schema))
+
+    def records(self, ex: ExportFolder, split: str, rows: list[dict], start: int) -> list[dict]:  # pragma: no cover
         raise NotImplementedError
 
     def readme(self, ex: ExportFolder, selection: dict) -> str:  # pragma: no cover

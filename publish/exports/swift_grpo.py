@@ -16,11 +16,9 @@ from publish.exports.rl import REWARD_NOTE, RLFormat, reward_fields, selection_t
 class SwiftGRPO(RLFormat):
     name = "swift_grpo"
 
-    def write_split(self, ex: ExportFolder, split: str, rows: list[dict]) -> None:
-        sink = ex.sink(f"{split}.jsonl")
-        for r in rows:
-            images = [ex.ref(ex.image(im)) for im in r["images"] or []]
-            sink.write_json({"messages": tagged_messages(ex, r), "images": images, **reward_fields(r)})
+    def records(self, ex: ExportFolder, split: str, rows: list[dict], start: int) -> list[dict]:
+        return [{"messages": tagged_messages(ex, r), "images": [ex.ref(ex.image(im)) for im in r["images"] or []],
+                 **reward_fields(r)} for r in rows]
 
     def readme(self, ex: ExportFolder, selection: dict) -> str:
         root = ex.image_root

@@ -31,11 +31,10 @@ def embedded(ex: ExportFolder, images: list[dict] | None) -> list[dict]:
 class TRLGRPO(RLFormat):
     name = "trl_grpo"
 
-    def write_split(self, ex: ExportFolder, split: str, rows: list[dict]) -> None:
-        from publish.parquet import parquet_bytes
+    schema = SCHEMA
 
-        out = [{"prompt": r["prompt"], "images": embedded(ex, r["images"]), **reward_fields(r)} for r in rows]
-        ex.write_bytes(f"{split}.parquet", parquet_bytes(pa.Table.from_pylist(out, schema=SCHEMA)))
+    def records(self, ex: ExportFolder, split: str, rows: list[dict], start: int) -> list[dict]:
+        return [{"prompt": r["prompt"], "images": embedded(ex, r["images"]), **reward_fields(r)} for r in rows]
 
     def readme(self, ex: ExportFolder, selection: dict) -> str:
         return (

@@ -34,11 +34,11 @@ SCHEMA = pa.schema([
 class Verl(RLFormat):
     name = "verl"
 
-    def write_split(self, ex: ExportFolder, split: str, rows: list[dict]) -> None:
-        from publish.parquet import parquet_bytes
+    schema = SCHEMA
 
+    def records(self, ex: ExportFolder, split: str, rows: list[dict], start: int) -> list[dict]:
         out = []
-        for i, r in enumerate(rows):
+        for i, r in enumerate(rows, start):
             f = reward_fields(r)
             out.append({
                 "data_source": r["source"], "prompt": tagged_messages(ex, r), "images": embedded(ex, r["images"]),
@@ -48,7 +48,7 @@ class Verl(RLFormat):
                     "prompt_id", "pass_rate", "pass_rate_low", "pass_rate_high", "samples_drawn", "answer_type",
                     "answers", "choices", "scoring")}},
             })
-        ex.write_bytes(f"{split}.parquet", parquet_bytes(pa.Table.from_pylist(out, schema=SCHEMA)))
+        return out
 
     def readme(self, ex: ExportFolder, selection: dict) -> str:
         return (

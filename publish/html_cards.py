@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any, Iterable
 
+from methods.thumbnails import jpeg_of
 from publish.layout import image_methods
 from schemas.records import turn_text
 
@@ -46,17 +47,8 @@ def thumbnail(image: dict | None, max_px: int = THUMB_PX) -> Thumb:
         width, height, fmt = im.width, im.height, im.format
         if max(width, height) <= max_px and fmt in _MIME and len(data) <= EMBED_AS_IS_BYTES:
             return Thumb(f"data:{_MIME[fmt]};base64,{base64.b64encode(data).decode()}", width, height)
-        im.draft("RGB", (max_px, max_px))  # JPEG: decode at a reduced scale
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            im = Image.new("RGB", rgba.size, (255, 255, 255))
-            im.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            im = im.convert("RGB")
-        im.thumbnail((max_px, max_px))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=82)
-        return Thumb(f"data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}", width, height)
+        jpeg = jpeg_of(im, max_px, quality=82, optimize=False)
+        return Thumb(f"data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}", width, height)
     except Exception as e:  # noqa: BLE001 -- an undecodable image is shown as such, never fatal
         return Thumb(None, error=f"undecodable image: {type(e).__name__}: {e}")
 

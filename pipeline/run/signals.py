@@ -143,6 +143,8 @@ def shutdown() -> None:
     if _state.done:
         return
     _state.done = True
+    name = signal.Signals(_state.received).name if _state.received is not None else "a signal"
+    log.info("interrupted by %s: stopping what this build started", name)  # the log shows when it began
     steps = (("vLLM engines", _drop_engines), ("Ray", _shutdown_ray), ("processes left", _sweep))
     for what, step in steps:
         t0 = time.monotonic()

@@ -148,6 +148,7 @@ def shutdown() -> None:
     steps = (("vLLM engines", _drop_engines), ("Ray", _shutdown_ray), ("processes left", _sweep))
     for what, step in steps:
         t0 = time.monotonic()
+        reclaim()  # a library's teardown may have put its own handler back: a second Ctrl-C must not cut this short
         try:
             step()
         except Exception as e:  # noqa: BLE001 -- one failed step must not keep the next from running

@@ -32,13 +32,17 @@ class BuildConfig(Protocol):
 
 class StageEngine(Protocol):
     """What a stage uses of its engine (``StageContext.engine``): it sends ``GenRequest``s
-    (``pipeline.engine.requests``) and gets one ``GenResult`` each, in order; it may count
-    tokens, use the tokenizer and the model's stops, and record the model it ran."""
+    (``pipeline.engine.requests``) and gets one ``GenResult`` each, in order; it may render a
+    chat through the model's template, count tokens, use the tokenizer, the model's stops and
+    the prefix cache's block size (0: no prefix cache), and record the model it ran."""
 
     tokenizer: Any
     model_name: str
     revision: str
     stop_kwargs: dict[str, list]
+    kv_block_size: int
+
+    def render(self, messages: list[dict], continue_final: bool = False) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -40,7 +40,6 @@ import hashlib
 import logging
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 from typing import Any
@@ -59,6 +58,7 @@ from publish.html_clusters import FILE as REMOVED_FILE, removed_html
 from publish.html_sections import _method_key, method_order, _summary_of, plots_html, summary_html
 from publish.sampling_report import curriculum_html, sampling_html
 from publish.layout import configs, image_methods
+from publish.report_sample import RowGroup, Sample
 from publish.stats import assistant_chars
 
 log = logging.getLogger("pipeline")
@@ -80,14 +80,6 @@ def _stable(*parts: Any) -> int:
 
 
 # -- the dataset folder ------------------------------------------------------------
-@dataclass(frozen=True)
-class RowGroup:
-    uri: str
-    config: str
-    index: int
-    rows: int
-
-
 def _read_json(uri: str) -> dict | None:
     try:
         return storage.read_json(uri) if storage.exists(uri) else None
@@ -119,35 +111,6 @@ def _read_group(group: RowGroup, columns: list[str] | None = None) -> pa.Table:
 
 
 # -- sampling -------------------------------------------------------------------------
-@dataclass
-class Sample:
-    """What was read for statistics and which rows became cards.
-
-    ``groups``: row groups read (narrow columns), in read order.  ``method``,
-    ``source``, ``chosen_chars``, ``rejected_chars``, ``rows`` (index into
-    ``groups``, row in that group): one entry per row read.  ``picks``: per method, (index into ``groups``, row in
-    that group) of each card, in display order.
-    """
-    groups: list[RowGroup] = field(default_factory=list)
-    method: list[str] = field(default_factory=list)
-    source: list[str] = field(default_factory=list)
-    chosen_chars: list[np.ndarray] = field(default_factory=list)
-    rejected_chars: list[np.ndarray] = field(default_factory=list)
-    rows: list[tuple[int, int]] = field(default_factory=list)
-    picks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    rows_total: int = 0
-
-    @property
-    def rows_read(self) -> int:
-        return len(self.method)
-
-    def lengths(self, method: str) -> tuple[np.ndarray, np.ndarray]:
-        sel = np.asarray(self.method, dtype=object) == method
-        c = np.concatenate(self.chosen_chars) if self.chosen_chars else np.zeros(0)
-        r = np.concatenate(self.rejected_chars) if self.rejected_chars else np.zeros(0)
-        return c[sel], r[sel]
-
-
 def _expected_methods(config: str, manifest: dict | None) -> set[str]:
     methods = set((manifest or {}).get("totals", {}).get("method", {}))
     if config == "image_crop":

@@ -1,14 +1,12 @@
 """The run summary and plot sections of the HTML report (tables and inline SVG, no script)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from publish import layout
 from publish import svg_plots as plots
 from publish.html_cards import _slug, esc
-
-if TYPE_CHECKING:  # pragma: no cover
-    from publish.html_report import Sample
+from publish.report_sample import Sample
 
 #: methods in the order the report shows them (others follow by name)
 def method_order() -> tuple[str, ...]:

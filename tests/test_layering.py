@@ -1,6 +1,9 @@
 """Dependencies point one way: no import cycle among the project's modules, and no module
-imports a layer above its own (imports inside functions count; ``if TYPE_CHECKING:`` ones
-do not, since they never run).
+imports a layer above its own.  Every import counts: inside a function, and under ``if
+TYPE_CHECKING:`` too -- a type hint naming a module above is a dependency pointing the wrong
+way all the same; a lower layer states what it needs as a ``typing.Protocol`` of its own
+(``pipeline.core.protocols``, ``pipeline.engine.protocols``).  The project's before-stop
+hook applies the same cycle rule.
 
 The layers, bottom to top (docs/architecture.md draws them)::
 
@@ -36,11 +39,11 @@ LAYERS = [
 PACKAGES = ("pipeline", "stages", "methods", "schemas", "publish", "demo")
 
 
-def modules() -> dict[str, Path]:
+def modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     found = {}
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for pkg in packages:
+        for path in sorted((root / pkg).rglob("*.py")):
+            name = ".".join(path.relative_to(root).with_suffix("").parts)
             found[name.removesuffix(".__init__")] = path
     return found
 
@@ -50,20 +53,16 @@ def layer(module: str) -> int:
                default=0) if module != "pipeline" else 0
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
-def imports(path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
-    """(imported project module, line) for every runtime import in ``path``."""
+def imports(path: Path, known: dict[str, Path], root: Path = ROOT) -> list[tuple[str, int]]:
+    """(imported project module, line) for every import in ``path``: at the top, inside a
+    function, or under ``if TYPE_CHECKING:`` -- a type hint that names a module above, or one
+    that imports this one, is a dependency that points the wrong way even if it never runs
+    (the before-stop hook counts the same).  ``from a import b`` names ``a`` and, if it is
+    a module, ``a.b``; relative imports are resolved against the module's package."""
     tree = ast.parse(path.read_text())
-    skip = _type_checking_lines(tree)
-    found = []
+    module = ".".join(path.relative_to(root).with_suffix("").parts)
+    package = module.removesuffix(".__init__") if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: dict[tuple[str, int], None] = {}  # ordered, once per module and line
 
     def resolve(name: str) -> str | None:
         while name and name not in known:
@@ -71,23 +70,25 @@ def imports(path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
         return name or None
 
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) in skip:
-            continue
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            targets = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            targets = [base] + [f"{base}.{a.name}" for a in node.names]
         for t in targets:
             r = resolve(t)
             if r:
-                found.append((r, node.lineno))
-    return found
+                found[r, node.lineno] = None
+    return list(found)
 
 
-def graph() -> dict[str, set[str]]:
-    known = modules()
-    return {m: {t for t, _ in imports(p, known) if t != m} for m, p in known.items()}
+def graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+    known = modules(root, packages)
+    return {m: {t for t, _ in imports(p, known, root) if t != m} for m, p in known.items()}
 
 
 def cycles(g: dict[str, set[str]]) -> list[list[str]]:
@@ -153,6 +154,29 @@ def test_no_stage_imports_another_stage():
 ])
 def test_the_cycle_finder_finds_cycles(edge, expected):
     assert cycles(edge) == expected
+
+
+def test_every_import_counts_for_cycles(tmp_path):
+    """The cycles this repository had: a type hint under ``if TYPE_CHECKING:`` naming the module
+    that imports this one (``pipeline.engine.rounds`` -> ``engine.Engine``), an import inside a
+    function (``pipeline.config.sections`` -> ``pipeline.core.graph``), and relative imports."""
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/engine.py": "from pkg.rounds import next_round\n",
+        "pkg/rounds.py": ("from typing import TYPE_CHECKING\n"
+                          "if TYPE_CHECKING:\n    from pkg.engine import Engine\n"),
+        "pkg/sections.py": "def stages():\n    from pkg import graph\n",
+        "pkg/graph.py": "from . import sections\n",
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/a.py": "from ..sub.b import X\n",
+        "pkg/sub/b.py": "import pkg.sub.a\n",
+        "pkg/alone.py": "from pkg import engine\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cycles(graph(tmp_path, ("pkg",))) == [
+        ["pkg.engine", "pkg.rounds"], ["pkg.graph", "pkg.sections"], ["pkg.sub.a", "pkg.sub.b"]]
 
 
 def test_layers_of_known_modules():

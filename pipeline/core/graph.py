@@ -26,13 +26,11 @@ import json
 import os
 import pkgutil
 from functools import reduce
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
+from pipeline.core.protocols import BuildConfig
 from pipeline.core.seeds import stable_hash
 from pipeline.core.stage import REGISTRY, PairMethod, Stage
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config.settings import PipelineConfig
 
 #: packages whose modules are stages (imported by name only here, never a module of them)
 STAGE_PACKAGES = ("stages",)
@@ -96,11 +94,11 @@ def stage_class(name: str) -> type[Stage]:
     return reg[name]
 
 
-def make_stage(name: str, config: "PipelineConfig") -> Stage:
+def make_stage(name: str, config: BuildConfig) -> Stage:
     return stage_class(name)(config)
 
 
-def input_stages(config: "PipelineConfig", stage: str) -> list[str]:
+def input_stages(config: BuildConfig, stage: str) -> list[str]:
     """The enabled stages whose output ``stage`` reads, in pipeline order."""
     enabled = set(config.run.stages)
     found: list[str] = []
@@ -119,7 +117,7 @@ def input_stages(config: "PipelineConfig", stage: str) -> list[str]:
     return sorted(dict.fromkeys(found), key=rank.__getitem__)
 
 
-def wanted(config: "PipelineConfig", capability: str) -> bool:
+def wanted(config: BuildConfig, capability: str) -> bool:
     """Whether a stage of this run wants ``capability`` of its upstream output (``Stage.wants``)."""
     return any(capability in stage_class(s).wants(config) for s in config.run.stages)
 
@@ -129,7 +127,7 @@ def config_value(resolved: dict, dotted: str) -> Any:
     return reduce(lambda node, key: node.get(key) if isinstance(node, dict) else None, dotted.split("."), resolved)
 
 
-def unhashed(config: "PipelineConfig", stage: str) -> tuple[str, ...]:
+def unhashed(config: BuildConfig, stage: str) -> tuple[str, ...]:
     """``Stage.unhashed_in``, checked: only keys of the stage's own section."""
     keys = stage_class(stage).unhashed_in(config)
     foreign = [k for k in keys if not k.startswith(f"{stage}.")]
@@ -146,7 +144,7 @@ def _drop(tree: dict, dotted: str) -> None:
         node.pop(last, None)
 
 
-def drop_unhashed(config: "PipelineConfig", data: dict) -> dict:
+def drop_unhashed(config: BuildConfig, data: dict) -> dict:
     """``data`` (a resolved config, changed in place) less every stage's
     ``unhashed_in`` keys that no other stage declares it uses: what the config hash covers."""
     reg = load()
@@ -159,7 +157,7 @@ def drop_unhashed(config: "PipelineConfig", data: dict) -> dict:
     return data
 
 
-def stage_hash(config: "PipelineConfig", stage: str) -> str:
+def stage_hash(config: BuildConfig, stage: str) -> str:
     """Hash of everything that can change ``stage``'s output (see the module docstring)."""
     resolved = config.resolved()
     memo: dict[str, str] = {}

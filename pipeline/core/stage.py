@@ -12,16 +12,13 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import pyarrow as pa
 
+from pipeline.core.protocols import BuildConfig, StageEngine
 from pipeline.core.settings_view import SettingsView
 from schemas import QUARANTINE_SCHEMA
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.config.settings import PipelineConfig
-    from pipeline.engine.engine import Engine
 
 
 @dataclass
@@ -79,8 +76,8 @@ def _json_safe(record: dict) -> str:
 class StageContext:
     """What a stage may touch while it runs one partition."""
 
-    def __init__(self, stage: str, partition: str, config: "PipelineConfig",
-                 engine: "Engine | None" = None) -> None:
+    def __init__(self, stage: str, partition: str, config: BuildConfig,
+                 engine: StageEngine | None = None) -> None:
         self.stage = stage
         self.partition = partition
         self.config = config
@@ -188,7 +185,7 @@ class Stage:
             raise TypeError(f"stage name {cls.name!r} is taken by {known.__module__}.{known.__qualname__}")
         REGISTRY[cls.name] = cls
 
-    def __init__(self, config: "PipelineConfig") -> None:
+    def __init__(self, config: BuildConfig) -> None:
         #: the whole config, for the framework that runs the stage (hashes, executors, engines)
         self.pipeline_config = config
         #: what the stage's own code reads: its section and the settings it declares
@@ -211,26 +208,26 @@ class Stage:
         return cls.name
 
     @classmethod
-    def enabled_by(cls, config: "PipelineConfig") -> bool:
+    def enabled_by(cls, config: BuildConfig) -> bool:
         """Whether an opt-in stage joins ``run.stages`` without being listed there
         (default: its section says ``enabled: true``)."""
         return bool(getattr(getattr(config, cls.name, None), "enabled", False))
 
     @classmethod
-    def check_config(cls, config: "PipelineConfig") -> None:
+    def check_config(cls, config: BuildConfig) -> None:
         """Checks across sections that concern this stage (raise ValueError naming the keys).
         Run for every registered stage when a config is validated, in stage order, so the
         framework never names a stage's section; a stage that is off usually checks nothing."""
 
     @classmethod
-    def uses_in(cls, config: "PipelineConfig") -> tuple[str, ...]:
+    def uses_in(cls, config: BuildConfig) -> tuple[str, ...]:
         """The settings outside its section this stage reads under ``config`` (default: ``uses``);
         a stage that reads a setting only in some modes adds it here in those modes, so its
         hash changes only when its output can."""
         return cls.uses
 
     @classmethod
-    def unhashed_in(cls, config: "PipelineConfig") -> tuple[str, ...]:
+    def unhashed_in(cls, config: BuildConfig) -> tuple[str, ...]:
         """Keys of this stage's own section (dotted, e.g. ``"generate.adaptive"``) that cannot
         change its output under ``config`` (a mode's settings while the mode is off): left out
         of its stage hash and, unless another stage uses them, of the config hash, so tuning
@@ -238,7 +235,7 @@ class Stage:
         return ()
 
     @classmethod
-    def wants(cls, config: "PipelineConfig") -> frozenset[str]:
+    def wants(cls, config: BuildConfig) -> frozenset[str]:
         """What this stage needs its upstream stages to record, when it runs under ``config``
         (e.g. ``"logprobs"``: each response's sampled log-prob).  An upstream stage asks
         ``pipeline.core.graph.wanted`` instead of naming the stages that might need it."""
@@ -255,7 +252,7 @@ class Stage:
         return None
 
     @classmethod
-    def card_section(cls, config: "PipelineConfig", summary: dict) -> str | None:
+    def card_section(cls, config: BuildConfig, summary: dict) -> str | None:
         """Markdown the dataset card shows for this stage, from ``summarize``'s output (None = nothing;
         e.g. the prompts a cleaning stage removed and why)."""
         return None
@@ -327,7 +324,7 @@ class EngineStage(Stage):
     #: partitions may be streamed through the engine (one request batch per partition)
     streams: ClassVar[bool] = True
 
-    def engine_config(self) -> "PipelineConfig":
+    def engine_config(self) -> BuildConfig:
         """The whole config whose model this stage's engine runs (a judge may use another model)."""
         return self.pipeline_config
 

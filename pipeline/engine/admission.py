@@ -15,16 +15,14 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from pipeline.engine.death import raise_if_dead
+from pipeline.engine.protocols import EngineState
 from pipeline.engine.requests import Completion, GenRequest, GenResult
 from pipeline.engine.rescoring import rescore_uncached
 from pipeline.engine.rounds import next_round
 from pipeline.engine.submission import submit
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.engine.engine import Engine
 
 
 def refill_threshold(vllm_config: Any) -> int:
@@ -83,7 +81,7 @@ class Admission:
     """One stream's bookkeeping: the batches not yet returned (in order), the prompts not
     yet admitted, and which prompt and sample each request in the engine belongs to."""
 
-    def __init__(self, engine: "Engine", batches: Iterable[Sequence[GenRequest]]) -> None:
+    def __init__(self, engine: EngineState, batches: Iterable[Sequence[GenRequest]]) -> None:
         self.engine = engine
         self.feed = iter(batches)
         self.pending: deque[PendingBatch] = deque()  # batches not yet returned, in order
@@ -155,7 +153,7 @@ class Admission:
             self.in_flight -= 1
 
 
-def stream(engine: "Engine", batches: Iterable[Sequence[GenRequest]]) -> Iterator[list[GenResult]]:
+def stream(engine: EngineState, batches: Iterable[Sequence[GenRequest]]) -> Iterator[list[GenResult]]:
     """``Engine.generate_stream``: results batch by batch, in order, the engine fed across
     batch boundaries; a dead engine raises ``EngineDead``.  Counts ``engine.stream_s`` and
     ``engine.occupied_s`` (the share of the engine's batch held by unfinished sequences)."""

@@ -9,16 +9,13 @@ stage's concern alone: generation requests never ask for prompt log-probs.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline.engine.protocols import EngineState, PromptInFlight
 from pipeline.engine.submission import engine_prompt
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.engine.admission import AdmittedPrompt
-    from pipeline.engine.engine import Engine
 
-
-def rescore_uncached(engine: "Engine", prompt: "AdmittedPrompt", out: Any) -> str | None:
+def rescore_uncached(engine: EngineState, prompt: PromptInFlight, out: Any) -> str | None:
     """The id of a scoring request sent again without reading the prefix cache, when the
     cache covered positions whose log-probs it asked for (``GenRequest.logprob_tail``)."""
     req = prompt.req

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from pipeline.engine.death import raise_if_dead
+from pipeline.engine.protocols import EngineState, PromptInFlight
 from pipeline.engine.requests import sample_params
 from pipeline.engine.submission import engine_prompt
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.engine.admission import AdmittedPrompt
-    from pipeline.engine.engine import Engine
 
 log = logging.getLogger("pipeline.engine.rounds")
 
 
-def next_round(engine: "Engine", prompt: "AdmittedPrompt") -> list[str]:
+def next_round(engine: EngineState, prompt: PromptInFlight) -> list[str]:
     """The request ids of a prompt's next sampling round (``GenRequest.more``), or none.
 
     Runs between engine steps while the engine core goes on with every other

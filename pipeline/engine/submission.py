@@ -8,13 +8,11 @@ engine raises ``EngineDead`` (``pipeline.engine.death``).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.engine.death import raise_if_dead
+from pipeline.engine.protocols import EngineState
 from pipeline.engine.requests import GenRequest, GenResult, sample_params
-
-if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.engine.engine import Engine
 
 
 def engine_prompt(req: GenRequest, ids: list[int]) -> dict[str, Any]:
@@ -34,7 +32,7 @@ def engine_prompt(req: GenRequest, ids: list[int]) -> dict[str, Any]:
     return prompt
 
 
-def submit(engine: "Engine", req: GenRequest, result: GenResult) -> list[str]:
+def submit(engine: EngineState, req: GenRequest, result: GenResult) -> list[str]:
     """Render, check and enqueue one prompt as one n=1 request per sample (``sample_params``);
     on refusal fill ``result.error`` and return no ids."""
     try:

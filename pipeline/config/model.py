@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
+from typing_extensions import Annotated
 
 from pipeline.config.sections import Section
+
+
+def _auto_or_at_least_one(v: int | str) -> int | str:
+    if v != "auto" and v < 1:
+        raise ValueError(f'must be "auto" or at least 1, got {v}')
+    return v
+
+
+# A count the planner may pick ("auto") or a positive number: partition rows, partitions per call.
+AutoOrCount = Annotated[Union[int, Literal["auto"]], AfterValidator(_auto_or_at_least_one)]
 
 TINY_MODEL = "tiny-idefics3"
 
@@ -166,7 +177,7 @@ class EngineConfig(Section):
         "Ray placement group"))
     pipeline_parallel_size: int = Field(1, ge=1, description=(
         "GPUs one engine splits its layers over, in sequence (vLLM's pipeline_parallel_size)"))
-    partitions_per_call: Union[int, Literal["auto"]] = Field("auto", description=(
+    partitions_per_call: AutoOrCount = Field("auto", description=(
         "Partitions an engine actor streams per call (one vLLM stream, drained before its next call): the engine "
         "stays fed across their boundaries; more = less idle tail, coarser retry unit. auto = sized by what the "
         "call sends: ready partitions until it holds >= 8x the sequences the engine runs at once (input rows x "
@@ -193,13 +204,6 @@ class EngineConfig(Section):
         "vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1): on GPU a response no longer depends on what it was "
         "batched with (a retried or resumed partition gives the same responses), at some speed cost; part of the "
         "stage hashes when on"))
-
-    @field_validator("partitions_per_call")
-    @classmethod
-    def _positive_calls(cls, v: int | str) -> int | str:
-        if v != "auto" and v < 1:
-            raise ValueError(f'must be "auto" or at least 1, got {v}')
-        return v
 
     @property
     def world_size(self) -> int:

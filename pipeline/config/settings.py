@@ -9,12 +9,12 @@ change that affects a stage's output invalidates that stage's finished work.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.model import (  # noqa: F401 -- re-exported: `from pipeline.config.settings import X` keeps working
-    DTYPES, MODALITIES, RESERVED_ENGINE_KWARGS, TINY_MODEL, TYPED_ENGINE_KWARGS, EngineConfig, ModelConfig)
+    DTYPES, MODALITIES, RESERVED_ENGINE_KWARGS, TINY_MODEL, TYPED_ENGINE_KWARGS, AutoOrCount, EngineConfig, ModelConfig)
 from pipeline.config.sections import Section, StageSections
 from pipeline.config.shared import RLPromptsConfig, ScoringConfig, move_old_keys
 from pipeline.errors import ConfigError  # noqa: F401 -- re-exported: callers catch it from the config
@@ -45,7 +45,7 @@ class RunConfig(_Section):
     output_dir: str = Field("out/mmpr", description="The final dataset folder (a local path or a URI)")
     seed: int = Field(0, description=(
         "The seed every random choice derives from (sampling, pair selection, crops, shuffle, split)"))
-    partition_rows: Union[int, Literal["auto"]] = Field("auto", description=(
+    partition_rows: AutoOrCount = Field("auto", description=(
         "Rows per partition: the unit of work, of resume and of retry.  \"auto\" = "
         "clamp(pow2ceil(ceil(R / (32 * W))), 1, 1024), R = the sources' rows after their limits, W = "
         "max(engine.replicas, executor.cpu_concurrency): about 32 partitions per worker, at most 1024 rows "
@@ -66,13 +66,6 @@ class RunConfig(_Section):
     @classmethod
     def _upper_level(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
-
-    @field_validator("partition_rows")
-    @classmethod
-    def _positive_rows(cls, v: int | str) -> int | str:
-        if v != "auto" and v < 1:
-            raise ValueError(f'must be "auto" or at least 1, got {v}')
-        return v
 
     @field_validator("stages")
     @classmethod

@@ -248,13 +248,14 @@ def step_rl_exports(out: str) -> dict:
 
 
 def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", workers: int = 1,
-               size: bool = False, work: str | None = None) -> dict:
+               size: bool = False, work: str | None = None, memory_mb: float | str = "auto") -> dict:
     from pipeline.config.settings import PipelineConfig
     from stages.write import input_files, write_dataset
 
     cfg = PipelineConfig.model_validate({
         "run": {"name": "bench-write", "seed": 0, "output_dir": out, **({"work_dir": work} if work else {})},
-        "executor": {"kind": kind, "num_cpus": max(2, workers), "cpu_concurrency": workers},
+        "executor": {"kind": kind, "num_cpus": max(2, workers), "cpu_concurrency": workers,
+                     "write_memory_mb": memory_mb},  # 0: scatter spills through temp disk
         "write": {"shard_rows": shard_rows}})
     if kind == "ray":
         from pipeline.run.executors import RayExecutor
@@ -270,7 +271,9 @@ def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", 
            "task_peak_mb": {k.removeprefix("peak_task_mb."): v for k, v in stats.counters.items()
                             if k.startswith("peak_task_mb.")},
            "prompt_rows": int(stats.counters.get("prompt_table_rows", 0)),
-           "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")}}
+           "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")},
+           # inside the tasks: seconds per part (summed over tasks), CPU seconds, the longest task
+           "tasks": {k: v for k, v in stats.counters.items() if k.startswith(("task_", "scatter_"))}}
     if size:
         from publish.shard_size import compactness
 
@@ -316,7 +319,8 @@ def _describe(label: str, rows: int, res: dict) -> str:
     return (f"{label}: {res['secs']:.1f} s, {rows / res['secs']:,.0f} rows/s, driver peak {res['peak_mb']:,.0f} MB"
             f" (peak RSS per task: {tasks}); load average {res['load'][0]} -> {res['load'][1]} on {os.cpu_count()} cores;"
             f" {res['rows_out']:,} rows out in {res['shards']} shards, "
-            f"{res['bytes_out'] / 1e6:,.0f} MB; phases " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items()))
+            f"{res['bytes_out'] / 1e6:,.0f} MB; phases " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items())
+            + "; tasks " + ", ".join(f"{k.removeprefix('task_')} {v:.1f} s" for k, v in sorted(res.get("tasks", {}).items())))
 
 
 def million(base: Path, shard_rows: int, pairs: int = MILLION) -> dict:

@@ -22,8 +22,12 @@ Ray tasks under the Ray executor, ``executor.write_workers`` at once, in-process
    (``prompt_id``) gets a seeded 64-bit key.  Rows are grouped by (config,
    split), ordered by prompt key and cut into ``ceil(n / shard_rows)`` shards
    at prompt boundaries (``publish.shard_order``): a prompt's pairs share a shard.
-2. *Scatter* (one task per input file): stream the file's rows, buffer each by
-   its shard and spill past a byte budget into Arrow IPC temp files.
+2. *Scatter* (one task per input file): stream the file's rows and buffer each
+   by its shard.  While the file's rows fit its share of ``executor.write_memory_mb``
+   the task returns one piece per shard, which stays in memory (under Ray: in the
+   object store, a Ray object per piece), so no byte goes through temp disk;
+   otherwise it spills past ``executor.write_buffer_mb`` into Arrow IPC temp
+   files (``publish.shard_pieces``).
 3. *Gather* (one task per shard): read the shard's pieces, pack its prompts
    into row groups, shuffle rows inside each by row key, write the shard
    atomically with the Hugging Face image metadata, image bytes
@@ -215,6 +219,35 @@ def scatter_buffer_bytes(config: PipelineConfig) -> int:
     return max(1, int(config.executor.write_buffer_mb * (1 << 20)))
 
 
+def held_budget(config: PipelineConfig) -> int:
+    """Bytes of scattered rows the write may hold in memory rather than spill to temp disk
+    (``executor.write_memory_mb``): under Ray the object store, whose capacity "auto" halves
+    (it also holds the other stages' objects; Ray must be up); in-process the driver's
+    memory, a quarter of the machine's under "auto"."""
+    mb = config.executor.write_memory_mb
+    if mb != "auto":
+        return int(mb * (1 << 20))
+    if config.executor.kind == "ray":
+        import ray
+
+        from publish.shard_tasks import start_ray
+
+        start_ray(config)
+        return int(ray.cluster_resources().get("object_store_memory", 0) // 2)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError):  # no sysconf: spill, as before
+        return 0
+
+
+def task_shares(budget: int, plan: Plan) -> list[int]:
+    """Each scatter task's share of ``budget``, by its rows (it holds its pieces while its rows'
+    Arrow bytes stay under it, and spills them otherwise), so all tasks together hold at most
+    ``budget`` whatever order they run in."""
+    total = max(1, plan.rows_in)
+    return [budget * n // total for n in plan.file_rows]
+
+
 def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict], row_stats: Stats,
                    prompts: dict | None = None) -> dict:
     """``manifest.json``: shards with checksums, totals per method and source, lengths, the
@@ -269,21 +302,32 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     try:
         t1 = time.perf_counter()
         offsets = np.concatenate(([0], np.cumsum(plan.file_rows))).astype(np.int64)
+        dests = [plan.dest[offsets[i]:offsets[i] + n] for i, n in enumerate(plan.file_rows)]
+        targets = [np.unique(d[d >= 0]).tolist() for d in dests]  # the shards each file feeds
+        shares = task_shares(held_budget(config), plan)
         scattered = run_tasks(scatter_partition, [
-            (uri, n, plan.dest[offsets[i]:offsets[i] + n], config.config_hash(), tmp, f"part-{i:06d}",
-             scatter_buffer_bytes(config), READ_BATCH_ROWS) for i, (uri, n) in enumerate(zip(files, plan.file_rows))
-        ], config, workers, on_driver_node=local)
+            (uri, n, dests[i], config.config_hash(), tmp, f"part-{i:06d}", scatter_buffer_bytes(config),
+             READ_BATCH_ROWS, shares[i], targets[i]) for i, (uri, n) in enumerate(zip(files, plan.file_rows))
+        ], config, workers, on_driver_node=local, num_returns=[1 + len(t) for t in targets])
         stats.inc("seconds.scatter", round(time.perf_counter() - t1, 3))
-        pieces: dict[int, list] = {no: [] for no in range(len(plan.shards))}
-        for res in scattered:
+        spilled: dict[int, list] = {no: [] for no in range(len(plan.shards))}
+        held: dict[int, list] = {no: [] for no in range(len(plan.shards))}
+        for (res, pieces), shards in zip(scattered, targets):
             for no, where in res["index"].items():
-                pieces[no].extend(where)
+                spilled[no].extend(where)
+            if res["held"]:  # Ray object refs (in-process: the buffers), one per shard it feeds
+                for no, piece in zip(shards, pieces):
+                    held[no].append(piece)
+        scattered = [res for res, _ in scattered]
         t1 = time.perf_counter()
-        gathered = run_tasks(gather_shard, [(shard, pieces[no], config.run.seed, out)
+        # a shard's held pieces are arguments of their own: Ray hands them to the task from the object store
+        gathered = run_tasks(gather_shard, [(shard, spilled[no], config.run.seed, out, *held.pop(no))
                                             for no, shard in enumerate(plan.shards)],
                              config, workers, on_done=lambda i, res: faults.on_data_written("write"),
                              on_driver_node=local)
         stats.inc("seconds.gather", round(time.perf_counter() - t1, 3))
+        stats.inc("scatter_held_mb", round(sum(r["held_bytes"] for r in scattered) / 2**20, 1))
+        stats.inc("scatter_spill_files", sum(r["spill_files"] for r in scattered))
     finally:
         if tmp_entry:
             folder.remove(tmp_entry, forget=True)
@@ -305,6 +349,10 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         for r in results:  # task-seconds inside each step (summed over its tasks, however many ran at once)
             for part, secs in r.get("seconds", {}).items():
                 stats.inc(f"task_seconds.{step}.{part}", round(secs, 3))
+        if results:  # on-CPU and waiting-for-a-CPU seconds (the rest is blocked: disk), the longest task
+            stats.inc(f"task_cpu_seconds.{step}", round(sum(r["cpu_s"] for r in results), 3))
+            stats.inc(f"task_runq_seconds.{step}", round(sum(r["runq_s"] for r in results), 3))
+            stats.inc(f"task_max_seconds.{step}", round(max(sum(r["seconds"].values()) for r in results), 3))
 
     manifest = build_manifest(config, plan, shard_entries, row_stats, prompts)
     rows_out = manifest["rows"]

@@ -247,6 +247,27 @@ def step_rl_exports(out: str) -> dict:
     return {"secs": secs, "kept": kept, "peak_mb": _peak_mb()}
 
 
+def tree_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process and its descendants alive now:
+    under a local Ray, its GCS, raylet (with the object store) and workers, so a write's cost
+    includes Ray's own work (putting task returns into the store, resolving arguments)."""
+    procs = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            procs[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    mine, total, grew = {os.getpid()}, 0.0, True
+    while grew:
+        new = {p for p, (ppid, _) in procs.items() if ppid in mine and p not in mine}
+        mine |= new
+        grew = bool(new)
+    return sum(procs[p][1] for p in mine if p in procs)
+
+
 def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", workers: int = 1,
                size: bool = False, work: str | None = None, memory_mb: float | str = "auto") -> dict:
     from pipeline.config.settings import PipelineConfig
@@ -261,10 +282,11 @@ def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", 
         from pipeline.run.executors import RayExecutor
 
         RayExecutor(cfg)  # Ray is up before the clock starts, as in a build
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    load0, t0, cpu0 = os.getloadavg()[0], time.perf_counter(), tree_cpu_s()
     stats = write_dataset(cfg, dirs)
     secs = time.perf_counter() - t0
-    res = {"secs": secs, "rows_in": stats.rows_in, "rows_out": stats.rows_out,
+    cpu = tree_cpu_s() - cpu0
+    res = {"secs": secs, "cpu_s": cpu, "rows_in": stats.rows_in, "rows_out": stats.rows_out,
            "bytes_out": int(stats.counters["bytes_written"]), "shards": int(stats.counters["shards"]),
            "dups": int(stats.counters["duplicates_dropped"]), "peak_mb": _peak_mb(),
            "load": [round(load0, 1), round(os.getloadavg()[0], 1)],  # others' processes on the same cores
@@ -273,7 +295,7 @@ def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", 
            "prompt_rows": int(stats.counters.get("prompt_table_rows", 0)),
            "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")},
            # inside the tasks: seconds per part (summed over tasks), CPU seconds, the longest task
-           "tasks": {k: v for k, v in stats.counters.items() if k.startswith(("task_", "scatter_"))}}
+           "tasks": {k: v for k, v in stats.counters.items() if k.startswith(("task_", "scatter_", "peak_task_shm"))}}
     if size:
         from publish.shard_size import compactness
 

@@ -6,17 +6,18 @@ hands them on one of two ways:
 
 * *held*: while the task's rows stay under its share of the write's memory
   budget (``hold`` bytes, ``stages.write.held_bytes``), nothing is written:
-  at the end each shard's rows become one Arrow IPC stream in a buffer, which
-  the task returns.  Under the Ray executor each buffer is a task return, so
-  it lands in the object store and the gather task reads it from shared
-  memory; in-process it stays in the driver's memory.  No byte goes to disk.
+  at the end each shard's rows become one record batch (or, when a prompt's
+  pairs repeat its image, one zstd-compressed Arrow IPC stream), which the
+  task returns.  Under the Ray executor each is a task return of its own, so
+  Ray copies it into the object store once and the gather task maps it from
+  shared memory; in-process it stays in the driver's memory.  No byte goes to
+  disk.
 * *spilled*: past the share (or with a share of 0), the buffers are flushed
   past ``budget`` bytes into ONE Arrow IPC file of the task's own in the spill
   folder (one record batch per shard), as before: temp files number
   ``partition bytes / budget`` whatever the number of shards.
 
-A held piece is serialized with the same IPC options a spill file would use,
-and a gather task reads both kinds back into the same rows, so a shard's bytes
+A gather task reads every kind of piece back into the same rows, so a shard's bytes
 do not depend on which way its pieces came (``gather_shard`` recomputes the
 row order from the rows' keys).
 """
@@ -40,6 +41,12 @@ SPILL_OPTIONS = {False: ipc.IpcWriteOptions(), True: ipc.IpcWriteOptions(compres
 
 #: a spilled piece: (spill file, record batch number)
 Spilled = tuple[str, int]
+#: a held piece: the shard's rows as one record batch, or (zstd-compressed) as an IPC stream
+Held = pa.RecordBatch | pa.Buffer
+
+
+def held_size(piece: Held) -> int:
+    return piece.nbytes if isinstance(piece, pa.RecordBatch) else piece.size
 
 
 def _one_batch(tables: list[pa.Table]) -> pa.RecordBatch:
@@ -59,7 +66,7 @@ class Buckets:
         self.holding = hold > 0
         self.files = 0
         self.index: dict[int, list[Spilled]] = defaultdict(list)
-        self.held: dict[int, pa.Buffer] = {}
+        self.held: dict[int, Held] = {}
         self.compress = False
         self.flush_s = 0.0
 
@@ -97,20 +104,23 @@ class Buckets:
         t0 = time.perf_counter()
         for shard in sorted(self.buffers):
             batch = _one_batch(self.buffers.pop(shard))
-            sink = pa.BufferOutputStream()
-            with ipc.new_stream(sink, batch.schema, options=SPILL_OPTIONS[self.compress]) as writer:
-                writer.write_batch(batch)
-            self.held[shard] = sink.getvalue()
+            if self.compress:  # a prompt's pairs repeat its image: zstd keeps the held piece small
+                sink = pa.BufferOutputStream()
+                with ipc.new_stream(sink, batch.schema, options=SPILL_OPTIONS[True]) as writer:
+                    writer.write_batch(batch)
+                self.held[shard] = sink.getvalue()
+            else:  # as is: Ray copies its buffers into the store once, a gather task maps them
+                self.held[shard] = batch
         self.buffered = 0
         self.flush_s += time.perf_counter() - t0
 
-    def returns(self, shards: Sequence[int]) -> list[pa.Buffer | None]:
+    def returns(self, shards: Sequence[int]) -> list[Held | None]:
         """The held pieces in the order of ``shards`` (the shards this task's rows go to, as the
         driver planned them), None for each when the task spilled."""
         return [self.held.get(s) for s in shards]
 
 
-def read_pieces(spilled: Sequence[Spilled], held: Sequence[pa.Buffer | None]) -> pa.Table | None:
+def read_pieces(spilled: Sequence[Spilled], held: Sequence[Held | None]) -> pa.Table | None:
     """A shard's pieces as one table.  Local spill files are memory-mapped: an uncompressed
     batch is then read without a copy (its pages come from the page cache as the shard is
     encoded); a file on an object store is read as before.  Held pieces are read in place
@@ -122,7 +132,9 @@ def read_pieces(spilled: Sequence[Spilled], held: Sequence[pa.Buffer | None]) ->
             source = pa.memory_map(path) if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
             opened[uri] = ipc.open_file(source)
         batches.append(opened[uri].get_batch(i))
-    for buf in held:
-        if buf is not None:
-            batches.extend(ipc.open_stream(buf))
+    for piece in held:
+        if isinstance(piece, pa.RecordBatch):
+            batches.append(piece)
+        elif piece is not None:
+            batches.extend(ipc.open_stream(piece))
     return pa.Table.from_batches(batches) if batches else None

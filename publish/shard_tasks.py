@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from pipeline.files import storage
 from publish.parquet import ROW_GROUP_BYTES, parquet_bytes
-from publish.shard_pieces import Buckets, Spilled, read_pieces
+from publish.shard_pieces import Buckets, Held, Spilled, held_size, read_pieces
 from publish.shard_order import shard_layout
 from publish.stats import Stats
 from schemas import PAIR_SCHEMA, with_hf_metadata
@@ -66,30 +66,51 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def sched_seconds() -> tuple[float, float]:
-    """(on-CPU, waiting-for-a-CPU) seconds of this process's threads so far, from
-    ``/proc/self/task/*/schedstat``: a task's wall time less both is time blocked (disk,
-    page faults), so its breakdown says whether the disk or the CPUs held it up, however
-    loaded the machine.  Elsewhere: (process CPU time, 0)."""
-    import os
+def _schedstat(tid: int | str) -> tuple[int, int]:
+    with open(f"/proc/self/task/{tid}/schedstat") as f:
+        run, queued = f.read().split()[:2]
+    return int(run), int(queued)
 
-    cpu = wait = 0
+
+def sched_seconds() -> tuple[float, float, float]:
+    """(CPU seconds of all this process's threads, and the calling thread's on-CPU and
+    waiting-for-a-CPU seconds) so far, from ``/proc/self/task/*/schedstat``.  A task's wall
+    time less its thread's two is time off the CPU and not queued for one: blocked on the
+    disk, page faults or Arrow's helper threads.  So the breakdown says whether the disk or
+    the CPUs held a task up, however loaded the machine.  Elsewhere: (process CPU time, 0, 0)."""
+    import os
+    import threading
+
+    cpu = 0
     try:
         for tid in os.listdir("/proc/self/task"):
             try:
-                with open(f"/proc/self/task/{tid}/schedstat") as f:
-                    run, queued = f.read().split()[:2]
+                cpu += _schedstat(tid)[0]
             except OSError:  # the thread ended meanwhile
                 continue
-            cpu, wait = cpu + int(run), wait + int(queued)
+        run, queued = _schedstat(threading.get_native_id())
     except OSError:
-        return time.process_time(), 0.0
-    return cpu / 1e9, wait / 1e9
+        return time.process_time(), 0.0, 0.0
+    return cpu / 1e9, run / 1e9, queued / 1e9
 
 
-def _sched_since(start: tuple[float, float]) -> dict:
+def _sched_since(start: tuple[float, float, float], wall: float) -> dict:
+    """A task's CPU seconds (all threads), its thread's run-queue wait, and the rest of its wall
+    time off the CPU (``sched_seconds``)."""
     now = sched_seconds()
-    return {"cpu_s": now[0] - start[0], "runq_s": now[1] - start[1]}
+    cpu, run, queued = (b - a for a, b in zip(start, now))
+    return {"cpu_s": cpu, "runq_s": queued, "blocked_s": max(0.0, wall - run - queued)}
+
+
+def shared_rss_mb() -> float:
+    """Shared memory in this process's RSS now (RssShmem, MB): object-store pages a Ray worker
+    wrote or read count in its peak RSS (``peak_rss_mb``) although they are the store's, not
+    the task's."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssShmem:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
 
 
 def conform(batch: pa.RecordBatch | pa.Table, uri: str, config_hash: str | None = None) -> pa.Table:
@@ -124,7 +145,9 @@ def scatter_partition(uri: str, planned_rows: int, dest: np.ndarray, config_hash
     t0, sched0 = time.perf_counter(), sched_seconds()
     buckets = Buckets(root, tag, budget, hold)
     seen = 0
-    for batch in storage.parquet_file(uri).iter_batches(batch_size=batch_rows):
+    # one thread, as the task's one CPU says: Arrow's pool would spread a read over every core,
+    # so one worker would already take both of a 2-core machine's and two could not scale
+    for batch in storage.parquet_file(uri).iter_batches(batch_size=batch_rows, use_threads=False):
         table = conform(batch, uri, config_hash)
         if not buckets.compress and table.num_rows > 1:
             prompt_ids = pc.struct_field(table.column("provenance"), "prompt_id")
@@ -144,15 +167,15 @@ def scatter_partition(uri: str, planned_rows: int, dest: np.ndarray, config_hash
     if seen != planned_rows:
         raise RuntimeError(f"{uri} changed while writing: {seen} rows, planned {planned_rows}")
     buckets.finish()
-    held = buckets.returns(shards)
-    result = {"index": dict(buckets.index), "peak_mb": peak_rss_mb(), **_sched_since(sched0),
-              "held": bool(buckets.held), "held_bytes": sum(b.size for b in buckets.held.values()),
-              "spill_files": buckets.files,
-              "seconds": {"spill": buckets.flush_s, "read_route": time.perf_counter() - t0 - buckets.flush_s}}
+    held, wall = buckets.returns(shards), time.perf_counter() - t0
+    result = {"index": dict(buckets.index), "peak_mb": peak_rss_mb(), "shm_mb": shared_rss_mb(),
+              **_sched_since(sched0, wall), "held": bool(buckets.held),
+              "held_bytes": sum(held_size(b) for b in buckets.held.values()), "spill_files": buckets.files,
+              "seconds": {"spill": buckets.flush_s, "read_route": wall - buckets.flush_s}}
     return (result, *held)
 
 
-def gather_shard(shard: Shard, pieces: list[Spilled], seed: int, out: str, *held: pa.Buffer | None) -> dict:
+def gather_shard(shard: Shard, pieces: list[Spilled], seed: int, out: str, *held: Held | None) -> dict:
     """Read one shard's pieces (``pieces`` spilled, ``held`` in memory: under Ray, object refs
     passed as arguments of their own, which Ray resolves from the object store), order its
     rows, write it; its manifest entry and statistics."""
@@ -177,7 +200,8 @@ def gather_shard(shard: Shard, pieces: list[Spilled], seed: int, out: str, *held
         "bytes": data.size, "arrow_bytes": table.nbytes, "sha256": hashlib.sha256(data).hexdigest(),
     }
     seconds = {"read_order": t[1] - t[0], "encode": t[2] - t[1], "write": t[3] - t[2]}
-    return {"entry": entry, "stats": stats, "peak_mb": peak_rss_mb(), "seconds": seconds, **_sched_since(sched0)}
+    return {"entry": entry, "stats": stats, "peak_mb": peak_rss_mb(), "shm_mb": shared_rss_mb(), "seconds": seconds,
+            **_sched_since(sched0, t[-1] - t[0])}
 
 
 def start_ray(config: Any) -> None:

@@ -221,9 +221,10 @@ def scatter_buffer_bytes(config: PipelineConfig) -> int:
 
 def held_budget(config: PipelineConfig) -> int:
     """Bytes of scattered rows the write may hold in memory rather than spill to temp disk
-    (``executor.write_memory_mb``): under Ray the object store, whose capacity "auto" halves
-    (it also holds the other stages' objects; Ray must be up); in-process the driver's
-    memory, a quarter of the machine's under "auto"."""
+    (``executor.write_memory_mb``).  Under Ray the object store: "auto" takes 80% of its
+    capacity, since the write runs after every partition stage has finished (the store is
+    about empty) and the margin keeps Ray from spilling objects to its own disk; in-process
+    the driver's memory, a quarter of the machine's under "auto"."""
     mb = config.executor.write_memory_mb
     if mb != "auto":
         return int(mb * (1 << 20))
@@ -233,7 +234,7 @@ def held_budget(config: PipelineConfig) -> int:
         from publish.shard_tasks import start_ray
 
         start_ray(config)
-        return int(ray.cluster_resources().get("object_store_memory", 0) // 2)
+        return int(ray.cluster_resources().get("object_store_memory", 0) * 0.8)
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (ValueError, OSError):  # no sysconf: spill, as before
@@ -349,10 +350,11 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
         for r in results:  # task-seconds inside each step (summed over its tasks, however many ran at once)
             for part, secs in r.get("seconds", {}).items():
                 stats.inc(f"task_seconds.{step}.{part}", round(secs, 3))
-        if results:  # on-CPU and waiting-for-a-CPU seconds (the rest is blocked: disk), the longest task
-            stats.inc(f"task_cpu_seconds.{step}", round(sum(r["cpu_s"] for r in results), 3))
-            stats.inc(f"task_runq_seconds.{step}", round(sum(r["runq_s"] for r in results), 3))
-            stats.inc(f"task_max_seconds.{step}", round(max(sum(r["seconds"].values()) for r in results), 3))
+        if results:  # CPU (all threads), run-queue wait and blocked seconds of the tasks; the costliest task
+            for part in ("cpu", "runq", "blocked"):
+                stats.inc(f"task_{part}_seconds.{step}", round(sum(r[f"{part}_s"] for r in results), 3))
+            stats.inc(f"task_max_cpu_seconds.{step}", round(max(r["cpu_s"] for r in results), 3))
+            stats.inc(f"peak_task_shm_mb.{step}", round(max(r["shm_mb"] for r in results), 1))
 
     manifest = build_manifest(config, plan, shard_entries, row_stats, prompts)
     rows_out = manifest["rows"]

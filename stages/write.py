@@ -221,20 +221,25 @@ def scatter_buffer_bytes(config: PipelineConfig) -> int:
 
 def held_budget(config: PipelineConfig) -> int:
     """Bytes of scattered rows the write may hold in memory rather than spill to temp disk
-    (``executor.write_memory_mb``).  Under Ray the object store: "auto" takes 80% of its
-    capacity, since the write runs after every partition stage has finished (the store is
-    about empty) and the margin keeps Ray from spilling objects to its own disk; in-process
-    the driver's memory, a quarter of the machine's under "auto"."""
+    (``executor.write_memory_mb``).  Under Ray the object store, never more than 80% of its
+    capacity (past it Ray spills objects to its own disk: the round trip this avoids, at a
+    higher cost, measured); "auto" takes all of that, since the write runs after every
+    partition stage has finished (the store is about empty).  In-process the driver's memory,
+    a quarter of the machine's under "auto"."""
     mb = config.executor.write_memory_mb
-    if mb != "auto":
-        return int(mb * (1 << 20))
+    asked = None if mb == "auto" else int(mb * (1 << 20))
     if config.executor.kind == "ray":
+        if asked == 0:
+            return 0
         import ray
 
         from publish.shard_tasks import start_ray
 
         start_ray(config)
-        return int(ray.cluster_resources().get("object_store_memory", 0) * 0.8)
+        store = int(ray.cluster_resources().get("object_store_memory", 0) * 0.8)
+        return store if asked is None else min(asked, store)
+    if asked is not None:
+        return asked
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
     except (ValueError, OSError):  # no sysconf: spill, as before

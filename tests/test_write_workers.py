@@ -111,3 +111,23 @@ def test_scatter_spills_to_disk_past_its_share_of_the_memory_budget(ray_session,
     assert mixed_c["scatter_held_mb"] > 0 and mixed_c["scatter_spill_files"] > 0
     assert mixed == held
     assert shares(1000, w.Plan([], None, 10, 0, [3, 7])) == [300, 700]  # a task's share goes by its rows
+
+
+def test_the_held_budget_never_passes_the_object_store(ray_session, tmp_path):
+    """Past the object store's capacity Ray would spill the held pieces to its own disk (measured:
+    2.8 GB spilled, more CPU than the write's own spill), so a budget is capped at 80% of it."""
+    import ray
+
+    from stages.write import held_budget
+
+    cfg = _config(tmp_path, "ray", 1)
+    cfg.executor.write_memory_mb = 10**7  # 10 TiB
+    cap = held_budget(cfg)
+    store = ray.cluster_resources()["object_store_memory"]
+    assert cap == int(store * 0.8) > 0
+    cfg.executor.write_memory_mb = "auto"
+    assert held_budget(cfg) == cap
+    cfg.executor.write_memory_mb = 1
+    assert held_budget(cfg) == 1 << 20
+    cfg.executor.write_memory_mb = 0
+    assert held_budget(cfg) == 0

@@ -121,8 +121,9 @@ class ExecutorConfig(_Section):
         "Memory (MiB) the write stage may hold its scattered rows in, so they never go through temp disk: "
         "under Ray the object store (each scatter task returns its per-shard pieces as Ray objects), "
         "in-process the driver's memory.  A scatter task whose share (this x its rows / all rows) is too "
-        "small spills to bucket files instead (write_buffer_mb).  \"auto\" = 80% of the Ray object store "
-        "under Ray, a quarter of the machine's memory in-process; 0 = always spill.  The shards are the "
+        "small spills to bucket files instead (write_buffer_mb).  Under Ray at most 80% of the object store "
+        "(past it Ray would spill objects to its own disk); \"auto\" = that, in-process a quarter of the "
+        "machine's memory; 0 = always spill.  The shards are the "
         "same bytes either way.  The environment variable MMPR_WRITE_MEMORY_MB overrides it"))
     runtime_env: dict[str, Any] = Field(default_factory=dict, description=(
         'Ray runtime_env for the workers, e.g. {working_dir: ".", pip: [...]} on a cluster whose nodes '

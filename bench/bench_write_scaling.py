@@ -4,7 +4,7 @@
 
 The input is ``bench_write``'s (``--rows`` pair rows, one distinct 448x448 JPEG
 each, 2,048 rows per part file); with ``--keep DIR`` it is made once and reused.
-For each path (``held``: ``executor.write_memory_mb: auto``, scatter tasks
+For each path (``held``: ``executor.write_memory_mb`` as large as it goes, scatter tasks
 return their per-shard pieces as Ray objects; ``disk``: ``write_memory_mb: 0``,
 they spill Arrow IPC files to temp disk as before) the write runs under Ray
 with ``write_workers`` 1 then 2, each in its own process, the paths
@@ -88,10 +88,11 @@ def main() -> int:
     ap.add_argument("--keep", help="make the input once in this folder and reuse it")
     ap.add_argument("--paths", default="held,disk", help="comma-separated: held, disk")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each (0: only make the input)")
-    ap.add_argument("--held-mb", default="auto", help="executor.write_memory_mb of the held path (default auto)")
+    ap.add_argument("--held-mb", type=float, default=1e6,
+                    help="executor.write_memory_mb of the held path (default: all the write may take, 80%% of the store)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    paths = {"held": args.held_mb if args.held_mb == "auto" else float(args.held_mb), "disk": 0}
+    paths = {"held": args.held_mb, "disk": 0}
     chosen = [p for p in args.paths.split(",") if p]
     if not chosen or any(p not in paths for p in chosen):
         ap.error(f"--paths: comma-separated names from {sorted(paths)}, got {args.paths!r}")

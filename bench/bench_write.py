@@ -269,7 +269,7 @@ def tree_cpu_s() -> float:
 
 
 def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", workers: int = 1,
-               size: bool = False, work: str | None = None, memory_mb: float | str = "auto") -> dict:
+               size: bool = False, work: str | None = None, memory_mb: float = 0) -> dict:
     from pipeline.config.settings import PipelineConfig
     from stages.write import input_files, write_dataset
 

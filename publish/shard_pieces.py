@@ -5,7 +5,7 @@ its input file to its shard's buffer.  ``Buckets`` keeps those buffers and
 hands them on one of two ways:
 
 * *held*: while the task's rows stay under its share of the write's memory
-  budget (``hold`` bytes, ``stages.write.held_bytes``), nothing is written:
+  budget (``hold`` bytes, ``stages.write.held_budget``, 0 by default), nothing is written:
   at the end each shard's rows become one record batch (or, when a prompt's
   pairs repeat its image, one zstd-compressed Arrow IPC stream), which the
   task returns.  Under the Ray executor each is a task return of its own, so

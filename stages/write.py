@@ -22,12 +22,12 @@ Ray tasks under the Ray executor, ``executor.write_workers`` at once, in-process
    (``prompt_id``) gets a seeded 64-bit key.  Rows are grouped by (config,
    split), ordered by prompt key and cut into ``ceil(n / shard_rows)`` shards
    at prompt boundaries (``publish.shard_order``): a prompt's pairs share a shard.
-2. *Scatter* (one task per input file): stream the file's rows and buffer each
-   by its shard.  While the file's rows fit its share of ``executor.write_memory_mb``
-   the task returns one piece per shard, which stays in memory (under Ray: in the
-   object store, a Ray object per piece), so no byte goes through temp disk;
-   otherwise it spills past ``executor.write_buffer_mb`` into Arrow IPC temp
-   files (``publish.shard_pieces``).
+2. *Scatter* (one task per input file): stream the file's rows, buffer each by
+   its shard and spill past ``executor.write_buffer_mb`` into Arrow IPC temp
+   files.  With ``executor.write_memory_mb`` above 0 (default 0), a task whose
+   rows fit its share of it returns one piece per shard instead, which stays in
+   memory (under Ray: the object store, a Ray object per piece), so no byte goes
+   through temp disk (``publish.shard_pieces``).
 3. *Gather* (one task per shard): read the shard's pieces, pack its prompts
    into row groups, shuffle rows inside each by row key, write the shard
    atomically with the Hugging Face image metadata, image bytes
@@ -221,30 +221,18 @@ def scatter_buffer_bytes(config: PipelineConfig) -> int:
 
 def held_budget(config: PipelineConfig) -> int:
     """Bytes of scattered rows the write may hold in memory rather than spill to temp disk
-    (``executor.write_memory_mb``).  In-process the driver's memory, a quarter of the machine's
-    under "auto": held pieces are the scattered batches themselves, no copy.  Under Ray the
-    object store, never more than 80% of its capacity (past it Ray spills objects to its own
-    disk, at a higher cost than the write's own spill), and nothing under "auto": measured at
-    50k rows (bench/bench_write_scaling.py), putting the pieces into the store and mapping them
-    back cost more CPU (driver + Ray + workers 16.8-19.9 s) than spilling them through the page
-    cache (12.8-14.8 s), and the spill's tasks were seldom blocked on the disk."""
-    mb = config.executor.write_memory_mb
-    asked = None if mb == "auto" else int(mb * (1 << 20))
-    if config.executor.kind == "ray":
-        if not asked:
-            return 0
-        import ray
-
-        from publish.shard_tasks import start_ray
-
-        start_ray(config)
-        return min(asked, int(ray.cluster_resources().get("object_store_memory", 0) * 0.8))
-    if asked is not None:
+    (``executor.write_memory_mb``; 0 = spill, the default).  In-process the driver's memory;
+    under Ray the object store, never more than 80% of its capacity: past it Ray spills
+    objects to its own disk, which measured costlier than the write's own spill."""
+    asked = int(config.executor.write_memory_mb * (1 << 20))
+    if asked == 0 or config.executor.kind != "ray":
         return asked
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
-    except (ValueError, OSError):  # no sysconf: spill, as before
-        return 0
+    import ray
+
+    from publish.shard_tasks import start_ray
+
+    start_ray(config)
+    return min(asked, int(ray.cluster_resources().get("object_store_memory", 0) * 0.8))
 
 
 def task_shares(budget: int, plan: Plan) -> list[int]:

@@ -125,8 +125,6 @@ def test_the_held_budget_never_passes_the_object_store(ray_session, tmp_path):
     cap = held_budget(cfg)
     store = ray.cluster_resources()["object_store_memory"]
     assert cap == int(store * 0.8) > 0
-    cfg.executor.write_memory_mb = "auto"  # under Ray: spill (the store measured costlier)
-    assert held_budget(cfg) == 0
     cfg.executor.write_memory_mb = 1
     assert held_budget(cfg) == 1 << 20
     cfg.executor.write_memory_mb = 0

@@ -247,30 +247,55 @@ def step_rl_exports(out: str) -> dict:
     return {"secs": secs, "kept": kept, "peak_mb": _peak_mb()}
 
 
+def tree_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process and its descendants alive now:
+    under a local Ray, its GCS, raylet (with the object store) and workers, so a write's cost
+    includes Ray's own work (putting task returns into the store, resolving arguments)."""
+    procs = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            procs[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    mine, total, grew = {os.getpid()}, 0.0, True
+    while grew:
+        new = {p for p, (ppid, _) in procs.items() if ppid in mine and p not in mine}
+        mine |= new
+        grew = bool(new)
+    return sum(procs[p][1] for p in mine if p in procs)
+
+
 def step_write(dirs: list[str], out: str, shard_rows: int, kind: str = "local", workers: int = 1,
-               size: bool = False, work: str | None = None) -> dict:
+               size: bool = False, work: str | None = None, memory_mb: float = 0) -> dict:
     from pipeline.config.settings import PipelineConfig
     from stages.write import input_files, write_dataset
 
     cfg = PipelineConfig.model_validate({
         "run": {"name": "bench-write", "seed": 0, "output_dir": out, **({"work_dir": work} if work else {})},
-        "executor": {"kind": kind, "num_cpus": max(2, workers), "cpu_concurrency": workers},
+        "executor": {"kind": kind, "num_cpus": max(2, workers), "cpu_concurrency": workers,
+                     "write_memory_mb": memory_mb},  # 0: scatter spills through temp disk
         "write": {"shard_rows": shard_rows}})
     if kind == "ray":
         from pipeline.run.executors import RayExecutor
 
         RayExecutor(cfg)  # Ray is up before the clock starts, as in a build
-    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    load0, t0, cpu0 = os.getloadavg()[0], time.perf_counter(), tree_cpu_s()
     stats = write_dataset(cfg, dirs)
     secs = time.perf_counter() - t0
-    res = {"secs": secs, "rows_in": stats.rows_in, "rows_out": stats.rows_out,
+    cpu = tree_cpu_s() - cpu0
+    res = {"secs": secs, "cpu_s": cpu, "rows_in": stats.rows_in, "rows_out": stats.rows_out,
            "bytes_out": int(stats.counters["bytes_written"]), "shards": int(stats.counters["shards"]),
            "dups": int(stats.counters["duplicates_dropped"]), "peak_mb": _peak_mb(),
            "load": [round(load0, 1), round(os.getloadavg()[0], 1)],  # others' processes on the same cores
            "task_peak_mb": {k.removeprefix("peak_task_mb."): v for k, v in stats.counters.items()
                             if k.startswith("peak_task_mb.")},
            "prompt_rows": int(stats.counters.get("prompt_table_rows", 0)),
-           "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")}}
+           "phases": {k.removeprefix("seconds."): v for k, v in stats.counters.items() if k.startswith("seconds.")},
+           # inside the tasks: seconds per part (summed over tasks), CPU seconds, the longest task
+           "tasks": {k: v for k, v in stats.counters.items() if k.startswith(("task_", "scatter_", "peak_task_shm"))}}
     if size:
         from publish.shard_size import compactness
 
@@ -316,7 +341,8 @@ def _describe(label: str, rows: int, res: dict) -> str:
     return (f"{label}: {res['secs']:.1f} s, {rows / res['secs']:,.0f} rows/s, driver peak {res['peak_mb']:,.0f} MB"
             f" (peak RSS per task: {tasks}); load average {res['load'][0]} -> {res['load'][1]} on {os.cpu_count()} cores;"
             f" {res['rows_out']:,} rows out in {res['shards']} shards, "
-            f"{res['bytes_out'] / 1e6:,.0f} MB; phases " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items()))
+            f"{res['bytes_out'] / 1e6:,.0f} MB; phases " + ", ".join(f"{k} {v:.1f} s" for k, v in res["phases"].items())
+            + "; tasks " + ", ".join(f"{k.removeprefix('task_')} {v:.1f} s" for k, v in sorted(res.get("tasks", {}).items())))
 
 
 def million(base: Path, shard_rows: int, pairs: int = MILLION) -> dict:

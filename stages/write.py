@@ -23,7 +23,11 @@ Ray tasks under the Ray executor, ``executor.write_workers`` at once, in-process
    split), ordered by prompt key and cut into ``ceil(n / shard_rows)`` shards
    at prompt boundaries (``publish.shard_order``): a prompt's pairs share a shard.
 2. *Scatter* (one task per input file): stream the file's rows, buffer each by
-   its shard and spill past a byte budget into Arrow IPC temp files.
+   its shard and spill past ``executor.write_buffer_mb`` into Arrow IPC temp
+   files.  With ``executor.write_memory_mb`` above 0 (default 0), a task whose
+   rows fit its share of it returns one piece per shard instead, which stays in
+   memory (under Ray: the object store, a Ray object per piece), so no byte goes
+   through temp disk (``publish.shard_pieces``).
 3. *Gather* (one task per shard): read the shard's pieces, pack its prompts
    into row groups, shuffle rows inside each by row key, write the shard
    atomically with the Hugging Face image metadata, image bytes
@@ -215,6 +219,30 @@ def scatter_buffer_bytes(config: PipelineConfig) -> int:
     return max(1, int(config.executor.write_buffer_mb * (1 << 20)))
 
 
+def held_budget(config: PipelineConfig) -> int:
+    """Bytes of scattered rows the write may hold in memory rather than spill to temp disk
+    (``executor.write_memory_mb``; 0 = spill, the default).  In-process the driver's memory;
+    under Ray the object store, never more than 80% of its capacity: past it Ray spills
+    objects to its own disk, which measured costlier than the write's own spill."""
+    asked = int(config.executor.write_memory_mb * (1 << 20))
+    if asked == 0 or config.executor.kind != "ray":
+        return asked
+    import ray
+
+    from publish.shard_tasks import start_ray
+
+    start_ray(config)
+    return min(asked, int(ray.cluster_resources().get("object_store_memory", 0) * 0.8))
+
+
+def task_shares(budget: int, plan: Plan) -> list[int]:
+    """Each scatter task's share of ``budget``, by its rows (it holds its pieces while its rows'
+    Arrow bytes stay under it, and spills them otherwise), so all tasks together hold at most
+    ``budget`` whatever order they run in."""
+    total = max(1, plan.rows_in)
+    return [budget * n // total for n in plan.file_rows]
+
+
 def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict], row_stats: Stats,
                    prompts: dict | None = None) -> dict:
     """``manifest.json``: shards with checksums, totals per method and source, lengths, the
@@ -244,13 +272,62 @@ def build_manifest(config: PipelineConfig, plan: Plan, shard_entries: list[dict]
     return manifest
 
 
+def _scatter_gather(config: PipelineConfig, plan: Plan, files: list[str], out: str, tmp: str, local: bool,
+                    stats: StageStats) -> tuple[list[dict], list[dict]]:
+    """The scatter tasks, then the gather tasks (module docstring, steps 2 and 3): their results."""
+    workers = config.executor.write_workers or config.executor.cpu_concurrency
+    t1 = time.perf_counter()
+    offsets = np.concatenate(([0], np.cumsum(plan.file_rows))).astype(np.int64)
+    dests = [plan.dest[offsets[i]:offsets[i] + n] for i, n in enumerate(plan.file_rows)]
+    targets = [np.unique(d[d >= 0]).tolist() for d in dests]  # the shards each file feeds
+    shares = task_shares(held_budget(config), plan)
+    scattered = run_tasks(scatter_partition, [
+        (uri, n, dests[i], config.config_hash(), tmp, f"part-{i:06d}", scatter_buffer_bytes(config),
+         READ_BATCH_ROWS, shares[i], targets[i]) for i, (uri, n) in enumerate(zip(files, plan.file_rows))
+    ], config, workers, on_driver_node=local, num_returns=[1 + len(t) for t in targets])
+    stats.inc("seconds.scatter", round(time.perf_counter() - t1, 3))
+    spilled: dict[int, list] = {no: [] for no in range(len(plan.shards))}
+    held: dict[int, list] = {no: [] for no in range(len(plan.shards))}
+    for (res, pieces), shards in zip(scattered, targets):
+        for no, where in res["index"].items():
+            spilled[no].extend(where)
+        if res["held"]:  # Ray object refs (in-process: the pieces), one per shard it feeds
+            for no, piece in zip(shards, pieces):
+                held[no].append(piece)
+    scattered = [res for res, _ in scattered]
+    t1 = time.perf_counter()
+    # a shard's held pieces are arguments of their own: Ray hands them to the task from the object store
+    gathered = run_tasks(gather_shard, [(shard, spilled[no], config.run.seed, out, *held.pop(no))
+                                        for no, shard in enumerate(plan.shards)],
+                         config, workers, on_done=lambda i, res: faults.on_data_written("write"),
+                         on_driver_node=local)
+    stats.inc("seconds.gather", round(time.perf_counter() - t1, 3))
+    stats.inc("scatter_held_mb", round(sum(r["held_bytes"] for r in scattered) / 2**20, 1))
+    stats.inc("scatter_spill_files", sum(r["spill_files"] for r in scattered))
+    return scattered, gathered
+
+
+def _task_stats(stats: StageStats, scattered: list[dict], gathered: list[dict]) -> None:
+    """Where the tasks' time and memory went, per step."""
+    for step, results in (("scatter", scattered), ("gather", gathered)):
+        if results:
+            stats.inc(f"peak_task_mb.{step}", round(max(r["peak_mb"] for r in results), 1))
+        for r in results:  # task-seconds inside each step (summed over its tasks, however many ran at once)
+            for part, secs in r.get("seconds", {}).items():
+                stats.inc(f"task_seconds.{step}.{part}", round(secs, 3))
+        if results:  # CPU (all threads), run-queue wait and blocked seconds of the tasks; the costliest task
+            for part in ("cpu", "runq", "blocked"):
+                stats.inc(f"task_{part}_seconds.{step}", round(sum(r[f"{part}_s"] for r in results), 3))
+            stats.inc(f"task_max_cpu_seconds.{step}", round(max(r["cpu_s"] for r in results), 3))
+            stats.inc(f"peak_task_shm_mb.{step}", round(max(r["shm_mb"] for r in results), 1))
+
+
 def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str | None = None,
                   card_sections: list[str] = ()) -> StageStats:
     """Write the final dataset folder from the pair files of ``input_dirs``; see the module docstring."""
     t0 = time.perf_counter()
     out = output_dir or config.run.output_dir
     wc = config.write
-    workers = config.executor.write_workers or config.executor.cpu_concurrency
     files = input_files(input_dirs)
     stats = StageStats()
 
@@ -267,23 +344,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     tmp, tmp_entry = _spill_root(config, folder)
     local = not storage.is_uri(tmp)  # a local spill folder: the tasks run where the driver is
     try:
-        t1 = time.perf_counter()
-        offsets = np.concatenate(([0], np.cumsum(plan.file_rows))).astype(np.int64)
-        scattered = run_tasks(scatter_partition, [
-            (uri, n, plan.dest[offsets[i]:offsets[i] + n], config.config_hash(), tmp, f"part-{i:06d}",
-             scatter_buffer_bytes(config), READ_BATCH_ROWS) for i, (uri, n) in enumerate(zip(files, plan.file_rows))
-        ], config, workers, on_driver_node=local)
-        stats.inc("seconds.scatter", round(time.perf_counter() - t1, 3))
-        pieces: dict[int, list] = {no: [] for no in range(len(plan.shards))}
-        for res in scattered:
-            for no, where in res["index"].items():
-                pieces[no].extend(where)
-        t1 = time.perf_counter()
-        gathered = run_tasks(gather_shard, [(shard, pieces[no], config.run.seed, out)
-                                            for no, shard in enumerate(plan.shards)],
-                             config, workers, on_done=lambda i, res: faults.on_data_written("write"),
-                             on_driver_node=local)
-        stats.inc("seconds.gather", round(time.perf_counter() - t1, 3))
+        scattered, gathered = _scatter_gather(config, plan, files, out, tmp, local, stats)
     finally:
         if tmp_entry:
             folder.remove(tmp_entry, forget=True)
@@ -299,12 +360,7 @@ def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str
     for g in gathered:  # in shard order: the statistics do not depend on which task finished first
         row_stats.merge(g["stats"])
     stats.inc("bytes_written", sum(e["bytes"] for e in shard_entries))
-    for step, results in (("scatter", scattered), ("gather", gathered)):
-        if results:
-            stats.inc(f"peak_task_mb.{step}", round(max(r["peak_mb"] for r in results), 1))
-        for r in results:  # task-seconds inside each step (summed over its tasks, however many ran at once)
-            for part, secs in r.get("seconds", {}).items():
-                stats.inc(f"task_seconds.{step}.{part}", round(secs, 3))
+    _task_stats(stats, scattered, gathered)
 
     manifest = build_manifest(config, plan, shard_entries, row_stats, prompts)
     rows_out = manifest["rows"]

@@ -165,6 +165,22 @@ def test_the_environment_overrides_a_moved_setting(monkeypatch):
         load_config(SAMPLE)
 
 
+def test_the_write_memory_budget_is_checked_and_the_environment_sets_it(monkeypatch):
+    from stages.write import held_budget
+
+    cfg = load_config(SAMPLE, {"executor.kind": "local"})
+    assert cfg.executor.write_memory_mb == 0 and held_budget(cfg) == 0  # the default: spill
+    monkeypatch.setenv("MMPR_WRITE_MEMORY_MB", "3")
+    cfg = load_config(SAMPLE, {"executor.kind": "local"})
+    assert cfg.executor.write_memory_mb == 3 and held_budget(cfg) == 3 << 20
+    assert cfg.config_hash() == SAMPLE_CONFIG_HASH  # scheduling only: the same data
+    for bad, why in (("-1", "greater than or equal to 0"), ("lots", "valid number"), ("nan", "finite number"),
+                     ("inf", "finite number")):
+        monkeypatch.setenv("MMPR_WRITE_MEMORY_MB", bad)
+        with pytest.raises(ConfigError, match=f"MMPR_WRITE_MEMORY_MB={bad}: Input should be .*{why}"):
+            load_config(SAMPLE)
+
+
 @pytest.fixture
 def stage_package(tmp_path, monkeypatch):
     """A package of stages outside ``stages/``, importable, removed from the registry afterwards."""

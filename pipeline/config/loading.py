@@ -118,6 +118,7 @@ def _set_dotted(data: dict, dotted: str, value: Any, origin: str) -> None:
 ENV_OVERRIDES = {
     "MMPR_LOG_LEVEL": "run.log_level",
     "MMPR_WRITE_BUFFER_MB": "executor.write_buffer_mb",
+    "MMPR_WRITE_MEMORY_MB": "executor.write_memory_mb",
 }
 
 

@@ -26,6 +26,8 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "MMPR_LOG_LEVEL": (ENV_OVERRIDES["MMPR_LOG_LEVEL"], "overrides the key when a config is loaded"),
     "MMPR_WRITE_BUFFER_MB": (ENV_OVERRIDES["MMPR_WRITE_BUFFER_MB"],
                              "overrides the key when a config is loaded"),
+    "MMPR_WRITE_MEMORY_MB": (ENV_OVERRIDES["MMPR_WRITE_MEMORY_MB"],
+                             "overrides the key when a config is loaded"),
     "MMPR_STAGE_PACKAGES": ("run.stage_packages",
                             "more stage packages, comma-separated, loaded in addition to the key's (a stage, once "
                             "loaded, stays registered; `python -m pipeline stage --help` lists these too)"),
@@ -133,8 +135,8 @@ def _default(field: Any) -> str:
 INTRO = (
     "A config is a YAML file of the sections below (generate: {n: 16}); unknown keys fail.",
     "--set KEY=VALUE overrides a key on the command line (--set generate.n=16; list items by index:",
-    "--set sources.0.limit=10).  MMPR_LOG_LEVEL and MMPR_WRITE_BUFFER_MB in the environment override",
-    "their keys when a config is loaded, and a --set overrides them in turn.",
+    "--set sources.0.limit=10).  MMPR_LOG_LEVEL, MMPR_WRITE_BUFFER_MB and MMPR_WRITE_MEMORY_MB in the",
+    "environment override their keys when a config is loaded, and a --set overrides them in turn.",
     "python -m pipeline config --config FILE [--set KEY=VALUE ...] prints a config's resolved values.",
 )
 
@@ -167,8 +169,8 @@ def reference_markdown() -> str:
            "checks that it is up to date -->", "",
            "A config is a YAML file of the sections below (`generate: {n: 16}`); unknown keys fail.  "
            "`--set KEY=VALUE` overrides a key on the command line (`--set generate.n=16`; list items by index: "
-           "`--set sources.0.limit=10`).  The environment variables `MMPR_LOG_LEVEL` and `MMPR_WRITE_BUFFER_MB` "
-           "override their keys when a config is loaded, and a `--set` overrides them in turn (see "
+           "`--set sources.0.limit=10`).  The environment variables `MMPR_LOG_LEVEL`, `MMPR_WRITE_BUFFER_MB` and "
+           "`MMPR_WRITE_MEMORY_MB` override their keys when a config is loaded, and a `--set` overrides them in turn (see "
            "[Environment variables](#environment-variables)).", "",
            "`python -m pipeline config` prints this reference; `python -m pipeline config --config FILE "
            "[--set KEY=VALUE ...]` prints the resolved value of every key of a config.  "

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli_env, run_cli, small_ingest
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli_env, run_cli
 
 # part-00001 starts while part-00000 is generating (the engine is fed across partitions)
 KILL = "generate:part-00001:engine_core"
@@ -32,8 +32,8 @@ def _outputs(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ingest(tiny_model, tmp_path_factory) -> Path:
-    out = small_ingest(tmp_path_factory.mktemp("ingest") / "ingest")
+def ingest(small_ingest_dir) -> Path:
+    out = small_ingest_dir  # shared with tests/test_signals.py: read only
     assert len(list((out / "data").glob("*.parquet"))) >= 3
     return out
 

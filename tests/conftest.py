@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, cli, make_config, run_on_terminal
+from helpers import ROOT, SAMPLE_CONFIG, cli, make_config, run_on_terminal, small_ingest
 
 os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# vLLM 0.32 on torch >= 2.10 saves the traced model as an AOT artifact, but loading it back fails on
+# CPU ("'function' object has no attribute 'finalize_loading'"), so every engine start traced the
+# model again: 5-8 s of each start on a quiet 2-core machine, 20-90 s under load, and the suite
+# starts dozens of engines (each CLI run, Ray actor and restarted engine).  Without AOT, vLLM's
+# compile cache loads; the samples are byte-identical (same stage generate output either way).
+# Set here, so the CLI processes, Ray nodes and engine actors the tests start inherit it.
+os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
 #: the test tiers (README "Development"), one marker each, set by ``pytest_collection_modifyitems``:
@@ -63,6 +70,14 @@ def engine(tiny_model):
     from pipeline.engine.engine import get_engine
 
     return get_engine(make_config(executor={"kind": "local"}))
+
+
+@pytest.fixture(scope="session")
+def small_ingest_dir(tiny_model, tmp_path_factory) -> Path:
+    """``stage ingest`` of the sample config made ``SMALL`` (helpers): the input of the tests that
+    run ``stage generate`` on it and kill or signal it (tests/test_engine_death.py,
+    tests/test_signals.py).  They only read it, so one per session: each ingest is a CLI process."""
+    return small_ingest(tmp_path_factory.mktemp("small_ingest") / "ingest")
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
-from helpers import SAMPLE_CONFIG, cli_env, make_config, markers, run_cli, stage_rows
+from helpers import ROOT, SAMPLE_CONFIG, cli, cli_env, make_config, markers, run_cli, stage_rows
 from pipeline.files import storage
 from pipeline.run.orchestrator import run_source
 from pipeline.run.runner import Task, run_engine_tasks
@@ -43,16 +44,24 @@ def test_killed_adaptive_generate_resumes_to_the_same_responses(engine, tmp_path
     run_source(make_stage("ingest", cfg), str(ingest))
     parts = storage.list_files(str(ingest / "data"), ".parquet")
     assert len(parts) >= 3
-    baseline = tmp_path / "baseline"
-    run_engine_tasks(make_stage("generate", cfg), [
-        Task("generate", os.path.basename(u)[:-8], (u,), str(baseline), cfg.stage_hash("generate")) for u in parts],
-        engine)
-
     out = tmp_path / "gen"
     args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", ingest,
             "--output", out, *SETS]
-    killed = run_cli(*args, env=cli_env(MMPR_FAULT="generate:1:group"), timeout=900, start_new_session=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # the killed run (its own process and engine) goes on while the baseline is drawn here
+    with open(tmp_path / "killed.txt", "w") as sink:
+        killed = subprocess.Popen(cli(*args), cwd=ROOT, env=cli_env(MMPR_FAULT="generate:1:group"), stdout=sink,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        baseline = tmp_path / "baseline"
+        run_engine_tasks(make_stage("generate", cfg), [
+            Task("generate", os.path.basename(u)[:-8], (u,), str(baseline), cfg.stage_hash("generate"))
+            for u in parts], engine)
+        killed.wait(timeout=900)
+    finally:
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait()
+    assert killed.returncode == -signal.SIGKILL, (tmp_path / "killed.txt").read_text()[-3000:]
     assert len(markers(out)) == 0 and len(list((out / "data").glob("*.parquet"))) == 1
 
     rerun = run_cli(*args, env=cli_env(), timeout=900)

@@ -4,14 +4,16 @@ engine -- never turned into quarantined rows -- and the output equals an undistu
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli_env, run_cli, small_ingest
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, run_cli
 
 # part-00001 starts while part-00000 is generating (the engine is fed across partitions)
 KILL = "generate:part-00001:engine_core"
@@ -32,24 +34,55 @@ def _outputs(out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ingest(tiny_model, tmp_path_factory) -> Path:
-    out = small_ingest(tmp_path_factory.mktemp("ingest") / "ingest")
+def ingest(small_ingest_dir) -> Path:
+    out = small_ingest_dir  # shared with tests/test_signals.py: read only
     assert len(list((out / "data").glob("*.parquet"))) >= 3
     return out
 
 
+class Undisturbed:
+    """The undisturbed local generate, started in the background as soon as the module needs it:
+    the first killed run compares with it only at its end, so the two (own output folders, build
+    logs and engines) overlap instead of one waiting for the other."""
+
+    def __init__(self, ingest: Path, out: Path) -> None:
+        user_env = {k: v for k, v in cli_env().items() if k != "VLLM_CONFIGURE_LOGGING"}  # as _generate
+        self.out, self.log = out, out.parent / "output.txt"
+        with open(self.log, "w") as sink:
+            self.proc = subprocess.Popen(
+                cli("stage", "generate", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", ingest,
+                    "--output", out, "--work-dir", out.parent / "work", *SMALL), cwd=ROOT, env=user_env, stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self._outputs = None
+
+    def outputs(self) -> dict:
+        if self._outputs is None:
+            try:
+                self.proc.wait(timeout=900)
+            finally:
+                self.stop()
+            output = self.log.read_text(errors="replace")
+            assert self.proc.returncode == 0, output[-4000:]
+            # the local executor's engine lives in the CLI's process (README: "run one stage"): shutting
+            # it down at exit prints none of vLLM's shutdown lines after the stage's own output
+            for noise in ("[shutdown]", "force killing", "pid="):
+                assert noise not in output, output[-3000:]
+            got = _outputs(self.out)
+            assert got["quarantined"] == 0 and got["data"]
+            self._outputs = got
+        return self._outputs
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # a test that failed or timed out: its engine too
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
-def undisturbed(ingest, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("clean") / "gen"
-    proc = _generate(ingest, out, "local")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    # the local executor's engine lives in the CLI's process (README: "run one stage"): shutting
-    # it down at exit prints none of vLLM's shutdown lines after the stage's own output
-    for noise in ("[shutdown]", "force killing", "pid="):
-        assert noise not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
-    got = _outputs(out)
-    assert got["quarantined"] == 0 and got["data"]
-    return got
+def undisturbed(ingest, tmp_path_factory):
+    run = Undisturbed(ingest, tmp_path_factory.mktemp("clean") / "gen")
+    yield run
+    run.stop()
 
 
 @pytest.mark.parametrize("executor", ["local", "ray"])
@@ -64,4 +97,4 @@ def test_a_killed_engine_core_is_retried_not_quarantined(ingest, undisturbed, tm
     assert logs, "the terminal does not name the build log"
     seen = proc.stderr + "".join((ROOT / p).read_text(errors="replace") for p in logs)
     assert "engine died" in seen, seen[-3000:]
-    assert _outputs(tmp_path / "gen") == undisturbed
+    assert _outputs(tmp_path / "gen") == undisturbed.outputs()

@@ -4,6 +4,9 @@ first round from the prior pass rate, and is part of the config and stage hashes
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -258,20 +261,66 @@ def test_the_command_line_reports_a_mismatch_as_a_config_error(tmp_path):
 SMALL_BAND = "rl_prompts.band=[0.5, 0.5]"
 
 
-def small_build(base: Path, *extra: str) -> tuple[Path, dict]:
-    from helpers import SAMPLE_CONFIG, SMALL, cli_env, run_cli
+def _start_build(base: Path, *extra: str) -> subprocess.Popen:
+    from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env
 
-    proc = run_cli("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
-                   "--output", base / "out", *SMALL, "--set", "run.stages=[ingest,generate,correctness,write]",
-                   "--set", SMALL_BAND, *extra, env=cli_env(), timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / "output.txt", "w") as sink:
+        return subprocess.Popen(
+            cli("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
+                "--output", base / "out", *SMALL, "--set", "run.stages=[ingest,generate,correctness,write]",
+                "--set", SMALL_BAND, *extra),
+            cwd=ROOT, env=cli_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=1200)
+    finally:
+        if proc.poll() is None:  # timed out: its engine too
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _result(base: Path, proc: subprocess.Popen) -> tuple[Path, dict]:
+    assert proc.returncode == 0, (base / "output.txt").read_text()[-6000:]
     return base / "out", json.loads((base / "work" / "report.json").read_text())
+
+
+def small_build(base: Path, *extra: str) -> tuple[Path, dict]:
+    proc = _start_build(base, *extra)
+    _wait(proc)
+    return _result(base, proc)
+
+
+def small_builds(builds: dict[str, tuple[Path, tuple[str, ...]]]) -> dict[str, tuple[Path, dict]]:
+    """Several ``small_build``s that do not depend on each other, run side by side (each has its
+    own work folder, output and engine; on a 2-core machine one core each)."""
+    procs = {}
+    try:
+        for name, (base, extra) in builds.items():
+            procs[name] = _start_build(base, *extra)
+    finally:
+        for proc in procs.values():
+            _wait(proc)
+    return {name: _result(builds[name][0], proc) for name, proc in procs.items()}
 
 
 @pytest.fixture(scope="module")
 def small_plain(tmp_path_factory, tiny_model) -> tuple[Path, dict]:
     """The small build every rebuild below reads as its prior."""
     return small_build(tmp_path_factory.mktemp("plain"))
+
+
+@pytest.fixture(scope="module")
+def rebuilds(tmp_path_factory, small_plain) -> dict[str, tuple[Path, dict]]:
+    """The two rebuilds of ``small_plain`` the tests below check (by the interval rule, and by
+    ``auto``: the point rate), made side by side: neither reads the other."""
+    out, _ = small_plain
+    base = tmp_path_factory.mktemp("rebuilds")
+    return small_builds({
+        "interval": (base / "interval", ("--set", f"generate.prior={out}", "--set", "generate.prior_skip=interval")),
+        "auto": (base / "auto", ("--set", f"generate.prior={out}"))})
 
 
 def table_of(out: Path) -> dict[str, dict]:
@@ -281,15 +330,14 @@ def table_of(out: Path) -> dict[str, dict]:
 
 
 @pytest.mark.build
-def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(tmp_path, small_plain):
+def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(small_plain, rebuilds):
     out, plain = small_plain
     before = table_of(out)
     want = {pid: skip_reason(r["pass_rate_low"], r["pass_rate_high"], (0.5, 0.5)) for pid, r in before.items()}
     skipped = {pid for pid, why in want.items() if why}
     assert skipped, "the small build has no prompt outside the band: the test would test nothing"
 
-    again, rebuilt = small_build(tmp_path / "again", "--set", f"generate.prior={out}",
-                                 "--set", "generate.prior_skip=interval")
+    again, rebuilt = rebuilds["interval"]  # generate.prior=<out>, generate.prior_skip=interval
     counters = rebuilt["stages"]["generate"]["counters"]
     for why in ("too_hard", "too_easy"):
         assert counters.get(f"prior.skipped.{why}", 0) == sum(w == why for w in want.values())
@@ -307,7 +355,8 @@ def test_a_rebuild_skips_what_its_prior_puts_outside_the_band_and_only_that(tmp_
 
 
 @pytest.mark.build
-def test_a_rebuild_sampled_as_its_prior_skips_by_the_point_rate_keeps_the_same_band_and_chains(tmp_path, small_plain):
+def test_a_rebuild_sampled_as_its_prior_skips_by_the_point_rate_keeps_the_same_band_and_chains(tmp_path, small_plain,
+                                                                                               rebuilds):
     """generate.prior_skip: auto, the prior is this config's own build: every ground-truth prompt is
     judged by its rate, every one outside the band is skipped, and the prompts in the band are the
     plain build's with the same rates.  The rebuild, used as the next prior, skips the same prompts."""
@@ -319,7 +368,7 @@ def test_a_rebuild_sampled_as_its_prior_skips_by_the_point_rate_keeps_the_same_b
     assert skipped and len(skipped) > sum(1 for r in rated.values()
                                           if skip_reason(r["pass_rate_low"], r["pass_rate_high"], (0.5, 0.5)))
 
-    again, rebuilt = small_build(tmp_path / "again", "--set", f"generate.prior={out}")
+    again, rebuilt = rebuilds["auto"]  # generate.prior=<out>, generate.prior_skip left at auto
     counters = rebuilt["stages"]["generate"]["counters"]
     assert counters["prior.rule.point"] == len(rated) and "prior.rule.interval" not in counters
     assert counters["prior.carried"] == len(skipped)

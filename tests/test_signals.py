@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli, small_ingest
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli
 
 MESSAGE = "interrupted; rerun the same command to resume"
 #: partitions of the SMALL config's generate (32 rows, 8 per partition)
@@ -28,8 +28,8 @@ PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
-def ingest(tiny_model, tmp_path_factory) -> Path:
-    out = small_ingest(tmp_path_factory.mktemp("signals") / "ingest")
+def ingest(small_ingest_dir) -> Path:
+    out = small_ingest_dir  # shared with tests/test_engine_death.py: read only
     assert len(list((out / "data").glob("*.parquet"))) == PARTITIONS
     return out
 

@@ -17,13 +17,6 @@ os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# vLLM 0.32 on torch >= 2.10 saves the traced model as an AOT artifact, but loading it back fails on
-# CPU ("'function' object has no attribute 'finalize_loading'"), so every engine start traced the
-# model again: 5-8 s of each start on a quiet 2-core machine, 20-90 s under load, and the suite
-# starts dozens of engines (each CLI run, Ray actor and restarted engine).  Without AOT, vLLM's
-# compile cache loads; the samples are byte-identical (same stage generate output either way).
-# Set here, so the CLI processes, Ray nodes and engine actors the tests start inherit it.
-os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
 #: the test tiers (README "Development"), one marker each, set by ``pytest_collection_modifyitems``:

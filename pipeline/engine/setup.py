@@ -79,6 +79,11 @@ def engine_kwargs(config: "PipelineConfig", cpu: bool | None = None) -> dict:
     if cpu:
         # on CPU the KV cache comes out of host memory; the GPU default (0.92) fails
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # vLLM 0.32 on torch >= 2.10 saves the traced model as an AOT artifact, but loading it back
+        # fails on CPU ("'function' object has no attribute 'finalize_loading'"), so every engine
+        # start traced the model again (5-8 s quiet, 20-90 s under load); without AOT vLLM's compile
+        # cache loads, and the samples are byte-identical
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
         # vLLM-cpu fails seeded requests whose prefill gets chunked ("CPU Generator
         # does not use offset"); per-sample seeds are not negotiable, chunking is
         kwargs["enable_chunked_prefill"] = False

@@ -279,12 +279,11 @@ def iter_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", m
 
     Partition i+1's requests enter the engine while partition i's last
     sequences finish (``Engine.generate_stream``); each partition is still
-    written and marked on its own as soon as its results are complete.  A
-    stage's ``prepare`` may return its requests as an iterator that builds
-    them as the engine draws them: the engine then computes a partition's
-    first requests while its later ones are built.  A partition whose
-    ``prepare`` (its request iterator included) or ``finish`` raises is
-    quarantined with the traceback (``_keep_failure``): the stage's code is deterministic, so a
+    written and marked on its own as soon as its results are complete.  The
+    requests ``prepare`` returns may be an iterator building them as the engine
+    draws them (``EngineStage.prepare``).  A partition whose ``prepare`` (its
+    iterator included) or ``finish`` raises is quarantined with the
+    traceback (``_keep_failure``): the stage's code is deterministic, so a
     retry would only generate everything again to fail the same way.  If the
     stream fails otherwise, the partitions not yet written go through
     ``run_task`` (retries, then quarantine).  A dead engine (``EngineDead``)

@@ -33,9 +33,11 @@ written as partitions (``bench_generate.prepare_inputs``), then:
 * **no reuse**: the stage with ``grounding.reuse_sampled_logprobs`` off (a
   request for every text, generation's log-probs ignored).
 
-* **eager**: the stage with each partition's requests all built before the first
-  is sent (``prepare``'s iterator drawn into a list): what overlapping ``prepare``
-  with the engine saves (``EngineStage.prepare``).
+* **eager**: this code with each partition's requests all built before the first
+  is sent (``prepare``'s iterator drawn into a list).  A diagnostic only: on a
+  loaded 2-core machine it ran ~2x the stage's time, slower than the code before
+  the overlap did in the same hour, so it does not stand for that code; compare
+  two versions with ``bench/ab_grounding_trees.py``.
 
 ``--variants`` times only some of them (``stage`` and ``bare`` are always kept: the
 ratios need them), ``--generate-rounds`` sets generate's rounds (default 3), and

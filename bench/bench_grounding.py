@@ -33,6 +33,19 @@ written as partitions (``bench_generate.prepare_inputs``), then:
 * **no reuse**: the stage with ``grounding.reuse_sampled_logprobs`` off (a
   request for every text, generation's log-probs ignored).
 
+* **eager**: this code with each partition's requests all built before the first
+  is sent (``prepare``'s iterator drawn into a list).  A diagnostic only: on a
+  loaded 2-core machine it ran ~2x the stage's time, slower than the code before
+  the overlap did in the same hour, so it does not stand for that code; compare
+  two versions with ``bench/ab_grounding_trees.py``.
+
+``--variants`` times only some of them (``stage`` and ``bare`` are always kept: the
+ratios need them), ``--generate-rounds`` sets generate's rounds (default 3), and
+``--breakdown`` prints, per variant, the median seconds the stage's own code spends
+in each part (read, prepare, adding requests to vLLM, waiting in engine steps,
+finish, commit): the parts are the driver's wall time, and the engine core's work
+overlaps them.
+
 Rounds alternate (the variants in this order, then reversed, ...) after an
 untimed warm-up; the best round of each is compared.  Every timed run starts with vLLM's prefix,
 multimodal and encoder caches empty (in a build, generate's cached prompts may
@@ -54,14 +67,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from bench_generate import ROOT, make_config, prepare_inputs
+from grounding_parts import Breakdown
 
 TARGET_SHARE = 0.15
 TARGET_BARE = 0.90
+VARIANTS = ("bare", "stage", "default", "no_reuse", "bare_all", "eager")
 
 
 def bare_inputs(config, engine, pair_dirs: list[str]):
@@ -76,6 +92,7 @@ def bare_inputs(config, engine, pair_dirs: list[str]):
             rows += storage.read_table(uri).to_pylist()
     ctx = StageContext("grounding", "bare", config, engine)
     _, requests = GroundingStage(config).prepare(rows, ctx)
+    requests = list(requests)  # built as drawn (an iterator)
     prompts = []
     for req in requests:
         p = {"prompt": req.prompt}
@@ -122,6 +139,9 @@ def main() -> int:
     ap.add_argument("--model", choices=("tiny", "realsize"), default="tiny",
                     help="the sample config's tiny model, or the real-size architecture (cpu preset, random weights)")
     ap.add_argument("--profile", action="store_true", help="cProfile one stage round")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"variants timed (of {','.join(VARIANTS)})")
+    ap.add_argument("--generate-rounds", type=int, default=3, help="timed rounds of generate (with/without log-probs)")
+    ap.add_argument("--breakdown", action="store_true", help="time the stage's parts per variant (medians)")
     args = ap.parse_args()
     n_prompts = args.prompts or (64 if args.quick else 128)
     rounds = args.rounds or (1 if args.quick else 2)
@@ -161,7 +181,7 @@ def main() -> int:
     # tokens' log-probs asked for: grounding scores sampled texts with their image from them); the
     # difference is grounding's cost too
     gen_plain, gen_lp = [], []
-    for r in range(3):
+    for r in range(max(args.generate_rounds, 1)):
         for lp in ((False, True) if r % 2 == 0 else (True, False)):
             config.generate.logprobs = lp
             dt, st = timed("generate", [in_dir], f"generate-{r}-{int(lp)}")
@@ -219,6 +239,16 @@ def main() -> int:
         finally:
             config.grounding.reuse_sampled_logprobs = True
 
+    def run_eager(tag: str):
+        from stages.grounding import GroundingStage
+
+        lazy = GroundingStage.prepare
+        GroundingStage.prepare = lambda self, rows, ctx: (lambda state, reqs: (state, list(reqs)))(*lazy(self, rows, ctx))
+        try:
+            return run_stage(tag)
+        finally:
+            GroundingStage.prepare = lazy
+
     # each variant: one timed run (its seconds), given the round number
     variants = {
         "bare": lambda r: run_bare()[0],
@@ -226,14 +256,29 @@ def main() -> int:
         "default": lambda r: run_bare(default_prompts, [default_params] * len(default_prompts))[0],
         "no_reuse": lambda r: run_without_reuse(f"n{r}")[0],
         "bare_all": lambda r: run_bare(all_prompts, all_params)[0],
+        "eager": lambda r: run_eager(f"e{r}")[0],
     }
+    chosen = {"bare", "stage", *args.variants.split(",")}
+    variants = {name: fn for name, fn in variants.items() if name in chosen}
+    parts = Breakdown(engine) if args.breakdown else None
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds):
         for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+            if parts:
+                parts.start(name)
             times[name].append(variants[name](r))
-            print(f"  round {r + 1} {name}: {times[name][-1]:.2f} s", flush=True)
+            print(f"  round {r + 1} {name}: {times[name][-1]:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    if parts:
+        parts.report(times)
+    print("medians: " + ", ".join(f"{n} {statistics.median(t):.2f} s" for n, t in times.items()))
+    if "eager" in times:
+        print(f"grounding: overlap: the stage {statistics.median(times['stage']):.2f} s against "
+              f"{statistics.median(times['eager']):.2f} s with each partition's requests built before any is sent "
+              f"(medians); stage/bare {statistics.median(times['stage']) / statistics.median(times['bare']):.2f}x, "
+              f"eager/bare {statistics.median(times['eager']) / statistics.median(times['bare']):.2f}x")
     best = {name: min(t) for name, t in times.items()}
-    bare, stage, uncached, no_reuse, bare_all = (best[n] for n in ("bare", "stage", "default", "no_reuse", "bare_all"))
+    bare, stage = best["bare"], best["stage"]
+    uncached, no_reuse, bare_all = (best.get(n, float("nan")) for n in ("default", "no_reuse", "bare_all"))
     if args.profile:
         import cProfile
         import pstats

@@ -14,7 +14,8 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from itertools import islice
+from typing import Any, Iterable, Iterator
 
 from schemas.records import assistant_turn
 
@@ -85,3 +86,26 @@ class Renderings:
             if len(self._by_prompt) > self.kept:
                 self._by_prompt.popitem(last=False)
         return done
+
+
+def chunks(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def tokenize_texts(texts: list[str], views: Iterable, engine) -> list[list[int]]:
+    """The token ids of ``texts``, in one tokenizer call with the prompts of the ``views`` not
+    tokenised before (``prompt_ids`` None): their ids are filled in, on their ``Rendering``
+    too, so the stage's later partitions do not tokenise them again."""
+    views = list(views)
+    prompts = {v.prompt: None for v in views if v.prompt_ids is None}
+    all_ids = engine.tokenizer([*prompts, *texts], add_special_tokens=False)["input_ids"] if texts or prompts else []
+    prompts = dict(zip(prompts, all_ids[:len(prompts)]))
+    for view in views:
+        if view.prompt_ids is None:
+            view.prompt_ids = prompts[view.prompt]
+            if view.rendering is not None:
+                view.rendering.prompt_ids = view.prompt_ids
+    return all_ids[len(prompts):]

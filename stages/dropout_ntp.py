@@ -129,11 +129,17 @@ class DropoutNTPStage(EngineStage):
             return truncate_tokens(text, cfg.ratio, hf_token_spans(tokenizer))
         return truncate_words(text, cfg.ratio)
 
-    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, Iterator[GenRequest]]:
+        """A continuation request per chosen candidate, built as the engine draws it
+        (``EngineStage.prepare``: the engine continues the first cuts while the later ones
+        are tokenised and cut); ``jobs``, ``finish``'s state, is filled alongside."""
+        jobs: list = []
+        return jobs, self._requests(rows, jobs, ctx)
+
+    def _requests(self, rows: Iterable[dict], jobs: list, ctx: StageContext) -> Iterator[GenRequest]:
         from vllm import SamplingParams
 
         cfg, seed = self.config.dropout_ntp, self.config.run.seed
-        jobs, requests = [], []
         for row in rows:
             if not row["images"]:  # text-only: no image to drop, so no hard negative
                 ctx.stats.inc("skipped.text_only")
@@ -152,11 +158,10 @@ class DropoutNTPStage(EngineStage):
                 params = SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                         max_tokens=cfg.max_tokens, seed=s, **ctx.engine.stop_kwargs)
                 messages = continuation_messages(user_text, len(row["images"]), cut.prefix, cfg.keep_image)
-                requests.append(GenRequest(messages, images, params, continue_final=True,
-                                           mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
-                                           image_uuids=[image_uuid(im) for im in row["images"]] if images else None))
                 jobs.append((row, chosen, cut, user_text, s))
-        return jobs, requests
+                yield GenRequest(messages, images, params, continue_final=True,
+                                 mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                                 image_uuids=[image_uuid(im) for im in row["images"]] if images else None)
 
     def finish(self, jobs: list, results: list, ctx: StageContext) -> Iterator[dict]:
         cfg = self.config.dropout_ntp

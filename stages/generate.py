@@ -305,13 +305,20 @@ class GenerateStage(EngineStage):
         first = first_round(rule, estimate.rate) if estimate is not None else None
         return PromptSampler(rule, bool(row["answer"]), score, accept, first=first)
 
-    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, Iterator[GenRequest]]:
+        """A request per prompt, built as the engine draws it (``EngineStage.prepare``: the
+        engine samples the first prompts while the later ones' images are decoded); ``todo``,
+        ``finish``'s state, is filled alongside."""
+        todo: list = []
+        return todo, self._requests(rows, todo, ctx)
+
+    def _requests(self, rows: Iterable[dict], todo: list, ctx: StageContext) -> Iterator[GenRequest]:
         from vllm import SamplingParams
 
         placeholder = self.config.model.image_placeholder
         # the sampled token's log-prob only (flat: no dict per token), computed from logits vLLM has
         logprobs = {"logprobs": 0, "flat_logprobs": True} if self.wants_logprobs() else {}
-        todo, requests, prior, skipped = [], [], self.prior(), set()
+        prior, skipped = self.prior(), set()
         for row in rows:
             skip, estimate = self.prior_estimate(row, prior, ctx)
             if skip:
@@ -328,13 +335,12 @@ class GenerateStage(EngineStage):
             sampler = self.sampler(row, template, estimate)
             params = SamplingParams(**{**sampling, "n": sampler.first_count() if sampler else sampling["n"]},
                                     **stops, **logprobs)
-            requests.append(GenRequest(prompt_messages(row, template, placeholder), images, params,
-                                       mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
-                                       image_uuids=[image_uuid(im) for im in row["images"] or []],
-                                       more=sampler.next_count if sampler else None))
             todo.append((row, sampling, template, sampler))
+            yield GenRequest(prompt_messages(row, template, placeholder), images, params,
+                             mm_processor_kwargs=self.config.source_mm_kwargs(row["source"]),
+                             image_uuids=[image_uuid(im) for im in row["images"] or []],
+                             more=sampler.next_count if sampler else None)
         self.carry_forward(prior, skipped, ctx)
-        return todo, requests
 
     def carry_forward(self, prior, skipped: set[str], ctx: StageContext) -> None:
         """The prior's prompt-table rows of the prompts skipped, into this build's (the ``prompts``

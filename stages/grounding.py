@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from methods.grounding import (Scores, answer_token_count, resolve_thresholds, signals, tail_logprob, tokens_key,
                                verdict)
-from methods.grounding_render import Rendering, Renderings
+from methods.grounding_render import Rendering, Renderings, chunks, tokenize_texts
 from pipeline.engine.engine import GenRequest
 from pipeline.sources.images import image_uuid, to_pil
 from pipeline.config.settings import Section
@@ -96,6 +96,10 @@ CACHE_SALT = "grounding"
 
 #: the image conditions a text is scored under
 IMAGE, NO_IMAGE, CROP = "image", "no_image", "crop"
+
+#: rows whose requests are built at a time (``GroundingStage.prepare``): the engine scores one
+#: chunk's texts while the next is built; a few dozen texts per tokenizer call keep its batching
+PREPARE_ROWS = 16
 
 
 @dataclass
@@ -277,58 +281,63 @@ class GroundingStage(EngineStage):
                 return logprob
         return None
 
-    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, list[GenRequest]]:
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[list, Iterator[GenRequest]]:
         """One request per distinct (prompt, images, answer text) in the partition: the pairs of
         one prompt reuse its responses (up to 15 correctness pairs from 8 samples), and an
         image_crop pair's shared text is scored once per image condition.  A sampled text's
-        with-image score comes from generation when it can (``sampled``): no request.  The
-        texts are rendered from their view's head and tokenised in one batch, with the prompts
-        not tokenised before."""
-        jobs, cache, todo = [], {}, {}
-        for row in rows:
-            texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
-            keys = {}
-            for cond in self.conditions(row):
-                view_key, view = self.rendered_view(row, cond, ctx, cache, tokenize=False)
-                for text in texts.values():
-                    keys[(text, cond)] = key = (view_key, text)
-                    if key not in todo:
-                        todo[key] = (row, cond, view, view.full_text(text, ctx.engine))
-            jobs.append((row, texts, keys))
-        fulls = [full for _, _, _, full in todo.values()]
-        prompts = {v.prompt: None for v in cache.values() if v.prompt_ids is None}
-        all_ids = ctx.engine.tokenizer([*prompts, *fulls], add_special_tokens=False)["input_ids"] \
-            if fulls or prompts else []
-        prompts = dict(zip(prompts, all_ids[:len(prompts)]))
-        all_ids = all_ids[len(prompts):]
-        for view in cache.values():
-            if view.prompt_ids is None:
-                view.prompt_ids = prompts[view.prompt]
-                if view.rendering is not None:
-                    view.rendering.prompt_ids = view.prompt_ids
-        requests, index, prefixed_views = [], {}, set()
-        for (key, (row, cond, view, full)), full_ids in zip(todo.items(), all_ids):
-            req, answer_ids, clean = self.scoring_request(row, view, full, full_ids)
-            ctx.stats.inc("grounding.boundary_merged", not clean)
-            value = self.sampled(row, key[1], full_ids, ctx) if cond == IMAGE else None
-            if value is not None:
-                ctx.stats.inc("grounding.from_generation")
-                index[key] = (None, answer_ids, value)
-                continue
-            req.images = view.images
-            self._send(req, view, key[0] not in prefixed_views, requests, ctx)
-            prefixed_views.add(key[0])
-            index[key] = (len(requests) - 1, answer_ids, None)
-        return [(row, texts, {tc: index[k] for tc, k in keys.items()}) for row, texts, keys in jobs], requests
+        with-image score comes from generation when it can (``sampled``): no request.
 
-    def _send(self, req: GenRequest, rendered: RenderedView, first_of_view: bool, requests: list,
-              ctx: StageContext) -> None:
-        """Queue a scoring request, after its view's prefix request when it is the view's first."""
+        The requests are built ``PREPARE_ROWS`` rows at a time, as the engine draws them
+        (``EngineStage.prepare``): the engine scores a chunk's texts while the next chunk is
+        rendered, tokenised and its images decoded.  A chunk's texts are rendered from their
+        view's head and tokenised in one batch, with the prompts not tokenised before.  The
+        requests and their order are the ones one pass over the whole partition makes: a text
+        already met in an earlier chunk is not sent again.  The jobs (``finish``'s state) are
+        filled chunk by chunk."""
+        jobs: list = []
+        return jobs, self._requests(rows, jobs, ctx)
+
+    def _requests(self, rows: Iterable[dict], jobs: list, ctx: StageContext) -> Iterator[GenRequest]:
+        cache, index, prefixed_views, sent = {}, {}, set(), 0
+        for chunk in chunks(rows, PREPARE_ROWS):
+            chunk_jobs, todo = [], {}
+            for row in chunk:
+                texts = {"chosen": turn_text(row["chosen"]), "rejected": turn_text(row["rejected"])}
+                keys = {}
+                for cond in self.conditions(row):
+                    view_key, view = self.rendered_view(row, cond, ctx, cache, tokenize=False)
+                    for text in texts.values():
+                        keys[(text, cond)] = key = (view_key, text)
+                        if key not in index and key not in todo:
+                            todo[key] = (row, cond, view, view.full_text(text, ctx.engine))
+                chunk_jobs.append((row, texts, keys))
+            ids = tokenize_texts([full for *_, full in todo.values()], cache.values(), ctx.engine)
+            for (key, (row, cond, view, full)), full_ids in zip(todo.items(), ids):
+                req, answer_ids, clean = self.scoring_request(row, view, full, full_ids)
+                ctx.stats.inc("grounding.boundary_merged", not clean)
+                value = self.sampled(row, key[1], full_ids, ctx) if cond == IMAGE else None
+                if value is not None:
+                    ctx.stats.inc("grounding.from_generation")
+                    index[key] = (None, answer_ids, value)
+                    continue
+                req.images = view.images
+                for request in self._send(req, view, key[0] not in prefixed_views, ctx):
+                    yield request
+                    sent += 1
+                prefixed_views.add(key[0])
+                index[key] = (sent - 1, answer_ids, None)
+            jobs.extend((row, texts, {tc: index[k] for tc, k in keys.items()}) for row, texts, keys in chunk_jobs)
+
+    def _send(self, req: GenRequest, rendered: RenderedView, first_of_view: bool,
+              ctx: StageContext) -> list[GenRequest]:
+        """A scoring request, after its view's prefix request when it is the view's first."""
+        out = []
         if first_of_view and self.fills_a_block(req, len(rendered.prompt_ids), ctx):
-            requests.append(self.prefix_request(req, rendered.prompt, rendered.prompt_ids))
+            out.append(self.prefix_request(req, rendered.prompt, rendered.prompt_ids))
             ctx.stats.inc("grounding.prefix_requests")
         ctx.stats.inc("grounding.requests")  # scoring requests (prefix requests counted apart)
-        requests.append(req)
+        out.append(req)
+        return out
 
     @staticmethod
     def _score(res, answer_ids: list[int], ctx: StageContext) -> float | None:

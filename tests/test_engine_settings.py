@@ -235,7 +235,7 @@ def test_per_source_kwargs_reach_vllm_and_change_the_image_tokens(engine, sample
              "images": [{"bytes": png, "path": None}], "answer": [], "answer_type": "open", "choices": [],
              "facts": None} for src in ("sample_gt", "sample_open")]
     stage = make_stage("generate", cfg)
-    _, requests = stage.prepare(rows, StageContext("generate", "p", cfg, engine))
+    requests = list(stage.prepare(rows, StageContext("generate", "p", cfg, engine))[1])
     assert [r.mm_processor_kwargs for r in requests] == [SPLIT, None]
 
     sent = []
@@ -287,8 +287,8 @@ def test_dropout_ntp_and_judge_requests_carry_their_sources_kwargs(sample_data):
            "answer": [], "answer_type": "open", "choices": [], "facts": None, "template_id": "plain",
            "responses": [{"index": 0, "text": "There are three blue circles and three orange squares here.",
                           "finish_reason": "stop", "num_tokens": 12, "seed": 1}]}
-    _, reqs = make_stage("dropout_ntp", cfg).prepare(
-        [row, {**row, "source": "sample_open"}], StageContext("dropout_ntp", "p", cfg, NoEngine()))
+    reqs = list(make_stage("dropout_ntp", cfg).prepare(
+        [row, {**row, "source": "sample_open"}], StageContext("dropout_ntp", "p", cfg, NoEngine()))[1])
     assert [r.mm_processor_kwargs for r in reqs] == [SPLIT, None] and all(r.images for r in reqs)
 
     pair = pair_row(pair_id="p", method="correctness", source="sample_gt", question="How many circles?",

@@ -34,6 +34,7 @@ class SpyEngine:
         return getattr(self._engine, name)
 
     def generate(self, requests):
+        requests = list(requests)  # a stage may build them as drawn
         results = self._engine.generate(requests)
         self.requests.extend(requests)
         self.results.extend(results)
@@ -268,3 +269,44 @@ def test_each_partition_is_yielded_as_soon_as_its_marker_is_written(prompts, eng
         else:
             assert stats.rows_out == stats.rows_in > 0
     assert sorted(seen) == ["a", "b", "c"] and seen.index("a") < seen.index("c")
+
+
+def test_a_request_iterator_that_raises_quarantines_its_partition_alone(prompts, engine, tmp_path):
+    """``prepare`` may return its requests as an iterator the engine draws from while it runs
+    the earlier ones.  One that raises part-way: its partition is quarantined with the
+    traceback as a raising ``prepare``'s is (never retried: the code is deterministic), the
+    partitions before and after it are written whole, and none of its requests is left in
+    the engine -- streamed (``iter_engine_tasks``) or run alone (``run_task``, whose retries
+    then quarantine it)."""
+    from pipeline.run.runner import iter_engine_tasks
+    from stages.generate import GenerateStage
+
+    class LazyFailsOnB(GenerateStage, register=False):
+        def prepare(self, rows, ctx):
+            todo, requests = super().prepare(rows, ctx)
+
+            def draw():
+                for i, req in enumerate(requests):
+                    if ctx.partition == "b" and i == 2:
+                        raise RuntimeError("a bug while building requests")
+                    yield req
+            return todo, draw()
+
+    cfg = _cfg()
+    stage = LazyFailsOnB(cfg)
+    n = pq.read_metadata(prompts[0]).num_rows
+    tasks = [Task("generate", name, (prompts[0],), str(tmp_path / "stream"), cfg.stage_hash("generate"))
+             for name in "abc"]
+    got = {task.name: stats for task, stats in iter_engine_tasks(stage, tasks, engine)}
+    assert got["b"].quarantined == {"prepare_error": n} and got["b"].rows_out == 0
+    assert got["a"].rows_out == got["c"].rows_out == n
+    marker = json.loads(open(tasks[1].marker_uri()).read())
+    assert "RuntimeError: a bug while building requests" in marker["error"]
+    # the lazy partitions give the rows an eager prepare gives
+    eager = _run("generate", cfg, prompts[0], tmp_path / "eager", engine)[1]
+    assert pq.read_table(tasks[0].data_uri()).column("responses").to_pylist() == eager.column("responses").to_pylist()
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    alone = Task("generate", "b", (prompts[0],), str(tmp_path / "alone"), cfg.stage_hash("generate"))
+    stats = run_task(stage, alone, engine, max_retries=1)
+    assert stats.quarantined == {"stage_error": n} and stats.retries == 1
+    assert not engine.llm.llm_engine.has_unfinished_requests(), "the raising stream left its requests in the engine"

@@ -125,6 +125,74 @@ def test_every_threshold_has_a_rule():
     assert set(GroundingThresholds.model_fields) == set(RULES)
 
 
+def _many_pairs():
+    """Pairs of three prompts, several per prompt, their texts repeated across rows (a prompt's
+    responses pair up many times) and across chunks of ``PREPARE_ROWS``; an image_crop pair
+    and a text-only pair in the middle."""
+    import io as _io
+
+    from PIL import Image
+
+    from schemas.records import pair_row, provenance
+
+    def png(color):
+        buf = _io.BytesIO()
+        Image.new("RGB", (4, 4), color).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    rows = []
+    for p, color in enumerate(("red", "green", "blue")):
+        q = f"How many circles, picture {p}?"
+        common = dict(source="sample_gt", question=q, user_text=q, images=[png(color)], prov=provenance())
+        right = [f"Final answer: {p}", f"I count {p}.\nFinal answer: {p}"]
+        wrong = [f"Final answer: {p + w}" for w in (1, 2, 3)]
+        rows += [pair_row(pair_id=f"{p}-{i}", method="correctness", chosen=c, rejected=w, **common)
+                 for i, (c, w) in enumerate((c, w) for c in right for w in wrong)]
+        if p == 1:
+            rows.append(pair_row(pair_id="crop", method="image_crop", chosen=right[0], rejected=right[0],
+                                 rejected_images=[png("black")], **common))
+            rows.append(pair_row(pair_id="text", method="correctness", source="sample_gt", question="2 + 2?",
+                                 user_text="2 + 2?", images=[], chosen="Final answer: 4", rejected="Final answer: 5",
+                                 prov=provenance()))
+    return rows
+
+
+def test_requests_built_chunk_by_chunk_are_the_whole_partitions(monkeypatch):
+    """``prepare`` builds its requests a chunk of rows at a time, as the engine draws them (the
+    engine scores a chunk while the next is built): the requests, their order and the jobs
+    ``finish`` reads are the ones of one pass over the whole partition, whatever the chunk
+    size -- a text met in an earlier chunk is not sent again -- and drawing the first request
+    reads only the first chunk's rows."""
+    import stages.grounding as grounding
+    from pipeline.core.stage import StageContext
+
+    config = make_config(run={"stages": ["grounding"]})
+    rows = _many_pairs()
+    monkeypatch.setattr(grounding, "PREPARE_ROWS", len(rows))
+    whole_engine = _ChatEngine()
+    whole = _requests(grounding.GroundingStage(config), whole_engine, rows)
+    assert whole_engine.tokenizer_calls == 1
+    # 3 prompts x 5 texts x (with, without the image) + the crop view's one text + 2 text-only texts
+    assert len(whole[0]) == 3 * 5 * 2 + 1 + 2
+    for size in (1, 2, 5, 7):
+        monkeypatch.setattr(grounding, "PREPARE_ROWS", size)
+        engine = _ChatEngine()
+        assert _requests(grounding.GroundingStage(config), engine, rows) == whole, size
+        # one tokenizer call per chunk with new texts
+        assert 1 < engine.tokenizer_calls <= -(-len(rows) // size)
+        read = []
+
+        def source():
+            for row in rows:
+                read.append(row["id"])
+                yield row
+
+        _, requests = grounding.GroundingStage(config).prepare(source(), StageContext("grounding", "p", config,
+                                                                                      _ChatEngine()))
+        next(iter(requests))
+        assert len(read) <= size, f"the first request read {len(read)} rows, chunks are {size}"
+
+
 # -- real engine ---------------------------------------------------------------------
 def _sample_rows(sample_data, n):
     import json
@@ -385,6 +453,58 @@ def test_a_sampled_score_is_not_used_for_other_tokens(f32_config, f32_engine, ge
         for c in p["prompt"][0]["content"]]}]} for p in pairs[:3]]
     _, stats = run_stage(f32_config, f32_engine, edited)
     assert "grounding.from_generation" not in stats.counters and stats.counters["grounding.requests"] > 0
+
+
+def test_streamed_partitions_score_as_eager_ones(f32_config, f32_engine, generated_pairs, tmp_path):
+    """Partitions streamed through the engine with their requests built as the engine draws them
+    (``iter_engine_tasks``) give the rows, requests and numbers of the same stage with each
+    partition's requests all built before the first is sent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import stages.grounding as grounding
+    from pipeline.run.runner import Task, iter_engine_tasks
+    from schemas import PAIR_SCHEMA
+
+    _, pairs = generated_pairs
+    assert len(pairs) > 2 * grounding.PREPARE_ROWS  # several chunks per partition
+    half = len(pairs) // 2
+    inputs = []
+    for i, part in enumerate((pairs[:half], pairs[half:])):
+        uri = str(tmp_path / f"in-{i}.parquet")
+        pq.write_table(pa.Table.from_pylist(part, schema=PAIR_SCHEMA), uri)
+        inputs.append(uri)
+
+    class Eager(grounding.GroundingStage, register=False):
+        def prepare(self, rows, ctx):
+            jobs, requests = super().prepare(rows, ctx)
+            return jobs, list(requests)
+
+    def run(stage, out):
+        tasks = [Task("grounding", f"p{i}", (uri,), str(tmp_path / out), "h") for i, uri in enumerate(inputs)]
+        stats = {task.name: stats.counters for task, stats in iter_engine_tasks(stage, tasks, f32_engine)}
+        return [pq.read_table(t.data_uri()).to_pylist() for t in tasks], stats
+
+    f32_engine.llm.reset_prefix_cache()
+    lazy, lazy_stats = run(grounding.GroundingStage(f32_config), "lazy")
+    f32_engine.llm.reset_prefix_cache()
+    eager, eager_stats = run(Eager(f32_config), "eager")
+    same = ("grounding.requests", "grounding.prefix_requests", "grounding.from_generation", "grounding.scored_pairs")
+    for part in lazy_stats:
+        assert {k: lazy_stats[part].get(k) for k in same} == {k: eager_stats[part].get(k) for k in same}
+        assert not [k for k in lazy_stats[part] if k.startswith("grounding.failed")]
+    assert [[r["id"] for r in p] for p in lazy] == [[r["id"] for r in p] for p in eager]
+    assert sum(map(len, lazy)) == len(pairs)
+    for got, ref in zip(lazy, eager):
+        strip = lambda r: {**r, "provenance": {**r["provenance"], "grounding": None},  # noqa: E731
+                           "policy_margin": None, "grounding_margin": None}
+        assert [strip(r) for r in got] == [strip(r) for r in ref]
+        for pid, values in _values(ref).items():
+            for key, value in values.items():
+                if value is None:
+                    assert _values(got)[pid][key] is None, (pid, key)
+                else:
+                    assert _values(got)[pid][key] == pytest.approx(value, abs=TOL_PER_TOKEN * 100), (pid, key)
 
 
 def test_token_counts_are_the_answer_tokens(scored, f32_engine):

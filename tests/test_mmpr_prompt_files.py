@@ -148,7 +148,7 @@ def test_other_model_families_render_each_image_once(generated, tiny_model, fami
 
     cfg, _, _, _, prompts = generated
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"image_placeholder": placeholder})})
-    _, requests = make_stage("generate", cfg).prepare(prompts, StageContext("generate", "p", cfg))
+    requests = list(make_stage("generate", cfg).prepare(prompts, StageContext("generate", "p", cfg))[1])
     eng = Engine.__new__(Engine)  # render() needs only the config and a tokenizer
     eng.tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     eng.tokenizer.chat_template = chat_template

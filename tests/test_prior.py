@@ -209,6 +209,7 @@ def prepare_ctx(cfg, rows=ROWS):
     stage = make_stage("generate", cfg)
     ctx = StageContext("generate", "p", cfg)
     todo, requests = stage.prepare(rows, ctx)
+    requests = list(requests)  # built as drawn: todo is complete after
     return {row["prompt_id"]: req for (row, *_), req in zip(todo, requests)}, ctx, stage
 
 

@@ -40,7 +40,7 @@ def test_text_only_rows_yield_correctness_pairs_and_skip_the_image_methods():
     assert pairs[0]["prompt"][0]["content"] == [{"type": "text", "text": pairs[0]["prompt"][0]["content"][0]["text"]}]
 
     ctx = StageContext("dropout_ntp", "p", cfg)
-    _, requests = make_stage("dropout_ntp", cfg).prepare([row], ctx)
+    requests = list(make_stage("dropout_ntp", cfg).prepare([row], ctx)[1])
     assert requests == [] and ctx.stats.counters["skipped.text_only"] == 1
 
     ctx = StageContext("image_crop", "p", cfg)

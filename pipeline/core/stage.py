@@ -339,8 +339,15 @@ class EngineStage(Stage):
         from source rows; the model pre-flight renders them), or None."""
         return None
 
-    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[Any, list]:  # pragma: no cover
-        """Turn a partition's rows into (state for ``finish``, list of GenRequest)."""
+    def prepare(self, rows: Iterable[dict], ctx: StageContext) -> tuple[Any, Iterable]:  # pragma: no cover
+        """Turn a partition's rows into (state for ``finish``, its GenRequests).
+
+        The requests may be an iterator that builds them as the engine draws them (it draws
+        one at a time, while it has room): the engine core, a process of its own, then
+        computes a partition's first requests while the later ones are built, instead of
+        waiting for the whole partition to be rendered and tokenised.  ``state`` may be
+        filled as the iterator runs: ``finish`` is called only after it is exhausted.  An
+        exception from the iterator quarantines the partition as one from ``prepare`` does."""
         raise NotImplementedError
 
     def finish(self, state: Any, results: list, ctx: StageContext) -> Iterator[dict]:  # pragma: no cover
@@ -349,7 +356,8 @@ class EngineStage(Stage):
 
     def run(self, rows: Iterable[dict], ctx: StageContext) -> Iterator[dict]:
         state, requests = self.prepare(rows, ctx)
-        results = ctx.engine.generate(requests) if requests else []
+        # nothing to send needs no engine (a partition whose rows all skip it)
+        results = [] if isinstance(requests, list) and not requests else ctx.engine.generate(requests)
         yield from self.finish(state, results, ctx)
 
 

@@ -4,7 +4,9 @@
 has fewer unfinished sequences than it schedules at once (``refill_threshold``: ``max_num_seqs`` x
 pipeline stages) and fewer than ``max_prompts`` prompts in flight
 (``pipeline.engine.image_budget``), so the long tail of one partition overlaps the start of
-the next without queueing a partition's images in memory.  Every finished request is filed
+the next without queueing a partition's images in memory.  A batch may be an iterator that
+builds its requests as they are drawn: the engine core (its own process) then computes the
+first requests while the rest are built.  Every finished request is filed
 under its prompt and sample; a scoring prompt may be sent again without the prefix cache
 (``pipeline.engine.rescoring``) and an adaptive one may draw another round
 (``pipeline.engine.rounds``) before it completes.  A batch is returned once all its prompts
@@ -15,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 from pipeline.engine.death import raise_if_dead
 from pipeline.engine.protocols import EngineState
@@ -39,14 +41,15 @@ def output_keys(req_id: str) -> tuple[str, ...]:
 
 @dataclass
 class PendingBatch:
+    """One batch: its results so far (one per request drawn from it, in order), whether more
+    requests may still come from it, and its admitted prompts not yet complete."""
     results: list[GenResult]
-    #: prompts not yet admitted into the engine, and admitted ones not yet complete
-    unsubmitted: int = 0
+    drawing: bool = True
     outstanding: int = 0
 
     @property
     def done(self) -> bool:
-        return self.unsubmitted == 0 and self.outstanding == 0
+        return not self.drawing and self.outstanding == 0
 
 
 @dataclass
@@ -78,14 +81,20 @@ def complete(prompt: AdmittedPrompt) -> None:
 
 
 class Admission:
-    """One stream's bookkeeping: the batches not yet returned (in order), the prompts not
-    yet admitted, and which prompt and sample each request in the engine belongs to."""
+    """One stream's bookkeeping: the batches not yet returned (in order), the batches whose
+    requests are still being drawn, and which prompt and sample each request in the engine
+    belongs to.
 
-    def __init__(self, engine: EngineState, batches: Iterable[Sequence[GenRequest]]) -> None:
+    A batch is drawn one request at a time, only when the engine has room: a batch may be
+    an iterator that builds its requests as they are drawn (``EngineStage.prepare``), so the
+    engine works on a partition's first requests while its later ones are built, and the
+    batch's size is known only once it is exhausted."""
+
+    def __init__(self, engine: EngineState, batches: Iterable[Iterable[GenRequest]]) -> None:
         self.engine = engine
         self.feed = iter(batches)
         self.pending: deque[PendingBatch] = deque()  # batches not yet returned, in order
-        self.queued: deque[tuple[PendingBatch, int, GenRequest]] = deque()  # prompts not yet admitted
+        self.drawing: deque[tuple[PendingBatch, Iterator[GenRequest]]] = deque()  # batches with requests to draw
         self.owner: dict[str, tuple[AdmittedPrompt, int, tuple[str, ...]]] = {}
         self.in_flight = 0
         self.exhausted = False
@@ -94,9 +103,9 @@ class Admission:
         reqs = next(self.feed, None)
         if reqs is None:
             return False
-        batch = PendingBatch([GenResult() for _ in reqs], unsubmitted=len(reqs))
+        batch = PendingBatch([])
         self.pending.append(batch)
-        self.queued.extend((batch, i, r) for i, r in enumerate(reqs))
+        self.drawing.append((batch, iter(reqs)))
         return True
 
     def register(self, prompt: AdmittedPrompt, ids: list[str]) -> None:
@@ -110,25 +119,43 @@ class Admission:
         prompt.left = len(ids)
 
     def admit(self) -> None:
-        batch, i, req = self.queued.popleft()
-        batch.unsubmitted -= 1
-        ids = submit(self.engine, req, batch.results[i])
+        """Draw the next request of the first batch still drawing and admit it (or, when that
+        batch has no more, close it)."""
+        batch, reqs = self.drawing[0]
+        req = next(reqs, None)
+        if req is None:
+            batch.drawing = False
+            self.drawing.popleft()
+            return
+        result = GenResult()
+        batch.results.append(result)
+        ids = submit(self.engine, req, result)
         if not ids:
             return
-        prompt = AdmittedPrompt(batch, batch.results[i], [], req=req)
+        prompt = AdmittedPrompt(batch, result, [], req=req)
         self.register(prompt, ids)
         batch.outstanding += 1
         self.in_flight += 1
 
     def fill(self, llm_engine: Any) -> None:
-        """Admit prompts while the engine has room, pulling the next batch when none is queued."""
+        """Admit prompts while the engine has room, pulling the next batch when none is drawing."""
         while (llm_engine.get_num_unfinished_requests() < self.engine.refill_threshold
                and self.in_flight < self.engine.max_prompts):
-            if not self.queued and (self.exhausted or not self.pull()):
+            if not self.drawing and (self.exhausted or not self.pull()):
                 self.exhausted = True
                 break
-            if self.queued:
-                self.admit()
+            self.admit()
+
+    def abort(self, llm_engine: Any) -> None:
+        """Take this stream's requests out of the engine when it ends early (a request
+        iterator or a sampling round that raised): a later stream on the same engine
+        would otherwise share it with requests nobody reads."""
+        try:
+            if self.owner:
+                llm_engine.abort_request(list(self.owner))
+        except Exception:  # noqa: BLE001 -- the stream's own error is the one to report
+            pass
+        self.owner.clear()
 
     def receive(self, out: Any) -> None:
         """File one output of an engine step: a finished request of ours completes its sample,
@@ -153,7 +180,7 @@ class Admission:
             self.in_flight -= 1
 
 
-def stream(engine: EngineState, batches: Iterable[Sequence[GenRequest]]) -> Iterator[list[GenResult]]:
+def stream(engine: EngineState, batches: Iterable[Iterable[GenRequest]]) -> Iterator[list[GenResult]]:
     """``Engine.generate_stream``: results batch by batch, in order, the engine fed across
     batch boundaries; a dead engine raises ``EngineDead``.  Counts ``engine.stream_s`` and
     ``engine.occupied_s`` (the share of the engine's batch held by unfinished sequences)."""
@@ -165,10 +192,10 @@ def stream(engine: EngineState, batches: Iterable[Sequence[GenRequest]]) -> Iter
             adm.fill(llm_engine)
             while adm.pending and adm.pending[0].done:
                 yield adm.pending.popleft().results
-            if not adm.pending and adm.exhausted and not adm.queued:
+            if not adm.pending and adm.exhausted and not adm.drawing:
                 return
             if not llm_engine.has_unfinished_requests():
-                if adm.queued or not adm.exhausted:
+                if adm.drawing or not adm.exhausted:
                     continue  # nothing running: admit more (the loop above ran dry only on a full cap)
                 raise RuntimeError("vLLM has no unfinished requests but results are missing")
             running = llm_engine.get_num_unfinished_requests()
@@ -179,8 +206,12 @@ def stream(engine: EngineState, batches: Iterable[Sequence[GenRequest]]) -> Iter
             last = now
             for out in outputs:
                 adm.receive(out)
+    except GeneratorExit:  # the caller stopped early
+        adm.abort(llm_engine)
+        raise
     except Exception as e:
         raise_if_dead(e, llm_engine)
+        adm.abort(llm_engine)
         raise
     finally:
         engine.stream_s += time.perf_counter() - t_stream

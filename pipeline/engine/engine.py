@@ -35,7 +35,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from pipeline.files import storage
 from pipeline.engine.admission import refill_threshold, stream
@@ -99,18 +99,19 @@ class Engine:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # -- generation --------------------------------------------------------------
-    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        """Results for one batch of requests, in order."""
+    def generate(self, requests: Iterable[GenRequest]) -> list[GenResult]:
+        """Results for one batch of requests (a list, or an iterator building them), in order."""
         return next(iter(self.generate_stream([requests])))
 
-    def generate_stream(self, batches: Iterable[Sequence[GenRequest]]) -> Iterator[list[GenResult]]:
+    def generate_stream(self, batches: Iterable[Iterable[GenRequest]]) -> Iterator[list[GenResult]]:
         """Results batch by batch, in order, with the engine fed across batch boundaries.
 
         Prompts are admitted one at a time while the engine has fewer unfinished
         sequences than it schedules at once (``refill_threshold``) and fewer than
         ``max_prompts`` prompts in flight, so the long tail of one partition
         overlaps the start of the next without queueing a partition's images.
-        Each prompt is added on its own: one that vLLM refuses (too long for
+        A batch may be an iterator: its requests are built as they are drawn, so
+        the engine computes the first while the rest are built.  Each prompt is added on its own: one that vLLM refuses (too long for
         the context, a bad image) fails alone with a reason.  A dead engine
         raises ``EngineDead``.  (``pipeline.engine.admission``)
         """

@@ -224,11 +224,12 @@ def _commit(stage: Stage, task: Task, ctx: StageContext, table: pa.Table, attemp
 
 
 def _keep_failure(stage: Stage, task: Task, rows: list[dict], engine: "Engine | None", step: str,
-                  results: list | None = None) -> StageStats:
+                  results: list | None = None, error: str | None = None) -> StageStats:
     """A ``prepare``/``finish`` that raised: quarantine the partition with the traceback
     (in each quarantine row's detail and in the marker) and keep what the engine
-    produced in ``failed/<part>.json``, instead of generating it all again."""
-    error = traceback.format_exc()
+    produced in ``failed/<part>.json``, instead of generating it all again.  ``error``:
+    the traceback when it was taken earlier (a request iterator that raised mid-stream)."""
+    error = error or traceback.format_exc()
     log.error("stage %s partition %s: %s() failed; its rows are quarantined (traceback in the marker):\n%s",
               stage.name, task.name, step, error)
     ctx, table = _refuse_all(stage, task, rows, engine, f"{step}_error", error[-2000:])
@@ -250,6 +251,26 @@ def run_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", ma
     return total
 
 
+@dataclass
+class _Staged:
+    """A partition whose requests are in the stream: what ``finish`` and the commit need, and
+    the traceback of its request iterator if that raised."""
+    task: Task
+    rows: list[dict]
+    ctx: StageContext
+    state: object
+    started: float
+    error: str | None = None
+
+    def draw(self, requests) -> Iterator:
+        """The requests as the engine draws them; an exception while building them ends the
+        batch and is kept (the partition is quarantined with it), never raised into the stream."""
+        try:
+            yield from requests
+        except Exception:  # noqa: BLE001 -- a stage bug: quarantined with its traceback, as an eager prepare's is
+            self.error = traceback.format_exc()
+
+
 def iter_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", max_retries: int = 0,
                       on_start=None) -> Iterator[tuple[Task, StageStats]]:
     """Partitions of an engine stage streamed through one continuously fed engine, each
@@ -258,8 +279,10 @@ def iter_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", m
 
     Partition i+1's requests enter the engine while partition i's last
     sequences finish (``Engine.generate_stream``); each partition is still
-    written and marked on its own as soon as its results are complete.  A
-    partition whose ``prepare``/``finish`` raises is quarantined with the
+    written and marked on its own as soon as its results are complete.  The
+    requests ``prepare`` returns may be an iterator building them as the engine
+    draws them (``EngineStage.prepare``).  A partition whose ``prepare`` (its
+    iterator included) or ``finish`` raises is quarantined with the
     traceback (``_keep_failure``): the stage's code is deterministic, so a
     retry would only generate everything again to fail the same way.  If the
     stream fails otherwise, the partitions not yet written go through
@@ -290,8 +313,9 @@ def iter_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", m
             except Exception:  # noqa: BLE001 -- kept: quarantined with its traceback, never redone
                 refused.append((task, _keep_failure(stage, task, rows, engine, "prepare")))
                 continue
-            staged.append((task, rows, ctx, state, started))
-            yield requests
+            entry = _Staged(task, rows, ctx, state, started)
+            staged.append(entry)
+            yield entry.draw(requests)
 
     done: set[str] = set()
     try:
@@ -299,7 +323,12 @@ def iter_engine_tasks(stage: EngineStage, tasks: list[Task], engine: "Engine", m
             while refused:
                 done.add(refused[0][0].name)
                 yield refused.popleft()
-            task, rows, ctx, state, started = staged.popleft()
+            entry = staged.popleft()
+            task, rows, ctx, state, started = entry.task, entry.rows, entry.ctx, entry.state, entry.started
+            if entry.error is not None:  # its request iterator raised: the requests drawn before are dropped
+                done.add(task.name)
+                yield task, _keep_failure(stage, task, rows, engine, "prepare", error=entry.error)
+                continue
             try:
                 table = pa.Table.from_pylist(list(stage.finish(state, results, ctx)), schema=stage.output_schema)
             except Exception:  # noqa: BLE001 -- kept with the engine's results, not regenerated

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
@@ -114,6 +115,33 @@ def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProces
     if "stdout" not in kwargs:
         kwargs["capture_output"] = True
     return subprocess.run(cli(*args), cwd=ROOT, text=True, timeout=timeout, **kwargs)
+
+
+class CliRun:
+    """``python -m pipeline ARGS`` started now, in a session of its own (so stopping it stops its
+    engine too), its output into ``log``: for runs that go on beside a test's other work (each
+    with its own work folder, output and engine, one core each on a 2-core machine)."""
+
+    def __init__(self, *args, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        with open(log, "w") as sink:
+            self.proc = subprocess.Popen(cli(*args), cwd=ROOT, env=cli_env() if env is None else env,
+                                         stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def finish(self, timeout: float = 900) -> str:
+        """Waits for its end (stopped past ``timeout``), asserts it ended well, returns its output."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+        output = self.log.read_text(errors="replace")
+        assert self.proc.returncode == 0, output[-6000:]
+        return output
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # a test that failed or timed out: its engine too
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def small_ingest(out: Path) -> Path:

@@ -4,16 +4,14 @@ engine -- never turned into quarantined rows -- and the output equals an undistu
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, run_cli
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, CliRun, cli_env, run_cli
 
 # part-00001 starts while part-00000 is generating (the engine is fed across partitions)
 KILL = "generate:part-00001:engine_core"
@@ -40,29 +38,22 @@ def ingest(small_ingest_dir) -> Path:
     return out
 
 
-class Undisturbed:
+class Undisturbed(CliRun):
     """The undisturbed local generate, started in the background as soon as the module needs it:
     the first killed run compares with it only at its end, so the two (own output folders, build
     logs and engines) overlap instead of one waiting for the other."""
 
     def __init__(self, ingest: Path, out: Path) -> None:
         user_env = {k: v for k, v in cli_env().items() if k != "VLLM_CONFIGURE_LOGGING"}  # as _generate
-        self.out, self.log = out, out.parent / "output.txt"
-        with open(self.log, "w") as sink:
-            self.proc = subprocess.Popen(
-                cli("stage", "generate", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", ingest,
-                    "--output", out, "--work-dir", out.parent / "work", *SMALL), cwd=ROOT, env=user_env, stdout=sink, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.out = out
+        super().__init__("stage", "generate", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", ingest,
+                         "--output", out, "--work-dir", out.parent / "work", *SMALL,
+                         log=out.parent / "output.txt", env=user_env)
         self._outputs = None
 
     def outputs(self) -> dict:
         if self._outputs is None:
-            try:
-                self.proc.wait(timeout=900)
-            finally:
-                self.stop()
-            output = self.log.read_text(errors="replace")
-            assert self.proc.returncode == 0, output[-4000:]
+            output = self.finish()
             # the local executor's engine lives in the CLI's process (README: "run one stage"): shutting
             # it down at exit prints none of vLLM's shutdown lines after the stage's own output
             for noise in ("[shutdown]", "force killing", "pid="):
@@ -71,11 +62,6 @@ class Undisturbed:
             assert got["quarantined"] == 0 and got["data"]
             self._outputs = got
         return self._outputs
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:  # a test that failed or timed out: its engine too
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, cli, cli_env, make_config
+from helpers import SAMPLE_CONFIG, CliRun, make_config
 from pipeline.core.seeds import stable_hash
 from pipeline.sources.ranges import auto_partition_rows, plan_partitions, plan_workers
 from publish.shard_order import shard_layout
@@ -105,26 +102,22 @@ def test_two_builds_at_different_partition_sizes_write_the_same_shards(sample_da
              "--set", "export.formats=[]", "--set", "model.engine_kwargs={max_num_seqs: 16}"]
     # the two builds share nothing (own work folder, output and engine): run side by side, one
     # core each on a 2-core machine, instead of one after the other
-    procs = {}
+    runs = {}
     try:
         for rows in (3, 64):
             base = tmp_path / str(rows)
             base.mkdir()
-            with open(base / "stderr.txt", "w") as err:
-                procs[rows] = subprocess.Popen(
-                    cli("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
-                        "--output", base / "out", *small, "--set", f"run.partition_rows={rows}"),
-                    cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        for proc in procs.values():
-            proc.wait(timeout=900)
+            runs[rows] = CliRun("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
+                                "--output", base / "out", *small, "--set", f"run.partition_rows={rows}",
+                                log=base / "output.txt")
+        for run in runs.values():
+            run.finish()
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:  # a build that timed out, or the other's wait did: its engine too
-                os.killpg(proc.pid, signal.SIGKILL)
+        for run in runs.values():
+            run.stop()
     builds = []
-    for rows, proc in procs.items():
+    for rows in runs:
         base = tmp_path / str(rows)
-        assert proc.returncode == 0, (base / "stderr.txt").read_text()[-3000:]
         plan = json.loads((base / "work" / "ingest" / "plan.json").read_text())
         assert (plan["partition_rows"], plan["rows"]) == (rows, rows)
         builds.append((len(plan["partitions"]), json.loads((base / "out" / "manifest.json").read_text())))

@@ -4,9 +4,6 @@ first round from the prior pass rate, and is part of the config and stage hashes
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -262,49 +259,37 @@ def test_the_command_line_reports_a_mismatch_as_a_config_error(tmp_path):
 SMALL_BAND = "rl_prompts.band=[0.5, 0.5]"
 
 
-def _start_build(base: Path, *extra: str) -> subprocess.Popen:
-    from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env
+def _start_build(base: Path, *extra: str):
+    from helpers import SAMPLE_CONFIG, SMALL, CliRun
 
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / "output.txt", "w") as sink:
-        return subprocess.Popen(
-            cli("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
-                "--output", base / "out", *SMALL, "--set", "run.stages=[ingest,generate,correctness,write]",
-                "--set", SMALL_BAND, *extra),
-            cwd=ROOT, env=cli_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    return CliRun("run", "--config", SAMPLE_CONFIG, "--executor", "local", "--work-dir", base / "work",
+                  "--output", base / "out", *SMALL, "--set", "run.stages=[ingest,generate,correctness,write]",
+                  "--set", SMALL_BAND, *extra, log=base / "output.txt")
 
 
-def _wait(proc: subprocess.Popen) -> None:
-    try:
-        proc.wait(timeout=1200)
-    finally:
-        if proc.poll() is None:  # timed out: its engine too
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _result(base: Path, proc: subprocess.Popen) -> tuple[Path, dict]:
-    assert proc.returncode == 0, (base / "output.txt").read_text()[-6000:]
+def _result(base: Path) -> tuple[Path, dict]:
     return base / "out", json.loads((base / "work" / "report.json").read_text())
 
 
 def small_build(base: Path, *extra: str) -> tuple[Path, dict]:
-    proc = _start_build(base, *extra)
-    _wait(proc)
-    return _result(base, proc)
+    _start_build(base, *extra).finish(timeout=1200)
+    return _result(base)
 
 
 def small_builds(builds: dict[str, tuple[Path, tuple[str, ...]]]) -> dict[str, tuple[Path, dict]]:
     """Several ``small_build``s that do not depend on each other, run side by side (each has its
     own work folder, output and engine; on a 2-core machine one core each)."""
-    procs = {}
+    runs = {}
     try:
         for name, (base, extra) in builds.items():
-            procs[name] = _start_build(base, *extra)
+            runs[name] = _start_build(base, *extra)
+        for run in runs.values():
+            run.finish(timeout=1200)
     finally:
-        for proc in procs.values():
-            _wait(proc)
-    return {name: _result(builds[name][0], proc) for name, proc in procs.items()}
+        for run in runs.values():
+            run.stop()
+    return {name: _result(builds[name][0]) for name in runs}
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli, stage_rows
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, CliRun, cli, cli_env, markers, run_cli, stage_rows
 
 #: every test here runs a whole build of its own or works on one (``clean_run``)
 pytestmark = pytest.mark.build
@@ -47,30 +47,19 @@ def _dataset(out: Path) -> dict:
     return {"shards": shards, "ids": ids}
 
 
-class CleanRun:
+class CleanRun(CliRun):
     """An uninterrupted run of the small config, started at once in the background: the killed
     runs below need its dataset only at their end, so it runs beside them (its own work folder,
     output and engine) instead of before them."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        with open(base / "stdout.txt", "w") as out, open(base / "stderr.txt", "w") as err:
-            self.proc = subprocess.Popen(cli(*_args(base)), cwd=ROOT, env=cli_env(), stdout=out, stderr=err,
-                                         start_new_session=True)
+        super().__init__(*_args(base), log=base / "output.txt")
 
     def finished(self) -> Path:
         """Its base folder, once it has ended well."""
-        try:
-            self.proc.wait(timeout=900)
-        finally:
-            self.stop()
-        assert self.proc.returncode == 0, (self.base / "stderr.txt").read_text()[-4000:]
+        self.finish()
         return self.base
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:  # a test that failed or timed out: its engine too
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")

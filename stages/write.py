@@ -310,16 +310,17 @@ def _scatter_gather(config: PipelineConfig, plan: Plan, files: list[str], out: s
 def _task_stats(stats: StageStats, scattered: list[dict], gathered: list[dict]) -> None:
     """Where the tasks' time and memory went, per step."""
     for step, results in (("scatter", scattered), ("gather", gathered)):
-        if results:
-            stats.inc(f"peak_task_mb.{step}", round(max(r["peak_mb"] for r in results), 1))
+        if not results:
+            continue
+        stats.inc(f"peak_task_mb.{step}", round(max(r["peak_mb"] for r in results), 1))
         for r in results:  # task-seconds inside each step (summed over its tasks, however many ran at once)
             for part, secs in r.get("seconds", {}).items():
                 stats.inc(f"task_seconds.{step}.{part}", round(secs, 3))
-        if results:  # CPU (all threads), run-queue wait and blocked seconds of the tasks; the costliest task
-            for part in ("cpu", "runq", "blocked"):
-                stats.inc(f"task_{part}_seconds.{step}", round(sum(r[f"{part}_s"] for r in results), 3))
-            stats.inc(f"task_max_cpu_seconds.{step}", round(max(r["cpu_s"] for r in results), 3))
-            stats.inc(f"peak_task_shm_mb.{step}", round(max(r["shm_mb"] for r in results), 1))
+        # CPU (all threads), run-queue wait and blocked seconds of the tasks; the costliest task
+        for part in ("cpu", "runq", "blocked"):
+            stats.inc(f"task_{part}_seconds.{step}", round(sum(r[f"{part}_s"] for r in results), 3))
+        stats.inc(f"task_max_cpu_seconds.{step}", round(max(r["cpu_s"] for r in results), 3))
+        stats.inc(f"peak_task_shm_mb.{step}", round(max(r["shm_mb"] for r in results), 1))
 
 
 def write_dataset(config: PipelineConfig, input_dirs: list[str], output_dir: str | None = None,

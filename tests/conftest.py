@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, cli, make_config, run_on_terminal, small_ingest
+from helpers import ROOT, SAMPLE_CONFIG, cli, folder_state, make_config, run_on_terminal, short_temp_dir, small_ingest
 
 os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -76,11 +76,23 @@ def small_ingest_dir(tiny_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_build(tiny_model, tmp_path_factory) -> Path:
     """`python -m pipeline run` on the sample config through Ray, on a terminal (the transcript
-    is ``<base>/terminal.txt``, for tests/test_terminal.py); returns the dataset folder."""
+    is ``<base>/terminal.txt``, for tests/test_terminal.py); returns the dataset folder.
+
+    Its ``TMPDIR`` is a fresh folder; what the build left there is ``<base>/tmpdir.json``
+    (tests/test_pipeline_e2e.py: nothing).  Torch's compile cache stays where it is (a cache
+    torch keeps on purpose, warm) and Ray's session folder (its logs, which Ray keeps) goes to
+    a folder of its own, ``RAY_TMPDIR``."""
+    import json
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     base = tmp_path_factory.mktemp("sample_build")
     out = base / "out"
     cmd = cli("run", "--config", SAMPLE_CONFIG, "--work-dir", base / "work", "--output", out)
-    proc = run_on_terminal(cmd, base / "terminal.txt", timeout=1200)
+    with short_temp_dir() as tmp, short_temp_dir() as ray_tmp:
+        proc = run_on_terminal(cmd, base / "terminal.txt", timeout=1200, TMPDIR=str(tmp), RAY_TMPDIR=str(ray_tmp),
+                               TORCHINDUCTOR_CACHE_DIR=default_cache_dir())
+        (base / "tmpdir.json").write_text(json.dumps(folder_state(tmp)))
     (base / "run.log").write_text(proc.stdout)  # what the terminal showed (summaries included)
     logs = sorted((base / "work" / "logs").glob("build-*.log"))
     tail = logs[-1].read_text(errors="replace")[-5000:] if logs else ""

@@ -4,16 +4,20 @@ read back (a stage's rows and markers, a dataset's shards).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the sample config, as the CLI takes it when run from ROOT
@@ -93,6 +97,23 @@ def load_config_file(folder: Path, config: dict | str):
     from pipeline.config.loading import load_config
 
     return load_config(config_file(folder, config))
+
+
+@contextlib.contextmanager
+def short_temp_dir() -> Iterator[Path]:
+    """A fresh folder under the system's temp dir, removed after: for a ``TMPDIR`` whose
+    contents a test checks.  pytest's ``tmp_path`` is too long for one: the sockets vLLM makes
+    under it would pass the 107-byte limit of a unix socket path."""
+    path = Path(tempfile.mkdtemp(prefix="mmpr-t-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def folder_state(path: Path) -> list[str]:
+    """Every path below ``path`` (relative), sorted: what a run left there."""
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))
 
 
 # -- the command line ------------------------------------------------------------------------

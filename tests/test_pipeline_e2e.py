@@ -51,6 +51,13 @@ def test_every_stage_ran_and_printed_a_summary(sample_build):
     assert "policy accuracy" in log and "generated tokens per pair" in log
 
 
+def test_the_build_leaves_nothing_in_its_temp_dir(sample_build):
+    """vLLM's sockets and rendezvous file went with each engine's private folder, which the
+    engine actors removed when the pool closed (``pipeline.engine.private_tmp``,
+    ``EnginePool.close``); before, every engine start left 7 sockets (``<uuid4>``) there."""
+    assert json.loads((sample_build.parent / "tmpdir.json").read_text()) == []
+
+
 def test_each_replica_loads_the_model_once_and_the_run_is_timed(sample_build):
     """Generate and dropout_ntp share one engine pool: the model is loaded once per replica
     per build (it was loaded again for dropout_ntp before), and the report times the run

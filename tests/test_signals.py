@@ -5,12 +5,16 @@ waits until the engine has written a partition and is generating the next ones,
 records every process below the CLI (vLLM's EngineCore and Worker; under Ray
 also the GCS, raylet and engine actor the driver started), sends the signal
 the way it comes in practice, and checks the exit code, the one line on the
-terminal, and that none of those processes is still there.  Before
+terminal, that none of those processes is still there, and that the build's ``TMPDIR`` (a
+fresh folder) is as empty as before: vLLM's sockets and rendezvous file went with the engine's
+private folder (``pipeline.engine.private_tmp``; before it, 7 sockets and a ``vllm_dist_*``
+file stayed per engine start, signal or not).  Before
 ``pipeline.run.signals`` a SIGTERM left EngineCore and its 1.8 GB Worker running
 without a parent, and under Ray ended with exit 134 and no message.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -21,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, folder_state, markers, run_cli, short_temp_dir
 
 MESSAGE = "interrupted; rerun the same command to resume"
 #: partitions of the SMALL config's generate (32 rows, 8 per partition)
@@ -35,18 +39,32 @@ def ingest(small_ingest_dir) -> Path:
     return out
 
 
+@pytest.fixture
+def tmpdir_env():
+    """The environment of a build whose ``TMPDIR`` is a fresh (short) folder, and that folder.
+    Torch's compile cache stays where it is (``<temp dir>/torchinductor_<user>``: a cache torch
+    keeps on purpose, and warm), and a local Ray keeps its session folder (its logs, which Ray
+    keeps on purpose) in a folder of its own, ``RAY_TMPDIR``."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    with contextlib.ExitStack() as stack:
+        tmp, ray_tmp = stack.enter_context(short_temp_dir()), stack.enter_context(short_temp_dir())
+        yield cli_env(TMPDIR=str(tmp), RAY_TMPDIR=str(ray_tmp), TORCHINDUCTOR_CACHE_DIR=default_cache_dir()), tmp
+
+
 class Build:
     """A ``stage generate`` run in its own session (as a shell job is), its terminal output in
-    a file."""
+    a file; ``env``: its environment (``tmpdir_env``), whose ``TMPDIR`` must be as empty after."""
 
-    def __init__(self, ingest: Path, base: Path, executor: str) -> None:
+    def __init__(self, ingest: Path, base: Path, executor: str, env: tuple[dict, Path]) -> None:
         self.out, self.work, self.terminal = base / "gen", base / "work", base / "terminal.txt"
         self.args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", ingest,
                      "--output", self.out, "--work-dir", self.work, *SMALL]
+        self.env, self.tmp = env
 
     def start(self) -> subprocess.Popen:
         with open(self.terminal, "w") as sink:
-            return subprocess.Popen(cli(*self.args), cwd=ROOT, env=cli_env(), stdout=sink, stderr=sink,
+            return subprocess.Popen(cli(*self.args), cwd=ROOT, env=self.env, stdout=sink, stderr=sink,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
 
     def markers(self) -> dict[str, dict]:
@@ -108,11 +126,13 @@ def _check_stopped(build: Build, proc: subprocess.Popen, tree: list, signum: int
     assert "Traceback" not in terminal, terminal[-3000:]
     assert not left, f"still running after the CLI exited: {left}"
     assert len(build.markers()) < PARTITIONS, "the signal came after generate finished: nothing was tested"
+    assert folder_state(build.tmp) == [], "left in TMPDIR"
 
 
-def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path):
-    """``kill PID`` (a scheduler, systemd, a container runtime): the CLI alone gets SIGTERM."""
-    build = Build(ingest, tmp_path, "local")
+def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path, tmpdir_env):
+    """``kill PID`` (a scheduler, systemd, a container runtime): the CLI alone gets SIGTERM.  The
+    rerun runs to its end: its engine's files go at a clean exit, too."""
+    build = Build(ingest, tmp_path, "local", tmpdir_env)
     proc = build.start()
     tree = _mid_generate(build, proc)
     proc.send_signal(signal.SIGTERM)
@@ -120,17 +140,18 @@ def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path):
     assert not list(build.out.rglob("*.tmp-*"))
 
     done = build.markers()
-    rerun = run_cli(*build.args, env=cli_env(), timeout=600)
+    rerun = run_cli(*build.args, env=build.env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert folder_state(build.tmp) == [], "left in TMPDIR by the rerun"
     assert f"({len(done)} already done)" in rerun.stdout + rerun.stderr, rerun.stdout[-2000:]
     after = build.markers()
     assert len(after) == PARTITIONS and {k: after[k] for k in done} == done  # finished ones not redone
 
 
-def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path):
+def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path, tmpdir_env):
     """Ctrl-C on a terminal: SIGINT to the whole foreground process group (vLLM's processes
     included), and a second one while the first is being handled."""
-    build = Build(ingest, tmp_path, "local")
+    build = Build(ingest, tmp_path, "local", tmpdir_env)
     proc = build.start()
     tree = _mid_generate(build, proc)
     os.killpg(proc.pid, signal.SIGINT)
@@ -151,10 +172,10 @@ def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path):
     _check_stopped(build, proc, tree, signal.SIGINT)
 
 
-def test_sigterm_stops_the_local_ray_the_driver_started(ingest, tmp_path):
+def test_sigterm_stops_the_local_ray_the_driver_started(ingest, tmp_path, tmpdir_env):
     """Under Ray (a local Ray started by this driver): exit 143 with the message, not 134 with
     none, and Ray's processes (GCS, raylet, the engine actor and its vLLM processes) are gone."""
-    build = Build(ingest, tmp_path, "ray")
+    build = Build(ingest, tmp_path, "ray", tmpdir_env)
     proc = build.start()
     tree = _mid_generate(build, proc)
     names = " ".join(_name(p) for p in tree)

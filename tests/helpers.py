@@ -143,26 +143,44 @@ class CliRun:
     engine too), its output into ``log``: for runs that go on beside a test's other work (each
     with its own work folder, output and engine, one core each on a 2-core machine)."""
 
-    def __init__(self, *args, log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        with open(log, "w") as sink:
-            self.proc = subprocess.Popen(cli(*args), cwd=ROOT, env=cli_env() if env is None else env,
-                                         stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    def __init__(self, *args, log: Path, env: dict[str, str] | None = None, errors: Path | None = None) -> None:
+        self._start(cli(*args), log, cli_env() if env is None else env, errors)
+
+    def _start(self, command: list[str], log: Path, env: dict[str, str], errors: Path | None = None) -> None:
+        self.log, self.errors = log, errors  # errors: its stderr apart from its stdout (else both in log)
+        with open(log, "w") as sink, open(errors or os.devnull, "w") as err_sink:
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink,
+                                         stderr=err_sink if errors else subprocess.STDOUT, start_new_session=True)
 
     def finish(self, timeout: float = 900) -> str:
-        """Waits for its end (stopped past ``timeout``), asserts it ended well, returns its output."""
+        """Waits for its end (stopped past ``timeout``), asserts it ended well, returns its output
+        (its stdout alone when its stderr went to ``errors``)."""
         try:
             self.proc.wait(timeout=timeout)
         finally:
             self.stop()
         output = self.log.read_text(errors="replace")
-        assert self.proc.returncode == 0, output[-6000:]
+        stderr = self.errors.read_text(errors="replace") if self.errors else ""
+        assert self.proc.returncode == 0, (output + stderr)[-6000:]
         return output
 
     def stop(self) -> None:
         if self.proc.poll() is None:  # a test that failed or timed out: its engine too
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def start_early(request, *fixtures: str) -> None:
+    """Sets up each of ``fixtures`` (background runs: ``CliRun``s) that a selected test of
+    ``request``'s module (of the session, from a session fixture) uses, now: called from a module's
+    autouse fixture, the module's runs that do not wait for one another start together with its
+    first test instead of each with its own test, one after another.  A fixture no selected test
+    uses is not started."""
+    items = [item for item in request.session.items if request.scope == "session" or item.module is request.module]
+    used = {name for item in items for name in item.fixturenames}
+    for name in fixtures:
+        if name in used:
+            request.getfixturevalue(name)
 
 
 def small_ingest(out: Path) -> Path:
@@ -172,13 +190,28 @@ def small_ingest(out: Path) -> Path:
     return out
 
 
+def _on_terminal(cmd: list[str], transcript: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The ``script`` command line that runs ``cmd`` on a pseudo-terminal 120 columns wide, and its
+    environment (progress bars on)."""
+    shell = f"stty cols 120 rows 40; exec {shlex.join(cmd)}"
+    return ["script", "-qec", shell, str(transcript)], {**os.environ, "MMPR_NO_PROGRESS": "0", **env}
+
+
 def run_on_terminal(cmd: list[str], transcript: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
     """Run ``cmd`` on a real pseudo-terminal (util-linux ``script``), as a user at a shell would,
     with progress bars on; ``transcript`` gets what the terminal showed (``terminal_lines``)."""
-    run_env = {**os.environ, "MMPR_NO_PROGRESS": "0", **env}
-    shell = f"stty cols 120 rows 40; exec {shlex.join(cmd)}"
-    return subprocess.run(["script", "-qec", shell, str(transcript)], cwd=ROOT, env=run_env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    script, run_env = _on_terminal(cmd, transcript, env)
+    return subprocess.run(script, cwd=ROOT, env=run_env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class TerminalRun(CliRun):
+    """``run_on_terminal`` started now, in the background (a ``CliRun``): what the terminal showed
+    goes to ``log`` too."""
+
+    def __init__(self, cmd: list[str], transcript: Path, log: Path, **env: str) -> None:
+        script, run_env = _on_terminal(cmd, transcript, env)
+        self._start(script, log, run_env)
 
 
 def terminal_lines(transcript: Path) -> list[str]:

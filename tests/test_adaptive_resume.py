@@ -38,7 +38,7 @@ def _rows(folder) -> dict:
     return {r["prompt_id"]: r for r in stage_rows(folder)}
 
 
-def test_killed_adaptive_generate_resumes_to_the_same_responses(engine, tmp_path):
+def test_killed_adaptive_generate_resumes_to_the_same_responses(tiny_model, request, tmp_path):
     cfg = _cfg()
     ingest = tmp_path / "ingest"
     run_source(make_stage("ingest", cfg), str(ingest))
@@ -47,11 +47,14 @@ def test_killed_adaptive_generate_resumes_to_the_same_responses(engine, tmp_path
     out = tmp_path / "gen"
     args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", ingest,
             "--output", out, *SETS]
-    # the killed run (its own process and engine) goes on while the baseline is drawn here
+    # the killed run (its own process and engine) goes on while the baseline is drawn here, by the
+    # session engine: asked for only now, so that when this test is the first to use it, it starts
+    # beside the killed run's engine instead of before it
     with open(tmp_path / "killed.txt", "w") as sink:
         killed = subprocess.Popen(cli(*args), cwd=ROOT, env=cli_env(MMPR_FAULT="generate:1:group"), stdout=sink,
                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        engine = request.getfixturevalue("engine")
         baseline = tmp_path / "baseline"
         run_engine_tasks(make_stage("generate", cfg), [
             Task("generate", os.path.basename(u)[:-8], (u,), str(baseline), cfg.stage_hash("generate"))

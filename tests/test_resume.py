@@ -24,7 +24,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, CliRun, cli, cli_env, markers, run_cli, stage_rows
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, CliRun, cli, cli_env, markers, run_cli, stage_rows, start_early
 
 #: every test here runs a whole build of its own or works on one (``clean_run``)
 pytestmark = pytest.mark.build
@@ -60,6 +60,12 @@ class CleanRun(CliRun):
         """Its base folder, once it has ended well."""
         self.finish()
         return self.base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_module_runs(request):
+    """The module's background runs start together, when its first test starts (see ``start_early``)."""
+    start_early(request, "clean_start", "ray_killed_start", "dead_actor_start")
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +137,31 @@ def test_killed_runs_resume_to_the_uninterrupted_dataset(clean_start, tmp_path):
     assert ds.num_rows > 0
 
 
-def test_a_ray_run_killed_with_two_stages_in_flight_resumes(uninterrupted, tmp_path):
+#: scheduling only (the same data): under Ray, one partition per engine call
+RAY = ("--executor", "ray", "--set", "engine.partitions_per_call=1")
+
+
+@pytest.fixture(scope="module")
+def ray_killed_start(tiny_model, tmp_path_factory):
+    """The Ray run that test_a_ray_run_killed_with_two_stages_in_flight_resumes kills, started with
+    the module: generate's last partition is held (``hold`` fault, for longer than any wait here), so
+    once correctness has finished a partition the run stays with both stages in flight until the
+    test kills it, however long the tests before it take."""
+    base = tmp_path_factory.mktemp("ray_killed")
+    run = CliRun(*_args(base, *RAY), log=base / "output.txt",
+                 env=cli_env(MMPR_FAULT="generate:part-00003:hold", MMPR_FAULT_HOLD_S="3600"))
+    run.base = base
+    yield run
+    run.stop()
+
+
+def test_a_ray_run_killed_with_two_stages_in_flight_resumes(uninterrupted, ray_killed_start):
     """Under Ray a partition moves on as soon as it is done (no stage barrier): correctness
     finishes partitions while generate still runs.  Generate's last partition is held
     (``hold`` fault) and the run is SIGKILLed once correctness has finished one; the rerun
     resumes both stages half done and makes the uninterrupted dataset."""
-    ray = ("--executor", "ray", "--set", "engine.partitions_per_call=1")  # scheduling only: same data
+    tmp_path, proc = ray_killed_start.base, ray_killed_start.proc
     work = tmp_path / "work"
-    proc = subprocess.Popen(cli(*_args(tmp_path, *ray)), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True,
-                            env=cli_env(MMPR_FAULT="generate:part-00003:hold"))
     deadline = time.time() + 600
     while _markers(work, "correctness") < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -153,7 +174,7 @@ def test_a_ray_run_killed_with_two_stages_in_flight_resumes(uninterrupted, tmp_p
     assert _markers(work, "generate") < n_parts and _markers(work, "correctness") >= 1
     assert not (tmp_path / "out" / "manifest.json").exists()
 
-    proc = run_cli(*_args(tmp_path, *ray), env=cli_env(), timeout=900, start_new_session=True)
+    proc = run_cli(*_args(tmp_path, *RAY), env=cli_env(), timeout=900, start_new_session=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _dataset(tmp_path / "out") == uninterrupted
     report = json.loads((work / "report.json").read_text())
@@ -178,12 +199,24 @@ def _stage(stage: str, inp: Path, out: Path, *extra: str, env: dict, timeout: fl
                    env=env, timeout=timeout)
 
 
-def test_a_dead_engine_actor_is_restarted_and_its_partition_retried(clean_run, tmp_path):
-    ingest = clean_run / "work" / "ingest"
+@pytest.fixture(scope="module")
+def dead_actor_start(small_ingest_dir, tmp_path_factory):
+    """The generate (on Ray) whose engine actor dies once, started with the module: it needs only
+    the session's SMALL ingest (the clean run's ingest, made by ``stage ingest``)."""
+    base = tmp_path_factory.mktemp("dead_actor")
+    run = CliRun("stage", "generate", "--config", SAMPLE_CONFIG, "--input", small_ingest_dir, "--output",
+                 base / "gen", "--work-dir", base / "work", *SMALL, "--set", "executor.max_retries=1",
+                 log=base / "output.txt",
+                 env=cli_env(MMPR_FAULT="generate:part-00001", MMPR_FAULT_ONCE=str(base / "killed-once")))
+    run.base = base
+    yield run
+    run.stop()
+
+
+def test_a_dead_engine_actor_is_restarted_and_its_partition_retried(small_ingest_dir, dead_actor_start):
+    ingest, tmp_path = small_ingest_dir, dead_actor_start.base
     flag = tmp_path / "killed-once"
-    proc = _stage("generate", ingest, tmp_path / "gen", "--set", "executor.max_retries=1",
-                  env=cli_env(MMPR_FAULT="generate:part-00001", MMPR_FAULT_ONCE=str(flag)), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    dead_actor_start.finish()  # asserts it ended well
     assert flag.exists(), "the actor was never killed"
     attempts = json.loads((tmp_path / "gen" / "attempts" / "part-00001.json").read_text())["attempts"]
     assert attempts == 2

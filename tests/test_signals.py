@@ -14,19 +14,20 @@ without a parent, and under Ray ended with exit 134 and no message.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, folder_state, markers, run_cli, short_temp_dir
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, folder_state, markers, run_cli, start_early
 
 MESSAGE = "interrupted; rerun the same command to resume"
 #: partitions of the SMALL config's generate (32 rows, 8 per partition)
@@ -40,33 +41,45 @@ def ingest(small_ingest_dir) -> Path:
     return out
 
 
-@pytest.fixture
-def tmpdir_env():
-    """The environment of a build whose ``TMPDIR`` is a fresh (short) folder, and that folder.
-    Torch's compile cache stays where it is (``<temp dir>/torchinductor_<user>``: a cache torch
-    keeps on purpose, and warm), and a local Ray keeps its session folder (its logs, which Ray
-    keeps on purpose) in a folder of its own, ``RAY_TMPDIR``."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    with contextlib.ExitStack() as stack:
-        tmp, ray_tmp = stack.enter_context(short_temp_dir()), stack.enter_context(short_temp_dir())
-        yield cli_env(TMPDIR=str(tmp), RAY_TMPDIR=str(ray_tmp), TORCHINDUCTOR_CACHE_DIR=default_cache_dir()), tmp
-
-
 class Build:
     """A ``stage generate`` run in its own session (as a shell job is), its terminal output in
-    a file; ``env``: its environment (``tmpdir_env``), whose ``TMPDIR`` must be as empty after."""
+    a file; ``env``: its environment, whose ``TMPDIR`` (``tmp``) must be as empty after."""
 
-    def __init__(self, ingest: Path, base: Path, executor: str, env: tuple[dict, Path]) -> None:
+    def __init__(self, ingest: Path, base: Path, executor: str) -> None:
         self.out, self.work, self.terminal = base / "gen", base / "work", base / "terminal.txt"
         self.args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", ingest,
                      "--output", self.out, "--work-dir", self.work, *SMALL]
-        self.env, self.tmp = env
+        self.release = base / "release"
+        # a fresh (short) TMPDIR, which must be as empty after the build.  Torch's compile cache
+        # stays where it is (``<temp dir>/torchinductor_<user>``: a cache torch keeps on purpose,
+        # and warm), and a local Ray keeps its session folder (its logs, which Ray keeps on
+        # purpose) in a folder of its own, ``RAY_TMPDIR``
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        self.tmp, self.ray_tmp = (Path(tempfile.mkdtemp(prefix=p)) for p in ("mmpr-t-", "mmpr-r-"))
+        self.env = cli_env(TMPDIR=str(self.tmp), RAY_TMPDIR=str(self.ray_tmp),
+                           TORCHINDUCTOR_CACHE_DIR=default_cache_dir())
 
     def start(self) -> subprocess.Popen:
+        """Started with its first partition held (``hold`` fault) until ``go``: its engine starts
+        beside the other tests' builds, and it generates only when its test is ready to signal it."""
+        env = {**self.env, "MMPR_FAULT": "generate:part-00000:hold", "MMPR_FAULT_HOLD_S": "3600",
+               "MMPR_FAULT_RELEASE": str(self.release)}
         with open(self.terminal, "w") as sink:
-            return subprocess.Popen(cli(*self.args), cwd=ROOT, env=self.env, stdout=sink, stderr=sink,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(cli(*self.args), cwd=ROOT, env=env, stdout=sink, stderr=sink,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        return self.proc
+
+    def go(self) -> subprocess.Popen:
+        self.release.touch()
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:  # a test that failed before its signal: its engine too
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for folder in (self.tmp, self.ray_tmp):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def markers(self) -> dict[str, dict]:
         """Finished partitions: marker file name -> what it holds (a rerun that redoes one rewrites it)."""
@@ -74,6 +87,34 @@ class Build:
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted((self.work / "logs").glob("build-*.log")))
+
+
+def _started(ingest: Path, base: Path, executor: str):
+    build = Build(ingest, base, executor)
+    build.start()
+    yield build
+    build.stop()
+
+
+@pytest.fixture(scope="module")
+def local_build(ingest, tmp_path_factory):
+    yield from _started(ingest, tmp_path_factory.mktemp("sigterm_local"), "local")
+
+
+@pytest.fixture(scope="module")
+def ctrl_c_build(ingest, tmp_path_factory):
+    yield from _started(ingest, tmp_path_factory.mktemp("ctrl_c"), "local")
+
+
+@pytest.fixture(scope="module")
+def ray_build(ingest, tmp_path_factory):
+    yield from _started(ingest, tmp_path_factory.mktemp("sigterm_ray"), "ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_module_runs(request):
+    """The builds of the selected tests start together, with the first (see ``start_early``)."""
+    start_early(request, "local_build", "ctrl_c_build", "ray_build")
 
 
 def _mid_generate(build: Build, proc: subprocess.Popen, timeout: float = 400) -> list[psutil.Process]:
@@ -130,11 +171,11 @@ def _check_stopped(build: Build, proc: subprocess.Popen, tree: list, signum: int
     assert folder_state(build.tmp) == [], "left in TMPDIR"
 
 
-def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path, tmpdir_env):
+def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(local_build):
     """``kill PID`` (a scheduler, systemd, a container runtime): the CLI alone gets SIGTERM.  The
     rerun runs to its end: its engine's files go at a clean exit, too."""
-    build = Build(ingest, tmp_path, "local", tmpdir_env)
-    proc = build.start()
+    build = local_build
+    proc = build.go()
     tree = _mid_generate(build, proc)
     proc.send_signal(signal.SIGTERM)
     _check_stopped(build, proc, tree, signal.SIGTERM)
@@ -149,11 +190,11 @@ def test_sigterm_stops_the_local_engine_and_the_rerun_resumes(ingest, tmp_path, 
     assert len(after) == PARTITIONS and {k: after[k] for k in done} == done  # finished ones not redone
 
 
-def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path, tmpdir_env):
+def test_ctrl_c_twice_stops_the_local_engine(ctrl_c_build):
     """Ctrl-C on a terminal: SIGINT to the whole foreground process group (vLLM's processes
     included), and a second one while the first is being handled."""
-    build = Build(ingest, tmp_path, "local", tmpdir_env)
-    proc = build.start()
+    build = ctrl_c_build
+    proc = build.go()
     tree = _mid_generate(build, proc)
     os.killpg(proc.pid, signal.SIGINT)
     # the second Ctrl-C once the shutdown has begun (its start is in the build log).  Whether it
@@ -173,11 +214,11 @@ def test_ctrl_c_twice_stops_the_local_engine(ingest, tmp_path, tmpdir_env):
     _check_stopped(build, proc, tree, signal.SIGINT)
 
 
-def test_sigterm_stops_the_local_ray_the_driver_started(ingest, tmp_path, tmpdir_env):
+def test_sigterm_stops_the_local_ray_the_driver_started(ray_build):
     """Under Ray (a local Ray started by this driver): exit 143 with the message, not 134 with
     none, and Ray's processes (GCS, raylet, the engine actor and its vLLM processes) are gone."""
-    build = Build(ingest, tmp_path, "ray", tmpdir_env)
-    proc = build.start()
+    build = ray_build
+    proc = build.go()
     tree = _mid_generate(build, proc)
     names = " ".join(_name(p) for p in tree)
     assert "raylet" in names and "_EngineWorker" in names, names

@@ -38,6 +38,7 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
                          "`<stage>:<when>[:group|engine_core|hold]` (pipeline/run/faults.py)"),
     "MMPR_FAULT_ONCE": (None, "test machinery: a file that, once created by the fault, disarms MMPR_FAULT"),
     "MMPR_FAULT_HOLD_S": (None, "test machinery: how long a `hold` fault stalls (seconds, default 600)"),
+    "MMPR_FAULT_RELEASE": (None, "test machinery: a file whose existence ends a `hold` fault's stall early"),
 }
 
 WIDTH = 100

@@ -127,7 +127,8 @@ class RayExecutor:
 
 def _worker_env() -> dict:
     keep = ("VLLM_CPU_KVCACHE_SPACE", "MMPR_NO_PROGRESS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-            "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS", "MMPR_FAULT", "MMPR_FAULT_ONCE", "MMPR_FAULT_HOLD_S")
+            "VLLM_LOGGING_LEVEL", "OMP_NUM_THREADS", "MMPR_FAULT", "MMPR_FAULT_ONCE", "MMPR_FAULT_HOLD_S",
+            "MMPR_FAULT_RELEASE")
     keep += ("MMPR_STAGE_PACKAGES",)  # workers must find the same stages as the driver
     # where the object store is (MinIO, a region); credentials are the nodes' own
     keep += ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")

@@ -11,7 +11,9 @@ point, the way a preempted node or an OOM kill would:
   one), as a CUDA OOM or an Xid error would: the run must go on; ``hold``
   kills nothing but stalls there for ``MMPR_FAULT_HOLD_S`` seconds (600), so
   a test can kill the run from outside at a moment of its choosing (e.g. a
-  generate partition stuck while downstream stages go on).
+  generate partition stuck while downstream stages go on), or until the file
+  ``MMPR_FAULT_RELEASE`` names exists (a run started early, its engine up,
+  that a test lets go on when its turn comes).
 
 ``MMPR_FAULT_ONCE=<path>`` makes the fault fire once: the file is created
 just before dying, and its existence disarms the fault.
@@ -41,7 +43,7 @@ def _die(target: str) -> None:
             return
         open(once, "w").close()
     if target == "hold":
-        time.sleep(float(os.environ.get("MMPR_FAULT_HOLD_S", "600")))
+        _hold()
         return
     if target == "engine_core":
         kill_engine_core()
@@ -49,6 +51,13 @@ def _die(target: str) -> None:
     if target == "group":
         os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hold() -> None:
+    release = os.environ.get("MMPR_FAULT_RELEASE")
+    deadline = time.monotonic() + float(os.environ.get("MMPR_FAULT_HOLD_S", "600"))
+    while time.monotonic() < deadline and not (release and os.path.exists(release)):
+        time.sleep(0.1)
 
 
 def on_partition_start(stage: str, partition: str) -> None:

@@ -7,7 +7,8 @@ hook applies the same cycle rule.
 
 The layers, bottom to top (docs/architecture.md draws them)::
 
-    0  schemas, methods, pipeline.errors    pure: data shapes, answer rules
+    0  schemas, methods, pipeline.errors,   pure: data shapes, answer rules, the
+       pipeline.environ                     environment of started processes
     1  pipeline.files                       paths, object stores, ownership, locks
     2  pipeline.core                        the stage contract and the graph
     3  pipeline.config                      sections, templates, loading
@@ -31,7 +32,7 @@ import pytest
 from helpers import ROOT
 
 LAYERS = [
-    ("schemas", 0), ("methods", 0), ("pipeline.errors", 0), ("pipeline", 0),
+    ("schemas", 0), ("methods", 0), ("pipeline.errors", 0), ("pipeline.environ", 0), ("pipeline", 0),
     ("pipeline.files", 1), ("pipeline.core", 2), ("pipeline.config", 3),
     ("pipeline.sources", 4), ("demo", 4), ("pipeline.engine", 5), ("pipeline.run", 6),
     ("publish", 7), ("stages", 8), ("pipeline.cli", 9), ("pipeline.__main__", 9),

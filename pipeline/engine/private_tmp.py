@@ -34,6 +34,8 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from pipeline.environ import environ
+
 #: the folder's name prefix: short, as the sockets in it must fit a unix socket path
 PREFIX = "mmpr-vllm-"
 
@@ -70,22 +72,16 @@ class PrivateTmp:
         env = {"TMPDIR": self.path}
         if not self.user_rpc_base:
             env["VLLM_RPC_BASE_PATH"] = self.path
-        saved = {k: os.environ.get(k) for k in (*env, "TORCHINDUCTOR_CACHE_DIR")}
         if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # (importing vLLM set it already)
             from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
             env["TORCHINDUCTOR_CACHE_DIR"] = default_cache_dir()
         hook = _ForgetTempdir()
         multiprocessing.util.register_after_fork(hook, _ForgetTempdir.run)
-        os.environ.update(env)
         try:
-            yield
+            with environ(env):
+                yield
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             del hook  # the registry holds it weakly: later forks are left alone
 
     def remove(self) -> None:

@@ -11,11 +11,11 @@
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import TYPE_CHECKING, Sequence
 
+from pipeline.environ import environ
 from pipeline.run.runner import Task, run_engine_tasks, run_task
 from pipeline.core.stage import StageStats
 from pipeline.run.terminal import progress as _progress
@@ -97,7 +97,7 @@ class RayExecutor:
         # runtime_env, even env_vars alone, makes Ray start fresh workers for the first
         # tasks and leave the ones it prestarted idle (2 s before a stage's first task runs
         # on 2 cores, the same for 1 worker or many: most of what kept the write from scaling)
-        with _environ(env if address == "local" else {}):
+        with environ(env if address == "local" else {}):
             ray.init(address=address, num_cpus=ex.num_cpus if address == "local" else None,
                      include_dashboard=False, log_to_driver=True,
                      logging_level=logging.WARNING, configure_logging=True,
@@ -135,21 +135,6 @@ def _worker_env() -> dict:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return env
-
-
-@contextlib.contextmanager
-def _environ(env: dict):
-    """``env`` set in this process while the block runs (the processes it starts inherit it)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def make_executor(config: "PipelineConfig"):

@@ -143,25 +143,23 @@ class CliRun:
     engine too), its output into ``log``: for runs that go on beside a test's other work (each
     with its own work folder, output and engine, one core each on a 2-core machine)."""
 
-    def __init__(self, *args, log: Path, env: dict[str, str] | None = None, errors: Path | None = None) -> None:
-        self._start(cli(*args), log, cli_env() if env is None else env, errors)
+    def __init__(self, *args, log: Path, env: dict[str, str] | None = None) -> None:
+        self._start(cli(*args), log, cli_env() if env is None else env)
 
-    def _start(self, command: list[str], log: Path, env: dict[str, str], errors: Path | None = None) -> None:
-        self.log, self.errors = log, errors  # errors: its stderr apart from its stdout (else both in log)
-        with open(log, "w") as sink, open(errors or os.devnull, "w") as err_sink:
+    def _start(self, command: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        with open(log, "w") as sink:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=sink,
-                                         stderr=err_sink if errors else subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def finish(self, timeout: float = 900) -> str:
-        """Waits for its end (stopped past ``timeout``), asserts it ended well, returns its output
-        (its stdout alone when its stderr went to ``errors``)."""
+        """Waits for its end (stopped past ``timeout``), asserts it ended well, returns its output."""
         try:
             self.proc.wait(timeout=timeout)
         finally:
             self.stop()
         output = self.log.read_text(errors="replace")
-        stderr = self.errors.read_text(errors="replace") if self.errors else ""
-        assert self.proc.returncode == 0, (output + stderr)[-6000:]
+        assert self.proc.returncode == 0, output[-6000:]
         return output
 
     def stop(self) -> None:

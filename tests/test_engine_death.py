@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, CliRun, cli_env
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, CliRun, cli_env, run_cli
 
 # part-00001 starts while part-00000 is generating (the engine is fed across partitions)
 KILL = "generate:part-00001:engine_core"
 
 
-def _user_env(**env: str) -> dict[str, str]:
-    """vLLM's logging as a user's shell has it (the Makefile and the test session turn it off)."""
-    return {k: v for k, v in cli_env(**env).items() if k != "VLLM_CONFIGURE_LOGGING"}
+def _generate(inp: Path, out: Path, executor: str, **env: str) -> subprocess.CompletedProcess:
+    # vLLM's logging as a user's shell has it (the Makefile and the test session turn it off)
+    user_env = {k: v for k, v in cli_env(**env).items() if k != "VLLM_CONFIGURE_LOGGING"}
+    return run_cli("stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", inp,
+                   "--output", out, *SMALL, env=user_env, timeout=900)
 
 
 def _outputs(out: Path) -> dict:
@@ -41,10 +44,11 @@ class Undisturbed(CliRun):
     logs and engines) overlap instead of one waiting for the other."""
 
     def __init__(self, ingest: Path, out: Path) -> None:
+        user_env = {k: v for k, v in cli_env().items() if k != "VLLM_CONFIGURE_LOGGING"}  # as _generate
         self.out = out
         super().__init__("stage", "generate", "--config", SAMPLE_CONFIG, "--executor", "local", "--input", ingest,
                          "--output", out, "--work-dir", out.parent / "work", *SMALL,
-                         log=out.parent / "output.txt", env=_user_env())
+                         log=out.parent / "output.txt", env=user_env)
         self._outputs = None
 
     def outputs(self) -> dict:
@@ -67,45 +71,16 @@ def undisturbed(ingest, tmp_path_factory):
     run.stop()
 
 
-class Killed(CliRun):
-    """A generate whose engine core is SIGKILLed once, in the background (its own output folder,
-    build logs and engine), its stdout and stderr in files of their own."""
-
-    def __init__(self, ingest: Path, base: Path, executor: str) -> None:
-        self.base = base
-        super().__init__("stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", ingest,
-                         "--output", base / "gen", "--work-dir", base / "work", *SMALL, log=base / "stdout.txt",
-                         errors=base / "stderr.txt",
-                         env=_user_env(MMPR_FAULT=KILL, MMPR_FAULT_ONCE=str(base / "killed-once")))
-
-
-@pytest.fixture(scope="module")
-def killed(request, ingest, undisturbed, tmp_path_factory) -> dict[str, Killed]:
-    """The killed runs of the executors the selected tests name, started together with the
-    undisturbed one (each has its own output folder, build log and engine): none waits for another."""
-    executors = sorted({item.callspec.params["executor"] for item in request.session.items
-                        if item.module is request.module and hasattr(item, "callspec")})
-    runs = {}
-    try:
-        for executor in executors:
-            runs[executor] = Killed(ingest, tmp_path_factory.mktemp(f"killed_{executor}"), executor)
-        yield runs
-    finally:
-        for run in runs.values():
-            run.stop()
-
-
 @pytest.mark.parametrize("executor", ["local", "ray"])
-def test_a_killed_engine_core_is_retried_not_quarantined(killed, undisturbed, executor):
-    run = killed[executor]
-    tmp_path, flag = run.base, run.base / "killed-once"
-    stdout = run.finish()  # asserts it ended well
-    stderr = run.errors.read_text(errors="replace")
+def test_a_killed_engine_core_is_retried_not_quarantined(ingest, undisturbed, tmp_path, executor):
+    flag = tmp_path / "killed-once"
+    proc = _generate(ingest, tmp_path / "gen", executor, MMPR_FAULT=KILL, MMPR_FAULT_ONCE=str(flag))
+    assert proc.returncode == 0, proc.stderr[-4000:]
     assert flag.exists(), "the engine core was never killed"
     # a worker's log lines go to the build log the terminal names (pipeline.run.terminal), the
     # driver's own to the terminal: the death must be reported in one of them
-    logs = re.findall(r"^log: (\S+)", stdout + stderr, flags=re.M)
+    logs = re.findall(r"^log: (\S+)", proc.stdout + proc.stderr, flags=re.M)
     assert logs, "the terminal does not name the build log"
-    seen = stderr + "".join((ROOT / p).read_text(errors="replace") for p in logs)
+    seen = proc.stderr + "".join((ROOT / p).read_text(errors="replace") for p in logs)
     assert "engine died" in seen, seen[-3000:]
     assert _outputs(tmp_path / "gen") == undisturbed.outputs()

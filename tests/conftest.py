@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (ROOT, SAMPLE_CONFIG, TerminalRun, cli, folder_state, make_config, short_temp_dir, small_ingest,
-                     start_early)
+from helpers import (ROOT, SAMPLE_CONFIG, TerminalRun, checked_temp_env, cli, folder_state, make_config, short_temp_dir,
+                     small_ingest, start_early)
 
 os.environ.setdefault("MMPR_NO_PROGRESS", "1")
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -92,17 +92,13 @@ def sample_build_start(tiny_model, tmp_path_factory):
     """`python -m pipeline run` on the sample config through Ray, on a terminal (the transcript
     is ``<base>/terminal.txt``, for tests/test_terminal.py), started in the background.
 
-    Its ``TMPDIR`` is a fresh folder; what the build left there is ``<base>/tmpdir.json``
-    (tests/test_pipeline_e2e.py: nothing).  Torch's compile cache stays where it is (a cache
-    torch keeps on purpose, warm) and Ray's session folder (its logs, which Ray keeps) goes to
-    a folder of its own, ``RAY_TMPDIR``."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
+    Its ``TMPDIR`` is a fresh folder (``checked_temp_env``); what the build left there is
+    ``<base>/tmpdir.json`` (tests/test_pipeline_e2e.py: nothing)."""
     base = tmp_path_factory.mktemp("sample_build")
     cmd = cli("run", "--config", SAMPLE_CONFIG, "--work-dir", base / "work", "--output", base / "out")
     with short_temp_dir() as tmp, short_temp_dir() as ray_tmp:
         run = TerminalRun(cmd, base / "terminal.txt", base / "run.log",  # run.log: what the terminal showed
-                          TMPDIR=str(tmp), RAY_TMPDIR=str(ray_tmp), TORCHINDUCTOR_CACHE_DIR=default_cache_dir())
+                          **checked_temp_env(tmp, ray_tmp))
         run.base, run.tmp = base, tmp
         yield run
         run.stop()

@@ -111,6 +111,16 @@ def short_temp_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def checked_temp_env(tmp: Path, ray_tmp: Path) -> dict[str, str]:
+    """The environment of a run whose ``TMPDIR`` (``tmp``) a test checks is as empty after it.
+    Torch's compile cache stays where it is (``<temp dir>/torchinductor_<user>``: a cache torch
+    keeps on purpose, and warm), and a local Ray keeps its session folder (its logs, which Ray
+    keeps on purpose) in a folder of its own, ``RAY_TMPDIR`` (``ray_tmp``)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return {"TMPDIR": str(tmp), "RAY_TMPDIR": str(ray_tmp), "TORCHINDUCTOR_CACHE_DIR": default_cache_dir()}
+
+
 def folder_state(path: Path) -> list[str]:
     """Every path below ``path`` (relative), sorted: what a run left there."""
     return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*"))

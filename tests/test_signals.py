@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import ROOT, SAMPLE_CONFIG, SMALL, cli, cli_env, folder_state, markers, run_cli, start_early
+from helpers import ROOT, SAMPLE_CONFIG, SMALL, checked_temp_env, cli, cli_env, folder_state, markers, run_cli, start_early
 
 MESSAGE = "interrupted; rerun the same command to resume"
 #: partitions of the SMALL config's generate (32 rows, 8 per partition)
@@ -50,15 +50,9 @@ class Build:
         self.args = ["stage", "generate", "--config", SAMPLE_CONFIG, "--executor", executor, "--input", ingest,
                      "--output", self.out, "--work-dir", self.work, *SMALL]
         self.release = base / "release"
-        # a fresh (short) TMPDIR, which must be as empty after the build.  Torch's compile cache
-        # stays where it is (``<temp dir>/torchinductor_<user>``: a cache torch keeps on purpose,
-        # and warm), and a local Ray keeps its session folder (its logs, which Ray keeps on
-        # purpose) in a folder of its own, ``RAY_TMPDIR``
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
+        # a fresh (short) TMPDIR, which must be as empty after the build (``checked_temp_env``)
         self.tmp, self.ray_tmp = (Path(tempfile.mkdtemp(prefix=p)) for p in ("mmpr-t-", "mmpr-r-"))
-        self.env = cli_env(TMPDIR=str(self.tmp), RAY_TMPDIR=str(self.ray_tmp),
-                           TORCHINDUCTOR_CACHE_DIR=default_cache_dir())
+        self.env = cli_env(**checked_temp_env(self.tmp, self.ray_tmp))
 
     def start(self) -> subprocess.Popen:
         """Started with its first partition held (``hold`` fault) until ``go``: its engine starts
